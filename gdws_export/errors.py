@@ -1,0 +1,37 @@
+"""One exception hierarchy for the whole package.
+
+Every error says what is wrong and where (the layer, the file), and the CLI maps each class to
+its own exit code, so scripts can tell bad input from a parity failure from a missing runtime.
+"""
+
+from __future__ import annotations
+
+
+class GDWSExportError(Exception):
+    """Base class of every error gdws-export raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidInputError(GDWSExportError, ValueError):
+    """A bad argument, file or setting (a wrong beta, a corrupt checkpoint, a bad shape)."""
+
+    exit_code = 2
+
+
+class UnsupportedModelError(GDWSExportError):
+    """The model loads but cannot be approximated or exported (no conv, failing forward)."""
+
+    exit_code = 3
+
+
+class ParityError(GDWSExportError):
+    """The exported graph does not reproduce the PyTorch model within tolerance."""
+
+    exit_code = 4
+
+
+class MissingDependencyError(GDWSExportError, ImportError):
+    """An optional runtime (TensorRT, onnxslim, ...) is needed but not installed."""
+
+    exit_code = 5
