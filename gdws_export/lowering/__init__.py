@@ -1,0 +1,36 @@
+"""Lowering: GDWS convs to plain ONNX (forms, fold, auto choice), export, simplify, parity.
+
+Imports the math (`gdws_export.gdws`) and the runtimes (`gdws_export.runtimes`, for parity
+checks and `auto` timings); onnx and onnxruntime are imported only when a function needs them.
+"""
+
+from gdws_export.lowering.auto import LayerTiming, choose_forms
+from gdws_export.lowering.export import export_model
+from gdws_export.lowering.fold import FoldSite, find_fold_sites
+from gdws_export.lowering.forms import FORMS, lower_layer
+from gdws_export.lowering.lower import lower_model
+from gdws_export.lowering.metadata import read_metadata, write_metadata
+from gdws_export.lowering.parity import ParityReport, check_parity, compare_logits
+from gdws_export.lowering.pipeline import ExportResult, LayerReport, export_onnx
+from gdws_export.lowering.simplify import SimplifyResult, simplify_model
+
+__all__ = [
+    "FORMS",
+    "ExportResult",
+    "FoldSite",
+    "LayerReport",
+    "LayerTiming",
+    "ParityReport",
+    "SimplifyResult",
+    "check_parity",
+    "choose_forms",
+    "compare_logits",
+    "export_model",
+    "export_onnx",
+    "find_fold_sites",
+    "lower_layer",
+    "lower_model",
+    "read_metadata",
+    "simplify_model",
+    "write_metadata",
+]

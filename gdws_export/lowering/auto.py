@@ -1,0 +1,228 @@
+"""`auto` lowering: time every form of every GDWS layer on the target runtime, keep the fastest.
+
+Each candidate runs as a small ONNX graph on ONNX Runtime (`OrtRunner`, the export's thread
+count and batch), between two 1x1 depthwise "anchor" convs. The anchors put the candidate in
+the surroundings it has inside the network: ONNX Runtime's CPU convs run in a blocked channel
+layout (NCHWc), and a form that leaves it (a Gather does) pays for converting the tensor out
+and back, exactly as it would between two convs of the model. Graphs are timed in interleaved
+rounds (each round runs every candidate once, so load from other processes hits all alike),
+and the medians decide.
+
+The original conv is always a candidate ("dense"): a layer whose GDWS forms are all slower
+keeps it. A fold form also changes the producing layer, so its time is the consumer's time
+plus what the widened producer costs over the plain one. Layers are decided from the last to
+the first, so a producer is timed with the output width its consumer's choice gave it.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from gdws_export.gdws.conv import GDWSConv2d
+from gdws_export.lowering.export import export_model
+from gdws_export.lowering.fold import FoldSite, expand_outputs
+from gdws_export.lowering.forms import (
+    fold_slots,
+    fold_source_index,
+    kernel_table,
+    lower_layer,
+)
+
+DEFAULT_CANDIDATES = ("dense", "gather", "uniform", "slots", "fold", "fold-2", "fold-3")
+
+
+@dataclass
+class LayerTiming:
+    """Timings of one layer's candidates (milliseconds per batch) and the one kept.
+
+    Attributes:
+        form: the fastest candidate.
+        median_ms / p90_ms: per candidate; a fold candidate's figure includes the extra
+            time of its widened producer.
+        notes: why some candidates were not timed.
+    """
+
+    form: str
+    median_ms: dict[str, float]
+    p90_ms: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Graph:
+    runner: object
+    feed: dict
+    samples: list[float] = field(default_factory=list)
+    inner: int = 1
+
+
+def record_shapes(model: nn.Module, example: torch.Tensor, names: set[str]) -> dict:
+    """Input and output shapes of the named submodules in one forward pass, in call order."""
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if name in names:
+
+            def hook(mod, args, out, name=name):
+                shapes.setdefault(name, (tuple(args[0].shape), tuple(out.shape)))
+
+            hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def choose_forms(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    sites: dict[str, FoldSite],
+    originals: dict[str, nn.Conv2d] | None = None,
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES,
+    align: int = 8,
+    batch: int = 1,
+    threads: int | None = None,
+    repeats: int = 7,
+) -> dict[str, LayerTiming]:
+    """Pick the fastest lowering form of every GDWS conv of `model` on ONNX Runtime.
+
+    Args:
+        model: the GDWS model (left unchanged).
+        example: one input batch (for layer shapes).
+        sites: fold sites (`find_fold_sites`); fold candidates are timed only where one exists.
+        originals: original convs by layer name, timed (and shipped) as "dense".
+        candidates: forms to time; "dense" should stay in, so no layer gets slower.
+        align: channel alignment of the forms (see `forms.pad_kernels`).
+        batch, threads: as the deployed graph will run.
+        repeats: interleaved timing rounds per layer.
+
+    Returns:
+        layer name -> LayerTiming, for every GDWS conv.
+    """
+    layers = {n: copy.deepcopy(m) for n, m in model.named_modules() if isinstance(m, GDWSConv2d)}
+    originals = {k: copy.deepcopy(v) for k, v in (originals or {}).items()}
+    producers = {s.producer for s in sites.values()}
+    shapes = record_shapes(model, example[:1], set(layers) | producers)
+    order = [n for n in shapes if n in layers]
+    choices: dict[str, LayerTiming] = {}
+    for name in reversed(order):
+        gdws = layers[name]
+        graphs, notes, totals = {}, [], {}
+        in_shape = (batch, *shapes[name][0][1:])
+        for form in candidates:
+            slots = fold_slots(form)
+            if slots is not None:
+                note = _fold_note(name, sites, slots, gdws)
+                if note:
+                    notes.append(note)
+                    continue
+                consumer = lower_layer(gdws, form, align=align)
+                width = consumer.source_index.numel()
+                graphs[form] = _timing_graph(consumer, (batch, width, *in_shape[2:]), threads)
+                _add_producer_graphs(graphs, sites[name], layers, model, consumer.source_index,
+                                     form, shapes, align, batch, threads)  # fmt: skip
+                totals[form] = [(form, 1), (f"{form}:producer", 1), ("producer", -1)]
+            else:
+                module = lower_layer(gdws, form, original=originals.get(name), align=align)
+                graphs[form] = _timing_graph(module, in_shape, threads)
+                totals[form] = [(form, 1)]
+        _time_interleaved(graphs, repeats)
+        median, p90 = {}, {}
+        for form, terms in totals.items():  # folds: consumer + widened - plain producer
+            median[form] = sum(sign * _stat(graphs[k], 50) for k, sign in terms) * 1e3
+            p90[form] = sum(sign * _stat(graphs[k], 90) for k, sign in terms) * 1e3
+        best = min(median, key=lambda f: (median[f], f != "dense"))
+        choices[name] = LayerTiming(best, median, p90, notes)
+        if fold_slots(best) is not None:  # the producer, decided later, now has more outputs
+            site = sites[name]
+            index = fold_source_index(gdws, fold_slots(best), align)
+            if site.producer in layers:
+                layers[site.producer] = expand_outputs(layers[site.producer], index)
+            if site.producer in originals:
+                originals[site.producer] = expand_outputs(originals[site.producer], index)
+        for g in graphs.values():
+            g.runner.deactivate()
+    for name in layers.keys() - set(order):
+        choices[name] = LayerTiming("gather", {}, {}, ["not called in the forward; not timed"])
+    return choices
+
+
+def _fold_note(name: str, sites: dict, slots: int, gdws: GDWSConv2d) -> str:
+    if name not in sites:
+        return f"fold-{slots}: no fold site"
+    if slots > 1 and slots >= kernel_table(gdws).max_slots:
+        return f"fold-{slots}: not more than fold-{slots - 1}'s layout needs"
+    return ""
+
+
+def _add_producer_graphs(graphs, site, layers, model, index, form, shapes, align, batch, threads):
+    """Add timing graphs of the producer widened by `index` and the plain one (shared)."""
+    producer = layers.get(site.producer)
+    if producer is None:
+        producer = model.get_submodule(site.producer)
+    in_shape = (batch, *shapes[site.producer][0][1:])
+
+    def as_shipped(module):
+        if isinstance(module, GDWSConv2d):  # the reference form stands in for its own choice
+            return lower_layer(module, "gather", align=align)
+        return module
+
+    widened = as_shipped(expand_outputs(producer, index))
+    graphs[f"{form}:producer"] = _timing_graph(widened, in_shape, threads)
+    if "producer" not in graphs:
+        graphs["producer"] = _timing_graph(as_shipped(producer), in_shape, threads)
+
+
+def _anchor(channels: int) -> nn.Conv2d:
+    anchor = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
+    nn.init.constant_(anchor.weight, 1.0)
+    return anchor
+
+
+def _timing_graph(module: nn.Module, in_shape: tuple[int, ...], threads: int | None) -> _Graph:
+    from gdws_export.runtimes import OrtRunner
+
+    x = torch.rand(in_shape)
+    graph = nn.Sequential(_anchor(in_shape[1]), module, _anchor(module.out_channels)).eval()
+    # The legacy exporter is several times faster on these small graphs, with the same ops;
+    # a batch of one to trace is enough with a dynamic batch axis.
+    try:
+        proto = export_model(graph, x[:1], exporter="legacy", check_forward=False)
+    except Exception:
+        proto = export_model(graph, x[:2], exporter="dynamo", check_forward=False)
+    runner = OrtRunner(proto.SerializeToString(), threads=threads)
+    runner.activate()
+    return _Graph(runner, {"input": x.numpy()})
+
+
+def _time_interleaved(graphs: dict[str, _Graph], repeats: int, min_sample_s: float = 2e-3) -> None:
+    """Fill each graph's `samples` (seconds per run): `repeats` rounds over all graphs."""
+    graphs = list(graphs.values())
+    for g in graphs:  # warm up, then run fast graphs several times per sample
+        g.runner.infer(g.feed)
+        start = time.perf_counter()
+        g.runner.infer(g.feed)
+        g.inner = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-7)))
+    for _ in range(repeats):
+        for g in graphs:
+            start = time.perf_counter()
+            for _ in range(g.inner):
+                g.runner.infer(g.feed)
+            g.samples.append((time.perf_counter() - start) / g.inner)
+
+
+def _stat(graph: _Graph, percentile: float) -> float:
+    return float(np.percentile(graph.samples, percentile))
+
+
+__all__ = ["DEFAULT_CANDIDATES", "LayerTiming", "choose_forms", "record_shapes"]

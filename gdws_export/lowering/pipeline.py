@@ -1,0 +1,376 @@
+"""`export_onnx`: lower, export, simplify, check parity, store metadata, write atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gdws_export.errors import InvalidInputError
+from gdws_export.gdws.conv import GDWSConv2d, conv_macs_per_pixel
+from gdws_export.lowering.auto import DEFAULT_CANDIDATES, choose_forms, record_shapes
+from gdws_export.lowering.export import EXPORTERS, export_model
+from gdws_export.lowering.fold import find_fold_sites
+from gdws_export.lowering.forms import fold_slots, is_form
+from gdws_export.lowering.lower import gdws_layers, lower_model
+from gdws_export.lowering.metadata import write_metadata
+from gdws_export.lowering.parity import DEFAULT_TOLERANCE, ParityReport, check_parity
+from gdws_export.lowering.simplify import simplify_model
+
+DEFAULT_PARITY_INPUTS = 16
+
+
+@dataclass
+class LayerReport:
+    """How one GDWS conv was lowered.
+
+    Attributes:
+        name: module name.
+        form: the lowering form shipped ("dense" = the original conv kept).
+        kernels: G, the GDWS kernels kept; kernels_per_channel: g_c per input channel.
+        macs_original / macs_gdws: multiply-accumulates per image of the original conv and of
+            the GDWS conv (padding kernels of grouped convs included).
+        median_ms / p90_ms: `auto` timings per candidate form (empty for a fixed lowering).
+        notes: fallbacks and candidates left out, one line each.
+    """
+
+    name: str
+    form: str
+    kernels: int
+    kernels_per_channel: list[int]
+    macs_original: int
+    macs_gdws: int
+    median_ms: dict[str, float] = field(default_factory=dict)
+    p90_ms: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExportResult:
+    """What `export_onnx` wrote and how: paths, per-layer lowering, parity, settings."""
+
+    onnx_path: str
+    report_path: str
+    lowering: str
+    exporter: str
+    opset: int
+    dynamic_batch: bool
+    batch: int
+    threads: int | None
+    align: int
+    simplifier: str
+    simplify_notes: list[str]
+    parity: ParityReport
+    layers: list[LayerReport]
+    settings: dict
+    tool_version: str
+    seconds: dict[str, float]
+
+    @property
+    def forms(self) -> dict[str, str]:
+        """Layer name -> form shipped."""
+        return {layer.name: layer.form for layer in self.layers}
+
+    @property
+    def macs(self) -> dict[str, int]:
+        """MACs per image summed over the GDWS layers: original, GDWS, and as shipped."""
+        shipped = sum(
+            lay.macs_original if lay.form == "dense" else lay.macs_gdws for lay in self.layers
+        )
+        return {
+            "original": sum(lay.macs_original for lay in self.layers),
+            "gdws": sum(lay.macs_gdws for lay in self.layers),
+            "shipped": shipped,
+        }
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["parity"] = self.parity.to_dict()
+        data["macs"] = self.macs
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExportResult:
+        data = {k: v for k, v in data.items() if k != "macs"}
+        data["parity"] = ParityReport.from_dict(data["parity"])
+        data["layers"] = [LayerReport(**lay) for lay in data["layers"]]
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ExportResult:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def export_onnx(
+    model: nn.Module,
+    *,
+    input_shape: tuple[int, ...],
+    path: str | os.PathLike,
+    lowering: str = "auto",
+    exporter: str = "dynamo",
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    simplify: bool = True,
+    parity_inputs: torch.Tensor | np.ndarray | None = None,
+    parity_tolerance: float = DEFAULT_TOLERANCE,
+    threads: int | None = None,
+    batch: int = 1,
+    original: nn.Module | None = None,
+    align: int | None = None,
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES,
+    repeats: int = 7,
+    metadata: dict | None = None,
+) -> ExportResult:
+    """Export a GDWS model (or any CNN) to a plain ONNX graph, checked against PyTorch.
+
+    Args:
+        model: the PyTorch model, GDWS convs included; it is not modified.
+        input_shape: (C, H, W) of one input image ((N, C, H, W) is accepted, N ignored).
+        path: the .onnx file to write; the report goes next to it as `<stem>.report.json`.
+        lowering: "auto" (time the forms per layer on ONNX Runtime, keep the fastest, the
+            original conv included), or one form for every layer: "gather" (reference),
+            "uniform", "slots", "fold", "fold-<S>", "dense" (see `forms`). Layers a fold cannot
+            reach fall back to "gather" (noted in the report).
+        exporter: "dynamo" (default) or "legacy".
+        opset: ONNX opset; None means 18.
+        dynamic_batch: symbolic batch axis (default); False fixes it to `batch`.
+        simplify: run onnxsim (onnxslim as fallback); outputs are re-checked.
+        parity_inputs: (N, C, H, W) images in [0, 1] to check parity on; None uses 16 random
+            images (prefer real ones).
+        parity_tolerance: max |logit difference| / logit scale allowed.
+        threads: ONNX Runtime intra-op threads for `auto`'s timings (None: its default).
+        batch: batch size `auto` times at (and the fixed batch when not dynamic).
+        original: the model before GDWS; layers where "dense" wins ship its conv. Without it
+            they ship the GDWS weights as one dense conv (same speed, GDWS accuracy).
+        align: channel alignment of the forms; None picks 16 on AVX-512 CPUs, else 8.
+        candidates: forms `auto` times.
+        repeats: `auto`'s interleaved timing rounds.
+        metadata: GDWS settings to store (beta or mac_ratio, alphas source...), JSON-able.
+
+    Returns:
+        ExportResult with the paths, the per-layer forms and timings, and the parity figures.
+
+    Raises:
+        ParityError: the final graph misses the tolerance (nothing is written).
+        UnsupportedModelError: the model cannot be exported.
+        InvalidInputError: bad arguments.
+
+    Example:
+        >>> result = export_onnx(gdws_model, input_shape=(3, 32, 32), path="vgg.onnx",
+        ...                      threads=2, batch=32)            # doctest: +SKIP
+        >>> result.parity.relative_diff < 1e-4                   # doctest: +SKIP
+        True
+    """
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    shape = _check_args(input_shape, lowering, exporter, batch)
+    path = Path(path)
+    align = _default_align() if align is None else int(align)
+    inputs = _parity_inputs(parity_inputs, shape)
+    was_training = model.training
+    model.eval()
+    try:
+        layers = gdws_layers(model)
+        originals = _originals(original, layers)
+        needs_fold = lowering == "auto" or fold_slots(lowering) is not None
+        sites, fold_reasons = find_fold_sites(model) if layers and needs_fold else ({}, {})
+        example = torch.from_numpy(inputs[:2] if dynamic_batch else _fixed_batch(inputs, batch))
+        timings, notes = {}, {n: [] for n in layers}
+        if lowering == "auto" and layers:
+            timings = choose_forms(
+                model, example, sites=sites, originals=originals, candidates=candidates,
+                align=align, batch=batch, threads=threads, repeats=repeats,
+            )  # fmt: skip
+            forms = {n: t.form for n, t in timings.items()}
+            for n, t in timings.items():
+                notes[n] += t.notes
+        else:
+            forms = {}
+            for n in layers:
+                if fold_slots(lowering) is not None and n not in sites:
+                    forms[n] = "gather"
+                    notes[n].append(f"{lowering} impossible ({fold_reasons.get(n)}); gather")
+                else:
+                    forms[n] = lowering
+        seconds["choose"] = time.perf_counter() - clock
+
+        lowered = lower_model(model, forms, sites=sites, originals=originals, align=align)
+        restored = {n: "dense" for n, f in forms.items() if f == "dense" and n in originals}
+        reference = lower_model(model, restored, originals=originals) if restored else model
+        proto = export_model(
+            lowered, example, exporter=exporter, opset=opset, dynamic_batch=dynamic_batch
+        )
+        seconds["export"] = time.perf_counter() - clock - sum(seconds.values())
+        tool, simplify_notes = "none", []
+        if simplify:
+            simplified = simplify_model(proto, example.numpy(), dynamic_batch=dynamic_batch)
+            proto, tool, simplify_notes = simplified.model, simplified.tool, simplified.notes
+        seconds["simplify"] = time.perf_counter() - clock - sum(seconds.values())
+        parity = _check_final(reference, proto, inputs, parity_tolerance, dynamic_batch, batch)
+        seconds["parity"] = time.perf_counter() - clock - sum(seconds.values())
+
+        layer_reports = _layer_reports(model, layers, forms, timings, notes, example)
+    finally:
+        model.train(was_training)
+    from gdws_export import __version__
+
+    result = ExportResult(
+        onnx_path=str(path), report_path=str(_report_path(path)), lowering=lowering,
+        exporter=exporter, opset=int(proto.opset_import[0].version), dynamic_batch=dynamic_batch,
+        batch=batch, threads=threads, align=align, simplifier=tool,
+        simplify_notes=simplify_notes, parity=parity, layers=layer_reports,
+        settings=dict(metadata or {}), tool_version=__version__, seconds=seconds,
+    )  # fmt: skip
+    write_metadata(proto, _metadata(result))
+    _write_atomically(path, proto.SerializeToString(), result.to_json().encode())
+    return result
+
+
+def _check_args(input_shape, lowering, exporter, batch) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 4:
+        shape = shape[1:]
+    if len(shape) != 3 or min(shape) < 1:
+        raise InvalidInputError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
+    if lowering != "auto" and not is_form(lowering):
+        raise InvalidInputError(
+            f"unknown lowering {lowering!r}; use 'auto', 'gather', 'uniform', 'slots', 'fold', "
+            "'fold-<S>' or 'dense'"
+        )
+    if exporter not in EXPORTERS:
+        raise InvalidInputError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InvalidInputError(f"batch must be a positive int, got {batch!r}")
+    return shape
+
+
+def _parity_inputs(inputs, shape) -> np.ndarray:
+    if inputs is None:
+        rng = np.random.default_rng(0)
+        return rng.random((DEFAULT_PARITY_INPUTS, *shape), dtype=np.float32)
+    if isinstance(inputs, torch.Tensor):
+        inputs = inputs.detach().cpu().numpy()
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    if inputs.ndim != 4 or inputs.shape[1:] != shape or len(inputs) < 1:
+        raise InvalidInputError(
+            f"parity_inputs must have shape (N, {', '.join(map(str, shape))}), got {inputs.shape}"
+        )
+    return inputs
+
+
+def _fixed_batch(inputs: np.ndarray, batch: int) -> np.ndarray:
+    reps = -(-batch // len(inputs))
+    return np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch])
+
+
+def _originals(original: nn.Module | None, layers: dict[str, GDWSConv2d]) -> dict:
+    if original is None:
+        return {}
+    found = {}
+    for name, gdws in layers.items():
+        try:
+            conv = original.get_submodule(name)
+        except AttributeError as exc:
+            raise InvalidInputError(f"original model has no layer {name!r}") from exc
+        shape = (gdws.in_channels, gdws.out_channels, gdws.kernel_size, gdws.groups)
+        if (
+            not isinstance(conv, nn.Conv2d)
+            or (conv.in_channels, conv.out_channels, conv.kernel_size, conv.groups) != shape
+        ):
+            raise InvalidInputError(
+                f"original layer {name!r} is not the conv GDWS layer {name!r} replaced"
+            )
+        found[name] = conv.eval()
+    return found
+
+
+def _check_final(reference, proto, inputs, tolerance, dynamic_batch, batch) -> ParityReport:
+    from gdws_export.runtimes import OrtRunner
+
+    with OrtRunner(proto.SerializeToString()) as runner:
+        if dynamic_batch:  # batch 1 and larger batches both, so a fixed batch shows up
+            return check_parity(
+                reference, runner, inputs, tolerance=tolerance, batch=max(2, min(len(inputs), 8)),
+                first_alone=True,
+            )  # fmt: skip
+        return check_parity(reference, runner, inputs, tolerance=tolerance, batch=batch)
+
+
+def _layer_reports(model, layers, forms, timings, notes, example) -> list[LayerReport]:
+    shapes = record_shapes(model, example[:1], set(layers))
+    reports = []
+    for name, gdws in layers.items():
+        out_hw = int(np.prod(shapes[name][1][2:])) if name in shapes else 0
+        original_macs = conv_macs_per_pixel(gdws.depthwise) // gdws.depthwise.out_channels
+        original_macs = gdws.out_channels * (gdws.in_channels // gdws.groups) * original_macs
+        timing = timings.get(name)
+        reports.append(
+            LayerReport(
+                name=name, form=forms[name], kernels=gdws.kernels,
+                kernels_per_channel=gdws.kernels_per_channel.tolist(),
+                macs_original=original_macs * out_hw, macs_gdws=gdws.macs_per_pixel * out_hw,
+                median_ms=dict(timing.median_ms) if timing else {},
+                p90_ms=dict(timing.p90_ms) if timing else {}, notes=notes[name],
+            )
+        )  # fmt: skip
+    return reports
+
+
+def _metadata(result: ExportResult) -> dict:
+    return {
+        "tool": "gdws-export",
+        "version": result.tool_version,
+        "settings": result.settings,
+        "lowering": result.lowering,
+        "exporter": result.exporter,
+        "opset": result.opset,
+        "simplifier": result.simplifier,
+        "layers": {
+            lay.name: {"form": lay.form, "kernels_per_channel": lay.kernels_per_channel}
+            for lay in result.layers
+        },
+        "macs": result.macs,
+        "parity": result.parity.to_dict(),
+    }
+
+
+def _report_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".report.json")
+
+
+def _write_atomically(path: Path, onnx_bytes: bytes, report: bytes) -> None:
+    """Write both files under temporary names, then rename: a failure leaves no result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    targets = [(path, onnx_bytes), (_report_path(path), report)]
+    temps = []
+    try:
+        for target, data in targets:
+            temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            temp.write_bytes(data)
+            temps.append((temp, target))
+        for temp, target in temps:
+            os.replace(temp, target)
+    finally:
+        for temp, _ in temps:
+            temp.unlink(missing_ok=True)
+
+
+def _default_align() -> int:
+    """ONNX Runtime's NCHWc block: 16 channels with AVX-512, 8 with AVX2 (and elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return 16 if " avx512f" in f.read() else 8
+    except OSError:
+        return 8
+
+
+__all__ = ["ExportResult", "LayerReport", "export_onnx"]
