@@ -87,4 +87,4 @@ class OrtRunner(Runner):
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feed)))
+        return dict(zip(names, self.session.run(names, feed), strict=True))
