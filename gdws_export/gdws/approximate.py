@@ -39,6 +39,7 @@ from gdws_export.gdws.decomposition import (
     check_beta,
     error_values,
     lego,
+    mego,
     weighted_error,
 )
 from gdws_export.gdws.selection import find_convs, output_sizes, replace_module
@@ -277,67 +278,72 @@ def _allocate_budget(
     candidates, values, pixels, mac_ratio
 ) -> tuple[dict[str, torch.Tensor], set[str]]:
     """Kernel counts of every candidate layer under the global MAC budget (module docstring),
-    and the layers that keep their original conv."""
+    and the layers that keep their original conv.
+
+    The greedy works on units: for a plain conv a unit is one kernel; for a grouped conv it is
+    one more kernel in every group (the best remaining one of each), because a grouped PW conv
+    pads all groups to the largest one, so uneven groups would cost MACs for nothing.
+    """
     original = {s.name: conv_macs_per_pixel(s.conv) * pixels[s.name] for s in candidates}
-    kernel_cost = {
-        s.name: (
-            s.conv.kernel_size[0] * s.conv.kernel_size[1] + s.conv.out_channels // s.conv.groups
-        )
-        * pixels[s.name]
-        for s in candidates
-    }
+    units = {s.name: _units(s.conv, values[s.name], pixels[s.name]) for s in candidates}
     budget = mac_ratio * sum(original.values())
-    kept_original: dict[str, torch.Tensor] = {}  # layer -> the counts that made it revert
+    taken: dict[str, int] = {}  # units per layer, kept from the pass that last saw the layer
+    kept_original: set[str] = set()
     while True:
         active = [s.name for s in candidates if s.name not in kept_original]
         left = budget - sum(original[n] for n in kept_original)
-        left -= sum(kernel_cost[n] for n in active)  # every layer's forced best kernel
+        left -= sum(units[n][1] for n in active)  # every layer's forced best unit
         if left < 0:
             raise InvalidInputError(
                 f"mac_ratio {mac_ratio} is too small: even one kernel per layer needs "
                 f"{(budget - left) / sum(original.values()):.4f} of the MACs"
             )
-        counts = _greedy_counts(active, values, kernel_cost, left)
-        newly_original = {n for n in active if counts[n].sum() * kernel_cost[n] >= original[n]}
+        taken.update(_greedy_units(active, units, left))
+        newly_original = {n for n in active if taken[n] * units[n][1] >= original[n]}
         if not newly_original:
             break
-        kept_original.update({n: counts[n] for n in newly_original})
+        kept_original |= newly_original
+    counts = {s.name: _unit_counts(s.conv, values[s.name], taken[s.name]) for s in candidates}
     # Budget the greedy pass left unspent may pay for whole original convs (zero error):
     # revert the layers with the largest error first while the total still fits.
-    cost = {n: int(counts[n].sum()) * kernel_cost[n] for n in active}
+    cost = {n: taken[n] * units[n][1] for n in active}
     total = sum(cost.values()) + sum(original[n] for n in kept_original)
     for name in sorted(active, key=lambda n: -weighted_error(values[n], counts[n])):
         if total - cost[name] + original[name] <= budget:
             total += original[name] - cost[name]
-            kept_original[name] = counts[name]
-    return {**counts, **kept_original}, set(kept_original)
+            kept_original.add(name)
+    return counts, kept_original
 
 
-def _greedy_counts(active, values, kernel_cost, budget: float) -> dict[str, torch.Tensor]:
-    """Spend `budget` on the kernels with the most weighted error removed per MAC."""
-    ratios, costs, owners, channels, firsts = [], [], [], [], []
+def _units(conv: nn.Conv2d, values: torch.Tensor, pixels: int) -> tuple[torch.Tensor, int]:
+    """(error removed by each successive unit, descending; MACs per unit) of one layer."""
+    kh, kw = conv.kernel_size
+    groups = conv.groups
+    per_group = values.reshape(groups, -1).sort(dim=1, descending=True).values
+    return per_group.sum(dim=0), groups * (kh * kw + conv.out_channels // groups) * pixels
+
+
+def _unit_counts(conv: nn.Conv2d, values: torch.Tensor, units: int) -> torch.Tensor:
+    """Kernels per channel when every group keeps its `units` best kernels."""
+    groups = conv.groups
+    per_group = values.reshape(groups, -1, values.shape[1])
+    return torch.cat([mego(v, units) for v in per_group])
+
+
+def _greedy_units(active, units, budget: float) -> dict[str, int]:
+    """Units per layer: the first is forced, the rest bought by error removed per MAC."""
+    ratios, costs, owners = [], [], []
     for layer, name in enumerate(active):
-        v = values[name]
-        first = torch.zeros_like(v, dtype=torch.bool)
-        first.view(-1)[torch.argmax(v)] = True  # the forced kernel, already paid for
-        ratios.append((v / kernel_cost[name]).reshape(-1))
-        costs.append(torch.full((v.numel(),), float(kernel_cost[name]), dtype=torch.float64))
-        owners.append(torch.full((v.numel(),), layer))
-        channels.append(torch.arange(v.shape[0]).repeat_interleave(v.shape[1]))
-        firsts.append(first.reshape(-1))
-    ratio, cost = torch.cat(ratios), torch.cat(costs)
-    owner, channel, forced = torch.cat(owners), torch.cat(channels), torch.cat(firsts)
-    open_ = (~forced) & (ratio > 0)
-    order = torch.argsort(torch.where(open_, ratio, -1.0), descending=True, stable=True)
-    order = order[open_[order]]
-    taken = order[torch.cumsum(cost[order], 0) <= budget]
-    keep = forced.clone()
-    keep[taken] = True
-    counts = {}
-    for layer, name in enumerate(active):
-        mask = keep & (owner == layer)
-        counts[name] = torch.bincount(channel[mask], minlength=values[name].shape[0])
-    return counts
+        gains, cost = units[name]
+        ratios.append(gains[1:] / cost)
+        costs.append(torch.full((len(gains) - 1,), float(cost), dtype=torch.float64))
+        owners.append(torch.full((len(gains) - 1,), layer))
+    ratio, cost, owner = torch.cat(ratios), torch.cat(costs), torch.cat(owners)
+    order = torch.argsort(ratio, descending=True, stable=True)
+    order = order[ratio[order] > 0]  # a unit that removes no error is not worth any MACs
+    bought = order[torch.cumsum(cost[order], 0) <= budget]
+    extra = torch.bincount(owner[bought], minlength=len(active))
+    return {name: 1 + int(extra[layer]) for layer, name in enumerate(active)}
 
 
 def _params(module: nn.Module) -> int:
