@@ -132,11 +132,18 @@ def _batch_gains(
     if logits.dim() != 2:
         raise UnsupportedModelError(f"expected (batch, classes) logits, got {tuple(logits.shape)}")
     batch, classes = logits.shape
+    if classes < 2:
+        raise UnsupportedModelError("noise gains need a classifier with at least 2 classes")
     top = logits.argmax(dim=1)
+    # The classes j != t of every sample, as a (classes - 1, b) index.
+    others = torch.arange(classes, device=logits.device).expand(batch, classes)
+    others = others[others != top[:, None]].reshape(batch, classes - 1).T
     eye = torch.eye(classes, dtype=logits.dtype, device=logits.device)
-    cotangents = eye[top][None, :, :] - eye[:, None, :]  # (j, b, classes): e_t - e_j
-    margins = (logits.gather(1, top[:, None]).T - logits.T).detach()  # (j, b): z_t - z_j
-    scale = torch.where(margins == 0, 0.0, 1.0 / (2 * margins.double() ** 2))  # j == t -> 0
+    cotangents = eye[top][None, :, :] - eye[others]  # (j, b, classes): e_t - e_j
+    margins = (logits.gather(1, top[:, None]).T - logits.gather(1, others.T).T).detach()
+    # A tie (z_t == z_j) puts the sample on the decision boundary, where the first-order
+    # model breaks down (alpha would be infinite): such pairs are left out.
+    scale = torch.where(margins == 0, 0.0, 1.0 / (2 * margins.double() ** 2))
 
     names = [s.name for s in sites]
     grads = torch.autograd.grad(
@@ -151,25 +158,41 @@ def _batch_gains(
     return gains
 
 
-def _channel_grad_norms(conv: nn.Conv2d, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def _channel_grad_norms(
+    conv: nn.Conv2d, x: torch.Tensor, delta: torch.Tensor, method: str | None = None
+) -> torch.Tensor:
     """||dL/dW_c||^2 per pair j, sample b and input channel c, from the layer input x (b, C, H,
-    W) and the gradients delta (j, b, M, Ho, Wo) of each pair's loss w.r.t. the conv output."""
+    W) and the gradients delta (j, b, M, Ho, Wo) of each pair's loss w.r.t. the conv output.
+
+    With D = delta (M x P, P output positions) and X_c = the unfolded input of channel c
+    (K x P), the gradient block is D X_c^T. Its squared norm is computed directly or, when P is
+    small next to M and C*K (deep layers), through Gram matrices of the positions:
+    ||D X_c^T||^2 = <D^T D, X_c^T X_c>, which never forms the (M x C*K) gradient.
+    `method` ("direct" or "gram") forces one way; None picks the cheaper.
+    """
     groups, (kh, kw) = conv.groups, conv.kernel_size
     pairs, batch, m = delta.shape[:3]
-    c = conv.in_channels
+    c, taps = conv.in_channels, kh * kw
     mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
     padded = F.pad(x, conv._reversed_padding_repeated_twice, mode=mode)
     patches = F.unfold(padded, (kh, kw), dilation=conv.dilation, stride=conv.stride)
-    patches = patches.reshape(batch, groups, c // groups, kh * kw, -1)  # (b, g, C/g, K, P)
+    patches = patches.reshape(batch, groups, c // groups, taps, -1)  # (b, g, C/g, K, P)
     delta = delta.reshape(pairs, batch, groups, m // groups, -1)  # (j, b, g, M/g, P)
-    per_sample = pairs * m * (c // groups) * kh * kw
-    step = max(1, _BLOCK_ELEMENTS // per_sample)
+    positions = patches.shape[-1]
+    direct = pairs * m * (c // groups) * taps * positions  # per sample, both MACs and memory
+    gram = positions**2 * (pairs * m + c * taps + pairs * c)
+    use_direct = direct <= gram if method is None else method == "direct"
+    step = max(1, _BLOCK_ELEMENTS // (direct if use_direct else gram))
     norms = []
     for start in range(0, batch, step):
-        grad = torch.einsum(
-            "jbgmp,bgckp->jbgmck", delta[:, start : start + step], patches[start : start + step]
-        )
-        norms.append(grad.pow(2).sum(dim=(3, 5)).reshape(pairs, -1, c))
+        d, u = delta[:, start : start + step], patches[start : start + step]
+        if use_direct:
+            grad = torch.einsum("jbgmp,bgckp->jbgmck", d, u)
+            norms.append(grad.pow(2).sum(dim=(3, 5)).reshape(pairs, -1, c))
+        else:
+            d_gram = torch.einsum("jbgmp,jbgmq->jbgpq", d, d)
+            u_gram = torch.einsum("bgckp,bgckq->bgcpq", u, u)
+            norms.append(torch.einsum("jbgpq,bgcpq->jbgc", d_gram, u_gram).reshape(pairs, -1, c))
     return torch.cat(norms, dim=1)
 
 
