@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -89,6 +90,9 @@ def test_a_changed_model_file_is_refused(net_onnx, tmp_path):
     result = build(net_onnx, output_dir=tmp_path, threads=1)
     shutil.copy(net_onnx, result.engine_path)  # a different graph under the saved name
     with pytest.raises(InvalidInputError, match="changed since"):
+        OrtRunner.from_settings(result.settings_path)
+    Path(result.engine_path).unlink()
+    with pytest.raises(InvalidInputError, match="missing"):
         OrtRunner.from_settings(result.settings_path)
 
 

@@ -231,6 +231,10 @@ def _build_ort(
     elif precision == "int8":
         # 7-bit weights: ONNX Runtime's INT8 kernels saturate on x86 CPUs without VNNI.
         source = quantize_int8(source, calibration, reduce_range=True)
+        warnings.append(
+            "ONNX Runtime INT8 uses 7-bit weights (reduce_range), so x86 CPUs without VNNI do "
+            "not saturate; TensorRT engines get full 8-bit weights"
+        )
     _write_ort_model(source, engine, file_level)
     OrtSettings(
         model=os.fspath(engine),

@@ -70,11 +70,9 @@ class OrtRunner(Runner):
         if not isinstance(settings, OrtSettings):
             settings = OrtSettings.load(settings)
         model = Path(settings.model)
-        if (
-            settings.model_sha256
-            and model.is_file()
-            and file_sha256(model) != settings.model_sha256
-        ):
+        if not model.is_file():
+            raise InvalidInputError(f"model file {model} of the ONNX Runtime settings is missing")
+        if settings.model_sha256 and file_sha256(model) != settings.model_sha256:
             raise InvalidInputError(
                 f"{model} changed since its settings were saved (SHA-256 differs); rebuild it"
             )

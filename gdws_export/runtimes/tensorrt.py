@@ -211,7 +211,7 @@ def build_engine(
             trt.HardwareCompatibilityLevel, hardware_compatibility.upper()
         )
     profile = _add_batch_profile(builder, network, config, batch, graph_path)
-    cache = _load_timing_cache(config, timing_cache)
+    _load_timing_cache(config, timing_cache)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -220,7 +220,7 @@ def build_engine(
             + ("; ".join(logger.errors[-3:]) or "no error was logged")
         )
     if timing_cache is not None:
-        _save_timing_cache(config, cache, Path(timing_cache))
+        _save_timing_cache(config, Path(timing_cache))
     atomic_write_bytes(engine_path, serialized)
 
     gpu_name, capability = gpu_info()
@@ -336,24 +336,31 @@ def _add_batch_profile(
     return shapes
 
 
-def _load_timing_cache(config, path: str | os.PathLike | None):
+def _load_timing_cache(config, path: str | os.PathLike | None) -> None:
     """Attach the cache saved at `path` (or an empty one) to the builder config."""
     data = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
-    cache = config.create_timing_cache(data) if data else None
-    # A cache from another GPU or TensorRT version is refused, not silently mixed in.
-    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+    try:
+        cache = config.create_timing_cache(data) if data else None
+        # A cache from another GPU or TensorRT version is refused, not silently mixed in.
+        attached = cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+    except Exception:  # a corrupt file: TensorRT may raise rather than return None
+        attached = False
+    if not attached:
         if data:
             log.warning("timing cache %s does not fit this GPU/TensorRT; starting anew", path)
-        cache = config.create_timing_cache(b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
-def _save_timing_cache(config, cache, path: Path) -> None:
+def _save_timing_cache(config, path: Path) -> None:
+    """Save the config's cache (now holding this build's timings) to `path`."""
+    cache = config.get_timing_cache()
     # Another build may have saved to the same file meanwhile: merge its entries, then replace.
     if path.is_file():
-        on_disk = config.create_timing_cache(path.read_bytes())
-        if not cache.combine(on_disk, ignore_mismatch=False):
+        try:
+            merged = cache.combine(config.create_timing_cache(path.read_bytes()), False)
+        except Exception:
+            merged = False
+        if not merged:
             log.warning("could not merge timing cache %s; overwriting it", path)
     atomic_write_bytes(path, cache.serialize())
 
