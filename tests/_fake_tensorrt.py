@@ -121,7 +121,7 @@ class Profile:
     def __init__(self) -> None:
         self.shapes = {}
 
-    def set_shape(self, name, min, opt, max) -> None:  # noqa: A002 (TensorRT's names)
+    def set_shape(self, name, min, opt, max) -> None:  # TensorRT's argument names
         self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
 
 
@@ -196,8 +196,8 @@ class FakeTensorRT(types.ModuleType):
         self.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF")
         self.ILogger = ILogger
 
-    def Builder(self, logger):  # noqa: N802 (TensorRT's name)
+    def Builder(self, logger):
         return Builder(logger, self)
 
-    def OnnxParser(self, network, logger):  # noqa: N802
+    def OnnxParser(self, network, logger):
         return OnnxParser(network, logger, self)

@@ -112,6 +112,20 @@ def fake_trt(monkeypatch):
     return install
 
 
+def _unsupported_graph(path):
+    """A valid ONNX file whose one node (a custom-domain op) no TensorRT parser knows."""
+    node = helper.make_node("Mystery", ["x"], ["y"], name="the_odd_node", domain="com.example")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), path)
+    return path
+
+
 def _initializer_types(path) -> set[int]:
     return {t.data_type for t in onnx.load(path).graph.initializer if t.data_type != 7}
 
@@ -200,18 +214,8 @@ def test_timing_cache_is_loaded_extended_and_saved(fake_trt, net_onnx, tmp_path)
 
 def test_parser_and_builder_failures_leave_no_engine(fake_trt, net_onnx, tmp_path):
     fake = fake_trt("10.3.0")
-    node = helper.make_node("Unique", ["x"], ["y"], name="the_unique_node")
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
-    )
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "u.onnx"
-    )
-    with pytest.raises(UnsupportedModelError, match="node the_unique_node \\(Unique\\)"):
-        build_engine(tmp_path / "u.onnx", tmp_path / "u.engine")
+    with pytest.raises(UnsupportedModelError, match="node the_odd_node \\(Mystery\\)"):
+        build_engine(_unsupported_graph(tmp_path / "u.onnx"), tmp_path / "u.engine")
     fake.fail_build = True
     with pytest.raises(UnsupportedModelError, match="reformatting-free"):
         build_engine(net_onnx, tmp_path / "n.engine")
@@ -338,18 +342,8 @@ def test_timing_cache_is_saved_and_reused(net_onnx, tmp_path):
 @pytest.mark.trt
 @pytest.mark.gpu
 def test_parser_errors_name_the_node(tmp_path):
-    node = helper.make_node("Unique", ["x"], ["y"], name="the_unique_node")
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
-    )
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "u.onnx"
-    )
-    with pytest.raises(UnsupportedModelError, match="the_unique_node"):
-        build_engine(tmp_path / "u.onnx", tmp_path / "u.engine")
+    with pytest.raises(UnsupportedModelError, match="the_odd_node"):
+        build_engine(_unsupported_graph(tmp_path / "u.onnx"), tmp_path / "u.engine")
     assert not (tmp_path / "u.engine").exists()
 
 

@@ -221,7 +221,6 @@ def build_engine(
         )
     if timing_cache is not None:
         _save_timing_cache(config, Path(timing_cache))
-    atomic_write_bytes(engine_path, serialized)
 
     gpu_name, capability = gpu_info()
     io_tensors = [network.get_input(i) for i in range(network.num_inputs)]
@@ -248,6 +247,7 @@ def build_engine(
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         warnings=warnings,
     )
+    atomic_write_bytes(engine_path, serialized)  # each file atomic; the sidecar last
     info.save(sidecar_path(engine_path))
     return info
 
