@@ -24,8 +24,24 @@ from gdws_export.models import create_model, list_models, load_model
 
 __version__ = "0.1.0"
 
+# Names whose modules import ONNX or runtimes: loaded on first use, so `import gdws_export`
+# stays light.
+_LAZY = {
+    "build": "gdws_export.runtimes.build",
+    "BuildResult": "gdws_export.runtimes.build",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gdws_export' has no attribute {name!r}")
+
 __all__ = [
     "ApproximationReport",
+    "BuildResult",
     "GDWSConv2d",
     "GDWSExportError",
     "InvalidInputError",
@@ -34,6 +50,7 @@ __all__ = [
     "ParityError",
     "UnsupportedModelError",
     "approximate",
+    "build",
     "create_model",
     "list_models",
     "load_alphas",
