@@ -1,3 +1,60 @@
-"""gdws-export: GDWS approximation of robust CNNs, lowered to ONNX Runtime and TensorRT."""
+"""gdws-export: make robust CNNs fast with GDWS convolutions, on ONNX Runtime and TensorRT.
+
+The math (`approximate`, `noise_gains`, `GDWSConv2d`) and the model registry need only torch;
+importing this package loads nothing else (no ONNX, no TensorRT, no CUDA initialisation).
+
+Example:
+    >>> import gdws_export as gx
+    >>> model = gx.create_model("preact_resnet18")
+    >>> alphas = gx.noise_gains(model, (images, labels), samples=1000)      # doctest: +SKIP
+    >>> gdws_model, report = gx.approximate(model, mac_ratio=0.5, alphas=alphas)
+"""
+
+from gdws_export.errors import (
+    GDWSExportError,
+    InvalidInputError,
+    MissingDependencyError,
+    ParityError,
+    UnsupportedModelError,
+)
+from gdws_export.gdws.approximate import ApproximationReport, LayerReport, approximate
+from gdws_export.gdws.conv import GDWSConv2d
+from gdws_export.gdws.sensitivity import load_alphas, noise_gains, save_alphas
+from gdws_export.models import create_model, list_models, load_model
 
 __version__ = "0.1.0"
+
+# Names whose modules import ONNX or runtimes: loaded on first use, so `import gdws_export`
+# stays light.
+_LAZY = {
+    "build": "gdws_export.runtimes.build",
+    "BuildResult": "gdws_export.runtimes.build",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gdws_export' has no attribute {name!r}")
+
+__all__ = [
+    "ApproximationReport",
+    "BuildResult",
+    "GDWSConv2d",
+    "GDWSExportError",
+    "InvalidInputError",
+    "LayerReport",
+    "MissingDependencyError",
+    "ParityError",
+    "UnsupportedModelError",
+    "approximate",
+    "build",
+    "create_model",
+    "list_models",
+    "load_alphas",
+    "load_model",
+    "noise_gains",
+    "save_alphas",
+]

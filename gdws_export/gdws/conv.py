@@ -100,7 +100,6 @@ class GDWSConv2d(nn.Module):
         )
 
     @classmethod
-    @torch.no_grad()
     def from_conv(
         cls,
         conv: nn.Conv2d,
@@ -145,6 +144,7 @@ class GDWSConv2d(nn.Module):
         return cls._build(conv, svd, counts, weighted_error(values, counts))
 
     @classmethod
+    @torch.no_grad()
     def _build(cls, conv: nn.Conv2d, svd, counts: torch.Tensor, error: float) -> GDWSConv2d:
         channels, groups = conv.in_channels, conv.groups
         c_per_group, m_per_group = channels // groups, conv.out_channels // groups

@@ -2,9 +2,30 @@
 
 Runtimes know nothing about GDWS: they take ONNX files and engines. Lowering (parity checks,
 auto lowering) and the harness (benchmarks, accuracy) are written once against `Runner`.
+Nothing here imports onnx, onnxruntime or tensorrt at import time.
+
+`gdws_export.runtimes.build.build` is the one entry point from an ONNX file to an engine; it is
+not re-exported here, where it would shadow its own module's name.
 """
 
 from gdws_export.runtimes.base import Runner, TensorSpec
-from gdws_export.runtimes.onnxruntime import OrtRunner
+from gdws_export.runtimes.build import BuildResult
+from gdws_export.runtimes.onnxruntime import OrtRunner, OrtSettings
+from gdws_export.runtimes.precision import convert_to_fp16, quantize_int8
+from gdws_export.runtimes.tensorrt import EngineInfo, build_engine
+from gdws_export.runtimes.tensorrt_runner import TrtRunner
+from gdws_export.runtimes.trt_support import check_trt_support
 
-__all__ = ["OrtRunner", "Runner", "TensorSpec"]
+__all__ = [
+    "BuildResult",
+    "EngineInfo",
+    "OrtRunner",
+    "OrtSettings",
+    "Runner",
+    "TensorSpec",
+    "TrtRunner",
+    "build_engine",
+    "check_trt_support",
+    "convert_to_fp16",
+    "quantize_int8",
+]

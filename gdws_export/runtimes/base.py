@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
+
+from gdws_export.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -61,3 +64,45 @@ class Runner(ABC):
         (spec,) = self.inputs()
         out = self.infer({spec.name: np.ascontiguousarray(x, dtype=spec.dtype)})
         return out[self.outputs()[0].name]
+
+    def time_compute(
+        self, feed: dict[str, np.ndarray], *, iterations: int = 100, warmup: int = 10
+    ) -> list[float]:
+        """Milliseconds of model compute per run, one entry per timed run, after `warmup` runs.
+
+        Host runtimes (ONNX Runtime on CPU) compute where the data lives, so the default is the
+        wall clock of `infer`; device runtimes override it to leave out the copies (TensorRT
+        times its GPU work with CUDA events).
+        """
+        return self._wall_clock_ms(feed, iterations, warmup)
+
+    def time_latency(
+        self, feed: dict[str, np.ndarray], *, iterations: int = 100, warmup: int = 10
+    ) -> list[float]:
+        """Milliseconds per run from host input to host output (trtexec's "host latency").
+
+        Same as `time_compute` for host runtimes; device runtimes add host-to-device and
+        device-to-host copies.
+        """
+        return self._wall_clock_ms(feed, iterations, warmup)
+
+    def _wall_clock_ms(
+        self, feed: dict[str, np.ndarray], iterations: int, warmup: int
+    ) -> list[float]:
+        check_timing_counts(iterations, warmup)
+        for _ in range(warmup):
+            self.infer(feed)
+        times = []
+        for _ in range(iterations):
+            start = time.perf_counter()
+            self.infer(feed)
+            times.append((time.perf_counter() - start) * 1e3)
+        return times
+
+
+def check_timing_counts(iterations: int, warmup: int) -> None:
+    """Raise InvalidInputError unless iterations >= 1 and warmup >= 0."""
+    if iterations < 1 or warmup < 0:
+        raise InvalidInputError(
+            f"timing needs iterations >= 1 and warmup >= 0, got {iterations} and {warmup}"
+        )

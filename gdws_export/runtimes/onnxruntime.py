@@ -1,12 +1,19 @@
-"""ONNX Runtime runner."""
+"""ONNX Runtime runner, and the session settings file that makes its benchmarks reproducible."""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from gdws_export.errors import InvalidInputError
+from gdws_export.runtimes._files import atomic_write_text, file_sha256
 from gdws_export.runtimes.base import Runner, TensorSpec
+
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 # ONNX type strings as onnxruntime reports them -> numpy dtypes
 _ORT_TYPES = {
@@ -42,11 +49,39 @@ class OrtRunner(Runner):
         providers: list[str] | None = None,
         optimization_level: str = "all",
     ) -> None:
+        if optimization_level not in OPTIMIZATION_LEVELS:
+            raise InvalidInputError(
+                f"unknown ONNX Runtime optimization level {optimization_level!r}; choose one of "
+                f"{OPTIMIZATION_LEVELS}"
+            )
         self.model = model if isinstance(model, bytes) else os.fspath(model)
         self.threads = threads
         self.providers = providers or ["CPUExecutionProvider"]
         self.optimization_level = optimization_level
         self.session = None
+
+    @classmethod
+    def from_settings(cls, settings: OrtSettings | str | os.PathLike) -> OrtRunner:
+        """A runner with the session settings a build saved (`<name>.ort.json`).
+
+        Example:
+            >>> runner = OrtRunner.from_settings("model.fp16.ort.json")  # doctest: +SKIP
+        """
+        if not isinstance(settings, OrtSettings):
+            settings = OrtSettings.load(settings)
+        model = Path(settings.model)
+        if not model.is_file():
+            raise InvalidInputError(f"model file {model} of the ONNX Runtime settings is missing")
+        if settings.model_sha256 and file_sha256(model) != settings.model_sha256:
+            raise InvalidInputError(
+                f"{model} changed since its settings were saved (SHA-256 differs); rebuild it"
+            )
+        return cls(
+            model,
+            threads=settings.threads,
+            providers=list(settings.providers),
+            optimization_level=settings.optimization_level,
+        )
 
     def session_options(self):
         """The SessionOptions this runner uses (also used to write an optimized model file)."""
@@ -87,4 +122,55 @@ class OrtRunner(Runner):
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feed)))
+        return dict(zip(names, self.session.run(names, feed), strict=True))
+
+
+@dataclass
+class OrtSettings:
+    """Everything that fixes an ONNX Runtime benchmark: the model file and session settings.
+
+    Saved as JSON beside the model; `model` is stored relative to the JSON file so the pair
+    can be moved together.
+    """
+
+    model: str
+    threads: int | None = None
+    optimization_level: str = "all"  # applied when the session loads the model
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    precision: str = "fp32"
+    file_optimization_level: str = "basic"  # what the saved model file already had applied
+    model_sha256: str = ""
+    source_onnx: str = ""
+    source_onnx_sha256: str = ""
+    onnxruntime_version: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> OrtSettings:
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the settings to `path`, the model path made relative to its folder."""
+        path = Path(path)
+        data = self.to_dict()
+        data["model"] = os.path.relpath(Path(self.model).resolve(), path.parent.resolve())
+        return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> OrtSettings:
+        """Read settings saved by `save`; the model path is resolved against the file's folder."""
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInputError(f"ONNX Runtime settings file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+            settings = cls.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInputError(f"{path} is not an ONNX Runtime settings file ({exc})") from exc
+        settings.model = os.fspath(path.parent / settings.model)
+        return settings

@@ -1,0 +1,1 @@
+"""The harness layer: data, speed benchmarks, accuracy evaluation, reports and sweeps."""

@@ -1,0 +1,86 @@
+"""VGG-16 with BatchNorm, CIFAR variant: 13 conv3x3-BN-ReLU with max-pools, one linear layer.
+
+The layout (a `features` Sequential, a `classifier` Linear) follows kuangliu's pytorch-cifar,
+the VGG-16 most CIFAR robust-training code uses, so its checkpoints load as they are. The
+max-pools round up (`ceil_mode`), which changes nothing at 32x32 but keeps a 1x1 map after the
+fifth pool at 28x28; a global average pool then feeds the classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from gdws_export.models.layers import Normalize
+from gdws_export.models.registry import ModelConfig, register_model
+
+# Channel multiples of the base width per conv, "M" for a 2x2 max-pool.
+VGG16_LAYOUT: tuple[int | str, ...] = (
+    1, 1, "M", 2, 2, "M", 4, 4, 4, "M", 8, 8, 8, "M", 8, 8, 8, "M",
+)  # fmt: skip
+
+
+class VGG(nn.Module):
+    """VGG with BatchNorm for small images; `layout` as in `VGG16_LAYOUT`."""
+
+    def __init__(
+        self,
+        layout: Sequence[int | str],
+        *,
+        num_classes: int,
+        in_channels: int,
+        width: int,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+    ) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in layout:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
+                continue
+            out_channels = width * int(item)
+            layers += [
+                nn.Conv2d(channels, out_channels, 3, padding=1),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+            ]
+            channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(self.features(self.normalize(x)))
+        return self.classifier(out.flatten(1))
+
+
+@register_model(
+    ModelConfig(
+        "vgg16_bn",
+        "VGG-16 with BatchNorm for 32x32 images, one linear classifier (14.7M params)",
+        default_width=64,
+    )
+)
+def vgg16_bn(
+    *,
+    num_classes: int,
+    in_channels: int,
+    width: int,
+    input_size: int,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> nn.Module:
+    del input_size  # ceil-mode pools and a global pool: every input size runs
+    return VGG(
+        VGG16_LAYOUT,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width=width,
+        mean=mean,
+        std=std,
+    )

@@ -1,0 +1,289 @@
+"""`build`: one call from an ONNX file to a runnable ONNX Runtime model or TensorRT engine.
+
+ONNX Runtime target: `<stem>.<precision>.ort.onnx` plus `<stem>.<precision>.ort.json`, the
+session settings (threads, optimization level, providers) that `OrtRunner.from_settings`
+reloads, so a benchmark can be repeated exactly. The saved file has ONNX Runtime's *basic*
+optimizations only (constant folding, redundant-node removal, Conv+BN/Add fusions), which keep
+standard ONNX ops: it runs on any machine and still parses in TensorRT. The "extended" level
+would save contrib ops (com.microsoft FusedConv) and "all" NCHWc layouts that ONNX Runtime
+itself warns are hardware-specific; those are applied in memory when the session loads
+(`optimization_level`, "all" by default). FP16 graphs are saved as converted: whatever graph
+ONNX Runtime saves has its CPU provider's float32 Casts baked in.
+
+TensorRT target: `<stem>.<precision>.engine` plus its `<engine>.json` (see `build_engine`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.runtimes._files import (
+    atomic_write_text,
+    file_sha256,
+    load_onnx,
+    save_onnx,
+    temporary_path,
+)
+from gdws_export.runtimes.onnxruntime import OPTIMIZATION_LEVELS, OrtRunner, OrtSettings
+from gdws_export.runtimes.precision import (
+    CalibrationData,
+    check_precision,
+    convert_to_fp16,
+    quantize_int8,
+    require_calibration,
+)
+from gdws_export.runtimes.tensorrt import DEFAULT_BATCH, build_engine, import_tensorrt
+
+TARGETS = ("ort", "trt")
+ORT_FILE_OPTIMIZATION_LEVEL = "basic"  # portable: standard ONNX ops only (see module doc)
+
+
+@dataclass
+class BuildResult:
+    """What `build` wrote, from what, with which runtime versions.
+
+    `engine_path` is what a runner loads (the .ort.onnx model or the .engine); `settings_path`
+    is its JSON beside it (ONNX Runtime session settings, or the TensorRT EngineInfo).
+    """
+
+    target: str
+    precision: str
+    engine_path: str
+    settings_path: str
+    source_onnx: str
+    source_onnx_sha256: str
+    versions: dict[str, str]
+    build_seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BuildResult:
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BuildResult:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def build(
+    onnx_path: str | os.PathLike,
+    *,
+    target: str = "ort",
+    precision: str = "fp32",
+    output_dir: str | os.PathLike | None = None,
+    calibration: CalibrationData | None = None,
+    keep_io_types: bool = True,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    optimization_level: str = "all",
+    batch: tuple[int, int, int] | None = None,
+    workspace_mib: int | None = None,
+    timing_cache: str | os.PathLike | None = None,
+    hardware_compatibility: str | None = None,
+) -> BuildResult:
+    """Build an ONNX Runtime model or a TensorRT engine from an FP32 ONNX file.
+
+    Args:
+        onnx_path: the FP32 ONNX graph (from gdws_export.lowering).
+        target: "ort" (ONNX Runtime) or "trt" (TensorRT).
+        precision: "fp32", "fp16" or "int8" (Q/DQ graph calibrated on `calibration`).
+        output_dir: where to write; defaults to the ONNX file's folder.
+        calibration: representative inputs, needed for "int8" (array, {input: array}, .npy/.npz).
+        keep_io_types: keep float32 inputs/outputs for "fp16" (False: float16 I/O).
+        threads: ONNX Runtime intra-op threads; defaults to the cores this process may use.
+        providers: ONNX Runtime execution providers; defaults to CPU.
+        optimization_level: ONNX Runtime level applied at session load ("all" by default).
+        batch: TensorRT (min, opt, max) batch of the optimization profile; defaults to
+            DEFAULT_BATCH, (1, 1, 64).
+        workspace_mib: TensorRT workspace cap; None lets TensorRT decide.
+        timing_cache: TensorRT timing cache file to reuse and extend.
+        hardware_compatibility: TensorRT "ampere_plus" or "same_compute_capability", or None.
+
+    Returns:
+        A BuildResult naming the files written.
+
+    Example:
+        >>> result = build("vgg16.onnx", target="trt", precision="fp16")  # doctest: +SKIP
+        >>> result.engine_path  # doctest: +SKIP
+        'vgg16.fp16.engine'
+    """
+    if target not in TARGETS:
+        raise InvalidInputError(f"unknown target {target!r}; choose one of {TARGETS}")
+    check_precision(precision)
+    if precision == "int8":
+        require_calibration(calibration)
+    if optimization_level not in OPTIMIZATION_LEVELS:
+        raise InvalidInputError(
+            f"unknown optimization_level {optimization_level!r}; "
+            f"choose one of {OPTIMIZATION_LEVELS}"
+        )
+    trt_options = {"batch": batch, "workspace_mib": workspace_mib, "timing_cache": timing_cache,
+                   "hardware_compatibility": hardware_compatibility}  # fmt: skip
+    ort_options = {"threads": threads, "providers": providers}
+    wrong = [
+        k for k, v in (ort_options if target == "trt" else trt_options).items() if v is not None
+    ]
+    if wrong:
+        raise InvalidInputError(f"{', '.join(wrong)} do(es) not apply to target {target!r}")
+    if threads is not None and threads < 1:
+        raise InvalidInputError(f"threads must be >= 1, got {threads}")
+    if target == "trt":
+        import_tensorrt()  # before any work: MissingDependencyError says what to install
+
+    onnx_path = Path(onnx_path)
+    source = load_onnx(onnx_path)
+    out_dir = Path(output_dir) if output_dir is not None else onnx_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{onnx_path.stem}.{precision}"
+    start = time.perf_counter()
+    versions = _versions()
+    if target == "trt":
+        engine_path = out_dir / f"{name}.engine"
+        info = build_engine(
+            onnx_path,
+            engine_path,
+            precision=precision,
+            calibration=calibration,
+            batch=batch or DEFAULT_BATCH,
+            workspace_mib=workspace_mib,
+            timing_cache=timing_cache,
+            hardware_compatibility=hardware_compatibility,
+            keep_io_types=keep_io_types,
+        )
+        versions["tensorrt"] = info.tensorrt_version
+        engine, settings, warnings = engine_path, Path(f"{engine_path}.json"), info.warnings
+    else:
+        engine, settings = out_dir / f"{name}.ort.onnx", out_dir / f"{name}.ort.json"
+        warnings = _build_ort(
+            source,
+            onnx_path,
+            engine,
+            settings,
+            precision=precision,
+            calibration=calibration,
+            keep_io_types=keep_io_types,
+            threads=threads or available_cores(),
+            providers=list(providers or ["CPUExecutionProvider"]),
+            optimization_level=optimization_level,
+            onnxruntime_version=versions["onnxruntime"],
+        )
+    return BuildResult(
+        target=target,
+        precision=precision,
+        engine_path=os.fspath(engine),
+        settings_path=os.fspath(settings),
+        source_onnx=os.fspath(onnx_path),
+        source_onnx_sha256=file_sha256(onnx_path),
+        versions=versions,
+        build_seconds=round(time.perf_counter() - start, 3),
+        warnings=warnings,
+    )
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _build_ort(
+    source,
+    onnx_path: Path,
+    engine: Path,
+    settings: Path,
+    *,
+    precision: str,
+    calibration: CalibrationData | None,
+    keep_io_types: bool,
+    threads: int,
+    providers: list[str],
+    optimization_level: str,
+    onnxruntime_version: str,
+) -> list[str]:
+    """Write the ONNX Runtime model file and its settings; returns warnings for the user."""
+    warnings = []
+    file_level = ORT_FILE_OPTIMIZATION_LEVEL
+    if precision == "fp16":
+        source = convert_to_fp16(source, keep_io_types=keep_io_types)
+        # Any graph ONNX Runtime saves has the CPU provider's float32 Casts baked in (it has
+        # no x86 float16 kernels for most ops), so the FP16 graph is saved as converted.
+        file_level = "disable"
+        if providers == ["CPUExecutionProvider"]:
+            warnings.append(
+                "ONNX Runtime's CPU provider runs most float16 ops in float32 (it inserts Casts "
+                "at load): FP16 saves memory here, not time; use TensorRT or a GPU provider"
+            )
+    elif precision == "int8":
+        # 7-bit weights: ONNX Runtime's INT8 kernels saturate on x86 CPUs without VNNI.
+        source = quantize_int8(source, calibration, reduce_range=True)
+        warnings.append(
+            "ONNX Runtime INT8 uses 7-bit weights (reduce_range), so x86 CPUs without VNNI do "
+            "not saturate; TensorRT engines get full 8-bit weights"
+        )
+    _write_ort_model(source, engine, file_level)
+    OrtSettings(
+        model=os.fspath(engine),
+        threads=threads,
+        optimization_level=optimization_level,
+        providers=providers,
+        precision=precision,
+        file_optimization_level=file_level,
+        model_sha256=file_sha256(engine),
+        source_onnx=os.fspath(onnx_path),
+        source_onnx_sha256=file_sha256(onnx_path),
+        onnxruntime_version=onnxruntime_version,
+    ).save(settings)
+    try:
+        with OrtRunner.from_settings(settings):  # the pair must load as saved
+            pass
+    except Exception:
+        engine.unlink(missing_ok=True)
+        settings.unlink(missing_ok=True)
+        raise
+    return warnings
+
+
+def _write_ort_model(model, path: Path, level: str) -> None:
+    """Save `model` after ONNX Runtime's `level` optimizations, via a temporary file."""
+    import onnxruntime as ort
+
+    if level == "disable":
+        save_onnx(model, path)
+        return
+    data = model.SerializeToString()
+    options = OrtRunner(data, optimization_level=level).session_options()
+    tmp = temporary_path(path)
+    options.optimized_model_filepath = os.fspath(tmp)
+    try:
+        # CPU only: basic optimizations are provider-independent, other providers could add
+        # their own nodes (memory copies) to the saved graph.
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        os.replace(tmp, path)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(
+            f"ONNX Runtime could not load the graph for {path}: {first}"
+        ) from exc
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
