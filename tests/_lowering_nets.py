@@ -1,13 +1,14 @@
 """Small CIFAR-style nets for the lowering tests, and a stand-in GDWS approximation.
 
-Full-size CIFAR VGG-16 / ResNet-18 / PreActResNet-18 are defined here too until the model
-registry (`gdws_export.models`) lands; the slow tests use them.
+The slow tests take full-size nets from the registry (`gdws_export.create_model`).
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,19 +97,6 @@ class ResNet(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-def vgg16() -> VGG:
-    return VGG((64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512,
-                512, "M"))  # fmt: skip
-
-
-def resnet18() -> ResNet:
-    return ResNet((64, 128, 256, 512), (2, 2, 2, 2))
-
-
-def preact_resnet18() -> ResNet:
-    return ResNet((64, 128, 256, 512), (2, 2, 2, 2), preact=True)
-
-
 def tiny_nets() -> dict[str, nn.Module]:
     return {
         "vgg": VGG(),
@@ -151,3 +139,13 @@ def gdwsify(model: nn.Module, beta: float | None = None, mac_ratio: float | None
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, gdws)
     return model.eval()
+
+
+def real_images(n: int, size: int = 32, channels: int = 3) -> np.ndarray:
+    """n Fashion-MNIST test images in [0, 1], zero-padded to size x size, gray repeated over
+    `channels` channels: real image statistics for CIFAR-size parity checks."""
+    data = np.load(Path(__file__).parent / "data" / "fashion_mnist_test_1k.npz")
+    x = data["x"][:n].astype(np.float32) / 255.0
+    pad = size - x.shape[1]
+    x = np.pad(x, ((0, 0), (pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2)))
+    return np.ascontiguousarray(np.repeat(x[:, None], channels, axis=1))

@@ -11,14 +11,14 @@ from gdws_export.lowering.forms import FORMS, lower_layer
 from gdws_export.lowering.lower import lower_model
 from gdws_export.lowering.metadata import read_metadata, write_metadata
 from gdws_export.lowering.parity import ParityReport, check_parity, compare_logits
-from gdws_export.lowering.pipeline import ExportResult, LayerReport, export_onnx
+from gdws_export.lowering.pipeline import ExportResult, LayerLowering, export_onnx
 from gdws_export.lowering.simplify import SimplifyResult, simplify_model
 
 __all__ = [
     "FORMS",
     "ExportResult",
     "FoldSite",
-    "LayerReport",
+    "LayerLowering",
     "LayerTiming",
     "ParityReport",
     "SimplifyResult",

@@ -27,7 +27,7 @@ DEFAULT_PARITY_INPUTS = 16
 
 
 @dataclass
-class LayerReport:
+class LayerLowering:
     """How one GDWS conv was lowered.
 
     Attributes:
@@ -67,7 +67,7 @@ class ExportResult:
     simplifier: str
     simplify_notes: list[str]
     parity: ParityReport
-    layers: list[LayerReport]
+    layers: list[LayerLowering]
     settings: dict
     tool_version: str
     seconds: dict[str, float]
@@ -102,7 +102,7 @@ class ExportResult:
     def from_dict(cls, data: dict) -> ExportResult:
         data = {k: v for k, v in data.items() if k != "macs"}
         data["parity"] = ParityReport.from_dict(data["parity"])
-        data["layers"] = [LayerReport(**lay) for lay in data["layers"]]
+        data["layers"] = [LayerLowering(**lay) for lay in data["layers"]]
         return cls(**data)
 
     @classmethod
@@ -305,7 +305,7 @@ def _check_final(reference, proto, inputs, tolerance, dynamic_batch, batch) -> P
         return check_parity(reference, runner, inputs, tolerance=tolerance, batch=batch)
 
 
-def _layer_reports(model, layers, forms, timings, notes, example) -> list[LayerReport]:
+def _layer_reports(model, layers, forms, timings, notes, example) -> list[LayerLowering]:
     shapes = record_shapes(model, example[:1], set(layers))
     reports = []
     for name, gdws in layers.items():
@@ -314,7 +314,7 @@ def _layer_reports(model, layers, forms, timings, notes, example) -> list[LayerR
         original_macs = gdws.out_channels * (gdws.in_channels // gdws.groups) * original_macs
         timing = timings.get(name)
         reports.append(
-            LayerReport(
+            LayerLowering(
                 name=name, form=forms[name], kernels=gdws.kernels,
                 kernels_per_channel=gdws.kernels_per_channel.tolist(),
                 macs_original=original_macs * out_hw, macs_gdws=gdws.macs_per_pixel * out_hw,
@@ -373,4 +373,4 @@ def _default_align() -> int:
         return 8
 
 
-__all__ = ["ExportResult", "LayerReport", "export_onnx"]
+__all__ = ["ExportResult", "LayerLowering", "export_onnx"]
