@@ -14,7 +14,12 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.conv import GDWSConv2d, conv_macs_per_pixel
-from gdws_export.lowering.auto import DEFAULT_CANDIDATES, choose_forms, record_shapes
+from gdws_export.lowering.auto import (
+    DEFAULT_CANDIDATES,
+    choose_forms,
+    record_shapes,
+    time_networks,
+)
 from gdws_export.lowering.export import EXPORTERS, export_model
 from gdws_export.lowering.fold import find_fold_sites
 from gdws_export.lowering.forms import fold_slots, is_form
@@ -53,7 +58,12 @@ class LayerLowering:
 
 @dataclass
 class ExportResult:
-    """What `export_onnx` wrote and how: paths, per-layer lowering, parity, settings."""
+    """What `export_onnx` wrote and how: paths, per-layer lowering, parity, settings.
+
+    With `auto`, `network_ms` holds the whole-model [median, p90] milliseconds per batch of
+    the per-layer choice ("auto"), the reference lowering ("gather") and the original convs
+    ("dense"), and `network_plan` the one shipped (the fastest).
+    """
 
     onnx_path: str
     report_path: str
@@ -71,6 +81,8 @@ class ExportResult:
     settings: dict
     tool_version: str
     seconds: dict[str, float]
+    network_plan: str = ""
+    network_ms: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def forms(self) -> dict[str, str]:
@@ -137,8 +149,10 @@ def export_onnx(
         input_shape: (C, H, W) of one input image ((N, C, H, W) is accepted, N ignored).
         path: the .onnx file to write; the report goes next to it as `<stem>.report.json`.
         lowering: "auto" (time the forms per layer on ONNX Runtime, keep the fastest, the
-            original conv included), or one form for every layer: "gather" (reference),
-            "uniform", "slots", "fold", "fold-<S>", "dense" (see `forms`). Layers a fold cannot
+            original conv included; then time the whole model so chosen against all-"gather"
+            and the original convs, and ship the fastest of the three), or one form for every
+            layer: "gather" (reference), "uniform", "slots", "fold", "fold-<S>", "dense" (see
+            `forms`). Layers a fold cannot
             reach fall back to "gather" (noted in the report).
         exporter: "dynamo" (default) or "legacy".
         opset: ONNX opset; None means 18.
@@ -184,15 +198,18 @@ def export_onnx(
         needs_fold = lowering == "auto" or fold_slots(lowering) is not None
         sites, fold_reasons = find_fold_sites(model) if layers and needs_fold else ({}, {})
         example = torch.from_numpy(inputs[:2] if dynamic_batch else _fixed_batch(inputs, batch))
-        timings, notes = {}, {n: [] for n in layers}
+        timings, notes, network = {}, {n: [] for n in layers}, {}
         if lowering == "auto" and layers:
             timings = choose_forms(
                 model, example, sites=sites, originals=originals, candidates=candidates,
                 align=align, batch=batch, threads=threads, repeats=repeats,
             )  # fmt: skip
-            forms = {n: t.form for n, t in timings.items()}
             for n, t in timings.items():
                 notes[n] += t.notes
+            forms, network = _check_network(
+                model, {n: t.form for n, t in timings.items()}, example, sites=sites,
+                originals=originals, align=align, batch=batch, threads=threads, repeats=repeats,
+            )  # fmt: skip
         else:
             forms = {}
             for n in layers:
@@ -219,6 +236,7 @@ def export_onnx(
         seconds["parity"] = time.perf_counter() - clock - sum(seconds.values())
 
         layer_reports = _layer_reports(model, layers, forms, timings, notes, example)
+        network_plan = network.pop("plan", "")
     finally:
         model.train(was_training)
     from gdws_export import __version__
@@ -229,10 +247,27 @@ def export_onnx(
         batch=batch, threads=threads, align=align, simplifier=tool,
         simplify_notes=simplify_notes, parity=parity, layers=layer_reports,
         settings=dict(metadata or {}), tool_version=__version__, seconds=seconds,
+        network_plan=network_plan, network_ms=network,
     )  # fmt: skip
     write_metadata(proto, _metadata(result))
     _write_atomically(path, proto.SerializeToString(), result.to_json().encode())
     return result
+
+
+def _check_network(model, forms, example, *, sites, originals, align, batch, threads, repeats):
+    """Time the whole model with the per-layer choice, all-gather and all-dense; keep the
+    fastest. Returns (forms, {"plan": name, name: [median, p90], ...})."""
+    plans = {"auto": forms, "gather": {n: "gather" for n in forms}}
+    plans["dense"] = {n: "dense" for n in forms}
+    if plans["auto"] == plans["gather"]:
+        del plans["gather"]
+    models = {
+        key: lower_model(model, plan, sites=sites, originals=originals, align=align)
+        for key, plan in plans.items()
+    }
+    times = time_networks(models, example, batch=batch, threads=threads, repeats=repeats)
+    best = min(times, key=lambda k: (times[k][0], k != "dense"))
+    return plans[best], {"plan": best, **{k: list(v) for k, v in times.items()}}
 
 
 def _check_args(input_shape, lowering, exporter, batch) -> tuple[int, int, int]:

@@ -1,0 +1,304 @@
+"""Speed of each GDWS lowering on ONNX Runtime CPU: VGG-16-BN and PreActResNet-18 (CIFAR size).
+
+For each model and MAC ratio, `approximate(mac_ratio=...)` makes the GDWS model, and
+`export_onnx` exports the original model and the GDWS model in every lowering (plus `auto`,
+chosen at each batch size), each checked for parity on real images. All graphs of one batch
+size then run in interleaved rounds on ONNX Runtime (CPU provider, `--threads` threads), so
+load from other processes hits every graph alike; medians and p90 of the latency are kept.
+
+    speed-up   = throughput(GDWS graph) / throughput(original graph)
+    MAC cut    = MACs(original model) / MACs(GDWS model), whole network, per image
+    efficiency = speed-up / MAC cut  (1.0 = the MAC reduction fully realized as speed)
+
+Weights: no trained CIFAR weights exist offline, and freshly initialised convs have flat
+per-channel spectra, on which the network-level MAC allocation degenerates (some layers keep
+a single kernel). `--weights spectral` (default) therefore gives every KxK conv the shape of a
+trained one: per input channel, random singular vectors with singular values decaying by
+`--decay` per rank and channel scales drawn log-normally. Speed depends on the shapes and the
+kernel counts only, not on the values. `--weights random` keeps the initialisation.
+
+Run:  PYTHONPATH=. python benchmarks/lowering_speed.py [--models vgg16_bn preact_resnet18]
+          [--ratios 0.25 0.5] [--batches 1 32] [--threads 2]
+Writes benchmarks/results/lowering-speed-ort-cpu.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gdws_export import approximate, create_model
+from gdws_export.lowering import export_onnx
+from gdws_export.runtimes import OrtRunner
+
+RESULTS = Path(__file__).parent / "results"
+IMAGES = Path(__file__).parent.parent / "tests" / "data" / "fashion_mnist_test_1k.npz"
+LOWERINGS = ("gather", "uniform", "slots", "fold", "fold-2")
+
+
+@torch.no_grad()
+def spectral_weights(model: nn.Module, decay: float, seed: int) -> nn.Module:
+    """Give every KxK conv per-channel spectra like a trained conv's (see the module doc)."""
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
+            m, c, kh, kw = module.weight.shape
+            k = kh * kw
+            rank = min(m, k)
+            u = torch.linalg.qr(torch.randn(c, m, rank, generator=gen))[0]
+            v = torch.linalg.qr(torch.randn(c, k, rank, generator=gen))[0]
+            scale = torch.exp(0.5 * torch.randn(c, 1, generator=gen))
+            s = scale * decay ** torch.arange(rank, dtype=torch.float32)
+            blocks = u @ torch.diag_embed(s) @ v.transpose(1, 2)  # (C, M, K)
+            weight = blocks.permute(1, 0, 2).reshape(m, c, kh, kw)
+            module.weight.copy_(weight * module.weight.std() / weight.std())
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+            module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+    return model.eval()
+
+
+def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates per image of every Conv2d and Linear that runs."""
+    total = 0
+
+    def hook(module, args, out):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += out[0].numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            total += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return total
+
+
+def real_images(n: int) -> np.ndarray:
+    """Fashion-MNIST test images, padded to 32 x 32, gray repeated over 3 channels."""
+    x = np.load(IMAGES)["x"][:n].astype(np.float32) / 255.0
+    x = np.pad(x, ((0, 0), (2, 2), (2, 2)))
+    return np.ascontiguousarray(np.repeat(x[:, None], 3, axis=1))
+
+
+def time_graphs(paths: dict[str, str], batch: int, threads: int, rounds: int) -> dict:
+    """Interleaved rounds over all graphs; each sample averages enough runs to last >= 20 ms."""
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, 3, 32, 32), dtype=np.float32)
+    runners = {k: OrtRunner(p, threads=threads) for k, p in paths.items()}
+    inner = {}
+    for key, runner in runners.items():
+        runner.activate()
+        runner.predict(x)
+        start = time.perf_counter()
+        runner.predict(x)
+        inner[key] = max(1, int(0.02 / (time.perf_counter() - start)))
+    samples = {k: [] for k in runners}
+    for _ in range(rounds):
+        for key, runner in runners.items():
+            start = time.perf_counter()
+            for _ in range(inner[key]):
+                runner.predict(x)
+            samples[key].append((time.perf_counter() - start) / inner[key])
+    for runner in runners.values():
+        runner.deactivate()
+    return {
+        k: {"median_ms": 1e3 * float(np.median(v)), "p90_ms": 1e3 * float(np.percentile(v, 90)),
+            "runs_per_sample": inner[k], "samples": len(v)}
+        for k, v in samples.items()
+    }  # fmt: skip
+
+
+def run_config(name, ratio, args, images, workdir) -> dict:
+    torch.manual_seed(args.seed)
+    base = create_model(name)
+    if args.weights == "spectral":
+        spectral_weights(base, args.decay, args.seed)
+    base.eval()
+    shape = (3, 32, 32)
+    start = time.perf_counter()
+    gdws, report = approximate(base, mac_ratio=ratio, input_shape=shape)
+    approx_s = time.perf_counter() - start
+    macs = {"original": count_macs(base, shape), "gdws": count_macs(gdws, shape)}
+    common = dict(input_shape=shape, exporter=args.exporter, parity_inputs=images,
+                  threads=args.threads, metadata={"mac_ratio": ratio, "model": name})  # fmt: skip
+    paths, exports = {}, {}
+
+    def export(key, model, **kwargs):
+        start = time.perf_counter()
+        result = export_onnx(model, path=workdir / f"{name}-{ratio}-{key}.onnx", **common,
+                             **kwargs)  # fmt: skip
+        paths[key] = result.onnx_path
+        exports[key] = {
+            "seconds": time.perf_counter() - start,
+            "parity_relative_diff": result.parity.relative_diff,
+            "top1_agreement": result.parity.top1_agreement,
+            "forms": result.forms, "shipped_macs": result.macs["shipped"],
+            "network_plan": result.network_plan, "network_ms": result.network_ms,
+            "layers": [{"name": lay.name, "form": lay.form, "median_ms": lay.median_ms}
+                       for lay in result.layers] if key.startswith("auto") else [],
+        }  # fmt: skip
+        print(f"  exported {key} in {exports[key]['seconds']:.1f} s", flush=True)
+
+    export("original", base)
+    for lowering in LOWERINGS:
+        export(lowering, gdws, lowering=lowering)
+    for batch in args.batches:
+        export(f"auto@{batch}", gdws, lowering="auto", batch=batch, original=base,
+               repeats=args.auto_repeats)  # fmt: skip
+
+    timings = {}
+    for batch in args.batches:
+        keys = ["original", *LOWERINGS, f"auto@{batch}"]
+        rounds = args.rounds_large if batch >= 8 else args.rounds_small
+        timings[batch] = time_graphs({k: paths[k] for k in keys}, batch, args.threads, rounds)
+        print(f"  timed batch {batch}", flush=True)
+    return {
+        "model": name, "mac_ratio": ratio, "approximate_seconds": approx_s, "macs": macs,
+        "kernels": {lay.name: lay.kernels for lay in report.layers if lay.status == "gdws"},
+        "exports": exports, "timings": timings,
+    }  # fmt: skip
+
+
+def summarize(config: dict) -> list[dict]:
+    """One row per (batch, lowering): latency, throughput, speed-up, efficiency."""
+    rows = []
+    cut = config["macs"]["original"] / config["macs"]["gdws"]
+    for batch, timing in config["timings"].items():
+        base = timing["original"]["median_ms"]
+        for key, t in timing.items():
+            speedup = base / t["median_ms"]
+            rows.append({
+                "model": config["model"], "mac_ratio": config["mac_ratio"], "batch": int(batch),
+                "lowering": key.split("@")[0], "median_ms": t["median_ms"], "p90_ms": t["p90_ms"],
+                "images_per_s": int(batch) / t["median_ms"] * 1e3, "speedup": speedup,
+                "mac_cut": 1.0 if key == "original" else cut,
+                "efficiency": speedup / (1.0 if key == "original" else cut),
+            })  # fmt: skip
+    return rows
+
+
+def write_markdown(path: Path, data: dict) -> None:
+    lines = [
+        "# GDWS lowering speed on ONNX Runtime CPU",
+        "",
+        f"Command: `{data['command']}`",
+        "",
+        f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores (shared with other "
+        f"jobs; load average {data['machine']['load_before']} before, "
+        f"{data['machine']['load_after']} after). onnxruntime {data['machine']['onnxruntime']}, "
+        f"torch {data['machine']['torch']}, {data['args']['threads']} intra-op threads, "
+        f"exporter {data['args']['exporter']}, weights {data['args']['weights']}"
+        + (f" (decay {data['args']['decay']})" if data["args"]["weights"] == "spectral" else "")
+        + f". Run took {data['seconds'] / 60:.1f} min.",
+        "",
+        "speed-up = throughput / original's; MAC cut = original / GDWS MACs per image (whole "
+        "network); efficiency = speed-up / MAC cut. Medians (p90) of interleaved rounds.",
+        "",
+    ]
+    for config in data["configs"]:
+        macs = config["macs"]
+        lines += [
+            f"## {config['model']}, mac_ratio {config['mac_ratio']}",
+            "",
+            f"MACs per image: original {macs['original'] / 1e6:.1f} M, GDWS "
+            f"{macs['gdws'] / 1e6:.1f} M (cut {macs['original'] / macs['gdws']:.2f}x).",
+            "",
+            "| batch | lowering | latency ms, median (p90) | images/s | speed-up | efficiency |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in summarize(config):
+            lines.append(
+                f"| {row['batch']} | {row['lowering']} | {row['median_ms']:.2f} "
+                f"({row['p90_ms']:.2f}) | {row['images_per_s']:.0f} | {row['speedup']:.2f}x | "
+                f"{row['efficiency']:.2f} |"
+            )
+        for key, export in config["exports"].items():
+            if key.startswith("auto"):
+                counts: dict[str, int] = {}
+                for form in export["forms"].values():
+                    counts[form] = counts.get(form, 0) + 1
+                chosen = ", ".join(f"{f} x{n}" for f, n in sorted(counts.items()))
+                checks = ", ".join(f"{k} {v[0]:.1f} ms" for k, v in export["network_ms"].items())
+                lines += ["", f"{key}: per-layer choice {chosen}; whole-model check ({checks}) "
+                          f"shipped the {export['network_plan']!r} plan."]  # fmt: skip
+        worst = max(e["parity_relative_diff"] for e in config["exports"].values())
+        lines += ["", f"Parity of every graph on 16 real images: max relative diff {worst:.1e}, "
+                  "top-1 agreement 100 %.", ""]  # fmt: skip
+    lines += data.get("analysis", [])
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["vgg16_bn", "preact_resnet18"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--exporter", default="legacy", help="legacy is ~5x faster to export")
+    parser.add_argument("--weights", choices=["spectral", "random"], default="spectral")
+    parser.add_argument("--decay", type=float, default=0.6)
+    parser.add_argument("--rounds-small", type=int, default=25, help="rounds at batch < 8")
+    parser.add_argument("--rounds-large", type=int, default=9, help="rounds at batch >= 8")
+    parser.add_argument("--auto-repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "lowering-speed-ort-cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import onnxruntime
+
+    start = time.perf_counter()
+    data = {
+        "command": "PYTHONPATH=. python " + shlex.join(["benchmarks/lowering_speed.py", *sys.argv[1:]]),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+                    "load_before": [round(x, 2) for x in os.getloadavg()]},
+        "configs": [],
+    }  # fmt: skip
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        data["machine"]["cpu"] = names[0] if names else data["machine"]["cpu"]
+    except OSError:
+        pass
+    images = real_images(16)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            for ratio in args.ratios:
+                print(f"{name} mac_ratio {ratio}", flush=True)
+                data["configs"].append(run_config(name, ratio, args, images, Path(tmp)))
+    data["machine"]["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    data["seconds"] = time.perf_counter() - start
+    data["rows"] = [row for config in data["configs"] for row in summarize(config)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = args.out.with_suffix(".json"), args.out.with_suffix(".md")
+    json_path.write_text(json.dumps(data, indent=2))
+    write_markdown(md_path, data)
+    for row in data["rows"]:
+        print(
+            f"{row['model']:16s} r={row['mac_ratio']} b={row['batch']:2d} {row['lowering']:9s} "
+            f"{row['median_ms']:8.2f} ms  {row['speedup']:.2f}x  eff {row['efficiency']:.2f}"
+        )
+    print(f"wrote {md_path} and {json_path}")
+
+
+if __name__ == "__main__":
+    main()
