@@ -99,7 +99,8 @@ def real_images(n: int) -> np.ndarray:
 
 
 def time_graphs(paths: dict[str, str], batch: int, threads: int, rounds: int) -> dict:
-    """Interleaved rounds over all graphs; each sample averages enough runs to last >= 20 ms."""
+    """Interleaved rounds over all graphs, in a new random order each round; each sample
+    averages enough runs to last >= 20 ms."""
     rng = np.random.default_rng(0)
     x = rng.random((batch, 3, 32, 32), dtype=np.float32)
     runners = {k: OrtRunner(p, threads=threads) for k, p in paths.items()}
@@ -111,8 +112,10 @@ def time_graphs(paths: dict[str, str], batch: int, threads: int, rounds: int) ->
         runner.predict(x)
         inner[key] = max(1, int(0.02 / (time.perf_counter() - start)))
     samples = {k: [] for k in runners}
+    keys = list(runners)
     for _ in range(rounds):
-        for key, runner in runners.items():
+        for key in rng.permutation(keys):
+            runner = runners[key]
             start = time.perf_counter()
             for _ in range(inner[key]):
                 runner.predict(x)
@@ -164,12 +167,16 @@ def run_config(name, ratio, args, images, workdir) -> dict:
         export(f"auto@{batch}", gdws, lowering="auto", batch=batch, original=base,
                repeats=args.auto_repeats)  # fmt: skip
 
+    # "original (A/A)" is the original graph again, in its own session: the noise floor.
+    paths["original (A/A)"] = paths["original"]
     timings = {}
-    for batch in args.batches:
-        keys = ["original", *LOWERINGS, f"auto@{batch}"]
-        rounds = args.rounds_large if batch >= 8 else args.rounds_small
-        timings[batch] = time_graphs({k: paths[k] for k in keys}, batch, args.threads, rounds)
-        print(f"  timed batch {batch}", flush=True)
+    for threads in (args.threads, *args.extra_threads):
+        for batch in args.batches:
+            keys = ["original", "original (A/A)", *LOWERINGS, f"auto@{batch}"]
+            rounds = args.rounds_large if batch >= 8 else args.rounds_small
+            timed = time_graphs({k: paths[k] for k in keys}, batch, threads, rounds)
+            timings[f"{threads}x{batch}"] = timed
+            print(f"  timed batch {batch} with {threads} threads", flush=True)
     return {
         "model": name, "mac_ratio": ratio, "approximate_seconds": approx_s, "macs": macs,
         "kernels": {lay.name: lay.kernels for lay in report.layers if lay.status == "gdws"},
@@ -181,21 +188,29 @@ def summarize(config: dict) -> list[dict]:
     """One row per (batch, lowering): latency, throughput, speed-up, efficiency."""
     rows = []
     cut = config["macs"]["original"] / config["macs"]["gdws"]
-    for batch, timing in config["timings"].items():
+    for setting, timing in config["timings"].items():
+        threads, batch = map(int, setting.split("x"))
         base = timing["original"]["median_ms"]
         for key, t in timing.items():
             speedup = base / t["median_ms"]
+            key_cut = 1.0 if key.startswith("original") else cut
             rows.append({
-                "model": config["model"], "mac_ratio": config["mac_ratio"], "batch": int(batch),
-                "lowering": key.split("@")[0], "median_ms": t["median_ms"], "p90_ms": t["p90_ms"],
-                "images_per_s": int(batch) / t["median_ms"] * 1e3, "speedup": speedup,
-                "mac_cut": 1.0 if key == "original" else cut,
-                "efficiency": speedup / (1.0 if key == "original" else cut),
+                "model": config["model"], "mac_ratio": config["mac_ratio"], "threads": threads,
+                "batch": batch, "lowering": key.split("@")[0], "median_ms": t["median_ms"],
+                "p90_ms": t["p90_ms"], "images_per_s": batch / t["median_ms"] * 1e3,
+                "speedup": speedup, "mac_cut": key_cut, "efficiency": speedup / key_cut,
             })  # fmt: skip
     return rows
 
 
-def write_markdown(path: Path, data: dict) -> None:
+def _counts(forms) -> str:
+    counts: dict[str, int] = {}
+    for form in forms:
+        counts[form] = counts.get(form, 0) + 1
+    return ", ".join(f"{form} x{n}" for form, n in sorted(counts.items()))
+
+
+def write_markdown(path: Path, data: dict, notes: str = "") -> None:
     lines = [
         "# GDWS lowering speed on ONNX Runtime CPU",
         "",
@@ -210,7 +225,10 @@ def write_markdown(path: Path, data: dict) -> None:
         + f". Run took {data['seconds'] / 60:.1f} min.",
         "",
         "speed-up = throughput / original's; MAC cut = original / GDWS MACs per image (whole "
-        "network); efficiency = speed-up / MAC cut. Medians (p90) of interleaved rounds.",
+        "network); efficiency = speed-up / MAC cut. Medians (p90) of interleaved rounds in random "
+        "order. `original (A/A)` is the original graph again in its own session: how far two "
+        "identical graphs differ here, the noise floor. `auto` rows at other thread counts than "
+        f"{data['args']['threads']} show the graph `auto` chose for {data['args']['threads']}.",
         "",
     ]
     for config in data["configs"]:
@@ -221,29 +239,28 @@ def write_markdown(path: Path, data: dict) -> None:
             f"MACs per image: original {macs['original'] / 1e6:.1f} M, GDWS "
             f"{macs['gdws'] / 1e6:.1f} M (cut {macs['original'] / macs['gdws']:.2f}x).",
             "",
-            "| batch | lowering | latency ms, median (p90) | images/s | speed-up | efficiency |",
-            "|---|---|---|---|---|---|",
+            "| threads | batch | lowering | latency ms, median (p90) | images/s | speed-up | "
+            "efficiency |",
+            "|---|---|---|---|---|---|---|",
         ]
         for row in summarize(config):
             lines.append(
-                f"| {row['batch']} | {row['lowering']} | {row['median_ms']:.2f} "
+                f"| {row['threads']} | {row['batch']} | {row['lowering']} | {row['median_ms']:.2f} "
                 f"({row['p90_ms']:.2f}) | {row['images_per_s']:.0f} | {row['speedup']:.2f}x | "
                 f"{row['efficiency']:.2f} |"
             )
         for key, export in config["exports"].items():
             if key.startswith("auto"):
-                counts: dict[str, int] = {}
-                for form in export["forms"].values():
-                    counts[form] = counts.get(form, 0) + 1
-                chosen = ", ".join(f"{f} x{n}" for f, n in sorted(counts.items()))
+                per_layer = [min(lay["median_ms"], key=lay["median_ms"].get) if lay["median_ms"] else lay["form"]
+                             for lay in export["layers"]]  # fmt: skip
                 checks = ", ".join(f"{k} {v[0]:.1f} ms" for k, v in export["network_ms"].items())
-                lines += ["", f"{key}: per-layer choice {chosen}; whole-model check ({checks}) "
-                          f"shipped the {export['network_plan']!r} plan."]  # fmt: skip
+                lines += ["", f"{key}: per-layer choice {_counts(per_layer)}; whole-model check "
+                          f"({checks}) shipped the {export['network_plan']!r} plan: "
+                          f"{_counts(export['forms'].values())}."]  # fmt: skip
         worst = max(e["parity_relative_diff"] for e in config["exports"].values())
         lines += ["", f"Parity of every graph on 16 real images: max relative diff {worst:.1e}, "
                   "top-1 agreement 100 %.", ""]  # fmt: skip
-    lines += data.get("analysis", [])
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + notes)
 
 
 def main() -> None:
@@ -251,7 +268,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["vgg16_bn", "preact_resnet18"])
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.5])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="for auto and the main timings")
+    parser.add_argument(
+        "--extra-threads", nargs="*", type=int, default=[1],
+        help="also time every graph (auto as chosen for --threads) with these thread counts",
+    )  # fmt: skip
     parser.add_argument("--exporter", default="legacy", help="legacy is ~5x faster to export")
     parser.add_argument("--weights", choices=["spectral", "random"], default="spectral")
     parser.add_argument("--decay", type=float, default=0.6)
@@ -259,6 +280,10 @@ def main() -> None:
     parser.add_argument("--rounds-large", type=int, default=9, help="rounds at batch >= 8")
     parser.add_argument("--auto-repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--notes", type=Path, default=Path(__file__).parent / "lowering_speed_notes.md",
+        help="markdown appended to the results (the analysis)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "lowering-speed-ort-cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -291,10 +316,12 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = args.out.with_suffix(".json"), args.out.with_suffix(".md")
     json_path.write_text(json.dumps(data, indent=2))
-    write_markdown(md_path, data)
+    notes = args.notes.read_text() if args.notes and args.notes.exists() else ""
+    write_markdown(md_path, data, notes)
     for row in data["rows"]:
         print(
-            f"{row['model']:16s} r={row['mac_ratio']} b={row['batch']:2d} {row['lowering']:9s} "
+            f"{row['model']:16s} r={row['mac_ratio']} t={row['threads']} b={row['batch']:2d} "
+            f"{row['lowering']:14s} "
             f"{row['median_ms']:8.2f} ms  {row['speedup']:.2f}x  eff {row['efficiency']:.2f}"
         )
     print(f"wrote {md_path} and {json_path}")

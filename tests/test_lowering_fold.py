@@ -28,7 +28,8 @@ def test_resnet_folds_only_the_second_conv_of_each_block():
     assert set(sites) == {"layers.0.conv2", "layers.1.conv2"}
     assert sites["layers.1.conv2"].producer == "layers.1.conv1"
     assert sites["layers.1.conv2"].batchnorms == ("layers.1.bn1",)
-    assert "also read" in reasons["layers.0.conv1"]  # the residual stream feeds the skip too
+    # The residual stream feeds the skip connection too.
+    assert "also read elsewhere" in reasons["layers.0.conv1"]
 
 
 def test_preact_resnet_folds_through_functional_relu():

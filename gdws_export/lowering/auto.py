@@ -34,9 +34,10 @@ from gdws_export.lowering.forms import (
     lower_layer,
 )
 
-# "uniform" is left out: ONNX Runtime runs a depthwise conv with channel multiplier > 1 in its
-# slow generic path (not NCHWc), and it never beat "gather" or "slots" in our measurements.
-DEFAULT_CANDIDATES = ("dense", "gather", "slots", "fold", "fold-2", "fold-3")
+# Left out by default, to keep `auto` quick: "uniform" (ONNX Runtime runs a depthwise conv with
+# channel multiplier > 1 in its slow generic kernel, not in NCHWc; it never beat "gather" or
+# "slots" in our measurements) and "fold-3" and up (rarely better than fold-2 or slots).
+DEFAULT_CANDIDATES = ("dense", "gather", "slots", "fold", "fold-2")
 
 
 @dataclass

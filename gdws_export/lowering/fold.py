@@ -103,7 +103,8 @@ def _site_of(model: nn.Module, node: fx.Node, calls: dict[str, int]):
         if not isinstance(current, fx.Node):
             return None, "its input is not a traced tensor"
         if len(current.users) != 1:
-            return None, f"its input is also read by other layers (at {current.name})"
+            readers = len(current.users)
+            return None, f"its input is also read elsewhere ({current.name} has {readers} readers)"
         if current.op == "call_module":
             module = model.get_submodule(current.target)
             if calls[current.target] != 1:
