@@ -285,7 +285,15 @@ def main() -> None:
         help="markdown appended to the results (the analysis)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS / "lowering-speed-ort-cpu")
+    parser.add_argument(
+        "--render", type=Path, default=None,
+        help="only rewrite the markdown from this results JSON (and --notes), measuring nothing",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.render is not None:
+        notes = args.notes.read_text() if args.notes.exists() else ""
+        write_markdown(args.render.with_suffix(".md"), json.loads(args.render.read_text()), notes)
+        return
     torch.set_num_threads(args.threads)
     import onnxruntime
 

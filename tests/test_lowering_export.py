@@ -78,3 +78,16 @@ def test_check_graph_rejects_custom_ops_and_fixed_batch(gdws_vgg):
     fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
     with pytest.raises(UnsupportedModelError, match="batch axis"):
         check_graph(fixed, dynamic_batch=True, exporter="dynamo")
+
+
+def test_importing_lowering_loads_no_onnx_or_runtime():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gdws_export.lowering; "
+        "print([m for m in ('onnx', 'onnxruntime', 'onnxsim', 'onnxslim', 'tensorrt') "
+        "if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
