@@ -1,0 +1,436 @@
+"""`run_export`: model file -> (alphas) -> GDWS model -> ONNX graphs -> engine -> reports.
+
+Everything is written into a temporary directory beside the output directory
+(`.<name>.partial-XXXX`) and renamed into place at the very end, so an interrupted or failed
+run leaves no directory that looks complete; the Triton model directory likewise. Nothing here
+prints or exits: progress goes to a callback, errors are `GDWSExportError`s.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.gdws.approximate import approximate
+from gdws_export.gdws.selection import find_convs
+from gdws_export.gdws.sensitivity import load_alphas, noise_gains, save_alphas
+from gdws_export.loading import LoadedModel, load_model_file
+from gdws_export.loading.detect import first_line
+from gdws_export.models.layers import Normalize
+from gdws_export.pipeline.config import ExportConfig
+from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
+from gdws_export.pipeline.outputs import Staging, check_destination
+from gdws_export.pipeline.report import ExportReport
+
+# stage -> what the progress line says while it runs
+STAGES = {
+    "load": "loading the model",
+    "data": "reading calibration data",
+    "alphas": "computing alphas (PGD on the calibration data)",
+    "approximate": "replacing convs by GDWS convs",
+    "export_original": "exporting the original ONNX graph",
+    "export_gdws": "exporting the GDWS ONNX graph",
+    "build": "building the engine",
+    "check_engine": "checking the engine against its ONNX graph",
+}
+PARITY_INPUTS = 16
+
+# progress(stage, label, seconds): seconds is None when the stage starts, its duration after.
+ProgressCallback = Callable[[str, str, float | None], None]
+
+
+def run_export(
+    config: ExportConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    show_bars: bool = False,
+) -> ExportReport:
+    """Run one export as `config` says; returns its report (also saved as report.json/md).
+
+    Args:
+        config: the settings (validated and completed with `config.resolved()`).
+        progress: called when each stage starts and ends (see `ProgressCallback`).
+        show_bars: let long loops (alphas) draw tqdm progress bars on stderr.
+
+    Returns:
+        The ExportReport; `report.output_dir` and `report.files` say where everything is.
+
+    Raises:
+        InvalidInputError: bad settings or files (exit code 2).
+        UnsupportedModelError: the model cannot be approximated or exported (3).
+        ParityError: an exported graph or engine does not match (4).
+        MissingDependencyError: TensorRT or another optional package is missing (5).
+
+    Example:
+        >>> report = run_export(ExportConfig("models/lenet.pt", target="ort"))  # doctest: +SKIP
+        >>> report.path("engine")                                             # doctest: +SKIP
+    """
+    cfg = config.resolved()
+    torch.manual_seed(cfg.seed)
+    clock = _Clock(progress)
+    if cfg.dry_run:
+        return _plan(cfg, clock, show_bars)[0]
+    output = Path(cfg.output)
+    triton_dir = Path(cfg.triton_repo) / cfg.triton_name if cfg.triton_repo else None
+    check_destination(output, cfg.force, "output directory", "-o/--output")
+    if triton_dir is not None:
+        check_destination(triton_dir, cfg.force, "Triton model directory", "--triton-name")
+    if cfg.target == "trt":
+        from gdws_export.runtimes.tensorrt import import_tensorrt
+
+        import_tensorrt()  # before any work: says what to install
+    with Staging(output, cfg.force) as staged, Staging.optional(triton_dir, cfg.force) as triton:
+        report, state = _plan(cfg, clock, show_bars)
+        _export_and_build(cfg, report, state, staged.path, clock)
+        if triton is not None:
+            report.triton = state.engine.write_triton(triton.path, cfg.triton_name)
+            report.triton["model_dir"] = os.fspath(triton_dir)
+        report.output_dir = os.fspath(output)
+        report.files["report_json"] = "report.json"
+        report.files["report_md"] = "report.md"
+        report.timings = dict(clock.timings)
+        (staged.path / "report.json").write_text(report.to_json() + "\n")
+        (staged.path / "report.md").write_text(report.to_markdown())
+        staged.commit()
+        if triton is not None:
+            triton.commit()
+    return report
+
+
+class _State:
+    """What the stages hand to each other (models, data, alphas)."""
+
+    def __init__(self, loaded: LoadedModel, model: nn.Module, shape: tuple[int, int, int]):
+        self.loaded, self.model, self.shape = loaded, model, shape
+        self.gdws_model: nn.Module | None = None
+        self.data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.alphas: dict[str, torch.Tensor] | None = None
+        self.alphas_computed = False
+        self.engine: EngineCheck | None = None
+
+
+def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportReport, _State]:
+    """Load, prepare, alphas, approximate: everything `--dry-run` shows."""
+    with clock("load"):
+        loaded = load_model_file(
+            cfg.model, arch=cfg.arch, num_classes=cfg.num_classes, arch_kwargs=cfg.arch_kwargs,
+            trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape,
+        )  # fmt: skip
+    model, shape, normalization = _prepare(loaded, cfg)
+    state = _State(loaded, model, shape)
+    classes = _check_forward(model, shape, loaded.fixed_batch)
+    if cfg.calib is not None:
+        with clock("data"):
+            state.data = _calibration_data(cfg, shape, classes)
+    alphas_source = _alphas(cfg, state, clock, show_bars)
+    report = ExportReport(
+        tool_version=_tool_version(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        dry_run=cfg.dry_run,
+        settings=cfg.to_dict(),
+        model={
+            **loaded.to_dict(),
+            "input_shape": list(shape),
+            "normalization": normalization,
+            "alphas": alphas_source,
+            "classes": classes,
+        },  # fmt: skip
+        versions=_versions(),
+    )
+    report.macs["original"], report.params["original"] = count_macs_params(model, shape)
+    if cfg.gdws:
+        _check_replaceable(model, cfg.model)
+        with clock("approximate"):
+            state.gdws_model, approx = approximate(
+                model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, alphas=state.alphas,
+                input_shape=shape,
+            )  # fmt: skip
+        report.approximation = approx.to_dict()
+        report.macs["gdws"], report.params["gdws"] = count_macs_params(state.gdws_model, shape)
+        report.parity["approximation"] = _approximation_figures(model, state.gdws_model, state, cfg)
+    report.timings = dict(clock.timings)
+    return report, state
+
+
+def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock) -> None:
+    from gdws_export.lowering import export_onnx
+    from gdws_export.runtimes.build import build
+    from gdws_export.runtimes.tensorrt import DEFAULT_BATCH
+
+    dynamic = cfg.dynamic_batch and state.loaded.fixed_batch is None
+    if cfg.dynamic_batch and not dynamic:
+        report.warnings.append("the model fixes its batch size to 1: exported with a static batch")
+    batch = cfg.batch or 1
+    inputs = _parity_inputs(state, cfg.seed)
+    common = dict(
+        input_shape=state.shape, exporter=cfg.exporter, opset=cfg.opset, dynamic_batch=dynamic,
+        parity_inputs=inputs, threads=cfg.threads, batch=batch,
+        metadata={k: report.settings[k] for k in ("beta", "mac_ratio", "lowering", "seed")},
+    )  # fmt: skip
+    with clock("export_original"):
+        original = export_onnx(state.model, path=out / "original.onnx", lowering="gather", **common)
+    _take_export(report, "original", original, out)
+    source = out / "original.onnx"
+    if state.gdws_model is not None:
+        with clock("export_gdws", f" (lowering {cfg.lowering})"):
+            gdws = export_onnx(
+                state.gdws_model, path=out / "gdws.onnx", lowering=cfg.lowering,
+                original=state.model, **common,
+            )  # fmt: skip
+        _take_export(report, "gdws", gdws, out)
+        source = out / "gdws.onnx"
+        report.macs["shipped"] = (
+            report.macs["original"] - gdws.macs["original"] + gdws.macs["shipped"]
+        )
+    if state.alphas_computed:
+        save_alphas(state.alphas, out / "alphas.pt", data=cfg.calib, samples=len(state.data[0]),
+                    eps=cfg.alpha_eps, seed=cfg.seed)  # fmt: skip
+        report.files["alphas"] = "alphas.pt"
+    trt = cfg.target == "trt"
+    if not dynamic:
+        profile = (batch, batch, batch)
+    else:
+        profile = (1, cfg.batch, cfg.batch) if cfg.batch else DEFAULT_BATCH
+    calibration = state.data[0].numpy() if cfg.precision == "int8" else None
+    with clock("build", f" ({cfg.target}, {cfg.precision})"):
+        built = build(
+            source, target=cfg.target, precision=cfg.precision, output_dir=out,
+            calibration=calibration, threads=None if trt else cfg.threads,
+            batch=profile if trt else None, workspace_mib=cfg.workspace_mib,
+            timing_cache=cfg.timing_cache,
+        )  # fmt: skip
+    relocate_build(built, out)
+    report.build = built.to_dict()
+    report.versions.update(built.versions)
+    report.warnings += built.warnings
+    report.files["engine"] = built.engine_path
+    report.files["engine_settings"] = built.settings_path
+    with clock("check_engine"):
+        state.engine = check_engine(
+            out / built.engine_path, out / built.settings_path, source, inputs,
+            target=cfg.target, precision=cfg.precision,
+            max_batch_size=profile[2] if dynamic else 0,
+        )  # fmt: skip
+    if state.engine.parity is not None:
+        report.parity["engine"] = state.engine.parity
+    report.warnings += state.engine.warnings
+
+
+def _take_export(report: ExportReport, role: str, result, out: Path) -> None:
+    """Record a lowering ExportResult; its own report file is folded into report.json."""
+    data = result.to_dict()
+    Path(result.report_path).unlink(missing_ok=True)
+    data["onnx_path"] = os.path.relpath(result.onnx_path, out)
+    data.pop("report_path", None)
+    report.exports[role] = data
+    report.files[f"{role}_onnx"] = data["onnx_path"]
+    report.parity[f"onnx_{role}"] = result.parity.to_dict()
+
+
+def _prepare(loaded: LoadedModel, cfg: ExportConfig):
+    """The model to export (normalization baked in when asked), its input shape."""
+    shape = tuple(cfg.input_shape or loaded.input_shape or ())
+    if not shape:
+        raise InvalidInputError(
+            f"{loaded.path} does not record the input shape; pass --input-shape (e.g. 1x3x32x32)"
+        )
+    model = loaded.module
+    if cfg.mean is None:
+        return model, shape, None
+    if len(cfg.mean) not in (1, shape[0]):
+        raise InvalidInputError(
+            f"--mean/--std give {len(cfg.mean)} values but the input has {shape[0]} channels"
+        )
+    described = f"mean {list(cfg.mean)}, std {list(cfg.std)}"
+    inner = getattr(model, "normalize", None)
+    if isinstance(inner, Normalize):
+        if inner.mean is not None:
+            raise InvalidInputError(
+                f"{loaded.path} already normalizes its inputs inside ({inner.extra_repr()}); "
+                "leave out --mean/--std"
+            )
+        model.normalize = Normalize(cfg.mean, cfg.std)  # keeps every layer name
+        return model, shape, described
+    return NormalizedInput(model, cfg.mean, cfg.std).eval(), shape, described
+
+
+class NormalizedInput(nn.Module):
+    """`model((x - mean) / std)`: bakes normalization into a model that lacks it.
+
+    Layer names gain the prefix "model." (alphas files written for the bare model are
+    matched either way).
+    """
+
+    def __init__(self, model: nn.Module, mean, std) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+
+def _check_forward(model: nn.Module, shape, fixed_batch: int | None) -> int:
+    """Run the model once; returns the number of outputs (classes)."""
+    x = torch.rand(fixed_batch or 2, *shape)
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # a user model can fail in any way; say where
+        raise UnsupportedModelError(
+            f"the model's forward fails on input shape {tuple(x.shape)} ({type(exc).__name__}: "
+            f"{first_line(exc)}); check --input-shape"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+        what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"{out.dim()}-D tensor"
+        raise UnsupportedModelError(
+            f"the model returns a {what}; gdws-export exports classifiers returning one "
+            "(batch, classes) tensor"
+        )
+    if not torch.isfinite(out).all():
+        raise UnsupportedModelError("the model outputs NaN or Inf on random inputs in [0, 1]")
+    return int(out[0].numel())
+
+
+def _calibration_data(cfg: ExportConfig, shape, classes: int):
+    from gdws_export.harness.data import load_dataset
+
+    x, y = load_dataset(cfg.calib, split="train", limit=cfg.calib_samples, input_shape=shape)
+    if len(y) and int(y.max()) >= classes:
+        raise InvalidInputError(
+            f"--calib {cfg.calib} has label {int(y.max())} but the model has {classes} outputs; "
+            "pass data of the model's task"
+        )
+    return x, y
+
+
+def _alphas(cfg: ExportConfig, state: _State, clock, show_bars: bool) -> str:
+    """Fill state.alphas; returns where they came from, for the report."""
+    if not cfg.gdws:
+        return "not used (--no-gdws)"
+    if cfg.alphas is not None:
+        state.alphas = _match_names(load_alphas(cfg.alphas), state.model, cfg.alphas)
+        return f"file {cfg.alphas}"
+    if state.data is None:
+        return "none (unweighted; pass --alphas or --calib to weight channels)"
+    x, y = state.data
+    with clock("alphas", f" ({len(x)} samples)"):
+        state.alphas = noise_gains(
+            state.model, (x, y), samples=len(x), eps=cfg.alpha_eps, step_size=cfg.alpha_eps / 4,
+            batch_size=state.loaded.fixed_batch or 64, seed=cfg.seed, progress=show_bars,
+        )  # fmt: skip
+    state.alphas_computed = True
+    return f"computed on {cfg.calib} ({len(x)} samples, PGD eps {cfg.alpha_eps:.4g})"
+
+
+def _match_names(alphas: dict, model: nn.Module, source: str) -> dict:
+    """Alphas of a bare model apply to its NormalizedInput wrapper ("model." prefix)."""
+    if isinstance(model, NormalizedInput) and not any(k.startswith("model.") for k in alphas):
+        return {f"model.{k}": v for k, v in alphas.items()}
+    return alphas
+
+
+def _check_replaceable(model: nn.Module, model_file: str) -> None:
+    """UnsupportedModelError unless some conv of `model` is one GDWS may replace."""
+    sites = find_convs(model)
+    if any(site.skip_reason is None for site in sites):
+        return
+    convs = ", ".join(f"{site.name} ({site.skip_reason})" for site in sites[:4])
+    raise UnsupportedModelError(
+        f"{model_file} has no KxK conv that GDWS can replace "
+        f"({'convs: ' + convs if convs else 'no nn.Conv2d at all'}); use --no-gdws to export it "
+        "as it is"
+    )
+
+
+def _parity_inputs(state: _State, seed: int) -> np.ndarray:
+    if state.data is not None:
+        return state.data[0][:PARITY_INPUTS].numpy()
+    rng = np.random.default_rng(seed)
+    return rng.random((PARITY_INPUTS, *state.shape), dtype=np.float32)
+
+
+def _approximation_figures(model, gdws_model, state: _State, cfg) -> dict:
+    """How far the GDWS model's logits are from the original's (informative, never fails)."""
+    from gdws_export.pipeline.engine import compare
+
+    x = torch.from_numpy(_parity_inputs(state, cfg.seed))
+    batch = state.loaded.fixed_batch
+    with torch.no_grad():
+        chunks = [x[i : i + 1] for i in range(len(x))] if batch else [x]
+        reference = torch.cat([model(c) for c in chunks]).numpy()
+        approximated = torch.cat([gdws_model(c) for c in chunks]).numpy()
+    return compare(reference, approximated, tolerance=None)
+
+
+def count_macs_params(model: nn.Module, shape) -> tuple[int, int]:
+    """Multiply-accumulates per image of every conv and linear layer, and the parameter count."""
+    macs = 0
+
+    def hook(module, _inputs, output):
+        nonlocal macs
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs += output[0].numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            macs += output[0].numel() * module.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(macs), sum(p.numel() for p in model.parameters())
+
+
+class _Clock:
+    """Times stages and reports them to the progress callback."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str, detail: str = "") -> Iterator[None]:
+        label = STAGES[stage] + detail
+        if self.progress:
+            self.progress(stage, label, None)
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        self.timings[stage] = round(seconds, 3)
+        if self.progress:
+            self.progress(stage, label, seconds)
+
+
+def _tool_version() -> str:
+    from gdws_export import __version__
+
+    return __version__
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "gdws-export": _tool_version(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
