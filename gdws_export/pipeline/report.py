@@ -131,8 +131,9 @@ class ExportReport:
         lines += [f"- model: `{self.model.get('path')}` ({self.model.get('kind')})"]
         if self.model.get("input_shape"):
             shape = "x".join(map(str, self.model["input_shape"]))
-            lines += [f"- input: N x {shape}, {self.model.get('normalization') or 'no'} "
-                      "normalization in the graph"]  # fmt: skip
+            norm = self.model.get("normalization")
+            norm = f"normalized in the graph ({norm})" if norm else "no normalization added"
+            lines += [f"- input: N x {shape}, {norm}"]
         if s.get("gdws"):
             how = (
                 f"beta {s['beta']}" if s.get("beta") is not None else f"mac_ratio {s['mac_ratio']}"

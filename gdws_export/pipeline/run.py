@@ -246,22 +246,34 @@ def _prepare(loaded: LoadedModel, cfg: ExportConfig):
         )
     model = loaded.module
     if cfg.mean is None:
+        inner = getattr(model, "normalize", None)
+        if isinstance(inner, Normalize) and inner.mean is not None:
+            return model, shape, f"{_mean_std(inner.mean, inner.std)}, inside the model"
         return model, shape, None
     if len(cfg.mean) not in (1, shape[0]):
         raise InvalidInputError(
             f"--mean/--std give {len(cfg.mean)} values but the input has {shape[0]} channels"
         )
-    described = f"mean {list(cfg.mean)}, std {list(cfg.std)}"
+    described = f"{_mean_std(cfg.mean, cfg.std)}, added by --mean/--std"
     inner = getattr(model, "normalize", None)
     if isinstance(inner, Normalize):
         if inner.mean is not None:
             raise InvalidInputError(
-                f"{loaded.path} already normalizes its inputs inside ({inner.extra_repr()}); "
+                f"{loaded.path} already normalizes its inputs inside "
+                f"({_mean_std(inner.mean, inner.std)}); "
                 "leave out --mean/--std"
             )
         model.normalize = Normalize(cfg.mean, cfg.std)  # keeps every layer name
         return model, shape, described
     return NormalizedInput(model, cfg.mean, cfg.std).eval(), shape, described
+
+
+def _mean_std(mean, std) -> str:
+    def short(values) -> str:
+        values = values.flatten().tolist() if isinstance(values, torch.Tensor) else values
+        return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+    return f"mean {short(mean)}, std {short(std)}"
 
 
 class NormalizedInput(nn.Module):
