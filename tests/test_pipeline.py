@@ -257,10 +257,21 @@ def test_static_batch(ckpt, tmp_path):
 
 def test_torch_export_program_end_to_end(tmp_path):
     path = files.export_file(tmp_path)
-    report = run_export(_config(str(path), tmp_path / "out", exporter="dynamo"))
+    report = run_export(_config(str(path), tmp_path / "out"))
     assert report.model["kind"] == "torch_export"
     assert [r["status"] for r in report.layer_rows()] == ["skipped", "gdws"]
     assert report.parity["onnx_gdws"]["passed"] and report.parity["engine"]["passed"]
+
+
+def test_program_with_a_fixed_batch_is_exported_static(tmp_path):
+    path = files.export_file(tmp_path, batch=1)
+    report = run_export(_config(str(path), tmp_path / "out", batch=8))
+    assert report.warnings == [
+        "the model fixes its batch size to 1: exported with that static batch"
+    ]
+    graph = onnx.load(tmp_path / "out" / "gdws.onnx").graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert report.parity["engine"]["passed"]
 
 
 def test_model_without_conv_is_unsupported(tmp_path):

@@ -101,3 +101,17 @@ def test_exported_repository_matches_the_engine(tmp_path, static):
             dims = spec.shape if static else spec.shape[1:]
             assert list(tensor.dims) == [d if isinstance(d, int) else -1 for d in dims]
     assert config.HasField("dynamic_batching") != static
+
+
+def test_an_existing_model_directory_needs_force(tmp_path):
+    from gdws_export.errors import InvalidInputError
+    from gdws_export.pipeline import ExportConfig, run_export
+
+    (tmp_path / "repo" / "lenet").mkdir(parents=True)
+    config = ExportConfig(str(files.checkpoint(tmp_path)), output=str(tmp_path / "out"),
+                          triton_repo=str(tmp_path / "repo"))  # fmt: skip
+    with pytest.raises(InvalidInputError, match=r"Triton model directory .*lenet already exists"):
+        run_export(config)
+    assert (
+        not (tmp_path / "out").exists() and list((tmp_path / "repo").iterdir())[0].name == "lenet"
+    )

@@ -167,10 +167,13 @@ def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock
     from gdws_export.runtimes.build import build
     from gdws_export.runtimes.tensorrt import DEFAULT_BATCH
 
-    dynamic = cfg.dynamic_batch and state.loaded.fixed_batch is None
-    if cfg.dynamic_batch and not dynamic:
-        report.warnings.append("the model fixes its batch size to 1: exported with a static batch")
-    batch = cfg.batch or 1
+    fixed = state.loaded.fixed_batch
+    dynamic = cfg.dynamic_batch and fixed is None
+    if fixed is not None and (cfg.dynamic_batch or (cfg.batch or fixed) != fixed):
+        report.warnings.append(
+            f"the model fixes its batch size to {fixed}: exported with that static batch"
+        )
+    batch = fixed or cfg.batch or 1
     inputs = _parity_inputs(state, cfg.seed)
     common = dict(
         input_shape=state.shape, exporter=cfg.exporter, opset=cfg.opset, dynamic_batch=dynamic,
