@@ -90,3 +90,28 @@ def calib_npz(folder: Path, n: int = 16, classes: int = 10) -> Path:
     path = folder / "calib.npz"
     np.savez(path, x=rng.random((n, *SHAPE), dtype=np.float32), y=rng.integers(0, classes, n))
     return path
+
+
+def tampered_export_file(folder: Path) -> tuple[Path, Path]:
+    """A .pt2 program whose first weight is a pickle torch.export.load would run."""
+    import io
+    import json
+    import zipfile
+
+    source = export_file(folder)
+    marker = folder / "MARKER_pt2_code_ran"
+    evil = io.BytesIO()
+    torch.save(WritesMarker(marker), evil)
+    path = folder / "tampered.pt2"
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(path, "w") as tampered:
+        for info in original.infolist():
+            data = original.read(info)
+            if info.filename.endswith("data/weights/model_weights_config.json"):
+                config = json.loads(data)
+                first = next(iter(config["config"].values()))
+                first["use_pickle"] = True
+                data = json.dumps(config).encode()
+            elif info.filename.endswith("data/weights/weight_0"):
+                data = evil.getvalue()
+            tampered.writestr(info, data)
+    return path, marker

@@ -125,6 +125,16 @@ def test_export_program_with_dynamic_batch(tmp_path):
     )
 
 
+def test_export_program_holding_code_is_refused_until_trusted(tmp_path):
+    path, marker = files.tampered_export_file(tmp_path)
+    with pytest.raises(InvalidInputError, match=r"weight_0\); loading it would run code"):
+        load_model_file(path)
+    assert not marker.exists()
+    with pytest.raises(InvalidInputError, match="cannot be loaded"):  # trusted: it ran; no tensor
+        load_model_file(path, trust_pickle=True)
+    assert marker.exists()
+
+
 def test_export_program_with_batch_one_is_static(tmp_path):
     loaded = load_model_file(files.export_file(tmp_path, batch=1))
     assert loaded.fixed_batch == 1

@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import warnings
 import zipfile
 from pathlib import Path
+
+import torch
 
 from gdws_export.errors import InvalidInputError
 
@@ -93,6 +96,35 @@ def pickle_globals(path: Path, *, routine: bool = False) -> list[str]:
         pass  # a truncated stream: what was read is enough for a message
     found = list(dict.fromkeys(found))
     return found if routine else [g for g in found if not g.startswith(_ROUTINE_GLOBALS)]
+
+
+def pickles_refused_in_archive(path: Path) -> list[str]:
+    """Members of a zip archive holding pickles that `torch.load(weights_only=True)` refuses.
+
+    `torch.export.load` unpickles some members with `weights_only=False` (weights and constants
+    saved as pickles, opaque objects), so a .pt2 file can run code when loaded: this finds
+    such members first. Every member that is a pickle or a nested torch.save archive is tried
+    with the weights-only unpickler, which runs nothing; raw tensor bytes fail it for other
+    reasons and are not counted.
+    """
+    refused = []
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                head = member.read(2)
+            if not (head.startswith(b"PK") or head[:1] == pickle.PROTO):
+                continue
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "Detected pickle protocol 4" and the like
+                    torch.load(io.BytesIO(archive.read(info)), map_location="cpu",
+                               weights_only=True)  # fmt: skip
+            except pickle.UnpicklingError as exc:
+                if "weights only" in str(exc).lower():
+                    refused.append(info.filename)
+            except Exception:  # not a loadable pickle (raw tensor bytes): nothing to run
+                continue
+    return refused
 
 
 def first_line(exc: BaseException) -> str:

@@ -7,7 +7,9 @@ The kind is detected from the file's content, never by running it:
 - a TorchScript archive (`torch.jit.save`): with `arch=` its weights load into the registered
   architecture; otherwise it is converted to a `torch.export` program (TorchScript runs only
   TorchScript ops, never Python) and handled as below;
-- a `torch.export` program (`.pt2`, `torch.export.save`): its graph names torch ops only;
+- a `torch.export` program (`.pt2`, `torch.export.save`): its graph names torch ops only, but
+  `torch.export.load` unpickles some members without weights_only, so an archive holding
+  pickled objects is refused unless `trust_pickle=True`;
 - a whole pickled `nn.Module` (`torch.save(model)`): loading it runs code from the file, so it
   is refused unless `trust_pickle=True`.
 
@@ -32,7 +34,13 @@ import torch
 from torch import nn
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.loading.detect import FORMAT_NAMES, detect_format, first_line, pickle_globals
+from gdws_export.loading.detect import (
+    FORMAT_NAMES,
+    detect_format,
+    first_line,
+    pickle_globals,
+    pickles_refused_in_archive,
+)
 from gdws_export.loading.programs import program_module, torchscript_program
 from gdws_export.models import create_model, list_models, read_checkpoint
 from gdws_export.models.checkpoint import load_state_dict_checked, resolve_checkpoint
@@ -129,6 +137,13 @@ def load_model_file(
     if fmt == "torchscript":
         loaded = _load_torchscript(file, arch, kwargs, shape)
     elif fmt == "torch_export":
+        refused = pickles_refused_in_archive(file)
+        if refused and not trust_pickle:
+            raise InvalidInputError(
+                f"torch.export program {file} holds pickled Python objects "
+                f"({', '.join(refused[:_SHOWN])}); loading it would run code from the file, so "
+                "it was not loaded. If you trust the file, pass --trust-pickle (trust_pickle=True)"
+            )
         try:
             program = torch.export.load(file)
         except Exception as exc:  # a damaged archive fails anywhere in deserialization

@@ -36,7 +36,7 @@ from gdws_export.pipeline.report import ExportReport
 STAGES = {
     "load": "loading the model",
     "data": "reading calibration data",
-    "alphas": "computing alphas (PGD on the calibration data)",
+    "alphas": "computing alphas",
     "approximate": "replacing convs by GDWS convs",
     "export_original": "exporting the original ONNX graph",
     "export_gdws": "exporting the GDWS ONNX graph",
@@ -144,7 +144,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
             "normalization": normalization,
             "alphas": alphas_source,
             "classes": classes,
-        },  # fmt: skip
+        },
         versions=_versions(),
     )
     report.macs["original"], report.params["original"] = count_macs_params(model, shape)
@@ -178,7 +178,8 @@ def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock
     common = dict(
         input_shape=state.shape, exporter=cfg.exporter, opset=cfg.opset, dynamic_batch=dynamic,
         parity_inputs=inputs, threads=cfg.threads, batch=batch,
-        metadata={k: report.settings[k] for k in ("beta", "mac_ratio", "lowering", "seed")},
+        metadata={**{k: report.settings[k] for k in ("beta", "mac_ratio", "lowering", "seed")},
+                  "alphas": report.model["alphas"]},
     )  # fmt: skip
     with clock("export_original"):
         original = export_onnx(state.model, path=out / "original.onnx", lowering="gather", **common)
@@ -339,7 +340,7 @@ def _alphas(cfg: ExportConfig, state: _State, clock, show_bars: bool) -> str:
     if state.data is None:
         return "none (unweighted; pass --alphas or --calib to weight channels)"
     x, y = state.data
-    with clock("alphas", f" ({len(x)} samples)"):
+    with clock("alphas", f" (PGD on {len(x)} calibration samples)"):
         state.alphas = noise_gains(
             state.model, (x, y), samples=len(x), eps=cfg.alpha_eps, step_size=cfg.alpha_eps / 4,
             batch_size=state.loaded.fixed_batch or 64, seed=cfg.seed, progress=show_bars,
