@@ -13,7 +13,7 @@ from gdws_export.cli import bench as bench_command
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.report import read_json
 from gdws_export.harness.runners import load_runner
-from gdws_export.harness.speed import SpeedReport
+from gdws_export.harness.speed_report import SpeedReport
 from gdws_export.runtimes.build import build
 
 FAST = ["--iterations", 5, "--warmup", 0, "--batch-sizes", 1, 4, "--threads", 1]

@@ -19,8 +19,8 @@ from gdws_export.harness.report import (
     write_json,
     write_markdown,
 )
-from gdws_export.harness.speed import BatchResult, BenchSettings, LatencyStats, SpeedReport
-from gdws_export.harness.sweep import SweepConfig, SweepReport, SweepRow, parse_settings
+from gdws_export.harness.speed_report import BatchResult, BenchSettings, LatencyStats, SpeedReport
+from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepRow, parse_settings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -9,13 +9,8 @@ from _trained import export_legacy, trained_lenet
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.machine import MachineInfo
-from gdws_export.harness.speed import (
-    BatchResult,
-    BenchSettings,
-    LatencyStats,
-    SpeedReport,
-    benchmark,
-)
+from gdws_export.harness.speed import benchmark
+from gdws_export.harness.speed_report import BatchResult, BenchSettings, LatencyStats, SpeedReport
 from gdws_export.runtimes import OrtRunner
 
 MACHINE = MachineInfo(os="test", python="3", cpu_model="cpu", cpu_threads=2, usable_threads=2)

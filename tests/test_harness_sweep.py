@@ -17,14 +17,8 @@ from gdws_export.attacks import AttackConfig
 from gdws_export.cli import sweep as sweep_command
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.report import read_json
-from gdws_export.harness.sweep import (
-    SweepConfig,
-    SweepReport,
-    SweepSetting,
-    count_macs,
-    pareto_front,
-    parse_settings,
-)
+from gdws_export.harness.sweep import count_macs, pareto_front
+from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepSetting, parse_settings
 from gdws_export.models import save_checkpoint
 
 MAC_RATIOS = (0.3, 0.5, 0.8)
@@ -163,6 +157,9 @@ def test_count_macs_of_lenet():
     [
         (lambda: SweepSetting(), "exactly one of beta or mac_ratio"),
         (lambda: SweepSetting(beta=0.1, mac_ratio=0.5), "exactly one"),
+        (lambda: SweepSetting(beta=-1.0), "beta must be >= 0"),
+        (lambda: SweepSetting(mac_ratio=1.5), r"mac_ratio must be in \(0, 1\]"),
+        (lambda: SweepSetting(beta="x"), "finite number"),
         (lambda: SweepConfig(()), "at least one setting"),
         (lambda: SweepConfig(parse_settings([0.1, 0.1])), "repeat"),
         (lambda: SweepConfig(parse_settings([0.1]), attacks=()), "at least one attack"),

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from gdws_export.harness.report import render_markdown, write_json, write_markdown
 from gdws_export.harness.runners import load_runner
-from gdws_export.harness.speed import (
+from gdws_export.harness.speed import benchmark
+from gdws_export.harness.speed_report import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_DURATION_S,
     DEFAULT_ROUNDS,
     DEFAULT_WARMUP_S,
-    benchmark,
 )
 
 NAME = "bench"

@@ -19,8 +19,13 @@ from gdws_export.attacks import AttackConfig
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.accuracy import DEFAULT_BATCH_SIZE, SquareConfig
 from gdws_export.harness.report import write_sweep
-from gdws_export.harness.speed import DEFAULT_BATCH_SIZES, DEFAULT_DURATION_S, DEFAULT_WARMUP_S
-from gdws_export.harness.sweep import SweepConfig, parse_settings, sweep
+from gdws_export.harness.speed_report import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_DURATION_S,
+    DEFAULT_WARMUP_S,
+)
+from gdws_export.harness.sweep import sweep
+from gdws_export.harness.sweep_report import SweepConfig, parse_settings
 
 NAME = "sweep"
 

@@ -33,15 +33,15 @@ from gdws_export.harness.report import (
     write_sweep,
 )
 from gdws_export.harness.runners import load_runner
-from gdws_export.harness.speed import BatchResult, LatencyStats, SpeedReport, benchmark
-from gdws_export.harness.sweep import (
+from gdws_export.harness.speed import benchmark
+from gdws_export.harness.speed_report import BatchResult, LatencyStats, SpeedReport
+from gdws_export.harness.sweep import pareto_front, sweep
+from gdws_export.harness.sweep_report import (
     SweepConfig,
     SweepReport,
     SweepRow,
     SweepSetting,
-    pareto_front,
     parse_settings,
-    sweep,
 )
 
 __all__ = [

@@ -15,7 +15,7 @@ from gdws_export._optional import require
 from gdws_export.runtimes._files import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from gdws_export.harness.sweep import SweepReport
+    from gdws_export.harness.sweep_report import SweepReport
 
 
 def plot_sweep(report: SweepReport, path: str | os.PathLike) -> Path:

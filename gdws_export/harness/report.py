@@ -20,8 +20,8 @@ from typing import Any
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.accuracy import AccuracyReport
-from gdws_export.harness.speed import SpeedReport
-from gdws_export.harness.sweep import SweepReport
+from gdws_export.harness.speed_report import SpeedReport
+from gdws_export.harness.sweep_report import SweepReport
 from gdws_export.runtimes._files import atomic_write_text
 
 Report = SpeedReport | AccuracyReport | SweepReport
