@@ -9,6 +9,7 @@ images/s), and the speed and accuracy reports behind the table.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -118,7 +119,7 @@ def sweep(
     notes: list[str] = []
     files = {
         name: _export_and_build(
-            m, model, work_dir / f"{_stem(name, config)}.onnx", input_shape, x, config, notes
+            m, work_dir / f"{_stem(name, config)}.onnx", input_shape, x, config, notes
         )
         for name, m in models.items()
     }
@@ -204,30 +205,31 @@ def _stem(name: str, config: SweepConfig) -> str:
     return next(s.file_stem for s in config.settings if s.label == name)
 
 
-def _export_and_build(module, original, path, input_shape, x, config, notes):
+def _export_and_build(module, path, input_shape, x, config, notes):
     """Export one model to ONNX and build its engine; returns (onnx path, BuildResult)."""
     from gdws_export.runtimes.build import build
 
-    _export(module, original, path, input_shape, x, config.lowering, notes)
+    _export(module, path, input_shape, x, config.lowering, notes)
     threads = config.threads if config.target == "ort" else None
     calibration = x[:CALIBRATION_SAMPLES].numpy() if config.precision == "int8" else None
     result = build(
         path, target=config.target, precision=config.precision, threads=threads,
         calibration=calibration,
     )  # fmt: skip
-    notes.extend(f"{path.name}: {warning}" for warning in result.warnings if warning not in notes)
+    notes.extend(f"{path.name}: {warning}" for warning in result.warnings)
     return path, result
 
 
-def _export(module, original, path, input_shape, x, lowering, notes) -> None:
-    try:
+def _export(module, path, input_shape, x, lowering, notes) -> None:
+    if importlib.util.find_spec("gdws_export.lowering") is not None:
         from gdws_export.lowering import export_onnx
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:
+
+        # No `original=`: the engine must compute the GDWS model that PyTorch attacks, so that
+        # the replay checks the engine; layers where a dense conv is fastest ship the GDWS
+        # weights as one dense conv (same speed).
         export_onnx(
             module, input_shape=tuple(input_shape), path=path, lowering=lowering,
-            original=original, parity_inputs=x[:16],
+            parity_inputs=x[:16],
         )  # fmt: skip
         return
     # Until gdws_export.lowering is installed, export the modules as they are (GDWS convs as
