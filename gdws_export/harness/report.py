@@ -20,6 +20,7 @@ from typing import Any
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.accuracy import AccuracyReport
+from gdws_export.harness.plots import plot_sweep
 from gdws_export.harness.speed_report import SpeedReport
 from gdws_export.harness.sweep_report import SweepReport
 from gdws_export.runtimes._files import atomic_write_text
@@ -120,19 +121,17 @@ def write_markdown(report: Report, path: str | os.PathLike, *, plot: str | None 
 
 
 def write_sweep(report: SweepReport, directory: str | os.PathLike, name: str = "sweep") -> dict:
-    """Write a sweep's `<name>.png` plot, `<name>.json` and `<name>.md` in `directory`.
+    """Write a sweep's `<name>.json`, `<name>.png` plot and `<name>.md` in `directory`.
 
-    The plot goes first and the Markdown last, each file atomically, so a JSON or Markdown file
-    that exists is complete and names files that exist.
+    Each file is written atomically, the JSON first (it needs no plotting library) and the
+    Markdown last, so the Markdown never names a plot that is not there.
 
     Returns:
-        {"plot": Path, "json": Path, "markdown": Path}
+        {"json": Path, "plot": Path, "markdown": Path}
     """
-    from gdws_export.harness.plots import plot_sweep
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    plot = plot_sweep(report, directory / f"{name}.png")
     json_path = write_json(report, directory / f"{name}.json")
+    plot = plot_sweep(report, directory / f"{name}.png")
     markdown = write_markdown(report, directory / f"{name}.md", plot=plot.name)
-    return {"plot": plot, "json": json_path, "markdown": markdown}
+    return {"json": json_path, "plot": plot, "markdown": markdown}
