@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     alphas = load_alphas(args.alphas) if args.alphas is not None else None
     report = sweep(
         model, config, (x, y), work_dir=args.output_dir / "models", alphas=alphas,
-        data_name=f"{args.data} ({args.split}, {len(y)} samples)",
+        data_name=_describe_data(args.data, args.split, len(y)),
     )  # fmt: skip
     paths = write_sweep(report, args.output_dir)
     print(report.table())
@@ -149,6 +149,14 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         warmup_s=args.warmup,
         eval_batch_size=args.eval_batch_size,
     )
+
+
+def _describe_data(spec: str, split: str, samples: int) -> str:
+    """'cifar10 (test), 1000 samples'; files and folders have no split to name."""
+    from gdws_export.harness.data import NAMED_DATASETS
+
+    named = f" ({split})" if str(spec).lower() in NAMED_DATASETS else ""
+    return f"{spec}{named}, {samples} samples"
 
 
 def parse_number(text: str) -> float:
