@@ -211,7 +211,9 @@ def test_settings_round_trip(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("precision", "cuda_graphs"), [("fp32", True), ("fp16", False), ("fp16", True)])
+@pytest.mark.parametrize(
+    ("precision", "cuda_graphs"), [("fp32", True), ("fp16", False), ("fp16", True)]
+)
 def test_gpu_paths_match_the_cpu_model(net, program, precision, cuda_graphs):
     x = _images(4)
     want = _reference(net, x)
