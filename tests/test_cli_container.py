@@ -55,6 +55,8 @@ def _run_main(args, out, monkeypatch, capsys, probe=None):
     """main() with exec recorded instead of done: (exit code, exec call or None, stderr lines)."""
     calls = []
     monkeypatch.setenv(container.OUT_ENV, str(out))
+    for variable in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "GDWS_EXPORT_MODELS"):
+        monkeypatch.delenv(variable, raising=False)  # torch.compile sets the first one itself
     monkeypatch.setattr(container.os, "execvpe", lambda *a: calls.append(a))
     code = container.main(args, probe=probe or FakeProbe())
     err = capsys.readouterr().err.strip().splitlines()
@@ -74,6 +76,7 @@ def test_bench_with_tensorrt_and_gpu_runs_the_sweep_into_out(out, monkeypatch, c
     ]  # fmt: skip
     assert program == argv[0] and cache.parent.is_dir()
     assert env["TORCHINDUCTOR_CACHE_DIR"] == str(out / "caches" / "torchinductor")
+    assert env["GDWS_EXPORT_MODELS"] == str(out)
     assert json.loads((out / "machine.json").read_text()) == {"gpus": [{"name": GPU}]}
     assert any("machine: test machine" in line for line in err)
     assert err[-1].startswith("gdws-container: running: /usr/local/bin/gdws-export sweep")

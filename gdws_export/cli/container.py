@@ -32,6 +32,8 @@ DEFAULT_OUT = "/out"
 TARGETS = ("trt", "ort", "torch")
 DEFAULT_TARGET = "trt"
 MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".pt2", ".onnx", ".safetensors")
+OUTPUT_FLAGS = ("-o", "--output", "--output-dir")
+MODELS_DIR_ENV = "GDWS_EXPORT_MODELS"  # gdws_export.models.checkpoint's checkpoint folder
 PROG = "gdws-container"
 USAGE = """\
 usage: docker run [--gpus all | --runtime nvidia] -v "$PWD/out:/out" IMAGE COMMAND [ARGS]
@@ -45,7 +47,7 @@ commands:
   PROGRAM [ARGS]       run a program of the image (bash, python3, trtexec, nvidia-smi)
 
 bench and export default to --target trt; --target torch or ort run without TensorRT.
-A model file is looked for as given, then in /out."""
+A model file is looked for as given, then in /out; so are bare checkpoint names."""
 
 GPU_HINT = (
     "run the container with --gpus all (x86) or --runtime nvidia (Jetson), or benchmark on "
@@ -146,12 +148,14 @@ def make_plan(args: list[str], environ: dict[str, str], probe: Probe) -> Plan | 
             options += ["--timing-cache", str(cache)]
     elif gpu is None and target == "torch":
         plan.notes.append("no GPU is visible: the torch target runs on the CPU")
-    if not any(_option(options, flag) is not None for flag in ("-o", "--output-dir")):
+    if not any(_option(options, flag) is not None for flag in OUTPUT_FLAGS):
         options += ["-o", str(out)]
-    for variable, folder in (("TORCHINDUCTOR_CACHE_DIR", "torchinductor"),
-                             ("TRITON_CACHE_DIR", "triton")):  # fmt: skip
-        if variable not in environ:
-            plan.env[variable] = str(out / "caches" / folder)
+    defaults = {
+        "TORCHINDUCTOR_CACHE_DIR": out / "caches" / "torchinductor",
+        "TRITON_CACHE_DIR": out / "caches" / "triton",
+        MODELS_DIR_ENV: out,  # bare checkpoint names are looked up in the mounted folder
+    }
+    plan.env.update({k: str(v) for k, v in defaults.items() if k not in environ})
     if command == "bench":
         try:
             plan.notes.append(_facts(out, probe, verbose=False))
