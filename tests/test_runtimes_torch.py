@@ -63,6 +63,7 @@ def test_runner_on_module_reproduces_the_model_and_leaves_it_unchanged(net):
         with TorchRunner(net) as runner:
             got = runner.predict(x)
             assert runner.inputs()[0].shape == (None, *SHAPE)
+            assert runner.model == "Sequential (in memory)"  # JSON-able, for reports
         assert net.training
     finally:
         net.eval()

@@ -70,7 +70,10 @@ class TorchRunner(Runner):
             device=device, precision=precision, compile=compile, cuda_graphs=cuda_graphs,
             threads=threads,
         )  # fmt: skip
-        self.model = model if hasattr(model, "forward") else os.fspath(model)
+        in_memory = hasattr(model, "forward")
+        self._source = model if in_memory else os.fspath(model)
+        # JSON-able, for reports: the program's path, or what was given in memory.
+        self.model = f"{type(model).__name__} (in memory)" if in_memory else self._source
         self.device = device
         self.cuda_graphs = cuda_graphs
         self.precision = precision
@@ -118,13 +121,13 @@ class TorchRunner(Runner):
         self._check_compiler()
         self._torch = torch
         self._dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        if isinstance(self.model, str):
-            program = load_program(self.model)
+        if isinstance(self._source, str):
+            program = load_program(self._source)
             module = program.module()  # exported in eval mode; its module refuses .eval()
             self._specs = _program_specs(program)
         else:
-            module = copy.deepcopy(self.model).eval()
-            shape = getattr(self.model, "input_shape", None)
+            module = copy.deepcopy(self._source).eval()
+            shape = getattr(self._source, "input_shape", None)
             chw = tuple(shape) if shape is not None else (None, None, None)
             self._specs = (
                 TensorSpec(INPUT_NAME, (None, *chw), FLOAT32),
