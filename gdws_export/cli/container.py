@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ def make_plan(args: list[str], environ: dict[str, str], probe: Probe) -> Plan | 
             "gdws-export is not on PATH: install the package in the image (pip install .)"
         )
     plan.argv = [program, *(["sweep"] if command == "bench" else []), model, *options]
-    plan.notes.append("running: " + " ".join(plan.argv))
+    plan.notes.append("running: " + shlex.join(plan.argv))
     return plan
 
 
