@@ -73,6 +73,8 @@ def test_defaults_are_resolved_in_one_place(ckpt):
         ({"lowering": "sideways"}, "--lowering 'sideways' is unknown"),
         ({"calib_samples": 0}, "--calib-samples must be a positive integer"),
         ({"triton_repo": "r", "triton_name": "a/b"}, "--triton-name"),
+        ({"target": "torch", "precision": "int8", "calib": "x.npz"}, "not --int8"),
+        ({"target": "torch", "triton_repo": "r"}, "use --target trt or ort"),
     ],
 )
 def test_bad_settings_are_invalid_input(ckpt, kwargs, message):
@@ -113,7 +115,10 @@ def test_ort_export_writes_a_complete_directory(ckpt, tmp_path):
     # The report: schema, figures, files, and a reload that gives the same object.
     saved = ExportReport.load(out / "report.json")
     assert saved == ExportReport.from_dict(json.loads(report.to_json()))
-    assert saved.schema_version == 1 and saved.files["engine"] == "gdws.fp32.ort.onnx"
+    document = json.loads((out / "report.json").read_text())
+    assert (document["schema_version"], document["kind"]) == (1, "export")
+    assert document["tool"] == {"name": "gdws-export", "version": saved.tool_version}
+    assert saved.files["engine"] == "gdws.fp32.ort.onnx"
     assert (
         saved.macs["gdws"] < saved.macs["original"]
         and saved.params["gdws"] < saved.params["original"]
@@ -139,6 +144,16 @@ def test_ort_export_writes_a_complete_directory(ckpt, tmp_path):
         np.testing.assert_allclose(engine.predict(x), graph.predict(x), atol=1e-5)
         assert engine.inputs()[0].shape[0] not in (1, 4)  # dynamic batch axis
     assert OrtSettings.load(out / "gdws.fp32.ort.json").source_onnx == "gdws.onnx"
+
+
+def test_report_documents_of_another_kind_or_version_are_refused(ckpt, tmp_path):
+    report = run_export(_config(ckpt, tmp_path / "out", dry_run=True))
+    document = json.loads(report.to_json())
+    assert json.loads(ExportReport.from_dict(document).to_json()) == document
+    with pytest.raises(InvalidInputError, match="kind is not 'export'"):
+        ExportReport.from_dict({**document, "kind": "sweep"})
+    with pytest.raises(InvalidInputError, match="schema_version 2 is not 1"):
+        ExportReport.from_dict({**document, "schema_version": 2})
 
 
 def test_failed_run_leaves_nothing(ckpt, tmp_path, monkeypatch):
@@ -298,6 +313,22 @@ def test_forward_failure_names_the_shape(tmp_path):
     ):
         run_export(cfg)
     assert path.exists() and not (tmp_path / "out").exists()
+
+
+def test_torch_target_runs_the_program(ckpt, tmp_path):
+    from gdws_export.runtimes.torch_runner import TorchRunner
+
+    report = run_export(_config(ckpt, tmp_path / "out", target="torch"))
+    out = tmp_path / "out"
+    assert report.files["engine"] == "gdws.pt2"
+    assert report.files["engine_settings"] == "gdws.fp32.torch.json"
+    assert report.parity["engine"]["passed"]  # the program vs the GDWS model in PyTorch
+    x = files.images(3).numpy()
+    with (
+        TorchRunner.from_settings(out / "gdws.fp32.torch.json") as program,
+        OrtRunner(out / "gdws.onnx") as graph,
+    ):
+        np.testing.assert_allclose(program.predict(x), graph.predict(x), atol=1e-5)
 
 
 def test_trt_target_without_tensorrt_fails_before_any_work(ckpt, tmp_path, monkeypatch):

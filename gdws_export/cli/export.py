@@ -13,6 +13,7 @@ from gdws_export.pipeline.config import (
     DEFAULT_CALIB_SAMPLES,
     DEFAULT_MAC_RATIO,
     EXPORTERS,
+    TARGETS,
     ExportConfig,
     parse_input_shape,
 )
@@ -38,10 +39,11 @@ replaceable convs keep at most R of their MACs); with neither, --mac-ratio {DEFA
 Channels are weighted by alphas from --alphas FILE, or computed on --calib DATA (PGD on up to
 {DEFAULT_CALIB_SAMPLES} samples); with neither, all channels weigh the same.
 
-Outputs in the output directory: original.onnx, gdws.onnx, the engine (<graph>.<precision>
-.engine for TensorRT, <graph>.<precision>.ort.onnx with its session settings for ONNX Runtime),
-alphas.pt when computed, report.json and report.md. Everything is written under a temporary
-name and renamed at the end: a failed or interrupted run leaves nothing behind.
+Outputs in the output directory: original.onnx, gdws.onnx, the engine with its settings
+(gdws.<precision>.engine for TensorRT, gdws.<precision>.ort.onnx for ONNX Runtime, gdws.pt2
+for PyTorch), alphas.pt when computed, report.json and report.md. Everything is written
+under a temporary name and renamed at the end: a failed or interrupted run leaves nothing
+behind.
 
 Other commands, when installed: gdws-export bench --help, gdws-export sweep --help."""
 
@@ -181,9 +183,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     engine = parser.add_argument_group("engine")
     engine.add_argument(
         "--target",
-        choices=("ort", "trt"),
+        choices=TARGETS,
         default="ort",
-        help="ONNX Runtime or TensorRT (default ort)",
+        help="ort: ONNX Runtime; trt: TensorRT; torch: PyTorch running a torch.export program, "
+        "for machines with neither (default ort)",
     )
     precision = engine.add_mutually_exclusive_group()
     precision.add_argument(

@@ -11,13 +11,12 @@ from gdws_export.pipeline.config import (
     ExportConfig,
     parse_input_shape,
 )
-from gdws_export.pipeline.report import SCHEMA, SCHEMA_VERSION, ExportReport
+from gdws_export.pipeline.report import SCHEMA_VERSION, ExportReport
 from gdws_export.pipeline.run import STAGES, ProgressCallback, count_macs_params, run_export
 
 __all__ = [
     "DEFAULT_CALIB_SAMPLES",
     "DEFAULT_MAC_RATIO",
-    "SCHEMA",
     "SCHEMA_VERSION",
     "STAGES",
     "ExportConfig",

@@ -22,7 +22,7 @@ from typing import Any
 
 from gdws_export.errors import InvalidInputError
 
-TARGETS = ("ort", "trt")
+TARGETS = ("ort", "trt", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_MAC_RATIO = 0.5
@@ -44,8 +44,10 @@ class ExportConfig:
             file or architecture records.
         mean, std: per-channel normalization baked into the exported graph, so engines take
             [0, 1] images.
-        target: "ort" (ONNX Runtime) or "trt" (TensorRT).
-        precision: "fp32", "fp16" or "int8" (needs `calib`).
+        target: "ort" (ONNX Runtime), "trt" (TensorRT) or "torch" (PyTorch running a
+            torch.export program, for machines with neither).
+        precision: "fp32", "fp16" or "int8" (needs `calib`; not for "torch", whose "fp16"
+            needs a GPU).
         gdws: False exports the original model only (for comparison).
         beta: per-layer error bound (the paper's LEGO); exclusive with `mac_ratio`.
         mac_ratio: MAC budget in (0, 1] of the replaceable convs. Defaults to 0.5.
@@ -264,6 +266,13 @@ def _check_normalization(c: ExportConfig) -> None:
 def _check_target_options(c: ExportConfig) -> None:
     if c.precision == "int8" and c.calib is None:
         raise InvalidInputError("--int8 needs calibration data: pass --calib DATA")
+    if c.target == "torch":
+        if c.precision == "int8":
+            raise InvalidInputError("--target torch runs FP32 or FP16 (on a GPU), not --int8")
+        if c.triton_repo is not None:
+            raise InvalidInputError(
+                "--triton-repo serves TensorRT plans and ONNX models: use --target trt or ort"
+            )
     if c.target != "trt":
         given = [n for n in ("workspace_mib", "timing_cache") if getattr(c, n) is not None]
         if given:

@@ -1,9 +1,11 @@
-"""The built engine: its real inputs and outputs, parity with its ONNX graph, file locations.
+"""The built engine: its real inputs and outputs, parity with its source, file locations.
 
 The ONNX graph was already checked against PyTorch by the lowering; here the engine (the
-ONNX Runtime model file with its session settings, or the TensorRT engine) is run on the same
-inputs as its source graph on ONNX Runtime. FP32 engines must match (ParityError otherwise);
-FP16/INT8 figures are reported, and a warning is added when they miss the looser bound.
+ONNX Runtime model file with its session settings, the TensorRT engine, or the torch.export
+program with its settings) is run on the same inputs as a reference runner: ONNX Runtime on
+the source graph, or PyTorch on the model for the torch target. FP32 engines must match
+(ParityError otherwise); FP16/INT8 figures are reported, with a warning when they miss the
+looser bound.
 """
 
 from __future__ import annotations
@@ -57,28 +59,29 @@ def compare(reference: np.ndarray, candidate: np.ndarray, *, tolerance: float | 
 def check_engine(
     engine: Path,
     settings: Path,
-    source_onnx: Path,
+    reference: Runner,
     inputs: np.ndarray,
     *,
+    reference_name: str,
     target: str,
     precision: str,
     max_batch_size: int,
 ) -> EngineCheck:
-    """Run the engine and its source graph on `inputs`; read the engine's tensors.
+    """Run the engine and `reference` (its source) on `inputs`; read the engine's tensors.
 
-    A TensorRT engine needs a GPU to run: without one its tensors are read from the source
-    graph (TensorRT keeps the graph's names, shapes and float32 I/O) and parity is skipped with
-    a warning.
+    `reference_name` names the reference in messages ("its ONNX graph gdws.onnx").
+
+    A TensorRT engine needs a GPU to run: without one its tensors are read from the reference
+    (the source graph: TensorRT keeps its names, shapes and float32 I/O) and parity is skipped
+    with a warning.
 
     Raises:
-        ParityError: an FP32 engine's outputs differ from its graph's.
+        ParityError: an FP32 engine's outputs differ from the reference's.
     """
-    from gdws_export.runtimes.onnxruntime import OrtRunner
-
     warnings: list[str] = []
-    with OrtRunner(os.fspath(source_onnx)) as reference_runner:
-        reference = _run(reference_runner, inputs)
-        graph_io = reference_runner.inputs(), reference_runner.outputs()
+    with reference:
+        expected = _run(reference, inputs)
+        graph_io = reference.inputs(), reference.outputs()
     try:
         runner = _engine_runner(engine, settings, target)
         runner.activate()
@@ -92,16 +95,16 @@ def check_engine(
         io = runner.inputs(), runner.outputs()
     finally:
         runner.deactivate()
-    parity = compare(reference, candidate, tolerance=TOLERANCES[precision])
+    parity = compare(expected, candidate, tolerance=TOLERANCES[precision])
     if not parity["passed"]:
         message = (
-            f"the {precision} engine {engine.name} differs from its ONNX graph: max |diff| "
+            f"the {precision} engine {engine.name} differs from {reference_name}: max |diff| "
             f"{parity['max_abs_diff']:.3g} ({parity['relative_diff']:.2g} of the logit scale, "
             f"bound {parity['tolerance']:g}), top-1 agreement "
             f"{100 * parity['top1_agreement']:.1f} %"
         )
         if precision == "fp32":
-            raise ParityError(message + "; try --exporter legacy or --lowering gather")
+            raise ParityError(message + "; try --lowering gather, or rerun with -v and report it")
         warnings.append(message)
     return EngineCheck(engine, target, *io, max_batch_size, parity, warnings)
 
@@ -122,7 +125,7 @@ def relocate_build(built, out: Path) -> None:
         ort_settings = OrtSettings.load(settings)
         ort_settings.source_onnx = built.source_onnx
         ort_settings.save(settings)
-    else:
+    elif built.target == "trt":
         from gdws_export.runtimes.tensorrt import EngineInfo
 
         info = EngineInfo.load(settings)
@@ -138,6 +141,10 @@ def _engine_runner(engine: Path, settings: Path, target: str) -> Runner:
         from gdws_export.runtimes.onnxruntime import OrtRunner
 
         return OrtRunner.from_settings(settings)
+    if target == "torch":
+        from gdws_export.runtimes.torch_runner import TorchRunner
+
+        return TorchRunner.from_settings(settings)
     from gdws_export.runtimes.tensorrt_runner import TrtRunner
 
     return TrtRunner(engine)

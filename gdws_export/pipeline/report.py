@@ -1,22 +1,27 @@
 """`ExportReport`: what one export did, saved as `report.json` (stable schema) and `report.md`.
 
-Schema `gdws-export/report`, version 1 (a change that renames or removes a field bumps the
-version). Top-level fields:
+`report.json` is one document in the envelope the harness reports use (docs/report-schema.md):
 
-- `schema`, `schema_version`: "gdws-export/report", 1.
-- `tool_version`, `created`: gdws-export version, UTC time (ISO 8601).
+    {"schema_version": 1, "kind": "export",
+     "tool": {"name": "gdws-export", "version": "..."}, "created": "<UTC ISO 8601>",
+     "report": {...}}
+
+Fields are only added within a schema version; a renamed, removed or re-interpreted field
+bumps `schema_version`. The fields of "report":
+
 - `dry_run`: true when nothing was built (`--dry-run`).
 - `settings`: the resolved `ExportConfig`.
-- `model`: file, kind, architecture, input shape, normalization, alphas, loader notes.
+- `model`: file, kind, architecture, input shape, normalization, alphas, classes, loader notes.
 - `approximation`: `ApproximationReport.to_dict()`, per-layer status, kernels, MACs, params,
   weighted error; null with `--no-gdws`.
 - `exports`: "original" and "gdws": the lowering's `ExportResult.to_dict()` (forms, timings).
 - `build`: `BuildResult.to_dict()`, paths relative to the output directory.
 - `parity`: `ParityReport` dicts: "onnx_original" and "onnx_gdws" (ONNX vs PyTorch), "engine"
-  (engine vs its ONNX graph), "approximation" (GDWS vs original PyTorch model, informative).
+  (engine vs its source), "approximation" (GDWS vs original PyTorch model, informative:
+  `passed` and `tolerance` null).
 - `macs`, `params`: whole model, per image: "original", "gdws", "shipped" (as exported).
 - `files`: role -> path relative to the output directory; `output_dir`.
-- `triton`: the Triton model written (name, platform, I/O), or null.
+- `triton`: the Triton model written (name, platform, I/O, model_dir), or null.
 - `versions`: python, torch, onnx, onnxruntime, numpy, tensorrt (when built), gdws-export.
 - `timings`: seconds per stage; `warnings`: lines the user should read.
 """
@@ -24,13 +29,15 @@ version). Top-level fields:
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "gdws-export/report"
 SCHEMA_VERSION = 1
+KIND = "export"
+TOOL_NAME = "gdws-export"
 
 
 @dataclass
@@ -54,28 +61,37 @@ class ExportReport:
     versions: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    schema: str = SCHEMA
-    schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON document (see the module docstring)."""
         data = asdict(self)
-        return {"schema": data.pop("schema"), "schema_version": data.pop("schema_version"), **data}
+        tool = {"name": TOOL_NAME, "version": data.pop("tool_version")}
+        created = data.pop("created")
+        return {"schema_version": SCHEMA_VERSION, "kind": KIND, "tool": tool,
+                "created": created, "report": data}  # fmt: skip
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=_jsonable)
+        """Strict JSON: a NaN or infinite figure (a parity check on all-zero logits) is null."""
+        return json.dumps(_finite(self.to_dict()), indent=2, default=_jsonable, allow_nan=False)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExportReport:
+    def from_dict(cls, document: dict[str, Any]) -> ExportReport:
+        """Read a document written by `to_dict`.
+
+        Raises:
+            InvalidInputError: not an export report, or another schema version.
+        """
         from gdws_export.errors import InvalidInputError
 
-        if data.get("schema") != SCHEMA:
-            raise InvalidInputError(f"not a gdws-export report (schema {data.get('schema')!r})")
-        if data.get("schema_version") != SCHEMA_VERSION:
+        if not isinstance(document, dict) or document.get("kind") != KIND:
+            raise InvalidInputError("not a gdws-export export report (kind is not 'export')")
+        if document.get("schema_version") != SCHEMA_VERSION:
             raise InvalidInputError(
-                f"report schema version {data.get('schema_version')} is not "
+                f"report schema_version {document.get('schema_version')!r} is not "
                 f"{SCHEMA_VERSION}; read it with the gdws-export version that wrote it"
             )
-        return cls(**data)
+        return cls(tool_version=document["tool"]["version"], created=document["created"],
+                   **document["report"])  # fmt: skip
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ExportReport:
@@ -180,6 +196,16 @@ def _yes_no(passed: bool | None) -> str:
 def _cell(value: Any) -> str:
     text = json.dumps(value, default=_jsonable) if not isinstance(value, str) else value
     return text.replace("|", "\\|")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:

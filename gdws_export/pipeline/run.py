@@ -40,8 +40,9 @@ STAGES = {
     "approximate": "replacing convs by GDWS convs",
     "export_original": "exporting the original ONNX graph",
     "export_gdws": "exporting the GDWS ONNX graph",
+    "export_program": "saving the torch.export program",
     "build": "building the engine",
-    "check_engine": "checking the engine against its ONNX graph",
+    "check_engine": "checking the engine against its source",
 }
 PARITY_INPUTS = 16
 
@@ -163,8 +164,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
 
 
 def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock) -> None:
-    from gdws_export.lowering import export_onnx
-    from gdws_export.runtimes.build import build
+    """Export the ONNX graphs, build the engine, check it: everything into `out`."""
     from gdws_export.runtimes.tensorrt import DEFAULT_BATCH
 
     fixed = state.loaded.fixed_batch
@@ -174,7 +174,23 @@ def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock
             f"the model fixes its batch size to {fixed}: exported with that static batch"
         )
     batch = fixed or cfg.batch or 1
+    if not dynamic:
+        profile = (batch, batch, batch)
+    else:
+        profile = (1, cfg.batch, cfg.batch) if cfg.batch else DEFAULT_BATCH
     inputs = _parity_inputs(state, cfg.seed)
+    source = _export_graphs(cfg, report, state, out, clock, dynamic, batch, inputs)
+    if state.alphas_computed:
+        save_alphas(state.alphas, out / "alphas.pt", data=cfg.calib, samples=len(state.data[0]),
+                    eps=cfg.alpha_eps, seed=cfg.seed)  # fmt: skip
+        report.files["alphas"] = "alphas.pt"
+    _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, profile, inputs)
+
+
+def _export_graphs(cfg, report, state: _State, out: Path, clock, dynamic, batch, inputs) -> Path:
+    """original.onnx and gdws.onnx (checked against PyTorch); returns the engine's source."""
+    from gdws_export.lowering import export_onnx
+
     common = dict(
         input_shape=state.shape, exporter=cfg.exporter, opset=cfg.opset, dynamic_batch=dynamic,
         parity_inputs=inputs, threads=cfg.threads, batch=batch,
@@ -184,45 +200,61 @@ def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock
     with clock("export_original"):
         original = export_onnx(state.model, path=out / "original.onnx", lowering="gather", **common)
     _take_export(report, "original", original, out)
-    source = out / "original.onnx"
-    if state.gdws_model is not None:
-        with clock("export_gdws", f" (lowering {cfg.lowering})"):
-            gdws = export_onnx(
-                state.gdws_model, path=out / "gdws.onnx", lowering=cfg.lowering,
-                original=state.model, **common,
-            )  # fmt: skip
-        _take_export(report, "gdws", gdws, out)
-        source = out / "gdws.onnx"
-        report.macs["shipped"] = (
-            report.macs["original"] - gdws.macs["original"] + gdws.macs["shipped"]
-        )
-    if state.alphas_computed:
-        save_alphas(state.alphas, out / "alphas.pt", data=cfg.calib, samples=len(state.data[0]),
-                    eps=cfg.alpha_eps, seed=cfg.seed)  # fmt: skip
-        report.files["alphas"] = "alphas.pt"
-    trt = cfg.target == "trt"
-    if not dynamic:
-        profile = (batch, batch, batch)
-    else:
-        profile = (1, cfg.batch, cfg.batch) if cfg.batch else DEFAULT_BATCH
-    calibration = state.data[0].numpy() if cfg.precision == "int8" else None
-    with clock("build", f" ({cfg.target}, {cfg.precision})"):
-        built = build(
-            source, target=cfg.target, precision=cfg.precision, output_dir=out,
-            calibration=calibration, threads=None if trt else cfg.threads,
-            batch=profile if trt else None, workspace_mib=cfg.workspace_mib,
-            timing_cache=cfg.timing_cache,
+    if state.gdws_model is None:
+        return out / "original.onnx"
+    with clock("export_gdws", f" (lowering {cfg.lowering})"):
+        gdws = export_onnx(
+            state.gdws_model, path=out / "gdws.onnx", lowering=cfg.lowering,
+            original=state.model, **common,
         )  # fmt: skip
+    _take_export(report, "gdws", gdws, out)
+    report.macs["shipped"] = report.macs["original"] - gdws.macs["original"] + gdws.macs["shipped"]
+    return out / "gdws.onnx"
+
+
+def _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, profile, inputs):
+    """Build the engine from `source` and run it against its reference (see engine.py)."""
+    from gdws_export.runtimes.build import build
+
+    engine_model = state.gdws_model if state.gdws_model is not None else state.model
+    if cfg.target == "torch":  # the torch target runs a torch.export program, not ONNX
+        from gdws_export.runtimes.torch_program import export_program
+
+        with clock("export_program"):
+            example = torch.rand(2 if dynamic else batch, *state.shape)
+            source = export_program(engine_model, example, source.with_suffix(".pt2"),
+                                    dynamic_batch=dynamic)  # fmt: skip
+    options = {
+        "ort": {"threads": cfg.threads},
+        "trt": {"batch": profile, "workspace_mib": cfg.workspace_mib,
+                "timing_cache": cfg.timing_cache},
+        "torch": {"threads": cfg.threads},
+    }[cfg.target]  # fmt: skip
+    if cfg.precision == "int8":
+        options["calibration"] = state.data[0].numpy()
+    with clock("build", f" ({cfg.target}, {cfg.precision})"):
+        built = build(source, target=cfg.target, precision=cfg.precision, output_dir=out,
+                      **options)  # fmt: skip
     relocate_build(built, out)
     report.build = built.to_dict()
     report.versions.update(built.versions)
     report.warnings += built.warnings
     report.files["engine"] = built.engine_path
     report.files["engine_settings"] = built.settings_path
+    if cfg.target == "torch":
+        from gdws_export.runtimes.torch_runner import TorchRunner
+
+        reference = TorchRunner(engine_model, threads=cfg.threads)
+        reference_name = "the model in PyTorch"
+    else:
+        from gdws_export.runtimes.onnxruntime import OrtRunner
+
+        reference = OrtRunner(os.fspath(source))
+        reference_name = f"its ONNX graph {source.name} on ONNX Runtime"
     with clock("check_engine"):
         state.engine = check_engine(
-            out / built.engine_path, out / built.settings_path, source, inputs,
-            target=cfg.target, precision=cfg.precision,
+            out / built.engine_path, out / built.settings_path, reference, inputs,
+            reference_name=reference_name, target=cfg.target, precision=cfg.precision,
             max_batch_size=profile[2] if dynamic else 0,
         )  # fmt: skip
     if state.engine.parity is not None:
