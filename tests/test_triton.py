@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,11 +13,32 @@ from gdws_export.runtimes import OrtRunner, TensorSpec
 from gdws_export.serving import has_dynamic_batch, triton_config, write_triton_model
 from tests import _model_files as files
 
-model_config_pb2 = pytest.importorskip(
-    "tritonclient.grpc.model_config_pb2",
-    reason="Triton's config schema comes with tritonclient: pip install tritonclient grpcio",
+tritonclient = pytest.importorskip(
+    "tritonclient",
+    reason="Triton's config schema comes with tritonclient: pip install tritonclient",
 )
 text_format = pytest.importorskip("google.protobuf.text_format")
+
+
+def _model_config_module():
+    """tritonclient's generated ModelConfig schema (model_config.proto).
+
+    `tritonclient.grpc` refuses to import without grpcio (RuntimeError), though the schema
+    module itself needs only protobuf: then it is loaded from its file.
+    """
+    try:
+        from tritonclient.grpc import model_config_pb2
+
+        return model_config_pb2
+    except (ImportError, RuntimeError):
+        path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+        spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+
+model_config_pb2 = _model_config_module()
 
 IMAGE = TensorSpec("input", ("batch", 3, 32, 32), np.dtype(np.float32))
 LOGITS = TensorSpec("logits", ("batch", 10), np.dtype(np.float32))

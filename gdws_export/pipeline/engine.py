@@ -25,7 +25,7 @@ TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}
 
 @dataclass
 class EngineCheck:
-    """The engine's tensors and how its outputs compare with its ONNX graph's."""
+    """The engine's tensors and how its outputs compare with its source's."""
 
     engine: Path
     target: str
