@@ -47,6 +47,7 @@ class DeviceRunner(RecordingRunner):
     """Like a TensorRT runner: compute time measured apart from host latency."""
 
     name = "device"
+    times_device_separately = True
 
     def time_compute(self, feed, *, iterations=100, warmup=10):
         self.log.append((self.label, "compute", len(feed["input"]), iterations))

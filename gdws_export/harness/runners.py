@@ -16,7 +16,8 @@ def load_runner(path: str | os.PathLike, *, threads: int | None = None) -> Runne
 
     Args:
         path: `.onnx` (ONNX Runtime), `.json` (ONNX Runtime settings saved by
-            `runtimes.build`, e.g. `model.fp32.ort.json`) or `.engine` / `.plan` (TensorRT).
+            `runtimes.build`, e.g. `model.fp32.ort.json`), `.engine` / `.plan` (TensorRT), or
+            `.pt2` / `.torch.json` (the PyTorch target, on the CPU unless the settings say).
         threads: ONNX Runtime intra-op threads; for a settings file, overrides its threads.
             None keeps the settings' value (or lets ONNX Runtime decide for a bare .onnx).
 
@@ -44,6 +45,12 @@ def load_runner(path: str | os.PathLike, *, threads: int | None = None) -> Runne
         raise InvalidInputError(
             f"{path} describes a TensorRT engine; pass the engine itself ({path.name[:-5]})"
         )
+    if name.endswith(".torch.json") or name.endswith(".pt2"):
+        if threads is not None:
+            raise InvalidInputError(f"threads apply to ONNX Runtime only, not to {path}")
+        from gdws_export.runtimes.torch_runner import TorchRunner
+
+        return TorchRunner.from_settings(path) if name.endswith(".json") else TorchRunner(path)
     if name.endswith(".onnx"):
         return OrtRunner(path, threads=threads)
     if name.endswith(".json"):

@@ -167,8 +167,8 @@ def describe_runner(runner: Runner) -> dict:
 
 
 def measures_compute_separately(runner: Runner) -> bool:
-    """True for runtimes whose compute time differs from host latency (they override it)."""
-    return type(runner).time_compute is not Runner.time_compute
+    """True for runtimes whose compute time differs from host latency (GPU runtimes)."""
+    return runner.times_device_separately
 
 
 def _time_batch(

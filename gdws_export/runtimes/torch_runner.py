@@ -56,6 +56,10 @@ class TorchRunner(Runner):
 
     name = "torch"
 
+    @property
+    def times_device_separately(self) -> bool:
+        return self.device == "cuda"
+
     def __init__(
         self,
         model,
