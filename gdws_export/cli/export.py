@@ -50,7 +50,7 @@ Other commands, when installed: gdws-export bench --help, gdws-export sweep --he
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `export` and its options."""
-    from gdws_export.cli import EXIT_CODES, PROG, version_text
+    from gdws_export.cli import EXIT_CODES, PROG
 
     parser = subparsers.add_parser(
         "export",
@@ -61,6 +61,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _model_options(parser)
+    _gdws_options(parser)
+    _export_options(parser)
+    _engine_options(parser)
+    _output_options(parser)
+    _general_options(parser)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The "model" options."""
     model = parser.add_argument_group("model")
     model.add_argument("model", metavar="MODEL", help="the model file (see above)")
     model.add_argument(
@@ -101,6 +112,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     model.add_argument("--std", type=_floats, metavar="S[,S,...]", help="per-channel std")
 
+
+def _gdws_options(parser: argparse.ArgumentParser) -> None:
+    """The "GDWS approximation" options."""
     gdws = parser.add_argument_group("GDWS approximation")
     how = gdws.add_mutually_exclusive_group()
     how.add_argument(
@@ -149,6 +163,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="L-inf radius of the PGD attack alphas average over (default 8/255)",
     )
 
+
+def _export_options(parser: argparse.ArgumentParser) -> None:
+    """The "ONNX export" options."""
     export = parser.add_argument_group("ONNX export")
     export.add_argument(
         "--lowering",
@@ -180,6 +197,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="fix the batch axis to --batch (default 1)",
     )
 
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    """The "engine" options."""
     engine = parser.add_argument_group("engine")
     engine.add_argument(
         "--target",
@@ -230,6 +250,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="ONNX Runtime threads (default: the cores available)",
     )
 
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    """The "output" options."""
     output = parser.add_argument_group("output")
     output.add_argument(
         "-o",
@@ -259,6 +282,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="print the per-layer plan (kernels, MACs, lowering) and stop; writes nothing",
     )
 
+
+def _general_options(parser: argparse.ArgumentParser) -> None:
+    """The "general" options."""
     general = parser.add_argument_group("general")
     general.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     loud = general.add_mutually_exclusive_group()
@@ -270,8 +296,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="stage lines even when not on a terminal, library warnings, tracebacks on errors",
     )
     loud.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    from gdws_export.cli import version_text
+
     general.add_argument("--version", action="version", version=version_text())
-    return parser  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:

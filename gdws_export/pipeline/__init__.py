@@ -11,8 +11,9 @@ from gdws_export.pipeline.config import (
     ExportConfig,
     parse_input_shape,
 )
+from gdws_export.pipeline.model import NormalizedInput, count_macs_params
 from gdws_export.pipeline.report import SCHEMA_VERSION, ExportReport
-from gdws_export.pipeline.run import STAGES, ProgressCallback, count_macs_params, run_export
+from gdws_export.pipeline.run import STAGES, ProgressCallback, run_export
 
 __all__ = [
     "DEFAULT_CALIB_SAMPLES",
@@ -21,6 +22,7 @@ __all__ = [
     "STAGES",
     "ExportConfig",
     "ExportReport",
+    "NormalizedInput",
     "ProgressCallback",
     "count_macs_params",
     "parse_input_shape",

@@ -20,15 +20,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.approximate import approximate
-from gdws_export.gdws.selection import find_convs
 from gdws_export.gdws.sensitivity import load_alphas, noise_gains, save_alphas
 from gdws_export.loading import LoadedModel, load_model_file
-from gdws_export.loading.detect import first_line
-from gdws_export.models.layers import Normalize
 from gdws_export.pipeline.config import ExportConfig
 from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
+from gdws_export.pipeline.model import (
+    check_forward,
+    check_replaceable,
+    count_macs_params,
+    match_alpha_names,
+    prepare_model,
+)
 from gdws_export.pipeline.outputs import Staging, check_destination
 from gdws_export.pipeline.report import ExportReport
 
@@ -127,9 +131,9 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
             cfg.model, arch=cfg.arch, num_classes=cfg.num_classes, arch_kwargs=cfg.arch_kwargs,
             trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape,
         )  # fmt: skip
-    model, shape, normalization = _prepare(loaded, cfg)
+    model, shape, normalization = prepare_model(loaded, cfg)
     state = _State(loaded, model, shape)
-    classes = _check_forward(model, shape, loaded.fixed_batch)
+    classes = check_forward(model, shape, loaded.fixed_batch)
     if cfg.calib is not None:
         with clock("data"):
             state.data = _calibration_data(cfg, shape, classes)
@@ -150,7 +154,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
     )
     report.macs["original"], report.params["original"] = count_macs_params(model, shape)
     if cfg.gdws:
-        _check_replaceable(model, cfg.model)
+        check_replaceable(model, cfg.model)
         with clock("approximate"):
             state.gdws_model, approx = approximate(
                 model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, alphas=state.alphas,
@@ -273,83 +277,6 @@ def _take_export(report: ExportReport, role: str, result, out: Path) -> None:
     report.parity[f"onnx_{role}"] = result.parity.to_dict()
 
 
-def _prepare(loaded: LoadedModel, cfg: ExportConfig):
-    """The model to export (normalization baked in when asked), its input shape."""
-    shape = tuple(cfg.input_shape or loaded.input_shape or ())
-    if not shape:
-        raise InvalidInputError(
-            f"{loaded.path} does not record the input shape; pass --input-shape (e.g. 1x3x32x32)"
-        )
-    model = loaded.module
-    if cfg.mean is None:
-        inner = getattr(model, "normalize", None)
-        if isinstance(inner, Normalize) and inner.mean is not None:
-            return model, shape, f"{_mean_std(inner.mean, inner.std)}, inside the model"
-        return model, shape, None
-    if len(cfg.mean) not in (1, shape[0]):
-        raise InvalidInputError(
-            f"--mean/--std give {len(cfg.mean)} values but the input has {shape[0]} channels"
-        )
-    described = f"{_mean_std(cfg.mean, cfg.std)}, added by --mean/--std"
-    inner = getattr(model, "normalize", None)
-    if isinstance(inner, Normalize):
-        if inner.mean is not None:
-            raise InvalidInputError(
-                f"{loaded.path} already normalizes its inputs inside "
-                f"({_mean_std(inner.mean, inner.std)}); "
-                "leave out --mean/--std"
-            )
-        model.normalize = Normalize(cfg.mean, cfg.std)  # keeps every layer name
-        return model, shape, described
-    return NormalizedInput(model, cfg.mean, cfg.std).eval(), shape, described
-
-
-def _mean_std(mean, std) -> str:
-    def short(values) -> str:
-        values = values.flatten().tolist() if isinstance(values, torch.Tensor) else values
-        return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
-
-    return f"mean {short(mean)}, std {short(std)}"
-
-
-class NormalizedInput(nn.Module):
-    """`model((x - mean) / std)`: bakes normalization into a model that lacks it.
-
-    Layer names gain the prefix "model." (alphas files written for the bare model are
-    matched either way).
-    """
-
-    def __init__(self, model: nn.Module, mean, std) -> None:
-        super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.normalize(x))
-
-
-def _check_forward(model: nn.Module, shape, fixed_batch: int | None) -> int:
-    """Run the model once; returns the number of outputs (classes)."""
-    x = torch.rand(fixed_batch or 2, *shape)
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except Exception as exc:  # a user model can fail in any way; say where
-        raise UnsupportedModelError(
-            f"the model's forward fails on input shape {tuple(x.shape)} ({type(exc).__name__}: "
-            f"{first_line(exc)}); check --input-shape"
-        ) from exc
-    if not isinstance(out, torch.Tensor) or out.dim() < 2:
-        what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"{out.dim()}-D tensor"
-        raise UnsupportedModelError(
-            f"the model returns a {what}; gdws-export exports classifiers returning one "
-            "(batch, classes) tensor"
-        )
-    if not torch.isfinite(out).all():
-        raise UnsupportedModelError("the model outputs NaN or Inf on random inputs in [0, 1]")
-    return int(out[0].numel())
-
-
 def _calibration_data(cfg: ExportConfig, shape, classes: int):
     from gdws_export.harness.data import load_dataset
 
@@ -367,7 +294,7 @@ def _alphas(cfg: ExportConfig, state: _State, clock, show_bars: bool) -> str:
     if not cfg.gdws:
         return "not used (--no-gdws)"
     if cfg.alphas is not None:
-        state.alphas = _match_names(load_alphas(cfg.alphas), state.model, cfg.alphas)
+        state.alphas = match_alpha_names(load_alphas(cfg.alphas), state.model, cfg.alphas)
         return f"file {cfg.alphas}"
     if state.data is None:
         return "none (unweighted; pass --alphas or --calib to weight channels)"
@@ -379,26 +306,6 @@ def _alphas(cfg: ExportConfig, state: _State, clock, show_bars: bool) -> str:
         )  # fmt: skip
     state.alphas_computed = True
     return f"computed on {cfg.calib} ({len(x)} samples, PGD eps {cfg.alpha_eps:.4g})"
-
-
-def _match_names(alphas: dict, model: nn.Module, source: str) -> dict:
-    """Alphas of a bare model apply to its NormalizedInput wrapper ("model." prefix)."""
-    if isinstance(model, NormalizedInput) and not any(k.startswith("model.") for k in alphas):
-        return {f"model.{k}": v for k, v in alphas.items()}
-    return alphas
-
-
-def _check_replaceable(model: nn.Module, model_file: str) -> None:
-    """UnsupportedModelError unless some conv of `model` is one GDWS may replace."""
-    sites = find_convs(model)
-    if any(site.skip_reason is None for site in sites):
-        return
-    convs = ", ".join(f"{site.name} ({site.skip_reason})" for site in sites[:4])
-    raise UnsupportedModelError(
-        f"{model_file} has no KxK conv that GDWS can replace "
-        f"({'convs: ' + convs if convs else 'no nn.Conv2d at all'}); use --no-gdws to export it "
-        "as it is"
-    )
 
 
 def _parity_inputs(state: _State, seed: int) -> np.ndarray:
@@ -419,29 +326,6 @@ def _approximation_figures(model, gdws_model, state: _State, cfg) -> dict:
         reference = torch.cat([model(c) for c in chunks]).numpy()
         approximated = torch.cat([gdws_model(c) for c in chunks]).numpy()
     return compare(reference, approximated, tolerance=None)
-
-
-def count_macs_params(model: nn.Module, shape) -> tuple[int, int]:
-    """Multiply-accumulates per image of every conv and linear layer, and the parameter count."""
-    macs = 0
-
-    def hook(module, _inputs, output):
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs += output[0].numel() * (module.in_channels // module.groups) * kh * kw
-        else:
-            macs += output[0].numel() * module.in_features
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *shape))
-    finally:
-        for h in hooks:
-            h.remove()
-    return int(macs), sum(p.numel() for p in model.parameters())
 
 
 class _Clock:
