@@ -295,7 +295,9 @@ def _general_options(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="stage lines even when not on a terminal, library warnings, tracebacks on errors",
     )
-    loud.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    loud.add_argument(
+        "-q", "--quiet", action="store_true", help="print errors only (and the --dry-run plan)"
+    )
     from gdws_export.cli import version_text
 
     general.add_argument("--version", action="version", version=version_text())

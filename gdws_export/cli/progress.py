@@ -59,7 +59,7 @@ def summary(report: ExportReport) -> str:
     engine = report.parity.get("engine")
     if engine:
         lines.append(
-            f"  {'parity':<8}engine vs ONNX: max |diff| {engine['max_abs_diff']:.2g}, top-1 "
+            f"  {'parity':<8}engine vs its source: max |diff| {engine['max_abs_diff']:.2g}, top-1 "
             f"agreement {100 * engine['top1_agreement']:.1f} %"
         )
     approx = report.parity.get("approximation")
