@@ -72,7 +72,7 @@ def test_bench_with_tensorrt_and_gpu_runs_the_sweep_into_out(out, monkeypatch, c
     cache = out / "timing-caches" / "nvidia-geforce-rtx-4090-trt11.2.1.2.cache"
     assert argv == [
         "/usr/local/bin/gdws-export", "sweep", str(out / "vgg16.pt"), "--mac-ratios", "1", "0.5",
-        "--target", "trt", "--timing-cache", str(cache), "-o", str(out),
+        "--target", "trt", "--timing-cache", str(cache), "--output-dir", str(out / "vgg16-sweep-trt"),
     ]  # fmt: skip
     assert program == argv[0] and cache.parent.is_dir()
     assert env["TORCHINDUCTOR_CACHE_DIR"] == str(out / "caches" / "torchinductor")
@@ -94,7 +94,7 @@ def test_options_the_user_gives_are_kept(out):
 def test_export_runs_gdws_export_itself(out):
     plan = _plan(["export", "resnet18", "--target", "ort", "--fp16"], out)
     assert plan.argv == ["/usr/local/bin/gdws-export", "resnet18", "--target", "ort", "--fp16",
-                         "-o", str(out)]  # fmt: skip
+                         "-o", str(out / "resnet18-ort")]  # fmt: skip
 
 
 def test_torch_target_needs_neither_tensorrt_nor_gpu(out):

@@ -150,7 +150,11 @@ def make_plan(args: list[str], environ: dict[str, str], probe: Probe) -> Plan | 
     elif gpu is None and target == "torch":
         plan.notes.append("no GPU is visible: the torch target runs on the CPU")
     if not any(_option(options, flag) is not None for flag in OUTPUT_FLAGS):
-        options += ["-o", str(out)]
+        # A folder of its own inside /out: gdws-export refuses an existing output folder,
+        # and /out (the mount point, holding caches and machine.json) cannot be renamed.
+        stem = Path(model).name.split(".")[0]
+        run_dir = out / (f"{stem}-sweep-{target}" if command == "bench" else f"{stem}-{target}")
+        options += ["--output-dir" if command == "bench" else "-o", str(run_dir)]
     defaults = {
         "TORCHINDUCTOR_CACHE_DIR": out / "caches" / "torchinductor",
         "TRITON_CACHE_DIR": out / "caches" / "triton",
@@ -264,7 +268,7 @@ def _facts(out: Path, probe: Probe, *, verbose: bool) -> str:
     if verbose:
         print(json.dumps(facts, indent=2))
     if out.is_dir() and os.access(out, os.W_OK):
-        from gdws_export.runtimes._files import atomic_write_text
+        from gdws_export._files import atomic_write_text
 
         atomic_write_text(out / "machine.json", json.dumps(facts, indent=2) + "\n")
         return f"machine: {summary} (saved to {out / 'machine.json'})"

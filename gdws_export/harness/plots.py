@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gdws_export._files import atomic_write_bytes
 from gdws_export._optional import require
-from gdws_export.runtimes._files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from gdws_export.harness.sweep_report import SweepReport

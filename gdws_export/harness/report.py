@@ -18,12 +18,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gdws_export._files import atomic_write_text
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.accuracy import AccuracyReport
 from gdws_export.harness.plots import plot_sweep
 from gdws_export.harness.speed_report import SpeedReport
 from gdws_export.harness.sweep_report import SweepReport
-from gdws_export.runtimes._files import atomic_write_text
 
 Report = SpeedReport | AccuracyReport | SweepReport
 

@@ -17,7 +17,7 @@ def load_runner(path: str | os.PathLike, *, threads: int | None = None) -> Runne
     Args:
         path: `.onnx` (ONNX Runtime), `.json` (ONNX Runtime settings saved by
             `runtimes.build`, e.g. `model.fp32.ort.json`), `.engine` / `.plan` (TensorRT), or
-            `.pt2` / `.torch.json` (the PyTorch target, on the CPU unless the settings say).
+            `.torch.json` (the PyTorch target's settings).
         threads: ONNX Runtime intra-op threads; for a settings file, overrides its threads.
             None keeps the settings' value (or lets ONNX Runtime decide for a bare .onnx).
 
@@ -45,12 +45,18 @@ def load_runner(path: str | os.PathLike, *, threads: int | None = None) -> Runne
         raise InvalidInputError(
             f"{path} describes a TensorRT engine; pass the engine itself ({path.name[:-5]})"
         )
-    if name.endswith(".torch.json") or name.endswith(".pt2"):
+    if name.endswith(".pt2"):
+        # Loading a .pt2 can unpickle code; the settings file pins the program by its hash.
+        raise InvalidInputError(
+            f"{path}: pass the .torch.json settings written beside it by the build, not the "
+            ".pt2 program itself"
+        )
+    if name.endswith(".torch.json"):
         if threads is not None:
             raise InvalidInputError(f"threads apply to ONNX Runtime only, not to {path}")
         from gdws_export.runtimes.torch_runner import TorchRunner
 
-        return TorchRunner.from_settings(path) if name.endswith(".json") else TorchRunner(path)
+        return TorchRunner.from_settings(path)
     if name.endswith(".onnx"):
         return OrtRunner(path, threads=threads)
     if name.endswith(".json"):

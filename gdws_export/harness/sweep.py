@@ -237,7 +237,7 @@ def _export(module, path, input_shape, x, lowering, notes) -> None:
     note = "gdws_export.lowering is unavailable: models exported as is (gather form), unchecked"
     if note not in notes:
         notes.append(note)
-    from gdws_export.runtimes._files import atomic_write_bytes
+    from gdws_export._files import atomic_write_bytes
 
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the legacy exporter's deprecation notice

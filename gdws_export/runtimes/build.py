@@ -26,14 +26,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gdws_export._files import atomic_output, atomic_write_text, file_sha256
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.runtimes._files import (
-    atomic_write_text,
-    file_sha256,
-    load_onnx,
-    save_onnx,
-    temporary_path,
-)
+from gdws_export.runtimes.onnx_files import load_onnx, save_onnx
 from gdws_export.runtimes.onnxruntime import OPTIMIZATION_LEVELS, OrtRunner, OrtSettings
 from gdws_export.runtimes.precision import (
     CalibrationData,
@@ -333,15 +328,13 @@ def _write_ort_model(model, path: Path, level: str) -> None:
         return
     data = model.SerializeToString()
     options = OrtRunner(data, optimization_level=level).session_options()
-    tmp = temporary_path(path)
-    options.optimized_model_filepath = os.fspath(tmp)
     try:
-        # CPU only: basic optimizations are provider-independent, other providers could add
-        # their own nodes (memory copies) to the saved graph.
-        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            options.optimized_model_filepath = os.fspath(tmp)
+            # CPU only: basic optimizations are provider-independent, other providers could
+            # add their own nodes (memory copies) to the saved graph.
+            ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(
             f"ONNX Runtime could not load the graph for {path}: {first}"

@@ -22,8 +22,8 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gdws_export._files import atomic_output, atomic_write_text, file_sha256
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.runtimes._files import atomic_write_text, file_sha256, temporary_path
 
 DEVICES = ("cpu", "cuda")
 TORCH_PRECISIONS = ("fp32", "fp16")
@@ -120,13 +120,8 @@ def export_program(
         ) from exc
     finally:
         model.train(was_training)
-    tmp = temporary_path(path)
-    try:
+    with atomic_output(path) as tmp:
         torch.export.save(program, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -216,9 +211,8 @@ def build_torch(
     load_program(source)  # fail here, with its message, rather than in the runner
     program = out_dir / source.name
     if program.resolve() != source.resolve():
-        tmp = temporary_path(program)
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, program)
+        with atomic_output(program) as tmp:
+            shutil.copyfile(source, tmp)
     settings_path = out_dir / f"{source.stem}.{precision}.torch.json"
     TorchSettings(
         program=os.fspath(program),

@@ -91,7 +91,7 @@ class TorchRunner(Runner):
         Example:
             >>> runner = TorchRunner.from_settings("vgg16.fp16.torch.json")  # doctest: +SKIP
         """
-        from gdws_export.runtimes._files import file_sha256
+        from gdws_export._files import file_sha256
 
         if not isinstance(settings, TorchSettings):
             settings = TorchSettings.load(settings)
