@@ -231,7 +231,7 @@ def test_alphas_from_calibration_data_and_int8(ckpt, tmp_path):
 
     alphas = load_alphas(tmp_path / "out" / "alphas.pt")
     assert set(alphas) == {"features.3"} and alphas["features.3"].shape == (4,)
-    assert report.model["alphas"].startswith(f"computed on {calib} (8 samples")
+    assert report.model["alphas"].startswith(f"calibrated, computed on {calib} (8 samples")
     assert report.approximation["weighted"] and report.files["engine"] == "gdws.int8.ort.onnx"
     assert "engine" in report.parity  # figures reported; INT8 does not fail the export
     # The saved alphas reproduce the same plan when passed back.

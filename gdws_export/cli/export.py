@@ -13,6 +13,7 @@ from gdws_export.pipeline.config import (
     DEFAULT_CALIB_SAMPLES,
     DEFAULT_MAC_RATIO,
     EXPORTERS,
+    SENSITIVITIES,
     TARGETS,
     ExportConfig,
     parse_input_shape,
@@ -161,6 +162,13 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_ALPHA_EPS,
         metavar="EPS",
         help="L-inf radius of the PGD attack alphas average over (default 8/255)",
+    )
+    gdws.add_argument(
+        "--sensitivity",
+        choices=SENSITIVITIES,
+        default="calibrated",
+        help="how --calib alphas are computed: per-layer scales measured on adversarial "
+        "inputs (calibrated, default) or the paper's noise gains",
     )
 
 
@@ -311,7 +319,8 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         input_shape=args.input_shape, mean=args.mean, std=args.std, target=args.target,
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
         alphas=args.alphas, calib=args.calib, calib_samples=args.calib_samples,
-        alpha_eps=args.alpha_eps, lowering=args.lowering, exporter=args.exporter,
+        alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, lowering=args.lowering,
+        exporter=args.exporter,
         opset=args.opset, dynamic_batch=args.dynamic_batch, batch=args.batch,
         workspace_mib=args.workspace_mib, timing_cache=args.timing_cache, threads=args.threads,
         triton_repo=args.triton_repo, triton_name=args.triton_name, force=args.force,

@@ -22,6 +22,7 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.approximate import approximate
+from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.sensitivity import load_alphas, noise_gains, save_alphas
 from gdws_export.loading import LoadedModel, load_model_file
 from gdws_export.pipeline.config import ExportConfig
@@ -299,13 +300,18 @@ def _alphas(cfg: ExportConfig, state: _State, clock, show_bars: bool) -> str:
     if state.data is None:
         return "none (unweighted; pass --alphas or --calib to weight channels)"
     x, y = state.data
-    with clock("alphas", f" (PGD on {len(x)} calibration samples)"):
-        state.alphas = noise_gains(
-            state.model, (x, y), samples=len(x), eps=cfg.alpha_eps, step_size=cfg.alpha_eps / 4,
-            batch_size=state.loaded.fixed_batch or 64, seed=cfg.seed, progress=show_bars,
-        )  # fmt: skip
+    common = dict(samples=len(x), eps=cfg.alpha_eps, step_size=cfg.alpha_eps / 4, seed=cfg.seed,
+                  batch_size=state.loaded.fixed_batch or 64)  # fmt: skip
+    with clock("alphas", f" ({cfg.sensitivity}, PGD on {len(x)} calibration samples)"):
+        if cfg.sensitivity == "calibrated":
+            state.alphas = calibrated_gains(state.model, (x, y), **common)
+        else:
+            state.alphas = noise_gains(state.model, (x, y), progress=show_bars, **common)
     state.alphas_computed = True
-    return f"computed on {cfg.calib} ({len(x)} samples, PGD eps {cfg.alpha_eps:.4g})"
+    return (
+        f"{cfg.sensitivity}, computed on {cfg.calib} ({len(x)} samples, PGD eps "
+        f"{cfg.alpha_eps:.4g})"
+    )
 
 
 def _parity_inputs(state: _State, seed: int) -> np.ndarray:
