@@ -18,6 +18,7 @@ from gdws_export.errors import (
     UnsupportedModelError,
 )
 from gdws_export.gdws.approximate import ApproximationReport, LayerReport, approximate
+from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.conv import GDWSConv2d
 from gdws_export.gdws.sensitivity import load_alphas, noise_gains, save_alphas
 from gdws_export.models import create_model, list_models, load_model
@@ -39,6 +40,7 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'gdws_export' has no attribute {name!r}")
 
+
 __all__ = [
     "ApproximationReport",
     "BuildResult",
@@ -51,6 +53,7 @@ __all__ = [
     "UnsupportedModelError",
     "approximate",
     "build",
+    "calibrated_gains",
     "create_model",
     "list_models",
     "load_alphas",

@@ -208,3 +208,14 @@ def test_failing_forward_is_reported():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(10, 2))
     with pytest.raises(Exception, match="forward failed"):
         approximate(model, beta=1.0, input_shape=(3, 8, 8))
+
+
+def test_mac_ratio_without_approximable_convs_changes_nothing():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 1))
+    new, report = approximate(model, mac_ratio=0.5, input_shape=(3, 8, 8))
+    assert not report.replaced and report.achieved_mac_ratio == 1.0
+
+
+def test_new_layers_follow_the_models_mode(net):
+    new, _ = approximate(net, beta=2.0)
+    assert not any(m.training for m in new.modules())

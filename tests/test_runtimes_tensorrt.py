@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from gdws_export._files import file_sha256
 from gdws_export.errors import InvalidInputError, MissingDependencyError, UnsupportedModelError
-from gdws_export.runtimes._files import file_sha256
 from gdws_export.runtimes.build import build
 from gdws_export.runtimes.tensorrt import EngineInfo, build_engine, sidecar_path
 from gdws_export.runtimes.tensorrt_runner import TrtRunner

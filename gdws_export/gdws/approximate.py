@@ -207,7 +207,7 @@ def approximate(
     keep_original: set[str] = set()
     if beta is not None:
         counts = {name: lego(v, beta) for name, v in values.items()}
-    else:
+    elif candidates:
         counts, keep_original = _allocate_budget(candidates, values, pixels, mac_ratio)
 
     new_model = copy.deepcopy(model)
@@ -271,6 +271,7 @@ def _replace(
     report.macs_after = gdws.macs_per_pixel * pixels
     report.params_after = _params(gdws)
     report.weighted_error = gdws.weighted_error
+    gdws.train(site.conv.training)
     replace_module(model, site.name, gdws)
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gdws_export._files import atomic_output
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.selection import ConvSite, find_convs
 
@@ -223,13 +224,8 @@ def save_alphas(alphas: Mapping[str, torch.Tensor], path: str | os.PathLike, **m
         "alphas": {name: torch.as_tensor(a).detach().cpu() for name, a in alphas.items()},
         "meta": dict(meta),
     }
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with atomic_output(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_alphas(path: str | os.PathLike) -> dict[str, torch.Tensor]:

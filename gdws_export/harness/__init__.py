@@ -1,1 +1,75 @@
-"""The harness layer: data, speed benchmarks, accuracy evaluation, reports and sweeps."""
+"""The harness layer: data, speed benchmarks, accuracy evaluation, reports and sweeps.
+
+Speed and robustness are measured on the runtime that will serve the model:
+
+- `benchmark(runners, ...)` -> SpeedReport: latency percentiles and images/s per batch size,
+  runners interleaved (speed.py); `machine_info()` records the machine (machine.py);
+- `evaluate_accuracy(models, x, y, ...)` -> AccuracyReport: clean and white-box robust
+  accuracy on PyTorch, replayed on the engines, and the Square Attack through the engines
+  (accuracy.py);
+- `sweep(model, config, data, ...)` -> SweepReport: all of it per GDWS setting (sweep.py);
+- `write_json` / `read_json` / `write_markdown` / `write_sweep`: report files with a versioned
+  schema, written atomically (report.py, docs/report-schema.md); `plot_sweep` (plots.py).
+
+Nothing here imports onnx, onnxruntime, tensorrt or matplotlib at import time.
+"""
+
+from gdws_export.harness.accuracy import (
+    AccuracyReport,
+    AttackResult,
+    ModelAccuracy,
+    SquareConfig,
+    evaluate_accuracy,
+)
+from gdws_export.harness.data import load_dataset
+from gdws_export.harness.machine import MachineInfo, machine_info
+from gdws_export.harness.plots import plot_sweep
+from gdws_export.harness.report import (
+    SCHEMA_VERSION,
+    read_json,
+    render_markdown,
+    write_json,
+    write_markdown,
+    write_sweep,
+)
+from gdws_export.harness.runners import load_runner
+from gdws_export.harness.speed import benchmark
+from gdws_export.harness.speed_report import BatchResult, LatencyStats, SpeedReport
+from gdws_export.harness.sweep import pareto_front, sweep
+from gdws_export.harness.sweep_report import (
+    SweepConfig,
+    SweepReport,
+    SweepRow,
+    SweepSetting,
+    parse_settings,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AccuracyReport",
+    "AttackResult",
+    "BatchResult",
+    "LatencyStats",
+    "MachineInfo",
+    "ModelAccuracy",
+    "SpeedReport",
+    "SquareConfig",
+    "SweepConfig",
+    "SweepReport",
+    "SweepRow",
+    "SweepSetting",
+    "benchmark",
+    "evaluate_accuracy",
+    "load_dataset",
+    "load_runner",
+    "machine_info",
+    "parse_settings",
+    "pareto_front",
+    "plot_sweep",
+    "read_json",
+    "render_markdown",
+    "sweep",
+    "write_json",
+    "write_markdown",
+    "write_sweep",
+]

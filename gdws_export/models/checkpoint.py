@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gdws_export._files import atomic_output
 from gdws_export.errors import InvalidInputError
 
 MODELS_DIR_ENV = "GDWS_EXPORT_MODELS"
@@ -241,13 +241,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: 
         "metadata": metadata,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        torch.save(contents, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_output(path) as tmp:
+        torch.save(contents, tmp)
     return path
 
 

@@ -1,7 +1,8 @@
 """Runtimes: run an ONNX graph (or a built engine) behind one small interface.
 
-Runtimes know nothing about GDWS: they take ONNX files and engines. Lowering (parity checks,
-auto lowering) and the harness (benchmarks, accuracy) are written once against `Runner`.
+Runtimes know nothing about GDWS: they take ONNX files and engines (the torch target: any
+`nn.Module`, or its torch.export program). Lowering (parity checks, auto lowering) and the
+harness (benchmarks, accuracy) are written once against `Runner`.
 Nothing here imports onnx, onnxruntime or tensorrt at import time.
 
 `gdws_export.runtimes.build.build` is the one entry point from an ONNX file to an engine; it is
@@ -14,6 +15,8 @@ from gdws_export.runtimes.onnxruntime import OrtRunner, OrtSettings
 from gdws_export.runtimes.precision import convert_to_fp16, quantize_int8
 from gdws_export.runtimes.tensorrt import EngineInfo, build_engine
 from gdws_export.runtimes.tensorrt_runner import TrtRunner
+from gdws_export.runtimes.torch_program import TorchSettings, export_program
+from gdws_export.runtimes.torch_runner import TorchRunner
 from gdws_export.runtimes.trt_support import check_trt_support
 
 __all__ = [
@@ -23,9 +26,12 @@ __all__ = [
     "OrtSettings",
     "Runner",
     "TensorSpec",
+    "TorchRunner",
+    "TorchSettings",
     "TrtRunner",
     "build_engine",
     "check_trt_support",
     "convert_to_fp16",
+    "export_program",
     "quantize_int8",
 ]

@@ -65,6 +65,11 @@ class Runner(ABC):
         out = self.infer({spec.name: np.ascontiguousarray(x, dtype=spec.dtype)})
         return out[self.outputs()[0].name]
 
+    @property
+    def times_device_separately(self) -> bool:
+        """True when `time_compute` (device work) differs from `time_latency` (with copies)."""
+        return False
+
     def time_compute(
         self, feed: dict[str, np.ndarray], *, iterations: int = 100, warmup: int = 10
     ) -> list[float]:

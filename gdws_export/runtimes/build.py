@@ -11,6 +11,11 @@ itself warns are hardware-specific; those are applied in memory when the session
 ONNX Runtime saves has its CPU provider's float32 Casts baked in.
 
 TensorRT target: `<stem>.<precision>.engine` plus its `<engine>.json` (see `build_engine`).
+
+PyTorch target ("torch", for machines without TensorRT): built from a torch.export program
+(`<stem>.pt2`, see `torch_program.export_program`) instead of ONNX; writes
+`<stem>.<precision>.torch.json`, the `TorchSettings` (device, torch.compile, CUDA graphs) that
+`TorchRunner.from_settings` reloads. `source_onnx` then names the `.pt2` program.
 """
 
 from __future__ import annotations
@@ -21,14 +26,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gdws_export._files import atomic_output, atomic_write_text, file_sha256
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.runtimes._files import (
-    atomic_write_text,
-    file_sha256,
-    load_onnx,
-    save_onnx,
-    temporary_path,
-)
+from gdws_export.runtimes.onnx_files import load_onnx, save_onnx
 from gdws_export.runtimes.onnxruntime import OPTIMIZATION_LEVELS, OrtRunner, OrtSettings
 from gdws_export.runtimes.precision import (
     CalibrationData,
@@ -38,8 +38,15 @@ from gdws_export.runtimes.precision import (
     require_calibration,
 )
 from gdws_export.runtimes.tensorrt import DEFAULT_BATCH, build_engine, import_tensorrt
+from gdws_export.runtimes.torch_program import build_torch
 
-TARGETS = ("ort", "trt")
+TARGETS = ("ort", "trt", "torch")
+# The options of build() that each target takes (the others must be left at None).
+_TARGET_OPTIONS = {
+    "ort": {"calibration", "threads", "providers"},
+    "trt": {"calibration", "batch", "workspace_mib", "timing_cache", "hardware_compatibility"},
+    "torch": {"threads", "device", "compile", "cuda_graphs"},
+}
 ORT_FILE_OPTIMIZATION_LEVEL = "basic"  # portable: standard ONNX ops only (see module doc)
 
 
@@ -47,8 +54,9 @@ ORT_FILE_OPTIMIZATION_LEVEL = "basic"  # portable: standard ONNX ops only (see m
 class BuildResult:
     """What `build` wrote, from what, with which runtime versions.
 
-    `engine_path` is what a runner loads (the .ort.onnx model or the .engine); `settings_path`
-    is its JSON beside it (ONNX Runtime session settings, or the TensorRT EngineInfo).
+    `engine_path` is what a runner loads (the .ort.onnx model, the .engine, or the .pt2
+    program); `settings_path` is its JSON beside it (ONNX Runtime session settings, the
+    TensorRT EngineInfo, or the TorchSettings). For target "torch", `source_onnx` is the .pt2.
     """
 
     target: str
@@ -94,17 +102,23 @@ def build(
     workspace_mib: int | None = None,
     timing_cache: str | os.PathLike | None = None,
     hardware_compatibility: str | None = None,
+    device: str | None = None,
+    compile: bool | str | None = None,
+    cuda_graphs: bool | None = None,
 ) -> BuildResult:
     """Build an ONNX Runtime model or a TensorRT engine from an FP32 ONNX file.
 
     Args:
-        onnx_path: the FP32 ONNX graph (from gdws_export.lowering).
-        target: "ort" (ONNX Runtime) or "trt" (TensorRT).
-        precision: "fp32", "fp16" or "int8" (Q/DQ graph calibrated on `calibration`).
+        onnx_path: the FP32 ONNX graph (from gdws_export.lowering); for target "torch", the
+            torch.export program (.pt2) instead.
+        target: "ort" (ONNX Runtime), "trt" (TensorRT) or "torch" (PyTorch).
+        precision: "fp32", "fp16" or "int8" (Q/DQ graph calibrated on `calibration`); the torch
+            target offers "fp32" and, on "cuda", "fp16".
         output_dir: where to write; defaults to the ONNX file's folder.
         calibration: representative inputs, needed for "int8" (array, {input: array}, .npy/.npz).
         keep_io_types: keep float32 inputs/outputs for "fp16" (False: float16 I/O).
-        threads: ONNX Runtime intra-op threads; defaults to the cores this process may use.
+        threads: ONNX Runtime (or torch CPU) intra-op threads; defaults to the cores this
+            process may use for ONNX Runtime, to PyTorch's own setting for torch.
         providers: ONNX Runtime execution providers; defaults to CPU.
         optimization_level: ONNX Runtime level applied at session load ("all" by default).
         batch: TensorRT (min, opt, max) batch of the optimization profile; defaults to
@@ -112,6 +126,9 @@ def build(
         workspace_mib: TensorRT workspace cap; None lets TensorRT decide.
         timing_cache: TensorRT timing cache file to reuse and extend.
         hardware_compatibility: TensorRT "ampere_plus" or "same_compute_capability", or None.
+        device: torch "cpu" or "cuda"; defaults to "cuda" when a GPU is visible.
+        compile: torch.compile the model (True: inductor, or a backend name); default False.
+        cuda_graphs: torch only: replay CUDA graphs (device "cuda"); default False.
 
     Returns:
         A BuildResult naming the files written.
@@ -123,6 +140,20 @@ def build(
     """
     if target not in TARGETS:
         raise InvalidInputError(f"unknown target {target!r}; choose one of {TARGETS}")
+    given = {
+        "calibration": calibration, "threads": threads, "providers": providers,
+        "batch": batch, "workspace_mib": workspace_mib, "timing_cache": timing_cache,
+        "hardware_compatibility": hardware_compatibility,
+        "device": device, "compile": compile, "cuda_graphs": cuda_graphs,
+    }  # fmt: skip
+    wrong = [k for k, v in given.items() if v is not None and k not in _TARGET_OPTIONS[target]]
+    if wrong:
+        raise InvalidInputError(f"{', '.join(wrong)} do(es) not apply to target {target!r}")
+    if target == "torch":
+        return _build_torch_target(
+            onnx_path, precision=precision, output_dir=output_dir, device=device,
+            compile=compile, cuda_graphs=cuda_graphs, threads=threads,
+        )  # fmt: skip
     check_precision(precision)
     if precision == "int8":
         require_calibration(calibration)
@@ -131,14 +162,6 @@ def build(
             f"unknown optimization_level {optimization_level!r}; "
             f"choose one of {OPTIMIZATION_LEVELS}"
         )
-    trt_options = {"batch": batch, "workspace_mib": workspace_mib, "timing_cache": timing_cache,
-                   "hardware_compatibility": hardware_compatibility}  # fmt: skip
-    ort_options = {"threads": threads, "providers": providers}
-    wrong = [
-        k for k, v in (ort_options if target == "trt" else trt_options).items() if v is not None
-    ]
-    if wrong:
-        raise InvalidInputError(f"{', '.join(wrong)} do(es) not apply to target {target!r}")
     if threads is not None and threads < 1:
         raise InvalidInputError(f"threads must be >= 1, got {threads}")
     if target == "trt":
@@ -191,6 +214,44 @@ def build(
         versions=versions,
         build_seconds=round(time.perf_counter() - start, 3),
         warnings=warnings,
+    )
+
+
+def _build_torch_target(
+    program_path: str | os.PathLike,
+    *,
+    precision: str,
+    output_dir: str | os.PathLike | None,
+    device: str | None,
+    compile: bool | str | None,
+    cuda_graphs: bool | None,
+    threads: int | None,
+) -> BuildResult:
+    """build(target="torch"): settings for a .pt2 program (see torch_program.build_torch)."""
+    import torch
+
+    source = Path(program_path)
+    out_dir = Path(output_dir) if output_dir is not None else source.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    program, settings, versions = build_torch(
+        source,
+        out_dir,
+        precision=precision,
+        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        compile=compile or False,
+        cuda_graphs=bool(cuda_graphs),
+        threads=threads,
+    )
+    return BuildResult(
+        target="torch",
+        precision=precision,
+        engine_path=os.fspath(program),
+        settings_path=os.fspath(settings),
+        source_onnx=os.fspath(source),
+        source_onnx_sha256=file_sha256(source),
+        versions=versions,
+        build_seconds=round(time.perf_counter() - start, 3),
     )
 
 
@@ -267,15 +328,13 @@ def _write_ort_model(model, path: Path, level: str) -> None:
         return
     data = model.SerializeToString()
     options = OrtRunner(data, optimization_level=level).session_options()
-    tmp = temporary_path(path)
-    options.optimized_model_filepath = os.fspath(tmp)
     try:
-        # CPU only: basic optimizations are provider-independent, other providers could add
-        # their own nodes (memory copies) to the saved graph.
-        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            options.optimized_model_filepath = os.fspath(tmp)
+            # CPU only: basic optimizations are provider-independent, other providers could
+            # add their own nodes (memory copies) to the saved graph.
+            ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(
             f"ONNX Runtime could not load the graph for {path}: {first}"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gdws_export._files import atomic_write_text, file_sha256
 from gdws_export.errors import InvalidInputError
-from gdws_export.runtimes._files import atomic_write_text, file_sha256
 from gdws_export.runtimes.base import Runner, TensorSpec
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.runtimes._files import load_onnx
+from gdws_export.runtimes.onnx_files import load_onnx
 from gdws_export.runtimes.trt_support import qdq_problems
 
 if TYPE_CHECKING:

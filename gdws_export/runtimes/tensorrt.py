@@ -24,15 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 
+from gdws_export._files import atomic_write_bytes, atomic_write_text, file_sha256
 from gdws_export._optional import require
 from gdws_export.errors import InvalidInputError, MissingDependencyError, UnsupportedModelError
-from gdws_export.runtimes._files import (
-    atomic_write_bytes,
-    atomic_write_text,
-    file_sha256,
-    load_onnx,
-    save_onnx,
-)
+from gdws_export.runtimes.onnx_files import load_onnx, save_onnx
 from gdws_export.runtimes.precision import (
     CalibrationData,
     check_precision,

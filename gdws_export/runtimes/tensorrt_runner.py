@@ -32,6 +32,10 @@ class TrtRunner(Runner):
 
     name = "tensorrt"
 
+    @property
+    def times_device_separately(self) -> bool:
+        return True
+
     def __init__(self, engine: str | os.PathLike | bytes) -> None:
         self.engine_source = engine if isinstance(engine, bytes) else os.fspath(engine)
         self.engine = None

@@ -71,7 +71,7 @@ def check_trt_support(model: onnx.ModelProto | str | os.PathLike) -> list[str]:
         >>> for problem in check_trt_support("model.onnx"):  # doctest: +SKIP
         ...     print(problem)
     """
-    from gdws_export.runtimes._files import load_onnx
+    from gdws_export.runtimes.onnx_files import load_onnx
 
     model = load_onnx(model, check=False)
     graph = model.graph

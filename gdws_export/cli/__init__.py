@@ -1,0 +1,159 @@
+"""The `gdws-export` command: `gdws-export MODEL [options]` exports (the default command).
+
+Each command is a module `gdws_export/cli/<name>.py` with `add_parser(subparsers)` and
+`run(args) -> int`; commands whose module is absent are left out. `main` turns every
+`GDWSExportError` into one line on stderr and its class's exit code (see `EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from types import ModuleType
+
+from gdws_export.errors import GDWSExportError
+
+PROG = "gdws-export"
+COMMANDS = ("export", "bench", "sweep")
+DEFAULT_COMMAND = "export"
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES = """\
+exit codes:
+  0    success
+  1    internal error (a bug: rerun with -v for the traceback, and report it)
+  2    bad input: a missing, corrupt or unsafe file, a bad option value, an existing
+       output directory without --force
+  3    unsupported model: no conv GDWS can replace, a forward pass or an export that fails
+  4    parity failure: an exported graph or engine does not match the PyTorch model
+  5    missing runtime or package (TensorRT, tritonclient, ...)
+  130  interrupted (Ctrl-C)
+A run that fails leaves no output directory behind."""
+
+
+class UsageError(Exception):
+    """A command-line mistake found by argparse (exit code 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`main` prints it), not usage + message."""
+
+    def error(self, message: str):  # argparse's hook; it must not return
+        raise UsageError(message)
+
+
+def available_commands() -> dict[str, ModuleType]:
+    """Command name -> module, for the commands whose module is installed."""
+    found = {}
+    for name in COMMANDS:
+        module_name = f"{__name__}.{name}"
+        try:
+            found[name] = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:  # the module exists but something it imports is missing
+                raise
+    return found
+
+
+def version_text() -> str:
+    """'gdws-export X (torch Y, onnxruntime Z, tensorrt W)', without importing any of them."""
+    parts = []
+    for package in ("torch", "onnxruntime", "tensorrt"):
+        try:
+            parts.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{package} not installed")
+    from gdws_export import __version__
+
+    return f"{PROG} {__version__} ({', '.join(parts)})"
+
+
+def build_parser(commands: dict[str, ModuleType] | None = None) -> Parser:
+    """The top-level parser with one sub-parser per available command."""
+    commands = available_commands() if commands is None else commands
+    parser = Parser(
+        prog=PROG,
+        description="Make robust CNNs fast with GDWS convolutions on ONNX Runtime and TensorRT.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=version_text())
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for module in commands.values():
+        module.add_parser(subparsers).set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see EXIT_CODES).
+
+    `gdws-export MODEL ...` means `gdws-export export MODEL ...`.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        _error(f"no model given; usage: {PROG} MODEL [options] (see {PROG} --help)")
+        return 2
+    commands = available_commands()
+    if argv[0] not in commands and argv[0] != "--version":
+        argv = [DEFAULT_COMMAND, *argv]  # also makes `--help` show the export options
+    try:
+        args = build_parser(commands).parse_args(argv)
+    except UsageError as exc:
+        _error(str(exc))
+        return 2
+    except SystemExit as exc:  # --help and --version print and exit 0
+        return exc.code if isinstance(exc.code, int) else 0
+    verbose = getattr(args, "verbose", 0)
+    try:
+        with _library_noise(shown=verbose > 0):
+            return args.run(args)
+    except KeyboardInterrupt:
+        _error("interrupted; no output was left behind")
+        return EXIT_INTERRUPTED
+    except GDWSExportError as exc:
+        if verbose:
+            traceback.print_exc()
+        _error(str(exc))
+        return exc.exit_code
+    except Exception as exc:  # a bug: say so in one line, the traceback on request
+        if verbose:
+            traceback.print_exc()
+        _error(
+            f"internal error ({type(exc).__name__}: {exc}); rerun with -v for the traceback "
+            "and report it"
+        )
+        return 1
+
+
+def _error(message: str) -> None:
+    line = " ".join(message.split())  # one line, whatever the message held
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+
+
+@contextmanager
+def _library_noise(*, shown: bool) -> Iterator[None]:
+    """Library warnings and logs (exporter deprecations, torch.export notes) only with -v."""
+    if shown:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("torch", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+__all__ = ["COMMANDS", "EXIT_CODES", "Parser", "available_commands", "build_parser", "main"]

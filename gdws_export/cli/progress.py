@@ -1,0 +1,97 @@
+"""What the export command shows: a live stage line while it works, a summary when done."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from gdws_export.pipeline.report import ExportReport
+
+# Stages that draw their own progress bar: the stage line must not share its terminal line.
+_BAR_STAGES = ("alphas",)
+
+
+class StageLine:
+    """A `ProgressCallback` printing "label ... done (1.2 s)" per stage, or nothing if disabled.
+
+    Example:
+        >>> run_export(config, progress=StageLine(sys.stderr, enabled=True))  # doctest: +SKIP
+        loading the model ... done (0.1 s)
+    """
+
+    def __init__(self, stream: TextIO, *, enabled: bool) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self._open: str | None = None  # the label whose line awaits "done"
+
+    def __call__(self, stage: str, label: str, seconds: float | None) -> None:
+        if not self.enabled:
+            return
+        if seconds is None:
+            self._open = label
+            self.stream.write(f"{label} ...")
+            if stage in _BAR_STAGES:
+                self.stream.write("\n")
+                self._open = None
+        elif self._open == label:
+            self.stream.write(f" done ({seconds:.1f} s)\n")
+            self._open = None
+        else:
+            self.stream.write(f"{label}: done ({seconds:.1f} s)\n")
+        self.stream.flush()
+
+
+def summary(report: ExportReport) -> str:
+    """Where the outputs are and the headline figures, for stdout."""
+    if report.dry_run:
+        return _plan(report)
+    out = report.output_dir
+    total = sum(report.timings.values())
+    target = f"{report.settings['target']} {report.settings['precision']}"
+    lines = [f"gdws-export: exported {report.model['path']} to {out}/ ({target}, {total:.1f} s)"]
+    rows = [("engine", report.files.get("engine")), ("report", report.files.get("report_md"))]
+    rows += [("onnx", report.files[k]) for k in ("original_onnx", "gdws_onnx") if k in report.files]
+    if "alphas" in report.files:
+        rows.append(("alphas", report.files["alphas"]))
+    lines += [f"  {name:<8}{out}/{path}" for name, path in rows]
+    if report.triton:
+        lines.append(f"  {'triton':<8}{report.triton['model_dir']} ({report.triton['platform']})")
+    lines.append(f"  {'MACs':<8}{_macs(report)}")
+    engine = report.parity.get("engine")
+    if engine:
+        lines.append(
+            f"  {'parity':<8}engine vs its source: max |diff| {engine['max_abs_diff']:.2g}, top-1 "
+            f"agreement {100 * engine['top1_agreement']:.1f} %"
+        )
+    approx = report.parity.get("approximation")
+    if approx:
+        lines.append(
+            f"  {'GDWS':<8}top-1 agreement with the original model "
+            f"{100 * approx['top1_agreement']:.1f} % on {approx['n_inputs']} inputs"
+        )
+    return "\n".join(lines)
+
+
+def _plan(report: ExportReport) -> str:
+    shape = "x".join(map(str, report.model["input_shape"]))
+    lines = [f"gdws-export: plan for {report.model['path']} (input N x {shape}; dry run, "
+             "nothing written)", ""]  # fmt: skip
+    settings = report.settings
+    if report.approximation:
+        how = (f"beta {settings['beta']}" if settings.get("beta") is not None
+               else f"mac_ratio {settings['mac_ratio']}")  # fmt: skip
+        lines += [f"GDWS with {how}; alphas: {report.model['alphas']}", "", report.plan_table(), ""]
+    lines.append(f"MACs: {_macs(report)}")
+    if report.settings.get("lowering") == "auto" and report.approximation:
+        lines.append("lowering 'auto' picks each layer's form by timing it at export")
+    return "\n".join(lines)
+
+
+def _macs(report: ExportReport) -> str:
+    before = report.macs.get("original", 0)
+    after = report.macs.get("shipped", report.macs.get("gdws", before))
+    ratio = after / before if before else 1.0
+    params = report.params
+    text = f"{before:,} -> {after:,} per image ({ratio:.2f}x)"
+    if "gdws" in params:
+        text += f"; params {params['original']:,} -> {params['gdws']:,}"
+    return text

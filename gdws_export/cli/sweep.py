@@ -1,0 +1,174 @@
+"""`gdws-export sweep`: approximate -> export -> build -> bench -> attack per GDWS setting.
+
+Writes `sweep.json`, `sweep.md` and `sweep.png` (robust accuracy against images/s, the
+original as reference, the Pareto front drawn) to --output-dir, and the ONNX files and engines
+to its `models/` folder.
+
+Example:
+    gdws-export sweep model.pt --betas 0.001 0.01 0.1 --data cifar10 --limit 1000 \\
+        --eps 8/255 --steps 10 --output-dir sweep/
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from gdws_export.attacks import AttackConfig
+from gdws_export.errors import InvalidInputError
+from gdws_export.harness.accuracy import DEFAULT_BATCH_SIZE, SquareConfig
+from gdws_export.harness.report import write_sweep
+from gdws_export.harness.speed_report import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_DURATION_S,
+    DEFAULT_WARMUP_S,
+)
+from gdws_export.harness.sweep import sweep
+from gdws_export.harness.sweep_report import SweepConfig, parse_settings
+
+NAME = "sweep"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the sweep command to the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        NAME,
+        help="measure speed and robustness of several GDWS settings, with a plot",
+        description=(
+            "For each --betas or --mac-ratios value: approximate, export, build, benchmark "
+            "(interleaved with the original) and attack; one report with a table, the "
+            "Pareto-optimal settings and a plot of robust accuracy against images/s."
+        ),
+    )
+    parser.add_argument("model", type=Path, help="checkpoint saved by gdws-export (model.pt)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--betas", type=float, nargs="+", help="per-layer error bounds (LEGO)")
+    which.add_argument(
+        "--mac-ratios", type=float, nargs="+", help="fractions of the conv MACs to keep"
+    )
+    parser.add_argument(
+        "--data", required=True,
+        help="dataset name (fashion-mnist, cifar10...), .npz file, IDX folder or image folder",
+    )  # fmt: skip
+    parser.add_argument("--split", default="test", help="dataset split (default: test)")
+    parser.add_argument("--limit", type=int, help="use the first N samples")
+    parser.add_argument("--alphas", type=Path, help="alphas file from `noise_gains`")
+    parser.add_argument("--output-dir", type=Path, required=True, help="where to write")
+    parser.add_argument("--target", choices=("ort", "trt"), default="ort")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--lowering", default="auto", help="ONNX lowering form (default: auto)")
+    attack = parser.add_argument_group("attack (white-box on PyTorch, replayed on the engine)")
+    attack.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd")
+    attack.add_argument("--norm", choices=("linf", "l2"), default="linf")
+    attack.add_argument(
+        "--eps", type=parse_number, default=8 / 255, help="radius, e.g. 8/255 (default)"
+    )
+    attack.add_argument("--steps", type=int, default=10, help="PGD steps (default: 10)")
+    attack.add_argument(
+        "--step-size", type=parse_number, help="PGD step (default: 2.5 * eps / steps)"
+    )
+    attack.add_argument("--restarts", type=int, default=1, help="PGD restarts (default: 1)")
+    attack.add_argument(
+        "--no-random-start", action="store_true", help="start PGD from the clean image"
+    )
+    attack.add_argument("--seed", type=int, default=0, help="attack seed (default: 0)")
+    attack.add_argument(
+        "--square-queries", type=int, default=0,
+        help="also run the Square Attack (L-inf, same eps) on each engine with this budget",
+    )  # fmt: skip
+    bench = parser.add_argument_group("benchmark")
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=list(DEFAULT_BATCH_SIZES))
+    bench.add_argument(
+        "--duration", type=float, default=None,
+        help=f"minimum timed seconds per model and batch (default: {DEFAULT_DURATION_S:g} "
+        "unless --iterations is given)",
+    )  # fmt: skip
+    bench.add_argument("--iterations", type=int, help="minimum timed runs per model and batch")
+    bench.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S)
+    parser.add_argument(
+        "--eval-batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+        help=f"batch size of attacks and engine inference (default: {DEFAULT_BATCH_SIZE})",
+    )  # fmt: skip
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model and data, run the sweep, write sweep.json / .md / .png."""
+    from gdws_export.gdws.sensitivity import load_alphas
+    from gdws_export.harness.data import load_dataset
+    from gdws_export.models import load_model
+
+    config = config_from_args(args)  # settings first: bad flags fail before any loading
+    model = load_model(args.model)
+    num_classes = getattr(model, "arch_kwargs", {}).get("num_classes")
+    x, y = load_dataset(
+        args.data, split=args.split, limit=args.limit, num_classes=num_classes,
+        input_shape=getattr(model, "input_shape", None),
+    )  # fmt: skip
+    alphas = load_alphas(args.alphas) if args.alphas is not None else None
+    report = sweep(
+        model, config, (x, y), work_dir=args.output_dir / "models", alphas=alphas,
+        data_name=_describe_data(args.data, args.split, len(y)),
+    )  # fmt: skip
+    paths = write_sweep(report, args.output_dir)
+    print(report.table())
+    print(f"Pareto-optimal: {', '.join(report.pareto_settings)}")
+    print(f"Wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
+    return 0
+
+
+def config_from_args(args: argparse.Namespace) -> SweepConfig:
+    """The SweepConfig the command line asks for (validated)."""
+    if args.square_queries < 0:
+        raise InvalidInputError(f"--square-queries must be >= 0, got {args.square_queries}")
+    duration = args.duration
+    if duration is None and args.iterations is None:
+        duration = DEFAULT_DURATION_S
+    white_box = AttackConfig(
+        args.attack, norm=args.norm, eps=args.eps, step_size=args.step_size, steps=args.steps,
+        restarts=args.restarts, random_start=not args.no_random_start, seed=args.seed,
+    )  # fmt: skip
+    square = None
+    if args.square_queries:
+        if args.norm != "linf":
+            raise InvalidInputError("--square-queries: the Square Attack here is L-inf only")
+        square = SquareConfig(eps=args.eps, queries=args.square_queries, seed=args.seed)
+    return SweepConfig(
+        settings=parse_settings(args.betas, args.mac_ratios),
+        target=args.target,
+        precision=args.precision,
+        threads=args.threads,
+        lowering=args.lowering,
+        attacks=(white_box,),
+        square=square,
+        batch_sizes=tuple(args.batch_sizes),
+        duration_s=duration,
+        iterations=args.iterations,
+        warmup_s=args.warmup,
+        eval_batch_size=args.eval_batch_size,
+    )
+
+
+def _describe_data(spec: str, split: str, samples: int) -> str:
+    """'cifar10 (test), 1000 samples'; files and folders have no split to name."""
+    from gdws_export.harness.data import NAMED_DATASETS
+
+    named = f" ({split})" if str(spec).lower() in NAMED_DATASETS else ""
+    return f"{spec}{named}, {samples} samples"
+
+
+def parse_number(text: str) -> float:
+    """A float or a fraction such as '8/255' (argparse type)."""
+    try:
+        if "/" in text:
+            numerator, denominator = text.split("/", 1)
+            value = float(numerator) / float(denominator)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value

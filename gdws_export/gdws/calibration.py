@@ -1,0 +1,147 @@
+"""Layer-calibrated sensitivities: alphas whose scale across layers is measured, not modelled.
+
+Within a layer, any alpha (all ones, or the paper's noise gains) ranks channels and triplets.
+Across layers, a global MAC budget (`approximate(mac_ratio=...)`) also needs the alphas of
+different layers to be in the same units: a unit of weighted error in one layer must cost the
+model about as much as a unit in another. The paper's first-order noise model does not give
+that reliably (on adversarially trained nets it starves whole layers).
+
+`calibrated_gains` measures it. For every approximable layer alone, it truncates the layer at a
+few error levels (LEGO with beta = 5, 10 and 20 % of the layer's total weighted energy), runs
+the model on adversarial examples of the original model, and records the KL divergence of the
+output distribution from the original's. KL is >= 0, smooth and second order in the output
+change, so it grows about linearly with the weighted error; the fitted slope
+lambda_l = sum KL / sum error is the layer's scale, and the returned alphas are
+lambda_l * base alpha. A unit of calibrated weighted error then means about the same increase
+of KL on adversarial inputs in every layer.
+
+Cost: one PGD pass over the samples, then (layers x 3) forward passes: far less than one
+`noise_gains` run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.gdws.conv import GDWSConv2d
+from gdws_export.gdws.decomposition import (
+    channel_svd,
+    check_alpha,
+    error_values,
+    lego,
+    weighted_error,
+)
+from gdws_export.gdws.selection import find_convs, replace_module
+from gdws_export.gdws.sensitivity import _batches
+
+ERROR_FRACTIONS = (0.05, 0.1, 0.2)
+
+
+def calibrated_gains(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor] | Iterable,
+    *,
+    base: Mapping[str, torch.Tensor] | None = None,
+    attack: str | None = "pgd",
+    eps: float = 8 / 255,
+    steps: int = 10,
+    step_size: float | None = 2 / 255,
+    norm: str = "linf",
+    samples: int = 512,
+    batch_size: int = 128,
+    fractions: Sequence[float] = ERROR_FRACTIONS,
+    skip_first: bool = True,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Alphas scaled per layer by the measured output change on adversarial inputs.
+
+    Args:
+        model: a classifier taking [0, 1] images; evaluated in eval mode (mode restored).
+        data: (images, labels) tensors or an iterable of such batches; the first `samples`.
+        base: per-channel alphas within each layer (e.g. from `noise_gains`); None means ones.
+        attack, eps, steps, step_size, norm: the PGD attack making the inputs (attack=None:
+            clean inputs). Defaults as in `noise_gains`.
+        fractions: error levels, as fractions of each layer's total weighted energy.
+        skip_first, include, exclude: which convs (as in `approximate`).
+        seed: seeds the attack's random start.
+
+    Returns:
+        {layer name: (C,) float64 alphas}, for `approximate(alphas=...)`.
+    """
+    if attack not in ("pgd", None):
+        raise InvalidInputError(f"attack must be 'pgd' or None (clean inputs), got {attack!r}")
+    if not fractions or any(not 0 < f < 1 for f in fractions):
+        raise InvalidInputError(f"fractions must lie in (0, 1), got {list(fractions)}")
+    sites = [s for s in find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
+             if s.skip_reason is None]  # fmt: skip
+    if not sites:
+        raise UnsupportedModelError("the model has no conv that GDWS can approximate")
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = _inputs(model, data, attack, eps, steps, step_size, norm, samples, seed, param)
+        reference = _log_probs(model, inputs, batch_size)
+        gains = {}
+        for site in sites:
+            given = None if base is None else base.get(site.name)
+            alpha = check_alpha(given, site.conv.in_channels, site.name)
+            svd = channel_svd(site.conv.weight, site.conv.groups)
+            values = error_values(svd, alpha)
+            total = float(values.sum())
+            kl_sum = error_sum = 0.0
+            for fraction in fractions:
+                counts = lego(values, fraction * total)
+                error = weighted_error(values, counts)
+                if error <= 0:
+                    continue
+                layer = GDWSConv2d._build(site.conv, svd, counts, error).eval()
+                replace_module(model, site.name, layer)
+                try:
+                    kl_sum += _kl(reference, _log_probs(model, inputs, batch_size))
+                finally:
+                    replace_module(model, site.name, site.conv)
+                error_sum += error
+            scale = kl_sum / error_sum if error_sum > 0 else 0.0
+            gains[site.name] = alpha * scale
+    finally:
+        model.train(was_training)
+    return gains
+
+
+def _inputs(model, data, attack, eps, steps, step_size, norm, samples, seed, param):
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise InvalidInputError(f"samples must be a positive int, got {samples!r}")
+    generator = torch.Generator(device=param.device).manual_seed(seed)
+    batches = []
+    for x, y in _batches(data, samples, batch_size=128):
+        x, y = x.to(param.device, param.dtype), y.to(param.device)
+        if attack == "pgd":
+            from gdws_export.attacks import pgd
+
+            x = pgd(model, x, y, eps=eps, steps=steps, step_size=step_size, norm=norm,
+                    generator=generator)  # fmt: skip
+        batches.append(x.detach())
+    if not batches:
+        raise InvalidInputError("data holds no samples")
+    return torch.cat(batches)
+
+
+@torch.no_grad()
+def _log_probs(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat(
+        [F.log_softmax(model(x[i : i + batch_size]).double(), dim=1)
+         for i in range(0, len(x), batch_size)]
+    )  # fmt: skip
+
+
+def _kl(reference: torch.Tensor, approx: torch.Tensor) -> float:
+    """Mean KL(original || approximation) over the samples."""
+    return float(F.kl_div(approx, reference, log_target=True, reduction="batchmean"))

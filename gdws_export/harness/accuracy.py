@@ -1,0 +1,471 @@
+"""Clean and adversarial accuracy: white-box on PyTorch, replayed and attacked on the engine.
+
+For each model (e.g. "original" and "gdws"):
+
+1. clean accuracy of the PyTorch model (in eval mode, batched);
+2. each white-box attack (PGD / FGSM, `AttackConfig`) on the PyTorch model: robust accuracy;
+3. with an engine for the model: clean accuracy on the engine, and the same adversarial
+   inputs replayed through it (a transfer check: the engine should keep what PyTorch
+   measured; `transfer_gap_points` says by how much it does not);
+4. with `square`: the query-only Square Attack (L-inf) run through the engine itself (on the
+   PyTorch model when there is no engine).
+
+As in RobustBench, a sample counts as robust when it is classified correctly both clean and
+under attack, so robust accuracy never exceeds clean accuracy; an attack with eps = 0 gives
+the clean accuracy. Attack runs are seeded (`AttackConfig.seed`, `SquareConfig.seed`) and
+reproduce exactly for the same data, batch size and seeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from gdws_export.attacks import AttackConfig, run_attack, square_attack
+from gdws_export.errors import InvalidInputError
+from gdws_export.harness.speed import describe_runner
+from gdws_export.runtimes.base import Runner
+
+DEFAULT_BATCH_SIZE = 64  # fits TensorRT's default optimization profile (max batch 64)
+# A replay that moves robust accuracy by more than this many points means the engine does not
+# keep what PyTorch measured (numerics, precision or lowering): reported, not raised.
+TRANSFER_TOLERANCE_POINTS = 0.5
+
+
+@dataclass(frozen=True)
+class SquareConfig:
+    """The query-only Square Attack (L-inf). Defaults: eps 8/255, 1000 queries, p 0.05, seed 0.
+
+    Example:
+        >>> SquareConfig(eps=8 / 255, queries=1000).describe()
+        'Square-1000 (L-inf, eps=8/255, p_init=0.05, seed 0)'
+    """
+
+    eps: float = 8 / 255
+    queries: int = 1000
+    p_init: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        where = "SquareConfig"
+        if not _finite_number(self.eps) or self.eps < 0:
+            raise InvalidInputError(f"{where}: eps must be a finite number >= 0, got {self.eps!r}")
+        for label, value in (("queries", self.queries), ("seed", self.seed)):
+            low = 1 if label == "queries" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidInputError(
+                    f"{where}: {label} must be an integer >= {low}, got {value!r}"
+                )
+        if not _finite_number(self.p_init) or not 0 < self.p_init <= 1:
+            raise InvalidInputError(f"{where}: p_init must be in (0, 1], got {self.p_init!r}")
+
+    def describe(self) -> str:
+        """RobustBench-style one line: attack, norm, eps, budget, seed."""
+        return (
+            f"Square-{self.queries} (L-inf, eps={format_radius(self.eps, 'linf')}, "
+            f"p_init={self.p_init:g}, seed {self.seed})"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AttackResult:
+    """One attack against one model, described as RobustBench does (norm, eps, steps, samples).
+
+    `target` is "pytorch" (white-box, or Square without an engine) or "engine" (Square run
+    through the runtime). For white-box attacks with an engine, `engine_accuracy` is the
+    robust accuracy of the engine on the same adversarial inputs, `transfer_gap_points` is
+    engine minus PyTorch in percentage points, and `agreement` the fraction of adversarial
+    inputs on which both predict the same class. `max_perturbation` is the largest distance
+    (in the attack's norm) of an adversarial input from its clean image.
+    """
+
+    attack: str
+    description: str
+    norm: str
+    eps: float
+    steps: int
+    samples: int
+    target: str
+    robust_accuracy: float
+    max_perturbation: float
+    config: dict
+    engine_accuracy: float | None = None
+    transfer_gap_points: float | None = None
+    agreement: float | None = None
+    mean_queries: float | None = None
+
+
+@dataclass
+class ModelAccuracy:
+    """Clean accuracy and attack results of one model (and of its engine, when given)."""
+
+    name: str
+    samples: int
+    clean_accuracy: float
+    engine_clean_accuracy: float | None = None
+    engine: dict | None = None
+    attacks: list[AttackResult] = field(default_factory=list)
+
+    def attack(self, description_or_name: str) -> AttackResult:
+        """The first result whose description or attack name matches."""
+        for result in self.attacks:
+            if description_or_name in (result.description, result.attack):
+                return result
+        raise InvalidInputError(
+            f"model {self.name!r} has no attack {description_or_name!r}; it has "
+            f"{[r.description for r in self.attacks]}"
+        )
+
+
+@dataclass
+class AccuracyReport:
+    """Accuracy of every model on one data set: `evaluate_accuracy`'s result."""
+
+    data: str
+    samples: int
+    batch_size: int
+    models: list[ModelAccuracy] = field(default_factory=list)
+
+    def model(self, name: str) -> ModelAccuracy:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise InvalidInputError(
+            f"no accuracy for model {name!r}; models: {[m.name for m in self.models]}"
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AccuracyReport:
+        models = [
+            ModelAccuracy(**{**m, "attacks": [AttackResult(**a) for a in m["attacks"]]})
+            for m in data["models"]
+        ]
+        return cls(data["data"], data["samples"], data["batch_size"], models)
+
+    def to_markdown(self) -> str:
+        """A Markdown section with one row per model and attack."""
+        lines = [
+            "## Accuracy",
+            "",
+            f"Data: {self.data or 'given tensors'}, {self.samples} samples, batch "
+            f"{self.batch_size}. Robust = correct both clean and under attack.",
+            "",
+            "| model | attack | target | samples | clean % | robust % | engine clean % "
+            "| engine robust % (replay) | gap (points) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for m in self.models:
+            for a in m.attacks:
+                gap = a.transfer_gap_points
+                flag = " !" if gap is not None and abs(gap) > TRANSFER_TOLERANCE_POINTS else ""
+                lines.append(
+                    f"| {m.name} | {a.description} | {a.target} | {a.samples} "
+                    f"| {_pct(m.clean_accuracy)} | {_pct(a.robust_accuracy)} "
+                    f"| {_pct(m.engine_clean_accuracy)} | {_pct(a.engine_accuracy)} "
+                    f"| {'' if gap is None else f'{gap:+.2f}'}{flag} |"
+                )
+            if not m.attacks:
+                lines.append(
+                    f"| {m.name} | clean (no attack) | pytorch | {m.samples} "
+                    f"| {_pct(m.clean_accuracy)} | | {_pct(m.engine_clean_accuracy)} | | |"
+                )
+        lines += [
+            "",
+            f"A gap beyond {TRANSFER_TOLERANCE_POINTS} points (marked !) means the engine does "
+            "not keep the robustness PyTorch measured.",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def evaluate_accuracy(
+    models: Mapping[str, nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    attacks: Sequence[AttackConfig] = (AttackConfig(),),
+    engines: Mapping[str, Runner] | None = None,
+    square: SquareConfig | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    data: str = "",
+) -> AccuracyReport:
+    """Clean and adversarial accuracy of PyTorch models and of their engines.
+
+    Args:
+        models: name -> PyTorch model taking [0, 1] images; evaluated in eval mode (each
+            model's train/eval flags are restored afterwards).
+        x: images, float (N, C, H, W) in [0, 1] (from `load_dataset`).
+        y: int64 labels (N,).
+        attacks: white-box attacks run on each PyTorch model (AttackConfig("none") for clean
+            only, or an empty sequence).
+        engines: name -> Runner of the same model exported (names as in `models`); they are
+            activated here. Each gets a clean pass and a replay of every white-box attack.
+        square: run the Square Attack through each engine (or model without one).
+        batch_size: samples per attack / inference batch (engines with a fixed batch size use
+            theirs).
+        data: a description of the data for the report (e.g. the dataset file).
+
+    Returns:
+        An AccuracyReport.
+
+    Example:
+        >>> report = evaluate_accuracy({"gdws": gdws_model}, x, y,
+        ...     attacks=[AttackConfig("pgd", eps=0.1, steps=20)],
+        ...     engines={"gdws": OrtRunner("gdws.onnx")})  # doctest: +SKIP
+    """
+    engines = dict(engines or {})
+    _check_arguments(models, x, y, attacks, engines, batch_size)
+    report = AccuracyReport(data=data, samples=int(x.shape[0]), batch_size=batch_size)
+    with contextlib.ExitStack() as stack:
+        for name, engine in engines.items():
+            stack.enter_context(engine)
+            check_engine_input(engine, tuple(x.shape[1:]), name)
+        for name, model in models.items():
+            stack.enter_context(_eval_mode(model))
+            report.models.append(
+                _evaluate_model(name, model, engines.get(name), x, y, attacks, square, batch_size)
+            )
+    return report
+
+
+def predict_batched(runner: Runner, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits of an active runner for all of x, in batches; a fixed batch size is padded."""
+    (spec,) = runner.inputs()
+    fixed = spec.shape[0] if isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None
+    step = fixed or batch_size
+    outputs = []
+    for start in range(0, len(x), step):
+        chunk = x[start : start + step]
+        count = len(chunk)
+        if fixed is not None and count < fixed:  # pad with copies of the last image
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - count, axis=0)])
+        outputs.append(np.asarray(runner.predict(chunk), dtype=np.float32)[:count])
+    return np.concatenate(outputs)
+
+
+def check_engine_input(runner: Runner, image_shape: tuple[int, ...], name: str) -> None:
+    """Raise InvalidInputError unless an active runner takes images of `image_shape`."""
+    specs = runner.inputs()
+    if len(specs) != 1:
+        raise InvalidInputError(
+            f"engine {name!r} takes {len(specs)} inputs; the harness evaluates classifiers "
+            "with one image input"
+        )
+    dims = specs[0].shape
+    if len(dims) != len(image_shape) + 1 or any(
+        isinstance(d, int) and d > 0 and d != s for d, s in zip(dims[1:], image_shape, strict=True)
+    ):
+        raise InvalidInputError(
+            f"engine {name!r} takes inputs {tuple(dims)} but the data are images "
+            f"{tuple(image_shape)}; export the model for this data's shape"
+        )
+
+
+def format_radius(value: float, norm: str) -> str:
+    """k/255 for L-inf radii that are whole numbers of 8-bit grey levels, else the number."""
+    levels = value * 255
+    if norm == "linf" and value > 0 and abs(levels - round(levels)) < 1e-6:
+        return f"{round(levels)}/255"
+    return f"{value:g}"
+
+
+def _evaluate_model(
+    name: str,
+    model: nn.Module,
+    engine: Runner | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence[AttackConfig],
+    square: SquareConfig | None,
+    batch_size: int,
+) -> ModelAccuracy:
+    clean_pred = _torch_predict(model, x, batch_size)
+    _check_classes(clean_pred, y, f"model {name!r}")
+    clean = clean_pred.argmax(1) == y
+    result = ModelAccuracy(name=name, samples=len(y), clean_accuracy=_mean(clean))
+    engine_clean = None
+    if engine is not None:
+        engine_logits = torch.from_numpy(predict_batched(engine, x.numpy(), batch_size))
+        _check_classes(engine_logits, y, f"engine {name!r}")
+        engine_clean = engine_logits.argmax(1) == y
+        result.engine_clean_accuracy = _mean(engine_clean)
+        result.engine = describe_runner(engine)
+    for config in attacks:
+        x_adv = torch.cat(
+            [
+                run_attack(model, x[i : i + batch_size], y[i : i + batch_size], config)
+                for i in range(0, len(y), batch_size)
+            ]
+        )
+        adv_pred = _torch_predict(model, x_adv, batch_size).argmax(1)
+        attack = AttackResult(
+            attack=config.name,
+            description=config.describe(),
+            norm=config.norm,
+            eps=config.eps,
+            steps=config.steps if config.name == "pgd" else (1 if config.name == "fgsm" else 0),
+            samples=len(y),
+            target="pytorch",
+            robust_accuracy=_mean(clean & (adv_pred == y)),
+            max_perturbation=_max_distance(x_adv, x, config.norm),
+            config=config.to_dict(),
+        )
+        if engine is not None:
+            engine_pred = torch.from_numpy(predict_batched(engine, x_adv.numpy(), batch_size))
+            engine_pred = engine_pred.argmax(1)
+            attack.engine_accuracy = _mean(engine_clean & (engine_pred == y))
+            attack.transfer_gap_points = 100 * (attack.engine_accuracy - attack.robust_accuracy)
+            attack.agreement = _mean(engine_pred == adv_pred)
+        result.attacks.append(attack)
+    if square is not None:
+        result.attacks.append(_square(model, engine, x, y, clean, engine_clean, square, batch_size))
+    return result
+
+
+def _square(
+    model: nn.Module,
+    engine: Runner | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean: torch.Tensor,
+    engine_clean: torch.Tensor | None,
+    config: SquareConfig,
+    batch_size: int,
+) -> AttackResult:
+    generator = torch.Generator().manual_seed(config.seed)
+    if engine is not None:
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            return predict_batched(engine, batch, batch_size)
+
+        x_adv, used = square_attack(
+            predict, x.numpy(), y.numpy(), eps=config.eps, queries=config.queries,
+            p_init=config.p_init, generator=generator,
+        )  # fmt: skip
+        x_adv, used = torch.from_numpy(x_adv), torch.from_numpy(used)
+        adv_pred = torch.from_numpy(predict(x_adv.numpy())).argmax(1)
+        correct_clean, target = engine_clean, "engine"
+    else:
+
+        def predict(batch: torch.Tensor) -> torch.Tensor:
+            return _torch_predict(model, batch, batch_size)
+
+        x_adv, used = square_attack(
+            predict, x, y, eps=config.eps, queries=config.queries, p_init=config.p_init,
+            generator=generator,
+        )  # fmt: skip
+        adv_pred = predict(x_adv).argmax(1)
+        correct_clean, target = clean, "pytorch"
+    return AttackResult(
+        attack="square",
+        description=config.describe(),
+        norm="linf",
+        eps=config.eps,
+        steps=config.queries,
+        samples=len(y),
+        target=target,
+        robust_accuracy=_mean(correct_clean & (adv_pred == y)),
+        max_perturbation=_max_distance(x_adv, x, "linf"),
+        config=config.to_dict(),
+        mean_queries=float(used.double().mean()),
+    )
+
+
+def _torch_predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _check_classes(logits: torch.Tensor, y: torch.Tensor, where: str) -> None:
+    if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+        raise InvalidInputError(
+            f"{where} returned shape {tuple(logits.shape)}; expected logits ({len(y)}, classes)"
+        )
+    classes = logits.shape[1]
+    if int(y.max()) >= classes:
+        raise InvalidInputError(
+            f"labels must lie in [0, {classes - 1}] for {where} with {classes} outputs, got "
+            f"labels up to {int(y.max())}; check the dataset matches the model"
+        )
+
+
+def _max_distance(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> float:
+    delta = (x_adv - x).flatten(1)
+    sizes = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
+    return float(sizes.max())
+
+
+def _mean(flags: torch.Tensor) -> float:
+    return float(flags.float().mean())
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the evaluation; each submodule's own flag is restored afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _check_arguments(models, x, y, attacks, engines, batch_size) -> None:
+    where = "evaluate_accuracy"
+    if not isinstance(models, Mapping) or not models:
+        raise InvalidInputError(f"{where}: models must be a non-empty dict of name -> nn.Module")
+    for name, model in models.items():
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(
+                f"{where}: model {name!r} is a {type(model).__name__}, not an nn.Module"
+            )
+    unknown = sorted(set(engines) - set(models))
+    if unknown:
+        raise InvalidInputError(
+            f"{where}: engines {unknown} have no PyTorch model of the same name in {list(models)}"
+        )
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise InvalidInputError(f"{where}: x and y must be torch tensors (see load_dataset)")
+    if x.dim() != 4 or x.shape[0] == 0:
+        raise InvalidInputError(
+            f"{where}: the dataset is empty or not (N, C, H, W) images: shape {tuple(x.shape)}"
+        )
+    if y.shape != (x.shape[0],) or y.is_floating_point():
+        raise InvalidInputError(
+            f"{where}: y must hold {x.shape[0]} integer labels, got {y.dtype} {tuple(y.shape)}"
+        )
+    if int(y.min()) < 0:
+        raise InvalidInputError(f"{where}: labels must be >= 0, got {int(y.min())}")
+    if not x.is_floating_point() or float(x.min()) < 0 or float(x.max()) > 1:
+        raise InvalidInputError(f"{where}: images must be float in [0, 1] (see load_dataset)")
+    for config in attacks:
+        if not isinstance(config, AttackConfig):
+            raise InvalidInputError(
+                f"{where}: attacks must be AttackConfig objects, got {type(config).__name__}"
+            )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"{where}: batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+def _finite_number(value: object) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(float(value))
+    )

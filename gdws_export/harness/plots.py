@@ -1,0 +1,88 @@
+"""The speed / robustness trade-off plot of a sweep (PNG, matplotlib, imported lazily).
+
+The figure is drawn on matplotlib's Agg canvas directly, without pyplot, so it neither needs a
+display nor changes the caller's matplotlib backend or global state.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gdws_export._files import atomic_write_bytes
+from gdws_export._optional import require
+
+if TYPE_CHECKING:
+    from gdws_export.harness.sweep_report import SweepReport
+
+
+def plot_sweep(report: SweepReport, path: str | os.PathLike) -> Path:
+    """Plot robust accuracy against images/s, the original as reference, the Pareto front drawn.
+
+    Args:
+        report: a SweepReport.
+        path: the PNG file to write (atomically).
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> plot_sweep(report, "out/sweep.png")  # doctest: +SKIP
+    """
+    require("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.8), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    original = [row for row in report.rows if row.beta is None and row.mac_ratio is None]
+    settings = [row for row in report.rows if row not in original]
+    if settings:
+        axes.scatter(
+            [r.fps for r in settings],
+            [100 * r.robust_accuracy for r in settings],
+            color="tab:blue",
+            label="GDWS settings",
+            zorder=3,
+        )
+    for row in original:
+        axes.scatter(
+            [row.fps], [100 * row.robust_accuracy], marker="*", s=220, color="tab:red",
+            label="original (reference)", zorder=4,
+        )  # fmt: skip
+        axes.axhline(100 * row.robust_accuracy, color="tab:red", linewidth=0.8, linestyle=":")
+        axes.axvline(row.fps, color="tab:red", linewidth=0.8, linestyle=":")
+    front = sorted((r for r in report.rows if r.pareto), key=lambda r: r.fps)
+    if front:
+        axes.plot(
+            [r.fps for r in front],
+            [100 * r.robust_accuracy for r in front],
+            color="tab:green",
+            linewidth=1.5,
+            marker="o",
+            markerfacecolor="none",
+            markersize=11,
+            label="Pareto front",
+            zorder=2,
+        )
+    for row in report.rows:
+        axes.annotate(
+            f"{row.setting} ({row.fps_ratio:.2f}x)",
+            (row.fps, 100 * row.robust_accuracy),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=7,
+        )
+    batch = max(report.config.batch_sizes)
+    axes.set_xlabel(f"images/s, batch {batch}, {report.config.target} {report.config.precision}")
+    axes.set_ylabel("robust accuracy (%)")
+    axes.set_title(f"{report.model.get('name', 'model')}: {report.robust_attack}", fontsize=8)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return atomic_write_bytes(path, buffer.getvalue())

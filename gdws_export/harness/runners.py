@@ -1,0 +1,70 @@
+"""Open a runner from a file, picking the runtime by the file's kind (for the bench command)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gdws_export.errors import InvalidInputError
+from gdws_export.runtimes.base import Runner
+
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+def load_runner(path: str | os.PathLike, *, threads: int | None = None) -> Runner:
+    """A runner (not yet activated) for an ONNX file, ONNX Runtime settings or TensorRT engine.
+
+    Args:
+        path: `.onnx` (ONNX Runtime), `.json` (ONNX Runtime settings saved by
+            `runtimes.build`, e.g. `model.fp32.ort.json`), `.engine` / `.plan` (TensorRT), or
+            `.torch.json` (the PyTorch target's settings).
+        threads: ONNX Runtime intra-op threads; for a settings file, overrides its threads.
+            None keeps the settings' value (or lets ONNX Runtime decide for a bare .onnx).
+
+    Raises:
+        InvalidInputError: a missing file, an unknown kind of file, or threads for TensorRT.
+
+    Example:
+        >>> runner = load_runner("out/vgg.fp16.engine")  # doctest: +SKIP
+    """
+    from gdws_export.runtimes.onnxruntime import OrtRunner, OrtSettings
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"model file {path} does not exist")
+    if threads is not None and (isinstance(threads, bool) or threads < 1):
+        raise InvalidInputError(f"threads must be an integer >= 1, got {threads!r}")
+    name = path.name.lower()
+    if name.endswith(ENGINE_SUFFIXES):
+        if threads is not None:
+            raise InvalidInputError(f"threads apply to ONNX Runtime only, not to engine {path}")
+        from gdws_export.runtimes.tensorrt_runner import TrtRunner
+
+        return TrtRunner(path)
+    if name.endswith(tuple(f"{suffix}.json" for suffix in ENGINE_SUFFIXES)):
+        raise InvalidInputError(
+            f"{path} describes a TensorRT engine; pass the engine itself ({path.name[:-5]})"
+        )
+    if name.endswith(".pt2"):
+        # Loading a .pt2 can unpickle code; the settings file pins the program by its hash.
+        raise InvalidInputError(
+            f"{path}: pass the .torch.json settings written beside it by the build, not the "
+            ".pt2 program itself"
+        )
+    if name.endswith(".torch.json"):
+        if threads is not None:
+            raise InvalidInputError(f"threads apply to ONNX Runtime only, not to {path}")
+        from gdws_export.runtimes.torch_runner import TorchRunner
+
+        return TorchRunner.from_settings(path)
+    if name.endswith(".onnx"):
+        return OrtRunner(path, threads=threads)
+    if name.endswith(".json"):
+        settings = OrtSettings.load(path)
+        if threads is not None:
+            settings.threads = threads
+        return OrtRunner.from_settings(settings)
+    raise InvalidInputError(
+        f"{path}: unknown model file type; pass an .onnx file, ONNX Runtime settings (.json) "
+        f"or a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})"
+    )

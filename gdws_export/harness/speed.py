@@ -1,0 +1,330 @@
+"""Speed benchmarks: latency percentiles and throughput of runners, measured interleaved.
+
+`benchmark` times every runner at every batch size in rounds: round r runs a slice of each
+runner's iterations, the runners in a rotated order, so a machine that slows down (thermal
+throttling, a neighbour's job) slows every runner alike and the ratios hold.
+
+Conventions (MLPerf Inference, trtexec):
+- SingleStream: latency percentiles at batch 1 (p90 is MLPerf's metric).
+- Offline: throughput, images/s, at the largest batch.
+- `latency` is host latency: host input to host output. For runtimes that compute on a device
+  (TensorRT), `compute` is the device time alone, from CUDA events (trtexec's "GPU compute
+  time"); for host runtimes (ONNX Runtime on CPU) the two are the same and `compute` is None.
+- Percentiles interpolate linearly between samples (numpy's default), as Olive does.
+- The timed part ends once both minimums are met: `duration_s` of timed runs and
+  `iterations` runs. MLPerf's own minimums (600 s, 1024 queries for SingleStream) are far
+  longer; the report records what was used, so a result can be judged by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from gdws_export.errors import InvalidInputError
+from gdws_export.harness.machine import MachineInfo, machine_info
+from gdws_export.harness.speed_report import (
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_DURATION_S,
+    DEFAULT_ROUNDS,
+    DEFAULT_WARMUP_S,
+    BatchResult,
+    BenchSettings,
+    LatencyStats,
+    SpeedReport,
+)
+from gdws_export.runtimes.base import Runner
+
+
+def benchmark(
+    runners: Mapping[str, Runner],
+    *,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    duration_s: float | None = DEFAULT_DURATION_S,
+    iterations: int | None = None,
+    warmup_s: float = DEFAULT_WARMUP_S,
+    warmup_iterations: int = 1,
+    rounds: int = DEFAULT_ROUNDS,
+    reference: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    seed: int = 0,
+    machine: MachineInfo | None = None,
+) -> SpeedReport:
+    """Time runners on the same random inputs, interleaved, at each batch size.
+
+    The runners are activated here and deactivated at the end.
+
+    Args:
+        runners: name -> runner (e.g. {"original": OrtRunner(a), "gdws": OrtRunner(b)}); each
+            takes one image batch and returns logits.
+        batch_sizes: batch sizes to time; batch 1 gives SingleStream latency, the largest
+            Offline throughput.
+        duration_s: minimum timed seconds per runner and batch size (None: no minimum).
+        iterations: minimum timed runs per runner and batch size; with duration_s None, exactly
+            this many. At least one of duration_s and iterations must be given.
+        warmup_s: untimed seconds per runner and batch size before timing.
+        warmup_iterations: minimum untimed runs, whatever warmup_s.
+        rounds: the timed runs are split into about this many interleaved rounds.
+        reference: the runner speed-ups are measured against (e.g. "original").
+        input_shape: (C, H, W) of one image; needed only when a runner's input has dynamic
+            sizes besides the batch.
+        seed: seed of the random input images.
+        machine: machine facts to record; None collects them (`machine_info()`).
+
+    Returns:
+        A SpeedReport.
+
+    Example:
+        >>> report = benchmark({"original": OrtRunner("a.onnx", threads=2),
+        ...                     "gdws": OrtRunner("b.onnx", threads=2)},
+        ...                    batch_sizes=(1, 64), reference="original")  # doctest: +SKIP
+        >>> report.speedup("gdws", 64)  # doctest: +SKIP
+        1.8
+    """
+    settings = _check_settings(
+        runners, batch_sizes, duration_s, iterations, warmup_s, warmup_iterations, rounds,
+        reference, seed,
+    )  # fmt: skip
+    names = list(runners)
+    results: list[BatchResult] = []
+    with contextlib.ExitStack() as stack:
+        for runner in runners.values():
+            stack.enter_context(runner)
+        shape = resolve_input_shape(runners, input_shape, settings.batch_sizes)
+        settings.input_shape = list(shape)
+        images = np.random.default_rng(seed).random((max(settings.batch_sizes), *shape))
+        for batch in settings.batch_sizes:
+            feeds = {name: _feed(runners[name], images[:batch]) for name in names}
+            results += _time_batch(runners, feeds, batch, settings)
+    return SpeedReport(
+        settings=settings,
+        machine=machine if machine is not None else machine_info(),
+        runners={name: describe_runner(runner) for name, runner in runners.items()},
+        results=results,
+    )
+
+
+def resolve_input_shape(
+    runners: Mapping[str, Runner], input_shape: Sequence[int] | None, batch_sizes: Sequence[int]
+) -> tuple[int, ...]:
+    """The one image shape (C, H, W) every (active) runner takes; checks the batch sizes fit.
+
+    Raises:
+        InvalidInputError: a runner takes several inputs, shapes disagree with each other or
+            with `input_shape`, or a fixed batch size excludes a requested one.
+    """
+    shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
+    for name, runner in runners.items():
+        specs = runner.inputs()
+        if len(specs) != 1:
+            raise InvalidInputError(
+                f"runner {name!r} takes {len(specs)} inputs; the harness benchmarks image "
+                "classifiers with one input"
+            )
+        dims = specs[0].shape
+        fixed_batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+        if fixed_batch is not None and any(b != fixed_batch for b in batch_sizes):
+            raise InvalidInputError(
+                f"runner {name!r} takes batch {fixed_batch} only (input shape {dims}); "
+                f"use batch sizes [{fixed_batch}] or export with a dynamic batch"
+            )
+        image = dims[1:]
+        fixed = all(isinstance(d, int) and d > 0 for d in image)
+        if shape is None:
+            if not fixed:
+                raise InvalidInputError(
+                    f"runner {name!r} has dynamic image sizes {dims}; pass input_shape (C, H, W)"
+                )
+            shape = tuple(image)
+        elif len(image) != len(shape) or any(
+            isinstance(d, int) and d > 0 and d != s for d, s in zip(image, shape, strict=False)
+        ):
+            raise InvalidInputError(
+                f"runner {name!r} takes inputs {dims}, other runners or input_shape take "
+                f"(N, {', '.join(map(str, shape))}); compare models of the same input size"
+            )
+    return shape
+
+
+def describe_runner(runner: Runner) -> dict:
+    """JSON-able facts of a runner: runtime, model/engine file, threads, providers, level."""
+    info: dict = {"runtime": runner.name}
+    for attribute, key in (
+        ("model", "model"),
+        ("engine_source", "engine"),
+        ("threads", "threads"),
+        ("providers", "providers"),
+        ("optimization_level", "optimization_level"),
+    ):
+        value = getattr(runner, attribute, None)
+        if value is not None and not isinstance(value, bytes):
+            info[key] = list(value) if isinstance(value, (list, tuple)) else value
+    return info
+
+
+def measures_compute_separately(runner: Runner) -> bool:
+    """True for runtimes whose compute time differs from host latency (GPU runtimes)."""
+    return runner.times_device_separately
+
+
+def _time_batch(
+    runners: Mapping[str, Runner],
+    feeds: dict[str, dict[str, np.ndarray]],
+    batch: int,
+    settings: BenchSettings,
+) -> list[BatchResult]:
+    names = list(runners)
+    chunks = {name: _warm_up(runners[name], feeds[name], settings) for name in names}
+    latency: dict[str, list[float]] = {name: [] for name in names}
+    compute: dict[str, list[float]] = {name: [] for name in names}
+    separate = {name: measures_compute_separately(runners[name]) for name in names}
+    round_index = 0
+    while not all(_done(latency[name], settings) for name in names):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:  # rotated: no runner always goes first
+            if _done(latency[name], settings):
+                continue
+            count = chunks[name]
+            if settings.duration_s is None:  # an exact count: the last round may be short
+                count = min(count, settings.iterations - len(latency[name]))
+            runner, feed = runners[name], feeds[name]
+            latency[name] += runner.time_latency(feed, iterations=count, warmup=0)
+            if separate[name]:
+                compute[name] += runner.time_compute(feed, iterations=count, warmup=0)
+            if settings.duration_s is not None:  # re-size rounds from what was measured
+                chunks[name] = _runs_per_round(float(np.median(latency[name])), settings)
+        round_index += 1
+    results = []
+    for name in names:
+        stats = LatencyStats.from_samples(latency[name])
+        compute_stats = LatencyStats.from_samples(compute[name]) if separate[name] else None
+        results.append(
+            BatchResult(
+                runner=name,
+                batch_size=batch,
+                iterations=stats.count,
+                timed_s=round(sum(latency[name]) / 1e3, 6),
+                latency=stats,
+                images_per_s=batch * 1e3 / stats.mean_ms,
+                meets_minimum=_done(latency[name], settings),
+                compute=compute_stats,
+                compute_images_per_s=(
+                    batch * 1e3 / compute_stats.mean_ms if compute_stats is not None else None
+                ),
+            )
+        )
+    return results
+
+
+def _warm_up(runner: Runner, feed: dict[str, np.ndarray], settings: BenchSettings) -> int:
+    """Run untimed for warmup_s / warmup_iterations; returns the timed runs per round."""
+    start = time.perf_counter()
+    times_ms: list[float] = []
+    # At least one run, whatever the settings: its time sizes the first round.
+    while len(times_ms) < max(settings.warmup_iterations, 1) or (
+        time.perf_counter() - start < settings.warmup_s
+    ):
+        tick = time.perf_counter()
+        runner.infer(feed)
+        times_ms.append((time.perf_counter() - tick) * 1e3)
+    if settings.duration_s is None:
+        return math.ceil(settings.iterations / settings.rounds)
+    return _runs_per_round(float(np.median(times_ms)), settings)
+
+
+def _runs_per_round(typical_ms: float, settings: BenchSettings) -> int:
+    """Runs per round so that duration_s takes about `rounds` rounds."""
+    per_round_ms = settings.duration_s * 1e3 / settings.rounds
+    return max(1, int(per_round_ms / max(typical_ms, 1e-3)))
+
+
+def _done(samples: list[float], settings: BenchSettings) -> bool:
+    if settings.iterations is not None and len(samples) < settings.iterations:
+        return False
+    return settings.duration_s is None or sum(samples) >= settings.duration_s * 1e3
+
+
+def _feed(runner: Runner, images: np.ndarray) -> dict[str, np.ndarray]:
+    (spec,) = runner.inputs()
+    return {spec.name: np.ascontiguousarray(images, dtype=spec.dtype)}
+
+
+def check_bench_settings(
+    batch_sizes: Sequence[int],
+    duration_s: float | None,
+    iterations: int | None,
+    warmup_s: float,
+    *,
+    warmup_iterations: int = 1,
+    rounds: int = DEFAULT_ROUNDS,
+    seed: int = 0,
+    where: str = "benchmark",
+) -> list[int]:
+    """Validate benchmark settings (see `benchmark`); returns the sorted, distinct batch sizes.
+
+    Raises:
+        InvalidInputError: a one-line message naming the bad setting.
+    """
+    sizes = list(batch_sizes) if isinstance(batch_sizes, Sequence) else []
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        raise InvalidInputError(
+            f"{where}: batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}"
+        )
+    if duration_s is None and iterations is None:
+        raise InvalidInputError(f"{where}: give duration_s, iterations or both")
+    if duration_s is not None and not (_is_number(duration_s) and duration_s > 0):
+        raise InvalidInputError(f"{where}: duration_s must be > 0 or None, got {duration_s!r}")
+    counts = [("rounds", rounds, 1), ("warmup_iterations", warmup_iterations, 0), ("seed", seed, 0)]
+    if iterations is not None:
+        counts.append(("iterations", iterations, 1))
+    for label, value, low in counts:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InvalidInputError(f"{where}: {label} must be an integer >= {low}, got {value!r}")
+    if not (_is_number(warmup_s) and warmup_s >= 0):
+        raise InvalidInputError(f"{where}: warmup_s must be >= 0, got {warmup_s!r}")
+    return sorted(set(sizes))
+
+
+def _check_settings(
+    runners, batch_sizes, duration_s, iterations, warmup_s, warmup_iterations, rounds,
+    reference, seed,
+) -> BenchSettings:  # fmt: skip
+    where = "benchmark"
+    if not isinstance(runners, Mapping) or not runners:
+        raise InvalidInputError(f"{where}: runners must be a non-empty dict of name -> Runner")
+    for name, runner in runners.items():
+        if not isinstance(runner, Runner):
+            raise InvalidInputError(
+                f"{where}: runner {name!r} is a {type(runner).__name__}, not a Runner"
+            )
+    sizes = check_bench_settings(
+        batch_sizes, duration_s, iterations, warmup_s, warmup_iterations=warmup_iterations,
+        rounds=rounds, seed=seed,
+    )  # fmt: skip
+    if reference is not None and reference not in runners:
+        raise InvalidInputError(
+            f"{where}: reference {reference!r} is not one of the runners {list(runners)}"
+        )
+    return BenchSettings(
+        batch_sizes=sizes,
+        input_shape=[],
+        duration_s=None if duration_s is None else float(duration_s),
+        iterations=iterations,
+        warmup_s=float(warmup_s),
+        warmup_iterations=warmup_iterations,
+        rounds=rounds,
+        reference=reference,
+        seed=seed,
+    )
+
+
+def _is_number(value: object) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(float(value))
+    )

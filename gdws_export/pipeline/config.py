@@ -1,0 +1,315 @@
+"""`ExportConfig`: every setting of one export, validated, with its defaults resolved here.
+
+The CLI maps each option to one field; a sweep builds configs directly. Defaults (all in
+`ExportConfig.resolved`):
+
+- neither `beta` nor `mac_ratio`: `mac_ratio = DEFAULT_MAC_RATIO` (0.5), the GDWS convs keep at
+  most half of the MACs of the convs they replace: about the paper's VGG-16 operating point,
+  where robust accuracy drops by under a point;
+- `output`: `<model file stem>-<target>-<precision>` in the working directory;
+- `batch`: None, a dynamic batch with TensorRT's default profile (1, 1, 64); with
+  `dynamic_batch=False` a batch of 1;
+- alphas: from `alphas` (a file), else computed on `calib` data by `sensitivity`
+  ("calibrated": `calibrated_gains`, per-layer scales measured on adversarial inputs, which
+  kept the most robust accuracy at matched MACs in benchmarks/results; "noise-gains": the
+  paper's alphas), else unweighted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gdws_export.errors import InvalidInputError
+
+TARGETS = ("ort", "trt", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
+EXPORTERS = ("dynamo", "legacy")
+DEFAULT_MAC_RATIO = 0.5
+DEFAULT_CALIB_SAMPLES = 512
+DEFAULT_ALPHA_EPS = 8 / 255
+SENSITIVITIES = ("calibrated", "noise-gains")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class ExportConfig:
+    """Settings of one `run_export`; `resolved()` validates them and fills the defaults.
+
+    Attributes:
+        model: the model file (state_dict, checkpoint, TorchScript, .pt2, pickled module).
+        output: output directory. Defaults to `<model stem>-<target>-<precision>`.
+        arch, num_classes, arch_kwargs: the registered architecture of a state_dict.
+        trust_pickle: allow a whole pickled nn.Module (runs code from the file).
+        input_shape: (C, H, W), or (N, C, H, W) where N sets `batch`. Defaults to what the
+            file or architecture records.
+        mean, std: per-channel normalization baked into the exported graph, so engines take
+            [0, 1] images.
+        target: "ort" (ONNX Runtime), "trt" (TensorRT) or "torch" (PyTorch running a
+            torch.export program, for machines with neither).
+        precision: "fp32", "fp16" or "int8" (needs `calib`; not for "torch", whose "fp16"
+            needs a GPU).
+        gdws: False exports the original model only (for comparison).
+        beta: per-layer error bound (the paper's LEGO); exclusive with `mac_ratio`.
+        mac_ratio: MAC budget in (0, 1] of the replaceable convs. Defaults to 0.5.
+        alphas: alphas file (`save_alphas`); without it, alphas are computed on `calib`.
+        calib: data for alphas, INT8 calibration and parity checks: an .npz file, an image
+            folder, an IDX folder or a dataset name (`load_dataset`; named datasets and IDX
+            folders use their train split).
+        calib_samples: samples of `calib` used. Defaults to 512.
+        alpha_eps: L-inf radius of the PGD attack that alphas are averaged over (8/255).
+        sensitivity: how alphas are computed on `calib`: "calibrated" (default) or
+            "noise-gains" (the paper's).
+        lowering: "auto" or one lowering form for every GDWS layer.
+        exporter: "dynamo" (default) or "legacy".
+        opset: ONNX opset; None lets the exporter choose (18).
+        dynamic_batch: symbolic batch axis; False fixes it to `batch`.
+        batch: the engine profile's optimal and largest batch (and the batch `auto` lowering
+            is timed at); Triton's max_batch_size.
+        workspace_mib, timing_cache: TensorRT builder settings.
+        threads: ONNX Runtime threads for timings and the built session.
+        triton_repo: also write a Triton model repository there; `triton_name` names the model
+            (defaults to the model file's stem).
+        force: replace an existing output directory (and Triton model).
+        dry_run: plan only: load, approximate, report; write nothing.
+        seed: seeds torch and the alphas attack.
+    """
+
+    model: str
+    output: str | None = None
+    arch: str | None = None
+    num_classes: int | None = None
+    arch_kwargs: dict[str, Any] | None = None
+    trust_pickle: bool = False
+    input_shape: tuple[int, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    target: str = "ort"
+    precision: str = "fp32"
+    gdws: bool = True
+    beta: float | None = None
+    mac_ratio: float | None = None
+    alphas: str | None = None
+    calib: str | None = None
+    calib_samples: int = DEFAULT_CALIB_SAMPLES
+    alpha_eps: float = DEFAULT_ALPHA_EPS
+    sensitivity: str = "calibrated"
+    lowering: str = "auto"
+    exporter: str = "dynamo"
+    opset: int | None = None
+    dynamic_batch: bool = True
+    batch: int | None = None
+    workspace_mib: int | None = None
+    timing_cache: str | None = None
+    threads: int | None = None
+    triton_repo: str | None = None
+    triton_name: str | None = None
+    force: bool = False
+    dry_run: bool = False
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def resolved(self) -> ExportConfig:
+        """A validated copy with every default filled in.
+
+        Raises:
+            InvalidInputError: a value out of range or options that do not go together; the
+                message names the option.
+        """
+        c = replace(self, notes=list(self.notes))
+        if not c.model or not isinstance(c.model, str):
+            raise InvalidInputError("no model file given")
+        _choice("target", c.target, TARGETS)
+        _choice("precision", c.precision, PRECISIONS)
+        _choice("exporter", c.exporter, EXPORTERS)
+        _choice("sensitivity", c.sensitivity, SENSITIVITIES)
+        _check_gdws_settings(c)
+        _check_shape_and_batch(c)
+        _check_normalization(c)
+        _check_target_options(c)
+        _check_lowering(c.lowering)
+        for name in ("calib_samples", "threads", "opset", "workspace_mib", "num_classes"):
+            _positive_int(name, getattr(c, name), allow_none=name != "calib_samples")
+        if not (isinstance(c.alpha_eps, (int, float)) and math.isfinite(c.alpha_eps)):
+            raise InvalidInputError(f"--alpha-eps must be a number, got {c.alpha_eps!r}")
+        if c.alpha_eps <= 0:
+            raise InvalidInputError(f"--alpha-eps must be > 0, got {c.alpha_eps}")
+        if c.output is None:
+            c.output = f"{Path(c.model).stem}-{c.target}-{c.precision}"
+        if c.triton_repo is not None:
+            c.triton_name = c.triton_name or _triton_name(Path(c.model).stem)
+            if not _NAME.match(c.triton_name):
+                raise InvalidInputError(
+                    f"--triton-name {c.triton_name!r} may hold only letters, digits, '_', '.' "
+                    "and '-'"
+                )
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable settings (as given or, after `resolved()`, as used)."""
+        data = asdict(self)
+        for key in ("input_shape", "mean", "std"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportConfig:
+        data = dict(data)
+        for key in ("input_shape", "mean", "std"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """'1x3x32x32' or '3x32x32' (also with ',' between sizes) -> a tuple of positive ints.
+
+    Raises:
+        InvalidInputError: not 3 or 4 positive integers.
+    """
+    parts = re.split(r"[x,X*]", text.strip())
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) not in (3, 4) or min(dims) < 1:
+        raise InvalidInputError(
+            f"--input-shape {text!r} is malformed; write NxCxHxW or CxHxW with positive sizes, "
+            "e.g. 1x3x32x32"
+        )
+    return dims
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidInputError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _positive_int(name: str, value, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        option = "--" + name.replace("_", "-")
+        raise InvalidInputError(f"{option} must be a positive integer, got {value!r}")
+
+
+def _check_gdws_settings(c: ExportConfig) -> None:
+    if not c.gdws:
+        given = [n for n in ("beta", "mac_ratio", "alphas") if getattr(c, n) is not None]
+        if given:
+            options = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise InvalidInputError(
+                f"--no-gdws exports the original model; {options} would be ignored: leave it out"
+            )
+        return
+    if c.beta is not None and c.mac_ratio is not None:
+        raise InvalidInputError("give --beta (error bound) or --mac-ratio (MAC budget), not both")
+    if c.beta is not None:
+        if not _finite(c.beta) or c.beta < 0:
+            raise InvalidInputError(
+                f"--beta must be a finite number >= 0 (the per-layer weighted error bound), "
+                f"got {c.beta}"
+            )
+        c.beta = float(c.beta)
+    elif c.mac_ratio is None:
+        c.mac_ratio = DEFAULT_MAC_RATIO
+        c.notes.append(f"neither --beta nor --mac-ratio given: mac_ratio {DEFAULT_MAC_RATIO}")
+    if c.mac_ratio is not None:
+        if not _finite(c.mac_ratio) or not 0 < c.mac_ratio <= 1:
+            raise InvalidInputError(
+                f"--mac-ratio must be in (0, 1] (the fraction of the replaceable convs' MACs to "
+                f"keep), got {c.mac_ratio}"
+            )
+        c.mac_ratio = float(c.mac_ratio)
+
+
+def _check_shape_and_batch(c: ExportConfig) -> None:
+    _positive_int("batch", c.batch)
+    if c.input_shape is None:
+        return
+    dims = tuple(c.input_shape)
+    if len(dims) not in (3, 4) or any(
+        isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims
+    ):
+        raise InvalidInputError(
+            f"--input-shape must be NxCxHxW or CxHxW with positive sizes, got {c.input_shape}"
+        )
+    if len(dims) == 4:
+        if c.batch is not None and c.batch != dims[0]:
+            raise InvalidInputError(
+                f"--input-shape gives batch {dims[0]} but --batch {c.batch}; give one batch size"
+            )
+        # A leading 1 (the usual way to write one image) sets nothing; larger N sets the batch.
+        if dims[0] > 1:
+            c.batch = dims[0]
+        dims = dims[1:]
+    c.input_shape = dims
+
+
+def _check_normalization(c: ExportConfig) -> None:
+    if (c.mean is None) != (c.std is None):
+        raise InvalidInputError("give --mean and --std together, or neither")
+    if c.mean is None:
+        return
+    mean, std = tuple(c.mean), tuple(c.std)
+    if len(mean) != len(std) or not mean:
+        raise InvalidInputError(
+            f"--mean has {len(mean)} values and --std {len(std)}; give one per input channel"
+        )
+    if not all(_finite(v) for v in mean) or not all(_finite(v) and v > 0 for v in std):
+        raise InvalidInputError(
+            f"--mean must be finite and --std positive, got mean {mean} and std {std}"
+        )
+    if c.input_shape is not None and len(mean) not in (1, c.input_shape[0]):
+        raise InvalidInputError(
+            f"--mean/--std give {len(mean)} values but the input has {c.input_shape[0]} channels"
+        )
+    c.mean, c.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _check_target_options(c: ExportConfig) -> None:
+    if c.precision == "int8" and c.calib is None:
+        raise InvalidInputError("--int8 needs calibration data: pass --calib DATA")
+    if c.target == "torch":
+        if c.precision == "int8":
+            raise InvalidInputError("--target torch runs FP32 or FP16 (on a GPU), not --int8")
+        if c.triton_repo is not None:
+            raise InvalidInputError(
+                "--triton-repo serves TensorRT plans and ONNX models: use --target trt or ort"
+            )
+    if c.target != "trt":
+        given = [n for n in ("workspace_mib", "timing_cache") if getattr(c, n) is not None]
+        if given:
+            names = {"workspace_mib": "--workspace", "timing_cache": "--timing-cache"}
+            raise InvalidInputError(
+                f"{', '.join(names[n] for n in given)} appl{'ies' if len(given) == 1 else 'y'} "
+                "to --target trt only"
+            )
+    if not c.dynamic_batch and c.batch is None:
+        c.batch = 1
+
+
+def _check_lowering(lowering: str) -> None:
+    from gdws_export.lowering.forms import is_form
+
+    if lowering != "auto" and not is_form(lowering):
+        raise InvalidInputError(
+            f"--lowering {lowering!r} is unknown; use auto, gather, uniform, slots, fold, "
+            "fold-<S> (S >= 2) or dense"
+        )
+
+
+def _triton_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "model"
+
+
+def _finite(value) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )

@@ -1,0 +1,218 @@
+"""`ExportReport`: what one export did, saved as `report.json` (stable schema) and `report.md`.
+
+`report.json` is one document in the envelope the harness reports use (docs/report-schema.md):
+
+    {"schema_version": 1, "kind": "export",
+     "tool": {"name": "gdws-export", "version": "..."}, "created": "<UTC ISO 8601>",
+     "report": {...}}
+
+Fields are only added within a schema version; a renamed, removed or re-interpreted field
+bumps `schema_version`. The fields of "report":
+
+- `dry_run`: true when nothing was built (`--dry-run`).
+- `settings`: the resolved `ExportConfig`.
+- `model`: file, kind, architecture, input shape, normalization, alphas, classes, loader notes.
+- `approximation`: `ApproximationReport.to_dict()`, per-layer status, kernels, MACs, params,
+  weighted error; null with `--no-gdws`.
+- `exports`: "original" and "gdws": the lowering's `ExportResult.to_dict()` (forms, timings).
+- `build`: `BuildResult.to_dict()`, paths relative to the output directory.
+- `parity`: `ParityReport` dicts: "onnx_original" and "onnx_gdws" (ONNX vs PyTorch), "engine"
+  (engine vs its source), "approximation" (GDWS vs original PyTorch model, informative:
+  `passed` and `tolerance` null).
+- `macs`, `params`: whole model, per image: "original", "gdws", "shipped" (as exported).
+- `files`: role -> path relative to the output directory; `output_dir`.
+- `triton`: the Triton model written (name, platform, I/O, model_dir), or null.
+- `versions`: python, torch, onnx, onnxruntime, numpy, tensorrt (when built), gdws-export.
+- `timings`: seconds per stage; `warnings`: lines the user should read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+KIND = "export"
+TOOL_NAME = "gdws-export"
+
+
+@dataclass
+class ExportReport:
+    """The record of one `run_export` (see the module docstring for the fields)."""
+
+    tool_version: str
+    created: str
+    dry_run: bool
+    settings: dict[str, Any]
+    model: dict[str, Any]
+    approximation: dict[str, Any] | None = None
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    build: dict[str, Any] | None = None
+    parity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    macs: dict[str, int] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    output_dir: str | None = None
+    triton: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (see the module docstring)."""
+        data = asdict(self)
+        tool = {"name": TOOL_NAME, "version": data.pop("tool_version")}
+        created = data.pop("created")
+        return {"schema_version": SCHEMA_VERSION, "kind": KIND, "tool": tool,
+                "created": created, "report": data}  # fmt: skip
+
+    def to_json(self) -> str:
+        """Strict JSON: a NaN or infinite figure (a parity check on all-zero logits) is null."""
+        return json.dumps(_finite(self.to_dict()), indent=2, default=_jsonable, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> ExportReport:
+        """Read a document written by `to_dict`.
+
+        Raises:
+            InvalidInputError: not an export report, or another schema version.
+        """
+        from gdws_export.errors import InvalidInputError
+
+        if not isinstance(document, dict) or document.get("kind") != KIND:
+            raise InvalidInputError("not a gdws-export export report (kind is not 'export')")
+        if document.get("schema_version") != SCHEMA_VERSION:
+            raise InvalidInputError(
+                f"report schema_version {document.get('schema_version')!r} is not "
+                f"{SCHEMA_VERSION}; read it with the gdws-export version that wrote it"
+            )
+        return cls(tool_version=document["tool"]["version"], created=document["created"],
+                   **document["report"])  # fmt: skip
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ExportReport:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def path(self, role: str) -> Path | None:
+        """Absolute path of an output file by role ("engine", "report_json", ...), or None."""
+        if role not in self.files or self.output_dir is None:
+            return None
+        return Path(self.output_dir) / self.files[role]
+
+    def layer_rows(self) -> list[dict[str, Any]]:
+        """One row per conv: the approximation's fields plus the lowering form shipped."""
+        if not self.approximation:
+            return []
+        forms = {
+            layer["name"]: layer["form"] for layer in self.exports.get("gdws", {}).get("layers", [])
+        }
+        rows = []
+        for layer in self.approximation["layers"]:
+            row = dict(layer)
+            if layer["status"] == "gdws":
+                row["lowering"] = forms.get(layer["name"], self.settings.get("lowering", ""))
+            else:
+                row["lowering"] = "-"
+            rows.append(row)
+        return rows
+
+    def plan_table(self) -> str:
+        """The per-layer Markdown table: shape, status, kernels, lowering, MACs, params."""
+        rows = [
+            "| layer | shape | status | kernels | lowering | MACs before | MACs after "
+            "| params before | params after |",
+            "|---|---|---|---|---|---:|---:|---:|---:|",
+        ]
+        for r in self.layer_rows():
+            kh, kw = r["kernel_size"]
+            shape = f"{r['out_channels']}x{r['in_channels'] // r['groups']}x{kh}x{kw}"
+            kernels = f"{r['kernels']}/{r['full_rank_kernels']}" if r["kernels"] else ""
+            status = r["status"] + (f" ({r['reason']})" if r["reason"] else "")
+            rows.append(
+                f"| {r['name']} | {shape} | {status} | {kernels} | {r['lowering']} "
+                f"| {r['macs_before']:,} | {r['macs_after']:,} | {r['params_before']:,} "
+                f"| {r['params_after']:,} |"
+            )
+        return "\n".join(rows)
+
+    def to_markdown(self) -> str:
+        """A readable report: summary, per-layer table, parity, settings, versions, timings."""
+        s = self.settings
+        title = "Export plan (dry run)" if self.dry_run else "Export report"
+        lines = [f"# gdws-export: {title}", ""]
+        lines += [f"- model: `{self.model.get('path')}` ({self.model.get('kind')})"]
+        if self.model.get("input_shape"):
+            shape = "x".join(map(str, self.model["input_shape"]))
+            norm = self.model.get("normalization")
+            norm = f"normalized in the graph ({norm})" if norm else "no normalization added"
+            lines += [f"- input: N x {shape}, {norm}"]
+        if s.get("gdws"):
+            how = (
+                f"beta {s['beta']}" if s.get("beta") is not None else f"mac_ratio {s['mac_ratio']}"
+            )
+            lines += [f"- GDWS: {how}, alphas: {self.model.get('alphas', 'none (unweighted)')}"]
+        else:
+            lines += ["- GDWS: off (--no-gdws), the original model exported"]
+        lines += [f"- target: {s['target']} {s['precision']}, lowering {s['lowering']}"]
+        for key in ("original", "gdws", "shipped"):
+            if key in self.macs:
+                params = f", params {self.params[key]:,}" if key in self.params else ""
+                lines += [f"- MACs per image, {key}: {self.macs[key]:,}{params}"]
+        if self.files:
+            lines += ["", "## Files", ""]
+            lines += [f"- {role}: `{path}`" for role, path in self.files.items()]
+        if self.triton:
+            lines += [f"- Triton model: `{self.triton['model_dir']}` ({self.triton['platform']})"]
+        if self.approximation:
+            lines += ["", "## Layers", "", self.plan_table()]
+        if self.parity:
+            lines += ["", "## Parity", "", "| check | max abs diff | relative | top-1 agreement "
+                      "| inputs | passed |", "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+            for name, p in self.parity.items():
+                lines.append(
+                    f"| {name} | {p['max_abs_diff']:.3g} | {p['relative_diff']:.3g} "
+                    f"| {100 * p['top1_agreement']:.1f} % | {p['n_inputs']} "
+                    f"| {_yes_no(p.get('passed'))} |"
+                )
+        if self.warnings:
+            lines += ["", "## Warnings", ""] + [f"- {w}" for w in self.warnings]
+        lines += ["", "## Settings", "", "| setting | value |", "|---|---|"]
+        lines += [f"| {k} | {_cell(v)} |" for k, v in s.items() if v not in (None, [], {})]
+        lines += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in self.versions.items()]
+        lines += ["", "## Timings", "", "| stage | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in self.timings.items()]
+        lines += ["", f"Written by gdws-export {self.tool_version} on {self.created}."]
+        return "\n".join(lines) + "\n"
+
+
+def _yes_no(passed: bool | None) -> str:
+    return "-" if passed is None else ("yes" if passed else "no")
+
+
+def _cell(value: Any) -> str:
+    text = json.dumps(value, default=_jsonable) if not isinstance(value, str) else value
+    return text.replace("|", "\\|")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return os.fspath(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable")

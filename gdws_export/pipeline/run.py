@@ -1,0 +1,374 @@
+"""`run_export`: model file -> (alphas) -> GDWS model -> ONNX graphs -> engine -> reports.
+
+Everything is written into a temporary directory beside the output directory
+(`.<name>.partial-XXXX`) and renamed into place at the very end, so an interrupted or failed
+run leaves no directory that looks complete; the Triton model directory likewise. Nothing here
+prints or exits: progress goes to a callback, errors are `GDWSExportError`s.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gdws_export.errors import InvalidInputError
+from gdws_export.gdws.approximate import approximate
+from gdws_export.gdws.calibration import calibrated_gains
+from gdws_export.gdws.sensitivity import load_alphas, noise_gains, save_alphas
+from gdws_export.loading import LoadedModel, load_model_file
+from gdws_export.pipeline.config import ExportConfig
+from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
+from gdws_export.pipeline.model import (
+    check_forward,
+    check_replaceable,
+    count_macs_params,
+    match_alpha_names,
+    prepare_model,
+)
+from gdws_export.pipeline.outputs import Staging, check_destination
+from gdws_export.pipeline.report import ExportReport
+
+# stage -> what the progress line says while it runs
+STAGES = {
+    "load": "loading the model",
+    "data": "reading calibration data",
+    "alphas": "computing alphas",
+    "approximate": "replacing convs by GDWS convs",
+    "export_original": "exporting the original ONNX graph",
+    "export_gdws": "exporting the GDWS ONNX graph",
+    "export_program": "saving the torch.export program",
+    "build": "building the engine",
+    "check_engine": "checking the engine against its source",
+}
+PARITY_INPUTS = 16
+
+# progress(stage, label, seconds): seconds is None when the stage starts, its duration after.
+ProgressCallback = Callable[[str, str, float | None], None]
+
+
+def run_export(
+    config: ExportConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    show_bars: bool = False,
+) -> ExportReport:
+    """Run one export as `config` says; returns its report (also saved as report.json/md).
+
+    Args:
+        config: the settings (validated and completed with `config.resolved()`).
+        progress: called when each stage starts and ends (see `ProgressCallback`).
+        show_bars: let long loops (alphas) draw tqdm progress bars on stderr.
+
+    Returns:
+        The ExportReport; `report.output_dir` and `report.files` say where everything is.
+
+    Raises:
+        InvalidInputError: bad settings or files (exit code 2).
+        UnsupportedModelError: the model cannot be approximated or exported (3).
+        ParityError: an exported graph or engine does not match (4).
+        MissingDependencyError: TensorRT or another optional package is missing (5).
+
+    Example:
+        >>> report = run_export(ExportConfig("models/lenet.pt", target="ort"))  # doctest: +SKIP
+        >>> report.path("engine")                                             # doctest: +SKIP
+    """
+    cfg = config.resolved()
+    torch.manual_seed(cfg.seed)
+    clock = _Clock(progress)
+    if cfg.dry_run:
+        return _plan(cfg, clock, show_bars)[0]
+    output = Path(cfg.output)
+    triton_dir = Path(cfg.triton_repo) / cfg.triton_name if cfg.triton_repo else None
+    check_destination(output, cfg.force, "output directory", "-o/--output")
+    if triton_dir is not None:
+        check_destination(triton_dir, cfg.force, "Triton model directory", "--triton-name")
+    if cfg.target == "trt":
+        from gdws_export.runtimes.tensorrt import import_tensorrt
+
+        import_tensorrt()  # before any work: says what to install
+    with Staging(output, cfg.force) as staged, Staging.optional(triton_dir, cfg.force) as triton:
+        report, state = _plan(cfg, clock, show_bars)
+        _export_and_build(cfg, report, state, staged.path, clock)
+        if triton is not None:
+            report.triton = state.engine.write_triton(triton.path, cfg.triton_name)
+            report.triton["model_dir"] = os.fspath(triton_dir)
+        report.output_dir = os.fspath(output)
+        report.files["report_json"] = "report.json"
+        report.files["report_md"] = "report.md"
+        report.timings = dict(clock.timings)
+        (staged.path / "report.json").write_text(report.to_json() + "\n")
+        (staged.path / "report.md").write_text(report.to_markdown())
+        staged.commit()
+        if triton is not None:
+            triton.commit()
+    return report
+
+
+class _State:
+    """What the stages hand to each other (models, data, alphas)."""
+
+    def __init__(self, loaded: LoadedModel, model: nn.Module, shape: tuple[int, int, int]):
+        self.loaded, self.model, self.shape = loaded, model, shape
+        self.gdws_model: nn.Module | None = None
+        self.data: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.alphas: dict[str, torch.Tensor] | None = None
+        self.alphas_computed = False
+        self.engine: EngineCheck | None = None
+
+
+def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportReport, _State]:
+    """Load, prepare, alphas, approximate: everything `--dry-run` shows."""
+    with clock("load"):
+        loaded = load_model_file(
+            cfg.model, arch=cfg.arch, num_classes=cfg.num_classes, arch_kwargs=cfg.arch_kwargs,
+            trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape,
+        )  # fmt: skip
+    model, shape, normalization = prepare_model(loaded, cfg)
+    state = _State(loaded, model, shape)
+    classes = check_forward(model, shape, loaded.fixed_batch)
+    if cfg.calib is not None:
+        with clock("data"):
+            state.data = _calibration_data(cfg, shape, classes)
+    alphas_source = _alphas(cfg, state, clock, show_bars)
+    report = ExportReport(
+        tool_version=_tool_version(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        dry_run=cfg.dry_run,
+        settings=cfg.to_dict(),
+        model={
+            **loaded.to_dict(),
+            "input_shape": list(shape),
+            "normalization": normalization,
+            "alphas": alphas_source,
+            "classes": classes,
+        },
+        versions=_versions(),
+    )
+    report.macs["original"], report.params["original"] = count_macs_params(model, shape)
+    if cfg.gdws:
+        check_replaceable(model, cfg.model)
+        with clock("approximate"):
+            state.gdws_model, approx = approximate(
+                model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, alphas=state.alphas,
+                input_shape=shape,
+            )  # fmt: skip
+        report.approximation = approx.to_dict()
+        report.macs["gdws"], report.params["gdws"] = count_macs_params(state.gdws_model, shape)
+        report.parity["approximation"] = _approximation_figures(model, state.gdws_model, state, cfg)
+    report.timings = dict(clock.timings)
+    return report, state
+
+
+def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock) -> None:
+    """Export the ONNX graphs, build the engine, check it: everything into `out`."""
+    from gdws_export.runtimes.tensorrt import DEFAULT_BATCH
+
+    fixed = state.loaded.fixed_batch
+    dynamic = cfg.dynamic_batch and fixed is None
+    if fixed is not None and (cfg.dynamic_batch or (cfg.batch or fixed) != fixed):
+        report.warnings.append(
+            f"the model fixes its batch size to {fixed}: exported with that static batch"
+        )
+    batch = fixed or cfg.batch or 1
+    if not dynamic:
+        profile = (batch, batch, batch)
+    else:
+        profile = (1, cfg.batch, cfg.batch) if cfg.batch else DEFAULT_BATCH
+    inputs = _parity_inputs(state, cfg.seed)
+    source = _export_graphs(cfg, report, state, out, clock, dynamic, batch, inputs)
+    if state.alphas_computed:
+        save_alphas(state.alphas, out / "alphas.pt", data=cfg.calib, samples=len(state.data[0]),
+                    eps=cfg.alpha_eps, seed=cfg.seed)  # fmt: skip
+        report.files["alphas"] = "alphas.pt"
+    _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, profile, inputs)
+
+
+def _export_graphs(cfg, report, state: _State, out: Path, clock, dynamic, batch, inputs) -> Path:
+    """original.onnx and gdws.onnx (checked against PyTorch); returns the engine's source."""
+    from gdws_export.lowering import export_onnx
+
+    common = dict(
+        input_shape=state.shape, exporter=cfg.exporter, opset=cfg.opset, dynamic_batch=dynamic,
+        parity_inputs=inputs, threads=cfg.threads, batch=batch,
+        metadata={**{k: report.settings[k] for k in ("beta", "mac_ratio", "lowering", "seed")},
+                  "alphas": report.model["alphas"]},
+    )  # fmt: skip
+    with clock("export_original"):
+        original = export_onnx(state.model, path=out / "original.onnx", lowering="gather", **common)
+    _take_export(report, "original", original, out)
+    if state.gdws_model is None:
+        return out / "original.onnx"
+    with clock("export_gdws", f" (lowering {cfg.lowering})"):
+        gdws = export_onnx(
+            state.gdws_model, path=out / "gdws.onnx", lowering=cfg.lowering,
+            original=state.model, **common,
+        )  # fmt: skip
+    _take_export(report, "gdws", gdws, out)
+    report.macs["shipped"] = report.macs["original"] - gdws.macs["original"] + gdws.macs["shipped"]
+    return out / "gdws.onnx"
+
+
+def _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, profile, inputs):
+    """Build the engine from `source` and run it against its reference (see engine.py)."""
+    from gdws_export.runtimes.build import build
+
+    engine_model = state.gdws_model if state.gdws_model is not None else state.model
+    if cfg.target == "torch":  # the torch target runs a torch.export program, not ONNX
+        from gdws_export.runtimes.torch_program import export_program
+
+        with clock("export_program"):
+            example = torch.rand(2 if dynamic else batch, *state.shape)
+            source = export_program(engine_model, example, source.with_suffix(".pt2"),
+                                    dynamic_batch=dynamic)  # fmt: skip
+    options = {
+        "ort": {"threads": cfg.threads},
+        "trt": {"batch": profile, "workspace_mib": cfg.workspace_mib,
+                "timing_cache": cfg.timing_cache},
+        "torch": {"threads": cfg.threads},
+    }[cfg.target]  # fmt: skip
+    if cfg.precision == "int8":
+        options["calibration"] = state.data[0].numpy()
+    with clock("build", f" ({cfg.target}, {cfg.precision})"):
+        built = build(source, target=cfg.target, precision=cfg.precision, output_dir=out,
+                      **options)  # fmt: skip
+    relocate_build(built, out)
+    report.build = built.to_dict()
+    report.versions.update(built.versions)
+    report.warnings += built.warnings
+    report.files["engine"] = built.engine_path
+    report.files["engine_settings"] = built.settings_path
+    if cfg.target == "torch":
+        from gdws_export.runtimes.torch_runner import TorchRunner
+
+        reference = TorchRunner(engine_model, threads=cfg.threads)
+        reference_name = "the model in PyTorch"
+    else:
+        from gdws_export.runtimes.onnxruntime import OrtRunner
+
+        reference = OrtRunner(os.fspath(source))
+        reference_name = f"its ONNX graph {source.name} on ONNX Runtime"
+    with clock("check_engine"):
+        state.engine = check_engine(
+            out / built.engine_path, out / built.settings_path, reference, inputs,
+            reference_name=reference_name, target=cfg.target, precision=cfg.precision,
+            max_batch_size=profile[2] if dynamic else 0,
+        )  # fmt: skip
+    if state.engine.parity is not None:
+        report.parity["engine"] = state.engine.parity
+    report.warnings += state.engine.warnings
+
+
+def _take_export(report: ExportReport, role: str, result, out: Path) -> None:
+    """Record a lowering ExportResult; its own report file is folded into report.json."""
+    data = result.to_dict()
+    Path(result.report_path).unlink(missing_ok=True)
+    data["onnx_path"] = os.path.relpath(result.onnx_path, out)
+    data.pop("report_path", None)
+    report.exports[role] = data
+    report.files[f"{role}_onnx"] = data["onnx_path"]
+    report.parity[f"onnx_{role}"] = result.parity.to_dict()
+
+
+def _calibration_data(cfg: ExportConfig, shape, classes: int):
+    from gdws_export.harness.data import load_dataset
+
+    x, y = load_dataset(cfg.calib, split="train", limit=cfg.calib_samples, input_shape=shape)
+    if len(y) and int(y.max()) >= classes:
+        raise InvalidInputError(
+            f"--calib {cfg.calib} has label {int(y.max())} but the model has {classes} outputs; "
+            "pass data of the model's task"
+        )
+    return x, y
+
+
+def _alphas(cfg: ExportConfig, state: _State, clock, show_bars: bool) -> str:
+    """Fill state.alphas; returns where they came from, for the report."""
+    if not cfg.gdws:
+        return "not used (--no-gdws)"
+    if cfg.alphas is not None:
+        state.alphas = match_alpha_names(load_alphas(cfg.alphas), state.model, cfg.alphas)
+        return f"file {cfg.alphas}"
+    if state.data is None:
+        return "none (unweighted; pass --alphas or --calib to weight channels)"
+    x, y = state.data
+    common = dict(samples=len(x), eps=cfg.alpha_eps, step_size=cfg.alpha_eps / 4, seed=cfg.seed,
+                  batch_size=state.loaded.fixed_batch or 64)  # fmt: skip
+    with clock("alphas", f" ({cfg.sensitivity}, PGD on {len(x)} calibration samples)"):
+        if cfg.sensitivity == "calibrated":
+            state.alphas = calibrated_gains(state.model, (x, y), **common)
+        else:
+            state.alphas = noise_gains(state.model, (x, y), progress=show_bars, **common)
+    state.alphas_computed = True
+    return (
+        f"{cfg.sensitivity}, computed on {cfg.calib} ({len(x)} samples, PGD eps "
+        f"{cfg.alpha_eps:.4g})"
+    )
+
+
+def _parity_inputs(state: _State, seed: int) -> np.ndarray:
+    if state.data is not None:
+        return state.data[0][:PARITY_INPUTS].numpy()
+    rng = np.random.default_rng(seed)
+    return rng.random((PARITY_INPUTS, *state.shape), dtype=np.float32)
+
+
+def _approximation_figures(model, gdws_model, state: _State, cfg) -> dict:
+    """How far the GDWS model's logits are from the original's (informative, never fails)."""
+    from gdws_export.pipeline.engine import compare
+
+    x = torch.from_numpy(_parity_inputs(state, cfg.seed))
+    batch = state.loaded.fixed_batch
+    with torch.no_grad():
+        chunks = [x[i : i + 1] for i in range(len(x))] if batch else [x]
+        reference = torch.cat([model(c) for c in chunks]).numpy()
+        approximated = torch.cat([gdws_model(c) for c in chunks]).numpy()
+    return compare(reference, approximated, tolerance=None)
+
+
+class _Clock:
+    """Times stages and reports them to the progress callback."""
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str, detail: str = "") -> Iterator[None]:
+        label = STAGES[stage] + detail
+        if self.progress:
+            self.progress(stage, label, None)
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        self.timings[stage] = round(seconds, 3)
+        if self.progress:
+            self.progress(stage, label, seconds)
+
+
+def _tool_version() -> str:
+    from gdws_export import __version__
+
+    return __version__
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "gdws-export": _tool_version(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }

@@ -1,0 +1,238 @@
+"""The torch target's files: a torch.export program (`.pt2`) and its runner settings (`.json`).
+
+The torch target has no ONNX engine. What `build(..., target="torch")` takes and writes:
+
+- `<stem>.pt2`: the model as a `torch.export` program (graph + weights, batch axis dynamic),
+  made by `export_program`. It loads without the model's Python class and is
+  precision-independent; `build` copies it into the output folder when that is elsewhere.
+- `<stem>.<precision>.torch.json`: `TorchSettings`, everything that fixes a benchmark of it:
+  device, precision, torch.compile backend, CUDA graphs, CPU threads, the program's SHA-256 and
+  the torch version. `TorchRunner.from_settings` reloads the pair.
+
+Precision is applied when the runner loads the program (weights cast to float16 on the GPU),
+not baked into the file, so one `.pt2` serves every setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gdws_export._files import atomic_output, atomic_write_text, file_sha256
+from gdws_export.errors import InvalidInputError, UnsupportedModelError
+
+DEVICES = ("cpu", "cuda")
+TORCH_PRECISIONS = ("fp32", "fp16")
+PROGRAM_SUFFIX = ".pt2"
+
+
+@dataclass
+class TorchSettings:
+    """The program file and the settings a `TorchRunner` runs it with.
+
+    Saved as JSON; `program` is stored relative to the JSON file so the pair can be moved
+    together. `compile` is None (eager) or a torch.compile backend name ("inductor").
+    """
+
+    program: str
+    device: str = "cpu"
+    precision: str = "fp32"
+    compile: str | None = None
+    cuda_graphs: bool = False
+    threads: int | None = None
+    program_sha256: str = ""
+    torch_version: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TorchSettings:
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the settings to `path`, the program path made relative to its folder."""
+        path = Path(path)
+        data = self.to_dict()
+        data["program"] = os.path.relpath(Path(self.program).resolve(), path.parent.resolve())
+        return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TorchSettings:
+        """Read settings saved by `save`; the program path is resolved against the file's folder."""
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInputError(f"torch runner settings file {path} does not exist")
+        try:
+            settings = cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInputError(f"{path} is not a torch runner settings file ({exc})") from exc
+        settings.program = os.fspath(path.parent / settings.program)
+        return settings
+
+
+def export_program(
+    model,
+    example,
+    path: str | os.PathLike,
+    *,
+    dynamic_batch: bool = True,
+) -> Path:
+    """Save `model` (one image batch in, one logits tensor out) as a torch.export program.
+
+    Args:
+        model: an `nn.Module` (a GDWS model); exported in eval mode on the CPU, its mode
+            restored afterwards.
+        example: an input batch (tensor), or its (C, H, W) shape for a random one.
+        path: the `.pt2` file to write (atomically).
+        dynamic_batch: make the batch axis symbolic; False fixes it to `example`'s batch.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> export_program(gdws_model, (3, 32, 32), "vgg16.gdws.pt2")  # doctest: +SKIP
+    """
+    import torch
+
+    path = Path(path)
+    if path.suffix != PROGRAM_SUFFIX:
+        raise InvalidInputError(f"a torch.export program is saved as {PROGRAM_SUFFIX}, got {path}")
+    if not isinstance(example, torch.Tensor):
+        example = torch.rand(2, *tuple(example))
+    if dynamic_batch and example.shape[0] < 2:
+        example = torch.cat([example, example])  # torch.export specializes sizes 0 and 1
+    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(
+            f"torch.export failed on {type(model).__name__} with an input of shape "
+            f"{tuple(example.shape)}: {first}"
+        ) from exc
+    finally:
+        model.train(was_training)
+    with atomic_output(path) as tmp:
+        torch.export.save(program, tmp)
+    return path
+
+
+def load_program(path: str | os.PathLike):
+    """Load a `.pt2` program (`torch.export.ExportedProgram`), with a clear error when it can't."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(
+            f"torch.export program {path} does not exist; make it with export_program()"
+        )
+    # torch.export.load logs a long traceback before failing on a non-archive: check first.
+    if not zipfile.is_zipfile(path):
+        raise InvalidInputError(
+            f"{path} is not a torch.export program (.pt2 archive); make it with export_program()"
+        )
+    try:
+        return torch.export.load(path)
+    except Exception as exc:
+        raise InvalidInputError(
+            f"{path} could not be loaded as a torch.export program ({type(exc).__name__}: "
+            f"{exc}); re-export it with this torch version ({torch.__version__})"
+        ) from exc
+
+
+def check_torch_settings(
+    *, device: str, precision: str, compile: bool | str | None, cuda_graphs: bool, threads
+) -> str | None:
+    """Validate runner settings; returns the torch.compile backend (None for eager).
+
+    Raises:
+        InvalidInputError: a setting that does not exist or does not apply to `device`.
+    """
+    if device not in DEVICES:
+        raise InvalidInputError(f"unknown device {device!r}; choose one of {DEVICES}")
+    if precision not in TORCH_PRECISIONS:
+        raise InvalidInputError(
+            f"precision {precision!r} is not available for the torch runner; choose one of "
+            f"{TORCH_PRECISIONS} (int8 needs target 'ort' or 'trt')"
+        )
+    if precision == "fp16" and device == "cpu":
+        raise InvalidInputError(
+            "fp16 on the CPU is not offered by the torch runner: PyTorch runs float16 convs on "
+            "the CPU slowly or not at all; use precision='fp32' or device='cuda'"
+        )
+    if cuda_graphs and device != "cuda":
+        raise InvalidInputError("cuda_graphs=True needs device='cuda'")
+    if threads is not None and (device != "cpu" or threads < 1):
+        raise InvalidInputError(f"threads applies to device='cpu' and must be >= 1, got {threads}")
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "inductor"
+    if isinstance(compile, str) and compile:
+        return compile
+    raise InvalidInputError(f"compile must be a bool or a torch.compile backend name: {compile!r}")
+
+
+def build_torch(
+    program_path: str | os.PathLike,
+    out_dir: Path,
+    *,
+    precision: str,
+    device: str,
+    compile: bool | str | None,
+    cuda_graphs: bool,
+    threads: int | None,
+) -> tuple[Path, Path, dict[str, str]]:
+    """`build(target="torch")`: write the settings beside the program (copied into `out_dir`).
+
+    Returns:
+        (program path, settings path, versions).
+    """
+    import torch
+
+    backend = check_torch_settings(
+        device=device, precision=precision, compile=compile, cuda_graphs=cuda_graphs,
+        threads=threads,
+    )  # fmt: skip
+    source = Path(program_path)
+    if source.suffix == ".onnx":
+        raise InvalidInputError(
+            f"target 'torch' runs a torch.export program, not ONNX ({source}); make one with "
+            "gdws_export.runtimes.torch_program.export_program(model, example, 'model.pt2')"
+        )
+    load_program(source)  # fail here, with its message, rather than in the runner
+    program = out_dir / source.name
+    if program.resolve() != source.resolve():
+        with atomic_output(program) as tmp:
+            shutil.copyfile(source, tmp)
+    settings_path = out_dir / f"{source.stem}.{precision}.torch.json"
+    TorchSettings(
+        program=os.fspath(program),
+        device=device,
+        precision=precision,
+        compile=backend,
+        cuda_graphs=cuda_graphs,
+        threads=threads,
+        program_sha256=file_sha256(program),
+        torch_version=torch.__version__,
+    ).save(settings_path)
+    from gdws_export.runtimes.torch_runner import TorchRunner
+
+    try:
+        with TorchRunner.from_settings(settings_path):  # the pair must load as saved
+            pass
+    except Exception:
+        settings_path.unlink(missing_ok=True)
+        raise
+    versions = {"torch": torch.__version__}
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    return program, settings_path, versions

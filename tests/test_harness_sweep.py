@@ -1,0 +1,214 @@
+"""A 3-setting sweep of a small LeNet through `gdws-export sweep`, its report files, and bad input.
+
+Small samples (100 images, PGD-5, 30 timed runs) keep the whole sweep to a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _cli import run_command
+from _trained import trained_lenet
+
+from gdws_export.attacks import AttackConfig
+from gdws_export.cli import sweep as sweep_command
+from gdws_export.errors import InvalidInputError
+from gdws_export.harness.report import read_json
+from gdws_export.harness.sweep import count_macs, pareto_front
+from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepSetting, parse_settings
+from gdws_export.models import save_checkpoint
+
+MAC_RATIOS = (0.3, 0.5, 0.8)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_and_data(tmp_path_factory):
+    """A saved LeNet checkpoint and an .npz of 100 held-out images."""
+    model, x, y = trained_lenet()
+    folder = tmp_path_factory.mktemp("sweep_inputs")
+    checkpoint = save_checkpoint(model, folder / "lenet.pt")
+    data = folder / "heldout.npz"
+    np.savez(data, x=x[:100].numpy(), y=y[:100].numpy())
+    return checkpoint, data
+
+
+@pytest.fixture(scope="module")
+def swept(checkpoint_and_data, tmp_path_factory):
+    """Run the sweep once through the CLI; yields (output folder, SweepReport read back)."""
+    checkpoint, data = checkpoint_and_data
+    out = tmp_path_factory.mktemp("sweep_out")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = run_command(
+            sweep_command,
+            [
+                checkpoint, "--mac-ratios", *MAC_RATIOS, "--data", data, "--output-dir", out,
+                "--threads", 1, "--lowering", "gather", "--eps", "0.05", "--steps", 5,
+                "--square-queries", 20, "--batch-sizes", 1, 16, "--iterations", 30,
+                "--warmup", 0, "--eval-batch-size", 50,
+            ],
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    return out, read_json(out / "sweep.json")
+
+
+def test_sweep_writes_json_markdown_and_png_and_nothing_else(swept):
+    out, report = swept
+    assert isinstance(report, SweepReport)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "models",
+        "sweep.json",
+        "sweep.md",
+        "sweep.png",
+    ]
+    assert not [p for p in (out / "models").iterdir() if p.name.startswith(".")]  # no temp files
+    png = (out / "sweep.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_sweep_table_rows(swept):
+    _, report = swept
+    assert [row.setting for row in report.rows] == ["original"] + [
+        f"mac_ratio={r:g}" for r in MAC_RATIOS
+    ]
+    original = report.row("original")
+    assert original.fps_ratio == pytest.approx(1.0) and original.conv_mac_ratio == 1.0
+    for row, ratio in zip(report.rows[1:], MAC_RATIOS, strict=True):
+        assert row.mac_ratio == ratio and row.beta is None
+        assert row.conv_mac_ratio <= ratio + 1e-9
+        assert row.macs < original.macs and row.params < original.params
+        assert row.fps > 0 and row.p90_latency_ms > 0
+        assert row.fps_ratio == pytest.approx(row.fps / original.fps)
+    macs = [row.macs for row in report.rows[1:]]
+    assert macs == sorted(macs)  # a larger MAC ratio keeps more MACs
+    for row in report.rows:
+        assert 0 <= row.robust_accuracy <= row.clean_accuracy <= 1
+        # The transfer replay on ONNX Runtime keeps PyTorch's robust accuracy.
+        assert abs(row.engine_robust_accuracy - row.robust_accuracy) <= 0.005 + 1e-9
+        assert row.engine_path.endswith(".fp32.ort.onnx")
+
+
+def test_sweep_pareto_flags_follow_the_table(swept):
+    _, report = swept
+    expected = pareto_front([(row.fps, row.robust_accuracy) for row in report.rows])
+    assert [row.pareto for row in report.rows] == expected
+    assert report.pareto_settings == [
+        row.setting for row in sorted(report.rows, key=lambda r: -r.fps) if row.pareto
+    ]
+    assert report.pareto_settings  # a finite set always has a front
+
+
+def test_sweep_measures_everything_in_one_interleaved_run(swept):
+    _, report = swept
+    names = [row.setting for row in report.rows]
+    assert list(report.speed.runners) == names and report.speed.settings.reference == "original"
+    assert {(r.runner, r.batch_size) for r in report.speed.results} == {
+        (name, batch) for name in names for batch in (1, 16)
+    }
+    assert [m.name for m in report.accuracy.models] == names
+    attacks = [a.attack for a in report.accuracy.model("mac_ratio=0.5").attacks]
+    assert attacks == ["pgd", "square"]
+    assert report.robust_attack.startswith("PGD-5 (L-inf, eps=0.05")
+    assert set(report.approximations) == set(names[1:])
+
+
+def test_sweep_markdown_holds_the_table_and_the_plot(swept):
+    out, report = swept
+    text = (out / "sweep.md").read_text()
+    assert text.startswith("# gdws-export sweep report")
+    assert report.table() in text
+    assert "| setting | MACs | params |" in text and "| mac_ratio=0.3 |" in text
+    assert "](sweep.png)" in text and "Pareto-optimal" in text
+    assert "## Speed" in text and "## Accuracy" in text
+
+
+def test_sweep_json_is_stable_across_a_round_trip(swept, tmp_path):
+    from gdws_export.harness.report import write_json
+
+    out, report = swept
+    original = json.loads((out / "sweep.json").read_text())
+    assert original["schema_version"] == 1 and original["kind"] == "sweep"
+    again = json.loads(write_json(report, tmp_path / "again.json").read_text())
+    original.pop("created"), again.pop("created")
+    assert again == original
+
+
+def test_pareto_front():
+    points = [(100, 0.50), (200, 0.40), (150, 0.50), (300, 0.10), (120, 0.30), (300, 0.05)]
+    assert pareto_front(points) == [False, True, True, True, False, False]
+    assert pareto_front([(1, 1), (1, 1)]) == [True, True]  # equal points do not dominate
+
+
+def test_count_macs_of_lenet():
+    model, _, _ = trained_lenet()
+    # conv 1->8 5x5 on 28x28, conv 8->16 5x5 on 14x14, linear 784->64, linear 64->10
+    expected = 8 * 25 * 784 + 16 * 8 * 25 * 196 + 784 * 64 + 64 * 10
+    assert count_macs(model, (1, 28, 28)) == expected
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: SweepSetting(), "exactly one of beta or mac_ratio"),
+        (lambda: SweepSetting(beta=0.1, mac_ratio=0.5), "exactly one"),
+        (lambda: SweepSetting(beta=-1.0), "beta must be >= 0"),
+        (lambda: SweepSetting(mac_ratio=1.5), r"mac_ratio must be in \(0, 1\]"),
+        (lambda: SweepSetting(beta="x"), "finite number"),
+        (lambda: SweepConfig(()), "at least one setting"),
+        (lambda: SweepConfig(parse_settings([0.1, 0.1])), "repeat"),
+        (lambda: SweepConfig(parse_settings([0.1]), attacks=()), "at least one attack"),
+        (lambda: SweepConfig(parse_settings([0.1]), target="tvm"), "target"),
+        (lambda: SweepConfig(parse_settings([0.1]), batch_sizes=(0,)), "batch_sizes"),
+        (lambda: SweepConfig(parse_settings([0.1]), eval_batch_size=0), "eval_batch_size"),
+        (lambda: SweepConfig(parse_settings([0.1]), attacks=(AttackConfig(steps=0),)), "steps"),
+    ],
+)
+def test_bad_sweep_settings_are_one_line_errors(make, message):
+    with pytest.raises(InvalidInputError, match=message) as info:
+        make()
+    assert "\n" not in str(info.value)
+
+
+def _cli_error(checkpoint, data, tmp_path, *extra):
+    with pytest.raises(InvalidInputError) as info:
+        run_command(
+            sweep_command,
+            [checkpoint, "--betas", 0.1, "--data", data, "--output-dir", tmp_path / "out",
+             "--iterations", 1, *extra],
+        )  # fmt: skip
+    message = str(info.value)
+    assert "\n" not in message
+    assert not (tmp_path / "out").exists()  # failed before writing anything
+    return message
+
+
+def test_cli_refuses_bad_attack_settings(checkpoint_and_data, tmp_path):
+    checkpoint, data = checkpoint_and_data
+    assert "eps" in _cli_error(checkpoint, data, tmp_path, "--eps", "-0.1")
+    assert "steps" in _cli_error(checkpoint, data, tmp_path, "--steps", 0)
+
+
+def test_cli_refuses_an_unreadable_image(checkpoint_and_data, tmp_path):
+    checkpoint, _ = checkpoint_and_data
+    folder = tmp_path / "images" / "shirt"
+    folder.mkdir(parents=True)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    assert "broken.png" in _cli_error(checkpoint, tmp_path / "images", tmp_path)
+
+
+def test_cli_refuses_empty_data_out_of_range_labels_and_wrong_shapes(checkpoint_and_data, tmp_path):
+    checkpoint, _ = checkpoint_and_data
+    cases = {
+        "empty": (np.zeros((0, 1, 28, 28), np.float32), np.zeros(0, np.int64), "empty"),
+        "labels": (np.zeros((4, 1, 28, 28), np.float32), np.array([0, 1, 12, 3]), r"[0, 9]"),
+        "shape": (np.zeros((4, 1, 32, 32), np.float32), np.zeros(4, np.int64), "(1, 28, 28)"),
+    }
+    for name, (x, y, expected) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+        assert expected in _cli_error(checkpoint, tmp_path / f"{name}.npz", tmp_path)

@@ -1,0 +1,357 @@
+"""run_export end to end on tiny models: files, report, atomic outputs, settings, targets.
+
+Most runs use the legacy exporter and the gather lowering: 0.3 s an export instead of ~4 s
+(the dynamo exporter and auto lowering have their own tests in tests/test_lowering_*.py, and
+test_cli.py runs the defaults once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from gdws_export.errors import InvalidInputError, ParityError, UnsupportedModelError
+from gdws_export.pipeline import ExportConfig, ExportReport, run_export
+from gdws_export.pipeline.config import DEFAULT_MAC_RATIO, parse_input_shape
+from gdws_export.runtimes import OrtRunner
+from gdws_export.runtimes.onnxruntime import OrtSettings
+from tests import _model_files as files
+
+pytest.importorskip("gdws_export.lowering", reason="the lowering package is not merged yet")
+
+FAST = {"exporter": "legacy", "lowering": "gather"}
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return str(files.checkpoint(tmp_path_factory.mktemp("model")))
+
+
+def _config(model, out, **kwargs) -> ExportConfig:
+    return ExportConfig(model, output=str(out), **{**FAST, **kwargs})
+
+
+def _leftovers(folder) -> list[str]:
+    return [p.name for p in folder.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+# --- ExportConfig --------------------------------------------------------------------------
+
+
+def test_defaults_are_resolved_in_one_place(ckpt):
+    c = ExportConfig(ckpt).resolved()
+    assert c.mac_ratio == DEFAULT_MAC_RATIO and c.beta is None
+    assert c.output == "lenet-ort-fp32" and c.lowering == "auto" and c.dynamic_batch
+    assert any("mac_ratio 0.5" in note for note in c.notes)
+    assert ExportConfig(ckpt, beta=0.1).resolved().mac_ratio is None
+    assert ExportConfig(ckpt, dynamic_batch=False).resolved().batch == 1
+    assert ExportConfig(ckpt, input_shape=(4, 1, 16, 16)).resolved().batch == 4
+    assert ExportConfig(ckpt, triton_repo="r").resolved().triton_name == "lenet"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"beta": -1.0}, r"--beta must be a finite number >= 0"),
+        ({"mac_ratio": 2.0}, r"--mac-ratio must be in \(0, 1\]"),
+        ({"mac_ratio": 0.0}, r"--mac-ratio must be in \(0, 1\]"),
+        ({"beta": 0.1, "mac_ratio": 0.5}, "not both"),
+        ({"precision": "int8"}, "--int8 needs calibration data"),
+        ({"workspace_mib": 512}, "--workspace applies to --target trt only"),
+        ({"gdws": False, "beta": 1.0}, "--no-gdws exports the original model; --beta"),
+        ({"target": "tpu"}, "--target must be one of ort, trt"),
+        ({"input_shape": (2, 1, 16, 16), "batch": 4}, "batch 2 but --batch 4"),
+        ({"mean": (0.5,)}, "--mean and --std together"),
+        ({"mean": (0.5,), "std": (0.0,)}, "--std positive"),
+        ({"lowering": "sideways"}, "--lowering 'sideways' is unknown"),
+        ({"calib_samples": 0}, "--calib-samples must be a positive integer"),
+        ({"triton_repo": "r", "triton_name": "a/b"}, "--triton-name"),
+        ({"target": "torch", "precision": "int8", "calib": "x.npz"}, "not --int8"),
+        ({"target": "torch", "triton_repo": "r"}, "use --target trt or ort"),
+    ],
+)
+def test_bad_settings_are_invalid_input(ckpt, kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        ExportConfig(ckpt, **kwargs).resolved()
+
+
+@pytest.mark.parametrize("text", ["3x32", "1x3x32x32x2", "ax3x32x32", "1x0x32x32", ""])
+def test_malformed_input_shapes(text):
+    with pytest.raises(InvalidInputError, match="malformed"):
+        parse_input_shape(text)
+
+
+def test_input_shapes_parse():
+    assert parse_input_shape("1x3x32x32") == (1, 3, 32, 32)
+    assert parse_input_shape("3,28,28") == (3, 28, 28)
+
+
+def test_config_round_trips_through_json(ckpt):
+    c = ExportConfig(ckpt, mean=(0.5,), std=(0.25,), input_shape=(1, 16, 16)).resolved()
+    assert ExportConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert c.resolved() == c  # resolving twice changes nothing
+
+
+# --- run_export ----------------------------------------------------------------------------
+
+
+def test_ort_export_writes_a_complete_directory(ckpt, tmp_path):
+    events = []
+    report = run_export(_config(ckpt, tmp_path / "out"), progress=lambda *e: events.append(e))
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["original.onnx", "gdws.onnx", "gdws.fp32.ort.onnx", "gdws.fp32.ort.json",
+         "report.json", "report.md"]
+    )  # fmt: skip
+    assert _leftovers(tmp_path) == []
+    assert stat.S_IMODE(os.stat(out / "report.json").st_mode) & 0o044  # readable by others
+    # The report: schema, figures, files, and a reload that gives the same object.
+    saved = ExportReport.load(out / "report.json")
+    assert saved == ExportReport.from_dict(json.loads(report.to_json()))
+    document = json.loads((out / "report.json").read_text())
+    assert (document["schema_version"], document["kind"]) == (1, "export")
+    assert document["tool"] == {"name": "gdws-export", "version": saved.tool_version}
+    assert saved.files["engine"] == "gdws.fp32.ort.onnx"
+    assert (
+        saved.macs["gdws"] < saved.macs["original"]
+        and saved.params["gdws"] < saved.params["original"]
+    )
+    assert all(saved.parity[k]["passed"] for k in ("onnx_original", "onnx_gdws", "engine"))
+    assert set(saved.timings) >= {"load", "approximate", "export_gdws", "build", "check_engine"}
+    assert saved.versions["torch"] == torch.__version__
+    rows = {r["name"]: r for r in saved.layer_rows()}
+    assert rows["features.3"]["status"] == "gdws" and rows["features.3"]["lowering"] == "gather"
+    assert rows["features.0"]["status"] == "skipped"
+    markdown = (out / "report.md").read_text()
+    assert "| features.3 | 8x4x5x5 | gdws |" in markdown and "## Parity" in markdown
+    # Stage events: a start and an end per stage, in order.
+    started = [stage for stage, _, seconds in events if seconds is None]
+    ended = [stage for stage, _, seconds in events if seconds is not None]
+    assert started == ended and started[0] == "load" and started[-1] == "check_engine"
+    # The engine runs from its settings file and computes what the GDWS graph computes.
+    x = files.images(4).numpy()
+    with (
+        OrtRunner.from_settings(out / "gdws.fp32.ort.json") as engine,
+        OrtRunner(out / "gdws.onnx") as graph,
+    ):
+        np.testing.assert_allclose(engine.predict(x), graph.predict(x), atol=1e-5)
+        assert engine.inputs()[0].shape[0] not in (1, 4)  # dynamic batch axis
+    assert OrtSettings.load(out / "gdws.fp32.ort.json").source_onnx == "gdws.onnx"
+
+
+def test_report_documents_of_another_kind_or_version_are_refused(ckpt, tmp_path):
+    report = run_export(_config(ckpt, tmp_path / "out", dry_run=True))
+    document = json.loads(report.to_json())
+    assert json.loads(ExportReport.from_dict(document).to_json()) == document
+    with pytest.raises(InvalidInputError, match="kind is not 'export'"):
+        ExportReport.from_dict({**document, "kind": "sweep"})
+    with pytest.raises(InvalidInputError, match="schema_version 2 is not 1"):
+        ExportReport.from_dict({**document, "schema_version": 2})
+
+
+def test_failed_run_leaves_nothing(ckpt, tmp_path, monkeypatch):
+    import gdws_export.runtimes.build as build_module
+
+    def broken(*args, **kwargs):
+        raise UnsupportedModelError("the builder fell over")
+
+    monkeypatch.setattr(build_module, "build", broken)
+    out = tmp_path / "new" / "deeper" / "out"
+    with pytest.raises(UnsupportedModelError, match="fell over"):
+        run_export(_config(ckpt, out))
+    assert list(tmp_path.iterdir()) == []  # not even the parent folders it created
+
+
+def test_interrupted_run_leaves_nothing(ckpt, tmp_path, monkeypatch):
+    import gdws_export.lowering as lowering
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lowering, "export_onnx", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_export(_config(ckpt, tmp_path / "out"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parity_failure_is_a_parity_error_and_leaves_nothing(ckpt, tmp_path, monkeypatch):
+    import gdws_export.pipeline.engine as engine
+
+    monkeypatch.setattr(engine, "TOLERANCES", {**engine.TOLERANCES, "fp32": -1.0})
+    with pytest.raises(ParityError, match="differs from its ONNX graph"):
+        run_export(_config(ckpt, tmp_path / "out"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force(ckpt, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    with pytest.raises(InvalidInputError, match="already exists; pass --force"):
+        run_export(_config(ckpt, out))
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    run_export(_config(ckpt, out, force=True))
+    assert (out / "report.json").is_file() and not (out / "mine.txt").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_unwritable_output_is_invalid_input(ckpt, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(InvalidInputError, match="cannot write"):
+        run_export(_config(ckpt, blocker / "out"))
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
+
+
+def test_no_gdws_exports_the_original_only(ckpt, tmp_path):
+    report = run_export(_config(ckpt, tmp_path / "out", gdws=False))
+    assert report.approximation is None and "gdws" not in report.exports
+    assert report.files["engine"] == "original.fp32.ort.onnx"
+    assert not (tmp_path / "out" / "gdws.onnx").exists()
+
+
+def test_dry_run_plans_and_writes_nothing(ckpt, tmp_path):
+    report = run_export(_config(ckpt, tmp_path / "out", dry_run=True, mac_ratio=0.3))
+    assert report.dry_run and report.files == {} and list(tmp_path.iterdir()) == []
+    assert [r["status"] for r in report.layer_rows()] == ["skipped", "gdws"]
+    assert report.macs["gdws"] < report.macs["original"]
+
+
+def test_alphas_from_calibration_data_and_int8(ckpt, tmp_path):
+    calib = files.calib_npz(tmp_path, n=8)
+    report = run_export(_config(ckpt, tmp_path / "out", calib=str(calib), precision="int8"))
+    from gdws_export import load_alphas
+
+    alphas = load_alphas(tmp_path / "out" / "alphas.pt")
+    assert set(alphas) == {"features.3"} and alphas["features.3"].shape == (4,)
+    assert report.model["alphas"].startswith(f"calibrated, computed on {calib} (8 samples")
+    assert report.approximation["weighted"] and report.files["engine"] == "gdws.int8.ort.onnx"
+    assert "engine" in report.parity  # figures reported; INT8 does not fail the export
+    # The saved alphas reproduce the same plan when passed back.
+    again = run_export(
+        _config(ckpt, tmp_path / "again", alphas=str(tmp_path / "out" / "alphas.pt"))
+    )
+    assert again.approximation["layers"] == report.approximation["layers"]
+
+
+def test_calibration_labels_must_fit_the_model(ckpt, tmp_path):
+    calib = files.calib_npz(tmp_path, n=4, classes=50)
+    with pytest.raises(InvalidInputError, match="has label .* but the model has 10 outputs"):
+        run_export(_config(ckpt, tmp_path / "out", calib=str(calib), dry_run=True))
+
+
+def test_normalization_is_baked_into_the_graph(tmp_path):
+    path = files.checkpoint(tmp_path)  # a model without normalization
+    run_export(_config(str(path), tmp_path / "out", gdws=False, mean=(0.5,), std=(0.25,)))
+    x = files.images(3)
+    with OrtRunner(tmp_path / "out" / "original.onnx") as runner:
+        got = runner.predict(x.numpy())
+    with torch.no_grad():
+        expected = files.lenet()((x - 0.5) / 0.25).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_double_normalization_is_refused(tmp_path):
+    path = files.checkpoint(tmp_path, mean=[0.5], std=[0.25])
+    with pytest.raises(InvalidInputError, match="already normalizes its inputs inside"):
+        run_export(_config(str(path), tmp_path / "out", mean=(0.5,), std=(0.25,)))
+
+
+def test_static_batch(ckpt, tmp_path):
+    report = run_export(_config(ckpt, tmp_path / "out", dynamic_batch=False, batch=2))
+    graph = onnx.load(tmp_path / "out" / "gdws.onnx").graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    assert report.parity["engine"]["passed"]
+
+
+def test_torch_export_program_end_to_end(tmp_path):
+    path = files.export_file(tmp_path)
+    report = run_export(_config(str(path), tmp_path / "out"))
+    assert report.model["kind"] == "torch_export"
+    assert [r["status"] for r in report.layer_rows()] == ["skipped", "gdws"]
+    assert report.parity["onnx_gdws"]["passed"] and report.parity["engine"]["passed"]
+
+
+def test_program_with_a_fixed_batch_is_exported_static(tmp_path):
+    path = files.export_file(tmp_path, batch=1)
+    report = run_export(_config(str(path), tmp_path / "out", batch=8))
+    assert report.warnings == [
+        "the model fixes its batch size to 1: exported with that static batch"
+    ]
+    graph = onnx.load(tmp_path / "out" / "gdws.onnx").graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert report.parity["engine"]["passed"]
+
+
+def test_model_without_conv_is_unsupported(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    path = files.pickled_module_file(tmp_path, model)
+    cfg = _config(str(path), tmp_path / "out", trust_pickle=True, input_shape=files.SHAPE)
+    with pytest.raises(UnsupportedModelError, match="no KxK conv that GDWS can replace"):
+        run_export(cfg)
+    assert not (tmp_path / "out").exists()
+    run_export(_config(str(path), tmp_path / "plain", trust_pickle=True, gdws=False,
+                       input_shape=files.SHAPE))  # fmt: skip
+
+
+def test_forward_failure_names_the_shape(tmp_path):
+    path = files.checkpoint(tmp_path)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 10)
+    )
+    pickled = files.pickled_module_file(tmp_path, model)
+    cfg = _config(str(pickled), tmp_path / "out", trust_pickle=True, input_shape=(1, 20, 20))
+    with pytest.raises(
+        UnsupportedModelError, match=r"forward fails on input shape \(2, 1, 20, 20\)"
+    ):
+        run_export(cfg)
+    assert path.exists() and not (tmp_path / "out").exists()
+
+
+def test_torch_target_runs_the_program(ckpt, tmp_path):
+    from gdws_export.runtimes.torch_runner import TorchRunner
+
+    report = run_export(_config(ckpt, tmp_path / "out", target="torch"))
+    out = tmp_path / "out"
+    assert report.files["engine"] == "gdws.pt2"
+    assert report.files["engine_settings"] == "gdws.fp32.torch.json"
+    assert report.parity["engine"]["passed"]  # the program vs the GDWS model in PyTorch
+    x = files.images(3).numpy()
+    with (
+        TorchRunner.from_settings(out / "gdws.fp32.torch.json") as program,
+        OrtRunner(out / "gdws.onnx") as graph,
+    ):
+        np.testing.assert_allclose(program.predict(x), graph.predict(x), atol=1e-5)
+
+
+def test_trt_target_without_tensorrt_fails_before_any_work(ckpt, tmp_path, monkeypatch):
+    from gdws_export.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    with pytest.raises(MissingDependencyError, match="tensorrt is not installed"):
+        run_export(_config(ckpt, tmp_path / "out", target="trt", precision="fp16"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trt_target_with_a_stand_in_tensorrt(ckpt, tmp_path, monkeypatch):
+    from tests._fake_tensorrt import FakeTensorRT
+
+    fake = FakeTensorRT("10.3.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    report = run_export(_config(ckpt, tmp_path / "out", target="trt", precision="fp16", batch=8,
+                                workspace_mib=256, triton_repo=str(tmp_path / "repo")))  # fmt: skip
+    assert report.files["engine"] == "gdws.fp16.engine"
+    assert (tmp_path / "out" / "gdws.fp16.engine").is_file()
+    assert fake.calls["config"].flags >= {"FP16"}
+    assert any("not run here" in w for w in report.warnings)  # no GPU: parity skipped, said so
+    assert report.triton["platform"] == "tensorrt_plan" and report.triton["max_batch_size"] == 8
+    assert (tmp_path / "repo" / "lenet" / "1" / "model.plan").is_file()
+    info = json.loads((tmp_path / "out" / "gdws.fp16.engine.json").read_text())
+    assert not os.path.isabs(info["engine_path"]) and ".partial-" not in json.dumps(info)
