@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gdws_export._files import atomic_output
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.conv import GDWSConv2d, conv_macs_per_pixel
 from gdws_export.lowering.auto import (
@@ -383,20 +384,10 @@ def _report_path(path: Path) -> Path:
 
 
 def _write_atomically(path: Path, onnx_bytes: bytes, report: bytes) -> None:
-    """Write both files under temporary names, then rename: a failure leaves no result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    targets = [(path, onnx_bytes), (_report_path(path), report)]
-    temps = []
-    try:
-        for target, data in targets:
-            temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            temp.write_bytes(data)
-            temps.append((temp, target))
-        for temp, target in temps:
-            os.replace(temp, target)
-    finally:
-        for temp, _ in temps:
-            temp.unlink(missing_ok=True)
+    """Both files under temporary names first, renamed together: a failure leaves neither."""
+    with atomic_output(path) as onnx_tmp, atomic_output(_report_path(path)) as report_tmp:
+        onnx_tmp.write_bytes(onnx_bytes)
+        report_tmp.write_bytes(report)
 
 
 def _default_align() -> int:
