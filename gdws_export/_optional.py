@@ -13,6 +13,7 @@ _INSTALL_HINTS = {
     "pip install --extra-index-url https://pypi.nvidia.com tensorrt)",
     "onnxslim": 'pip install "gdws-export[slim]"',
     "tritonclient": "pip install tritonclient",
+    "PIL": "pip install pillow",
 }
 
 

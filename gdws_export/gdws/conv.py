@@ -19,7 +19,6 @@ kernels, because a grouped conv needs equal group sizes; those padding kernels a
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gdws_export.errors import InvalidInputError
@@ -199,17 +198,20 @@ class GDWSConv2d(nn.Module):
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
-        """The (M, C/groups, Kh, Kw) conv weight this module computes (for checks and tests)."""
+        """The (M, C/groups, Kh, Kw) conv weight this module computes: the sum over kernels of
+        their PW column times the kernel, at their channel."""
         kh, kw = self.kernel_size
-        width = self.depthwise.out_channels
-        m, groups = self.out_channels, self.groups
-        m_per_group, c_per_group = m // groups, self.in_channels // groups
-        pw = self.pointwise.weight.reshape(groups, m_per_group, width // groups)
-        dw = self.depthwise.weight.reshape(groups, width // groups, kh * kw)
-        local = (self.channel_index % c_per_group).reshape(groups, width // groups)
-        one_hot = F.one_hot(local, c_per_group).to(dw.dtype)  # (groups, width/g, C/g)
-        dense = torch.einsum("gmk,gkc,gkt->gmct", pw, one_hot, dw)
-        return dense.reshape(m, c_per_group, kh, kw)
+        width, groups = self.depthwise.out_channels, self.groups
+        m_per_group, c_per_group = self.out_channels // groups, self.in_channels // groups
+        per_group = width // groups
+        slot = torch.arange(width, device=self.channel_index.device)
+        pw = self.pointwise.weight.reshape(groups, m_per_group, per_group)
+        columns = pw[slot // per_group, :, slot % per_group]  # (width, M/groups)
+        products = columns[:, :, None] * self.depthwise.weight.reshape(width, 1, kh * kw)
+        dense = products.new_zeros(groups, c_per_group, m_per_group, kh * kw)
+        index = (self.channel_index // c_per_group, self.channel_index % c_per_group)
+        dense.index_put_(index, products, accumulate=True)
+        return dense.permute(0, 2, 1, 3).reshape(self.out_channels, c_per_group, kh, kw)
 
     def extra_repr(self) -> str:
         return (

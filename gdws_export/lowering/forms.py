@@ -310,21 +310,6 @@ def is_form(form: str) -> bool:
     return form in LAYER_FORMS or fold_slots(form) is not None
 
 
-def _dense_weight(gdws: GDWSConv2d) -> torch.Tensor:
-    """The (M, C/groups, Kh, Kw) weight `gdws` computes: the sum over kernels of their 1x1
-    column times the kernel, at their channel. (Like `GDWSConv2d.dense_weight`, without its
-    one-hot product, which is slow for wide layers.)"""
-    table = kernel_table(gdws)
-    groups = gdws.groups
-    c_per_group, m_per_group = gdws.in_channels // groups, gdws.out_channels // groups
-    kh, kw = gdws.kernel_size
-    products = table.pointwise[:, :, None] * table.depthwise.reshape(-1, 1, kh * kw)
-    weight = table.depthwise.new_zeros(groups, c_per_group, m_per_group, kh * kw)
-    index = (table.channel // c_per_group, table.channel % c_per_group)
-    weight.index_put_(index, products, accumulate=True)
-    return weight.permute(0, 2, 1, 3).reshape(gdws.out_channels, c_per_group, kh, kw)
-
-
 @torch.no_grad()
 def dense_conv(gdws: GDWSConv2d) -> nn.Conv2d:
     """The ordinary conv that computes what `gdws` computes (its GDWS weights made dense)."""
@@ -335,7 +320,7 @@ def dense_conv(gdws: GDWSConv2d) -> nn.Conv2d:
         bias=gdws.pointwise.bias is not None, padding_mode=dw.padding_mode,
         device=dw.weight.device, dtype=dw.weight.dtype,
     )  # fmt: skip
-    conv.weight.copy_(_dense_weight(gdws))
+    conv.weight.copy_(gdws.dense_weight())
     if conv.bias is not None:
         conv.bias.copy_(gdws.pointwise.bias)
     return conv
