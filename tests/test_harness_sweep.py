@@ -47,7 +47,8 @@ def swept(checkpoint_and_data, tmp_path_factory):
             sweep_command,
             [
                 checkpoint, "--mac-ratios", *MAC_RATIOS, "--data", data, "--output-dir", out,
-                "--threads", 1, "--lowering", "gather", "--eps", "0.05", "--steps", 5,
+                "--threads", 1, "--lowering", "gather", "--exporter", "legacy", "--eps", "0.05",
+                "--steps", 5,
                 "--square-queries", 20, "--batch-sizes", 1, 16, "--iterations", 30,
                 "--warmup", 0, "--eval-batch-size", 50,
             ],
@@ -212,3 +213,27 @@ def test_cli_refuses_empty_data_out_of_range_labels_and_wrong_shapes(checkpoint_
     for name, (x, y, expected) in cases.items():
         np.savez(tmp_path / f"{name}.npz", x=x, y=y)
         assert expected in _cli_error(checkpoint, tmp_path / f"{name}.npz", tmp_path)
+
+
+def test_layers_shipped_as_original_convs_are_attacked_as_such(checkpoint_and_data, tmp_path):
+    """With the "dense" lowering every GDWS layer ships its original conv: PyTorch must then
+    attack the original layers too, so GDWS rows measure exactly what the original does."""
+    from gdws_export import load_model
+    from gdws_export.harness.data import load_dataset
+    from gdws_export.harness.sweep import sweep
+    from gdws_export.harness.sweep_report import SweepConfig, parse_settings
+
+    checkpoint, data = checkpoint_and_data
+    model = load_model(checkpoint)
+    x, y = load_dataset(data)
+    config = SweepConfig(
+        parse_settings(mac_ratios=[0.5]), threads=1, lowering="dense", exporter="legacy",
+        attacks=(AttackConfig(eps=0.05, steps=3),), batch_sizes=(4,), duration_s=None,
+        iterations=3, warmup_s=0.0,
+    )  # fmt: skip
+    report = sweep(model, config, (x[:60], y[:60]), work_dir=tmp_path)
+    original, gdws = report.rows[0], report.rows[1]
+    assert original.setting == "original"
+    assert gdws.robust_accuracy == original.robust_accuracy
+    assert gdws.clean_accuracy == original.clean_accuracy
+    assert any("keeps its original conv" in note for note in report.notes)

@@ -59,6 +59,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--lowering", default="auto", help="ONNX lowering form (default: auto)")
+    parser.add_argument(
+        "--exporter", choices=("dynamo", "legacy"), default="dynamo",
+        help="torch.onnx exporter (default: dynamo)",
+    )  # fmt: skip
+    parser.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
     attack = parser.add_argument_group("attack (white-box on PyTorch, replayed on the engine)")
     attack.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd")
     attack.add_argument("--norm", choices=("linf", "l2"), default="linf")
@@ -141,6 +146,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         precision=args.precision,
         threads=args.threads,
         lowering=args.lowering,
+        exporter=args.exporter,
+        timing_cache=args.timing_cache,
         attacks=(white_box,),
         square=square,
         batch_sizes=tuple(args.batch_sizes),

@@ -9,12 +9,10 @@ images/s), and the speed and accuracy reports behind the table.
 
 from __future__ import annotations
 
-import importlib.util
-import io
+import copy
 import json
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.approximate import approximate
+from gdws_export.gdws.selection import replace_module
 from gdws_export.harness.accuracy import evaluate_accuracy
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepRow
@@ -119,10 +118,16 @@ def sweep(
     notes: list[str] = []
     files = {
         name: _export_and_build(
-            m, work_dir / f"{_stem(name, config)}.onnx", input_shape, x, config, notes
+            m, work_dir / f"{_stem(name, config)}.onnx", input_shape, x, config, notes,
+            original=None if name == ORIGINAL else model,
         )
         for name, m in models.items()
-    }
+    }  # fmt: skip
+    for name, (_, _, shipped_original) in files.items():
+        # Layers where the original conv was faster ship it; PyTorch must attack what ships.
+        for layer in shipped_original:
+            replace_module(models[name], layer, copy.deepcopy(model.get_submodule(layer)))
+            notes.append(f"{name}: {layer} keeps its original conv (faster on the target)")
     speed = benchmark(
         {name: _runner(files[name][1], config) for name in models},
         batch_sizes=config.batch_sizes,
@@ -205,49 +210,29 @@ def _stem(name: str, config: SweepConfig) -> str:
     return next(s.file_stem for s in config.settings if s.label == name)
 
 
-def _export_and_build(module, path, input_shape, x, config, notes):
-    """Export one model to ONNX and build its engine; returns (onnx path, BuildResult)."""
+def _export_and_build(module, path, input_shape, x, config, notes, *, original):
+    """Export one model to ONNX and build its engine.
+
+    Returns (onnx path, BuildResult, names of the layers that ship their original conv).
+    """
+    from gdws_export.lowering import export_onnx
     from gdws_export.runtimes.build import build
 
-    _export(module, path, input_shape, x, config.lowering, notes)
+    exported = export_onnx(
+        module, input_shape=tuple(input_shape), path=path, lowering=config.lowering,
+        exporter=config.exporter, parity_inputs=x[:16], original=original,
+        threads=config.threads if config.target == "ort" else None,
+    )  # fmt: skip
+    kept = [layer.name for layer in exported.layers if layer.form == "dense"]
     threads = config.threads if config.target == "ort" else None
     calibration = x[:CALIBRATION_SAMPLES].numpy() if config.precision == "int8" else None
+    options = {"timing_cache": config.timing_cache} if config.target == "trt" else {}
     result = build(
         path, target=config.target, precision=config.precision, threads=threads,
-        calibration=calibration,
+        calibration=calibration, **options,
     )  # fmt: skip
     notes.extend(f"{path.name}: {warning}" for warning in result.warnings)
-    return path, result
-
-
-def _export(module, path, input_shape, x, lowering, notes) -> None:
-    if importlib.util.find_spec("gdws_export.lowering") is not None:
-        from gdws_export.lowering import export_onnx
-
-        # No `original=`: the engine must compute the GDWS model that PyTorch attacks, so that
-        # the replay checks the engine; layers where a dense conv is fastest ship the GDWS
-        # weights as one dense conv (same speed).
-        export_onnx(
-            module, input_shape=tuple(input_shape), path=path, lowering=lowering,
-            parity_inputs=x[:16],
-        )  # fmt: skip
-        return
-    # Until gdws_export.lowering is installed, export the modules as they are (GDWS convs as
-    # Gather + depthwise + 1x1, the "gather" form) with torch's exporter.
-    note = "gdws_export.lowering is unavailable: models exported as is (gather form), unchecked"
-    if note not in notes:
-        notes.append(note)
-    from gdws_export._files import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module, (torch.zeros(2, *input_shape),), buffer, input_names=["input"],
-            output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17, dynamo=False,
-        )  # fmt: skip
-    atomic_write_bytes(path, buffer.getvalue())
+    return path, result, kept if original is not None else []
 
 
 def _runner(result, config: SweepConfig) -> Runner:

@@ -69,7 +69,10 @@ class SweepConfig:
         settings: the GDWS settings to try.
         target, precision, threads: passed to `runtimes.build` ("ort" or "trt"; "fp32",
             "fp16" or "int8"; ONNX Runtime threads).
-        lowering: the ONNX lowering ("auto" times the forms per layer).
+        lowering: the ONNX lowering ("auto" times the forms per layer; where the original
+            conv is fastest it ships, and the GDWS model PyTorch attacks keeps it too).
+        exporter: the torch.onnx exporter, "dynamo" or "legacy".
+        timing_cache: TensorRT timing cache file (read and updated).
         attacks: white-box attacks on PyTorch, replayed on the engines; the first is the one
             the table's robust accuracy (and the plot) uses.
         square: the query-only Square Attack through each engine, or None.
@@ -82,6 +85,8 @@ class SweepConfig:
     precision: str = "fp32"
     threads: int | None = None
     lowering: str = "auto"
+    exporter: str = "dynamo"
+    timing_cache: str | None = None
     attacks: tuple[AttackConfig, ...] = (AttackConfig(),)
     square: SquareConfig | None = None
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
@@ -100,6 +105,12 @@ class SweepConfig:
             raise InvalidInputError("sweep: give at least one attack (white-box or square)")
         if self.target not in TARGETS:
             raise InvalidInputError(f"sweep: target must be one of {TARGETS}, got {self.target!r}")
+        if self.exporter not in ("dynamo", "legacy"):
+            raise InvalidInputError(
+                f"sweep: exporter must be dynamo or legacy, got {self.exporter!r}"
+            )
+        if self.timing_cache is not None and self.target != "trt":
+            raise InvalidInputError("sweep: --timing-cache applies to --target trt only")
         if self.precision not in PRECISIONS:
             raise InvalidInputError(
                 f"sweep: precision must be one of {PRECISIONS}, got {self.precision!r}"
