@@ -130,3 +130,13 @@ def test_exactly_one_constraint(kwargs):
 def test_bad_kernel_counts_are_refused():
     with pytest.raises(ValueError, match="kernels_per_channel"):
         GDWSConv2d.from_conv(nn.Conv2d(4, 8, 3), kernels_per_channel=torch.tensor([10, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("name", ["plain", "grouped_strided_reflect", "same_even_kernel"])
+def test_to_dense_computes_the_same_function(name):
+    conv = nn.Conv2d(**CONVS[name])
+    gdws = GDWSConv2d.from_conv(conv, max_kernels=5).eval()
+    dense = gdws.to_dense()
+    x = torch.randn(2, conv.in_channels, 9, 8)
+    assert isinstance(dense, nn.Conv2d) and not dense.training
+    assert torch.allclose(dense(x), gdws(x), atol=1e-5)

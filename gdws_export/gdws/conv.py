@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.decomposition import (
@@ -212,6 +213,25 @@ class GDWSConv2d(nn.Module):
         index = (self.channel_index // c_per_group, self.channel_index % c_per_group)
         dense.index_put_(index, products, accumulate=True)
         return dense.permute(0, 2, 1, 3).reshape(self.out_channels, c_per_group, kh, kw)
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Conv2d:
+        """An ordinary conv computing exactly what this module computes.
+
+        PyTorch's CPU depthwise kernels are slow, so evaluating a GDWS model in PyTorch (attacks,
+        calibration) is faster with its layers made dense; deployment speed is the engine's.
+        """
+        dw = self.depthwise
+        conv = skip_init(
+            nn.Conv2d, self.in_channels, self.out_channels, self.kernel_size, stride=dw.stride,
+            padding=dw.padding, dilation=dw.dilation, groups=self.groups,
+            bias=self.pointwise.bias is not None, padding_mode=dw.padding_mode,
+            device=dw.weight.device, dtype=dw.weight.dtype,
+        )  # fmt: skip
+        conv.weight.copy_(self.dense_weight())
+        if conv.bias is not None:
+            conv.bias.copy_(self.pointwise.bias)
+        return conv.train(self.training)
 
     def extra_repr(self) -> str:
         return (

@@ -310,20 +310,9 @@ def is_form(form: str) -> bool:
     return form in LAYER_FORMS or fold_slots(form) is not None
 
 
-@torch.no_grad()
 def dense_conv(gdws: GDWSConv2d) -> nn.Conv2d:
     """The ordinary conv that computes what `gdws` computes (its GDWS weights made dense)."""
-    dw = gdws.depthwise
-    conv = skip_init(
-        nn.Conv2d, gdws.in_channels, gdws.out_channels, gdws.kernel_size, stride=dw.stride,
-        padding=dw.padding, dilation=dw.dilation, groups=gdws.groups,
-        bias=gdws.pointwise.bias is not None, padding_mode=dw.padding_mode,
-        device=dw.weight.device, dtype=dw.weight.dtype,
-    )  # fmt: skip
-    conv.weight.copy_(gdws.dense_weight())
-    if conv.bias is not None:
-        conv.bias.copy_(gdws.pointwise.bias)
-    return conv
+    return gdws.to_dense()
 
 
 def lower_layer(
