@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks._common import spectral_weights
 from gdws_export import approximate, create_model
 from gdws_export.lowering import export_onnx
 from gdws_export.runtimes import OrtRunner
@@ -45,29 +46,6 @@ from gdws_export.runtimes import OrtRunner
 RESULTS = Path(__file__).parent / "results"
 IMAGES = Path(__file__).parent.parent / "tests" / "data" / "fashion_mnist_test_1k.npz"
 LOWERINGS = ("gather", "uniform", "slots", "fold", "fold-2")
-
-
-@torch.no_grad()
-def spectral_weights(model: nn.Module, decay: float, seed: int) -> nn.Module:
-    """Give every KxK conv per-channel spectra like a trained conv's (see the module doc)."""
-    gen = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
-            m, c, kh, kw = module.weight.shape
-            k = kh * kw
-            rank = min(m, k)
-            u = torch.linalg.qr(torch.randn(c, m, rank, generator=gen))[0]
-            v = torch.linalg.qr(torch.randn(c, k, rank, generator=gen))[0]
-            scale = torch.exp(0.5 * torch.randn(c, 1, generator=gen))
-            s = scale * decay ** torch.arange(rank, dtype=torch.float32)
-            blocks = u @ torch.diag_embed(s) @ v.transpose(1, 2)  # (C, M, K)
-            weight = blocks.permute(1, 0, 2).reshape(m, c, kh, kw)
-            module.weight.copy_(weight * module.weight.std() / weight.std())
-        if isinstance(module, nn.BatchNorm2d):
-            n = module.num_features
-            module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
-            module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-    return model.eval()
 
 
 def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:

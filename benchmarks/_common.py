@@ -1,0 +1,50 @@
+"""Helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def spectral_weights(model: nn.Module, decay: float, seed: int) -> nn.Module:
+    """Give every KxK conv per-channel spectra like a trained conv's, in place; returns the
+    model in eval mode.
+
+    No trained CIFAR weights exist offline, and freshly initialised convs have flat
+    per-channel spectra, on which the network-level MAC allocation degenerates (some layers
+    keep a single kernel). Per input channel, this draws random singular vectors with singular
+    values decaying by `decay` per rank and channel scales drawn log-normally, keeping each
+    conv's weight scale; BatchNorm statistics are drawn near their initial values. Speed
+    depends on the shapes and the kernel counts only, not on the values.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
+            m, c, kh, kw = module.weight.shape
+            k = kh * kw
+            rank = min(m, k)
+            u = torch.linalg.qr(torch.randn(c, m, rank, generator=gen))[0]
+            v = torch.linalg.qr(torch.randn(c, k, rank, generator=gen))[0]
+            scale = torch.exp(0.5 * torch.randn(c, 1, generator=gen))
+            s = scale * decay ** torch.arange(rank, dtype=torch.float32)
+            blocks = u @ torch.diag_embed(s) @ v.transpose(1, 2)  # (C, M, K)
+            weight = blocks.permute(1, 0, 2).reshape(m, c, kh, kw)
+            module.weight.copy_(weight * module.weight.std() / weight.std())
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+            module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+    return model.eval()
+
+
+def forms_summary(forms: dict[str, str]) -> str:
+    """'gather x10, original conv x2': how an export lowered its GDWS layers ("dense" = the
+    original conv shipped); "plain convs" when the model has none."""
+    if not forms:
+        return "plain convs"
+    counts: dict[str, int] = {}
+    for form in forms.values():
+        counts[form] = counts.get(form, 0) + 1
+    return ", ".join(f"{'original conv' if f == 'dense' else f} x{n}"
+                     for f, n in sorted(counts.items()))  # fmt: skip

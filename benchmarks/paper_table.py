@@ -1,0 +1,291 @@
+"""The GDWS paper table, measured here: for every robust checkpoint, the original, GDWS under
+several sensitivity measures at several MAC ratios, and two baselines (plain depthwise-separable
+convs, L1 filter pruning), all through the same export -> build -> benchmark -> evaluate path on
+ONNX Runtime CPU; plus a speed-only table of the full-size CIFAR architectures.
+
+Per checkpoint:
+
+1. sensitivities (`paper_table_variants.compute_sensitivities`) on training images;
+2. the models (`build_variants`): GDWS with each measure at each `--ratios`, the baselines;
+3. each model exported with `export_onnx(lowering="auto", original=model)` and built for ONNX
+   Runtime; layers where the original conv ran faster ship it, and are put back in the PyTorch
+   model too, so the model attacked is the model shipped;
+4. all graphs timed in one interleaved `benchmark` at batch 1 and 32 (the original is the
+   reference);
+5. `evaluate_accuracy`: clean and PGD-100 accuracy on PyTorch (GDWS layers as the dense convs
+   they compute: the same function, faster in PyTorch), replayed on the ONNX Runtime graphs.
+   A model that ships no GDWS layer is the original and is not attacked again.
+
+Writes benchmarks/results/ort-cpu-<date>.{md,json,png} (`--out` to change).
+
+Run (full, about 25 minutes on 2 quiet cores):
+    PYTHONPATH=. python benchmarks/paper_table.py
+CI-sized (one checkpoint, tiny samples, short timings; about a minute):
+    PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks._common import forms_summary
+from benchmarks.paper_table_report import CheckpointResult, PaperTable, Row, write_results
+from benchmarks.paper_table_speed import speed_only_table
+from benchmarks.paper_table_variants import (
+    BASELINES,
+    ORIGINAL,
+    SENSITIVITIES,
+    Variant,
+    build_variants,
+    compute_sensitivities,
+    spectrum_energy,
+)
+from gdws_export.attacks import AttackConfig
+from gdws_export.gdws.conv import GDWSConv2d
+from gdws_export.gdws.selection import replace_module
+from gdws_export.harness.accuracy import evaluate_accuracy
+from gdws_export.harness.data import load_dataset, load_train_and_test
+from gdws_export.harness.machine import machine_info
+from gdws_export.harness.speed import benchmark
+from gdws_export.harness.sweep import count_macs, pareto_front
+from gdws_export.lowering import export_onnx
+from gdws_export.models import load_model
+from gdws_export.runtimes.build import build
+from gdws_export.runtimes.onnxruntime import OrtRunner
+
+RESULTS = Path(__file__).parent / "results"
+CHECKPOINTS = ("fmnist_vgg16_bn_w16", "fmnist_preact_resnet18_w16", "fmnist_wrn28_4_w16")
+BATCHES = (1, 32)
+SAME_GRAPH = "original (A/A)"
+
+
+def load_data(spec: str):
+    """(x_train, y_train, x_test, y_test): a named dataset's two splits, or one .npz file split
+    in halves, the first calibrating and the second evaluating (for quick runs)."""
+    if spec.endswith(".npz"):
+        x, y = load_dataset(spec)
+        half = len(x) // 2
+        return x[:half], y[:half], x[half:], y[half:]
+    return load_train_and_test(spec)
+
+
+def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
+    """Every row of one checkpoint (module docstring, steps 1 to 5)."""
+    start = time.perf_counter()
+    x_train, y_train, x_test, y_test = data
+    model = load_model(path).eval()
+    shape = tuple(model.input_shape)
+    name = path.stem
+    light = name in args.light
+    measures = tuple(args.light_sensitivities if light else args.sensitivities)
+    print(f"{name}: sensitivities {measures}", flush=True)
+    sensitivities = compute_sensitivities(model, (x_train, y_train), measures, eps=args.eps,
+                                          samples=args.calib_samples)  # fmt: skip
+    ratios = tuple(args.light_ratios if light else args.ratios)
+    variants = build_variants(model, ratios, sensitivities, baselines=tuple(args.baselines),
+                              baseline_ratios=ratios)  # fmt: skip
+    notes = [f"light checkpoint: ratios {list(ratios)}, measures {list(measures)}"] if light else []
+    files, exports = {}, {}
+    for variant in variants:
+        clock = time.perf_counter()
+        result = export_onnx(
+            variant.model, input_shape=shape, path=workdir / f"{name}-{_stem(variant.name)}.onnx",
+            exporter="legacy", parity_inputs=x_test[:16], threads=args.threads,
+            batch=args.auto_batch, candidates=tuple(args.candidates), repeats=args.auto_repeats,
+            original=model if variant.method in ("gdws", "dws") else None,
+        )  # fmt: skip
+        built = build(result.onnx_path, target="ort", threads=args.threads)
+        exports[variant.name] = time.perf_counter() - clock
+        files[variant.name] = built.settings_path
+        variant.details["forms"] = result.forms
+        # Layers where the original conv was faster ship it: attack what ships.
+        for layer in (lay.name for lay in result.layers if lay.form == "dense"):
+            replace_module(variant.model, layer, copy.deepcopy(model.get_submodule(layer)))
+        print(f"  {variant.name}: approximate {variant.seconds:.1f} s, export+build "
+              f"{exports[variant.name]:.1f} s, {_lowering(variant)}", flush=True)  # fmt: skip
+    runners = {v.name: OrtRunner.from_settings(files[v.name]) for v in variants}
+    # The original graph again, in its own session: how far identical graphs differ here.
+    runners[SAME_GRAPH] = OrtRunner.from_settings(files[ORIGINAL])
+    speed = benchmark(
+        runners,
+        batch_sizes=BATCHES, duration_s=args.duration, warmup_s=args.warmup, reference=ORIGINAL,
+        input_shape=shape,
+    )  # fmt: skip
+    print(f"  timed {len(variants)} graphs", flush=True)
+    same = {v.name for v in variants if v.name != ORIGINAL and _is_original(v)}
+    attacked = [v for v in variants if v.name not in same]
+    attack = AttackConfig("pgd", eps=args.eps, step_size=args.step_size, steps=args.steps)
+    samples = args.samples_light if light else args.samples
+    torch.manual_seed(0)
+    accuracy = evaluate_accuracy(
+        {v.name: _evaluation_copy(v.model) for v in attacked},
+        x_test[:samples], y_test[:samples], attacks=[attack],
+        engines={v.name: OrtRunner.from_settings(files[v.name]) for v in attacked},
+        batch_size=args.eval_batch, data=f"{args.data} test[:{samples}]",
+    )  # fmt: skip
+    print(f"  attacked {len(attacked)} models on {samples} images", flush=True)
+    rows = [_row(v, model, shape, speed, accuracy, exports[v.name], v.name in same)
+            for v in variants]  # fmt: skip
+    for row, flag in zip(rows, pareto_front([(r.fps_b32, r.robust) for r in rows]), strict=True):
+        row.pareto = flag
+    floor = {f"b{b}": round(speed.speedup(SAME_GRAPH, b), 3) for b in BATCHES}
+    notes.append(
+        f"noise floor: the original graph in a second session ran at {floor['b1']:.2f}x (batch "
+        f"1) and {floor['b32']:.2f}x (batch 32) of the first"
+    )
+    return CheckpointResult(
+        name=name, arch=model.arch_name, path=str(path), input_shape=list(shape),
+        attack=attack.describe(),
+        sensitivity_seconds={k: round(v[1], 2) for k, v in sensitivities.items()},
+        spectra=spectrum_energy(model), rows=rows, speed=speed.to_dict(),
+        accuracy=accuracy.to_dict(), notes=notes, noise_floor=floor,
+        seconds=time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def _stem(name: str) -> str:
+    return name.replace("@", "_r")
+
+
+def _gdws_layers(model: torch.nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, GDWSConv2d)]
+
+
+def _is_original(variant: Variant) -> bool:
+    """A GDWS or DWS model all of whose layers went back to the original convs."""
+    return variant.method in ("gdws", "dws") and not _gdws_layers(variant.model)
+
+
+def _lowering(variant: Variant) -> str:
+    if variant.method == ORIGINAL:
+        return "original"
+    return forms_summary(variant.details.get("forms", {}))
+
+
+def _evaluation_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The same function for PyTorch evaluation: GDWS layers as dense convs, channels-last."""
+    copied = copy.deepcopy(model).eval()
+    for layer in _gdws_layers(copied):
+        replace_module(copied, layer, copied.get_submodule(layer).to_dense())
+    for parameter in copied.parameters():
+        parameter.requires_grad_(False)  # the attacks need input gradients only
+    return copied.to(memory_format=torch.channels_last)
+
+
+def _row(variant, original, shape, speed, accuracy, export_s, same) -> Row:
+    source = accuracy.model(ORIGINAL if same else variant.name)
+    attack = source.attacks[0]
+    b1, b32 = speed.result(variant.name, 1), speed.result(variant.name, 32)
+    macs = count_macs(variant.model, shape)
+    return Row(
+        variant=variant.name, method=variant.method, sensitivity=variant.sensitivity,
+        target_ratio=variant.target_ratio, conv_mac_ratio=variant.conv_mac_ratio, macs=macs,
+        macs_ratio=macs / count_macs(original, shape),
+        params=sum(p.numel() for p in variant.model.parameters()), lowering=_lowering(variant),
+        fps_b1=1e3 / b1.latency.median_ms, fps_b32=32e3 / b32.latency.median_ms,
+        speedup_b1=speed.speedup(variant.name, 1), speedup_b32=speed.speedup(variant.name, 32),
+        p90_ms_b1=b1.latency.p90_ms, p90_ms_b32=b32.latency.p90_ms,
+        clean=source.clean_accuracy, robust=attack.robust_accuracy,
+        engine_clean=source.engine_clean_accuracy, engine_robust=attack.engine_accuracy,
+        samples=source.samples, same_as_original=same, approximate_s=variant.seconds,
+        export_s=export_s,
+    )  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--models-dir", type=Path, default=Path(__file__).parent.parent / "models",
+        help="folder of the <checkpoint>.pt files")  # fmt: skip
+    add("--checkpoints", nargs="+", default=list(CHECKPOINTS))
+    add("--data", default="fashion-mnist",
+        help="named dataset with train/test splits, or an .npz file (see load_data)")  # fmt: skip
+    add("--ratios", nargs="+", type=float, default=[0.9, 0.75, 0.5])
+    add("--sensitivities", nargs="+", choices=SENSITIVITIES, default=list(SENSITIVITIES))
+    add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
+    add("--light", nargs="*", default=["fmnist_wrn28_4_w16"],
+        help="checkpoints measured with --light-ratios / --light-sensitivities / "
+             "--samples-light, to fit the time budget")  # fmt: skip
+    add("--light-ratios", nargs="+", type=float, default=[0.75, 0.5])
+    add("--light-sensitivities", nargs="+", choices=SENSITIVITIES, default=["none", "calibrated"])
+    add("--samples", type=int, default=200, help="test images attacked per model")
+    add("--samples-light", type=int, default=100)
+    add("--calib-samples", type=int, default=256, help="training images for the sensitivities")
+    add("--eps", type=float, default=0.1)
+    add("--step-size", type=float, default=0.01)
+    add("--steps", type=int, default=100)
+    add("--eval-batch", type=int, default=100)
+    add("--threads", type=int, default=2, help="ONNX Runtime and PyTorch threads")
+    add("--duration", type=float, default=1.0, help="timed seconds per graph and batch")
+    add("--warmup", type=float, default=0.2)
+    add("--auto-batch", type=int, default=32, help="batch auto lowering times at")
+    add("--candidates", nargs="+", default=["dense", "gather", "fold-2"])
+    add("--auto-repeats", type=int, default=3)
+    add("--speed-only", nargs="*", default=["vgg16_bn", "preact_resnet18", "resnet18", "wrn28_4"],
+        help="full-size CIFAR architectures of the speed-only table (none: skip it)")  # fmt: skip
+    add("--speed-ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    add("--speed-iterations", type=int, default=3)
+    add("--out", type=Path, default=None, help="output stem; default results/ort-cpu-<date>")
+    add("--quick", action="store_true", help="CI-sized run (see the module docstring)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.checkpoints = args.checkpoints[:1]
+        args.ratios, args.sensitivities = [0.75, 0.5], ["none", "calibrated"]
+        args.baselines, args.light = ["l1-prune"], []
+        args.samples, args.calib_samples, args.steps = 8, 16, 2
+        args.duration, args.warmup, args.auto_repeats = 0.05, 0.0, 1
+        args.candidates, args.speed_only = ["dense", "gather"], []
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    date = datetime.date.today().isoformat()
+    out = args.out if args.out is not None else RESULTS / f"ort-cpu-{date}"
+    data = load_data(args.data)
+    checkpoints = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.checkpoints:
+            checkpoints.append(
+                run_checkpoint(args.models_dir / f"{name}.pt", data, args, Path(tmp))
+            )
+        speed_rows, speed_settings = [], {}
+        if args.speed_only:
+            speed_rows, speed_settings = speed_only_table(
+                args.speed_only, args.speed_ratios, threads=args.threads,
+                iterations=args.speed_iterations, candidates=tuple(args.candidates),
+                repeats=args.auto_repeats, auto_batch=args.auto_batch, workdir=Path(tmp),
+            )  # fmt: skip
+    machine = machine_info(gpu=False)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings["attack"] = checkpoints[0].attack if checkpoints else ""
+    table = PaperTable(
+        command="PYTHONPATH=. python " + shlex.join(
+            ["benchmarks/paper_table.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        machine={"summary": machine.summary(), **machine.to_dict()}, load_before=load_before,
+        load_after=[round(x, 2) for x in os.getloadavg()], settings=settings,
+        checkpoints=checkpoints, speed_only=speed_rows, speed_only_settings=speed_settings,
+        seconds=time.perf_counter() - start,
+    )  # fmt: skip
+    paths = write_results(table, out)
+    print(f"wrote {', '.join(str(p) for p in paths.values())} in {table.seconds / 60:.1f} min")
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The models the paper table compares, built from one checkpoint: the original, GDWS under each
+sensitivity measure, and the two baselines, each at the table's MAC ratios.
+
+Sensitivity measures (the alphas `approximate` weighs kernels by):
+
+- `none`: unweighted GDWS (alpha = 1), plain squared Frobenius error in every layer;
+- `paper`: the paper's noise gains (`noise_gains`, first-order output-margin noise model);
+- `calibrated`: `calibrated_gains`, the project's default: ones within a layer, each layer's
+  scale measured as KL divergence per unit of error on adversarial inputs;
+- `relative`: ones within a layer, each layer scaled by 1 / ||W_l||_F^2, so the global budget
+  trades relative (not absolute) weight error between layers: no data, no attack.
+
+Baselines, at the same MAC ratios:
+
+- `dws`: plain depthwise-separable convs (g_c = 1) from the same SVD, whole layers converted
+  in order of least calibrated error per MAC saved until the ratio is met;
+- `l1-prune`: L1-norm filter pruning without fine-tuning (Li et al. 2017), the same fraction
+  of filters removed from every prunable conv (the first conv included, as in Li et al.'s
+  VGG-16), matched to the MACs of the calibrated GDWS model at the same ratio (all convs
+  counted).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from gdws_export import approximate, calibrated_gains, noise_gains
+from gdws_export.baselines import depthwise_separable, prune_filters
+from gdws_export.gdws.decomposition import channel_svd
+from gdws_export.gdws.selection import find_convs
+from gdws_export.harness.sweep import count_macs
+
+SENSITIVITIES = ("none", "paper", "calibrated", "relative")
+BASELINES = ("dws", "l1-prune")
+ORIGINAL = "original"
+
+
+@dataclass
+class Variant:
+    """One model of the table before export: what it is, how long it took to make."""
+
+    name: str
+    method: str  # "original", "gdws", "dws" or "l1-prune"
+    sensitivity: str = ""
+    target_ratio: float | None = None
+    model: nn.Module | None = None
+    seconds: float = 0.0  # approximate / prune (the sensitivity's own time is per checkpoint)
+    conv_mac_ratio: float = 1.0  # of the convs the method may change, before any revert
+    details: dict = field(default_factory=dict)
+
+
+def relative_gains(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Ones within each approximable layer, scaled by 1 / (the layer's squared weight norm)."""
+    gains = {}
+    for site in find_convs(model):
+        if site.skip_reason is None:
+            energy = float(site.conv.weight.detach().double().pow(2).sum())
+            gains[site.name] = torch.full((site.conv.in_channels,), 1 / energy, dtype=torch.float64)
+    return gains
+
+
+def compute_sensitivities(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    names: tuple[str, ...],
+    *,
+    eps: float,
+    samples: int,
+) -> dict[str, tuple[dict | None, float]]:
+    """{measure: (alphas, seconds)} on the first `samples` of `data` (PGD-10, step eps / 4)."""
+    x, y = data[0][:samples], data[1][:samples]
+    common = dict(eps=eps, step_size=eps / 4, samples=len(x), seed=0)
+    makers = {
+        "none": lambda: None,
+        "paper": lambda: noise_gains(model, (x, y), batch_size=64, **common),
+        "calibrated": lambda: calibrated_gains(model, (x, y), batch_size=128, **common),
+        "relative": lambda: relative_gains(model),
+    }
+    result = {}
+    for name in names:
+        start = time.perf_counter()
+        alphas = makers[name]()
+        result[name] = (alphas, time.perf_counter() - start)
+    return result
+
+
+def build_variants(
+    model: nn.Module,
+    ratios: tuple[float, ...],
+    sensitivities: dict[str, tuple[dict | None, float]],
+    *,
+    baselines: tuple[str, ...] = BASELINES,
+    baseline_ratios: tuple[float, ...] | None = None,
+) -> list[Variant]:
+    """The original, GDWS under every measure at every ratio, then the baselines."""
+    variants = [Variant(ORIGINAL, "original", model=model)]
+    shape = tuple(model.input_shape)
+    total = count_macs(model, shape)
+    matched: dict[float, float] = {}  # ratio -> whole-model MAC ratio of calibrated GDWS
+    for ratio in ratios:
+        for measure, (alphas, _) in sensitivities.items():
+            start = time.perf_counter()
+            gdws, report = approximate(model, mac_ratio=ratio, alphas=alphas, input_shape=shape)
+            seconds = time.perf_counter() - start
+            variants.append(
+                Variant(f"gdws-{measure}@{ratio:g}", "gdws", measure, ratio, gdws.eval(),
+                        seconds, report.achieved_mac_ratio,
+                        {"kernels": {lay.name: lay.kernels for lay in report.replaced}})
+            )  # fmt: skip
+            if measure == "calibrated" or ratio not in matched:
+                matched[ratio] = count_macs(gdws, shape) / total
+    alphas = sensitivities.get("calibrated", (None, 0.0))[0]
+    for ratio in baseline_ratios if baseline_ratios is not None else ratios:
+        if "dws" in baselines:
+            start = time.perf_counter()
+            dws, report = depthwise_separable(model, mac_ratio=ratio, alphas=alphas,
+                                              input_shape=shape)  # fmt: skip
+            variants.append(
+                Variant(f"dws@{ratio:g}", "dws", "calibrated" if alphas else "none", ratio,
+                        dws.eval(), time.perf_counter() - start, report.achieved_mac_ratio,
+                        {"converted": [lay.name for lay in report.replaced]})
+            )  # fmt: skip
+        if "l1-prune" in baselines:
+            target = matched.get(ratio, ratio)
+            start = time.perf_counter()
+            pruned, report = prune_filters(model, mac_ratio=target, input_shape=shape,
+                                           skip_first=False)  # fmt: skip
+            variants.append(
+                Variant(f"l1-prune@{ratio:g}", "l1-prune", "", ratio, pruned.eval(),
+                        time.perf_counter() - start, report.achieved_mac_ratio,
+                        {"fraction": report.fraction, "matched_whole_model_ratio": target})
+            )  # fmt: skip
+    return variants
+
+
+def spectrum_energy(model: nn.Module, top: tuple[int, ...] = (1, 2, 3)) -> list[dict]:
+    """Per approximable layer: mean over input channels of the share of the channel's squared
+    weight in its top-k singular values (how much a channel keeps with k GDWS kernels)."""
+    rows = []
+    for site in find_convs(model):
+        if site.skip_reason is not None:
+            continue
+        s2 = channel_svd(site.conv.weight, site.conv.groups).s ** 2
+        share = s2.cumsum(dim=1) / s2.sum(dim=1, keepdim=True).clamp_min(1e-30)
+        conv = site.conv
+        rows.append({
+            "layer": site.name,
+            "shape": f"{conv.out_channels}x{conv.in_channels}x{conv.kernel_size[0]}x{conv.kernel_size[1]}",
+            "rank": int(s2.shape[1]),
+            **{f"top{k}": float(share[:, min(k, s2.shape[1]) - 1].mean()) for k in top},
+        })  # fmt: skip
+    return rows

@@ -1,0 +1,80 @@
+"""The paper table's --quick mode end to end on a LeNet trained in seconds: the files exist and
+parse, the rows are the expected ones, Pareto flags are consistent, quoted numbers say so."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import paper_table
+from benchmarks.paper_table_report import QUOTED_LABEL, load
+from gdws_export.harness.sweep import pareto_front
+from gdws_export.models import save_checkpoint
+from tests._trained import SLICE, trained_lenet
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("paper_table")
+    model, _, _ = trained_lenet()
+    save_checkpoint(model, directory / "lenet_quick.pt")
+    argv = ["--quick", "--models-dir", str(directory), "--checkpoints", "lenet_quick",
+            "--data", str(SLICE), "--threads", "1", "--out", str(directory / "out" / "ort-cpu")]  # fmt: skip
+    return paper_table.main(argv), argv
+
+
+def test_files_exist_and_parse(quick_run):
+    paths, _ = quick_run
+    assert set(paths) == {"json", "plot", "markdown"}
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = load(paths["json"])
+    assert json.loads(paths["json"].read_text())["schema"] == "gdws-export/paper-table/1"
+    assert table.settings["quick"] is True and "--quick" in table.command
+    assert table.machine["summary"]
+
+
+def test_rows_are_the_expected_ones(quick_run):
+    paths, _ = quick_run
+    (result,) = load(paths["json"]).checkpoints
+    variants = [row.variant for row in result.rows]
+    assert variants == [
+        "original",
+        "gdws-none@0.75", "gdws-calibrated@0.75",
+        "gdws-none@0.5", "gdws-calibrated@0.5",
+        "l1-prune@0.75", "l1-prune@0.5",
+    ]  # fmt: skip
+    original = result.row("original")
+    assert original.macs_ratio == 1 and original.speedup_b32 == 1
+    for row in result.rows:
+        assert row.samples == 8 and 0 <= row.robust <= row.clean <= 1
+        assert row.fps_b1 > 0 and row.fps_b32 > 0 and row.p90_ms_b1 > 0
+        assert row.engine_robust is not None
+        if row.method == "l1-prune":
+            assert row.macs_ratio < 1 and row.lowering == "plain convs"
+        if row.same_as_original:  # ships no GDWS layer: the original's accuracy
+            assert (row.clean, row.robust) == (original.clean, original.robust)
+            assert row.macs == original.macs
+    assert set(result.noise_floor) == {"b1", "b32"}
+    assert result.spectra and all(0 < s["top1"] <= s["top2"] <= 1 for s in result.spectra)
+
+
+def test_pareto_flags_are_consistent(quick_run):
+    paths, _ = quick_run
+    (result,) = load(paths["json"]).checkpoints
+    flags = pareto_front([(row.fps_b32, row.robust) for row in result.rows])
+    assert [row.pareto for row in result.rows] == flags
+    assert any(flags)
+
+
+def test_markdown_labels_quoted_numbers_and_gives_verdicts(quick_run):
+    paths, argv = quick_run
+    text = paths["markdown"].read_text()
+    assert QUOTED_LABEL in text
+    quoted = text.split("## The paper's numbers")[1].split("## Verdicts")[0]
+    assert "51.8" in quoted and "(quoted)" in quoted
+    verdicts = text.split("## Verdicts")[1].split("![")[0]
+    assert "**lenet_quick: " in verdicts and ("met.**" in verdicts)
+    assert "at MAC ratio 0.5" in verdicts
+    assert "--quick" in text.split("\n")[2]
+    assert "![robust accuracy" in text and paths["plot"].name in text
