@@ -49,7 +49,7 @@ def test_defaults_are_resolved_in_one_place(ckpt):
     c = ExportConfig(ckpt).resolved()
     assert c.mac_ratio == DEFAULT_MAC_RATIO and c.beta is None
     assert c.output == "lenet-ort-fp32" and c.lowering == "auto" and c.dynamic_batch
-    assert any("mac_ratio 0.5" in note for note in c.notes)
+    assert any(f"mac_ratio {DEFAULT_MAC_RATIO}" in note for note in c.notes)
     assert ExportConfig(ckpt, beta=0.1).resolved().mac_ratio is None
     assert ExportConfig(ckpt, dynamic_batch=False).resolved().batch == 1
     assert ExportConfig(ckpt, input_shape=(4, 1, 16, 16)).resolved().batch == 4
