@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from benchmarks import train_robust
+from benchmarks.evaluate_checkpoint import evaluate_checkpoint
+from benchmarks.model_card import ModelCard
 from benchmarks.robust_training import (
     TrainConfig,
     build_model,
@@ -153,3 +155,28 @@ def test_pgd_training_perturbation(data):
     assert config.resolved_step == pytest.approx(2.5 * 0.1 / 3)
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and not torch.equal(x_adv, x)
     assert model.training  # back in train mode for the update
+
+
+def test_evaluation_updates_the_card(data, tmp_path):
+    state = train(CONFIG, data, tmp_path / "state.pt", stop_after_epochs=1, progress=False)
+    folder = tmp_path / "models"
+    path = train_robust.save_trained(CONFIG, state, data, folder, "tiny", device="cpu", threads=1)
+    card = evaluate_checkpoint(path, only="slice", progress=False)
+    assert set(card.evaluation) == {"slice_clean", "slice_pgd10"}
+    clean, robust = card.evaluation["slice_clean"], card.evaluation["slice_pgd10"]
+    assert (clean.samples, robust.samples) == (1000, 100)
+    x, y = load_dataset(SLICE)
+    model = load_model(path)
+    with torch.no_grad():
+        assert clean.correct == int((model(x).argmax(1) == y).sum())
+    assert robust.attack == "PGD-10 (L-inf, eps=0.1, step=0.025, 1 restart, random start, seed 0)"
+    # The JSON card round-trips, and the Markdown card and the index show the measurements.
+    assert ModelCard.load(folder / "tiny.json") == card
+    assert f"{100 * clean.accuracy:.2f} %" in (folder / "tiny.md").read_text()
+    # LeNet width 4 on 28 x 28: conv 4*1*25*28*28 + conv 8*4*25*14*14 + fc 392*32 + fc 32*10.
+    assert card.macs == 78_400 + 156_800 + 12_544 + 320
+    # Saving other weights under the same name drops the measurements of the old file.
+    weights = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    changed = {**state, "model": weights}
+    train_robust.save_trained(CONFIG, changed, data, folder, "tiny", device="cpu", threads=1)
+    assert ModelCard.load(folder / "tiny.json").evaluation == {}
