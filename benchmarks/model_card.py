@@ -158,6 +158,7 @@ class ModelCard:
             "",
             "```python",
             "from gdws_export.models import load_model",
+            "",
             f'model = load_model("{self.name}")  # takes [0, 1] images, normalizes inside',
             "```",
             "",
