@@ -355,3 +355,16 @@ def test_trt_target_with_a_stand_in_tensorrt(ckpt, tmp_path, monkeypatch):
     assert (tmp_path / "repo" / "lenet" / "1" / "model.plan").is_file()
     info = json.loads((tmp_path / "out" / "gdws.fp16.engine.json").read_text())
     assert not os.path.isabs(info["engine_path"]) and ".partial-" not in json.dumps(info)
+
+
+def test_layers_shipped_as_original_convs_are_reported_as_shipped(ckpt, tmp_path):
+    """With the "dense" lowering every GDWS layer ships its original conv: the report's
+    approximation figures and parameters then describe the original model exactly."""
+    report = run_export(_config(ckpt, tmp_path / "out", lowering="dense"))
+    approx = report.parity["approximation"]
+    assert approx["original_convs_kept"] == [
+        layer["name"] for layer in report.exports["gdws"]["layers"]
+    ]
+    assert approx["top1_agreement"] == 1.0 and approx["max_abs_diff"] < 1e-4
+    assert report.params["shipped"] == report.params["original"]
+    assert report.macs["shipped"] == report.macs["original"]
