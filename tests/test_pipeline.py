@@ -24,8 +24,6 @@ from gdws_export.runtimes import OrtRunner
 from gdws_export.runtimes.onnxruntime import OrtSettings
 from tests import _model_files as files
 
-pytest.importorskip("gdws_export.lowering", reason="the lowering package is not merged yet")
-
 FAST = {"exporter": "legacy", "lowering": "gather"}
 
 
