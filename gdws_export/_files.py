@@ -7,10 +7,12 @@ place only once complete, so an interrupted run never leaves a file that looks f
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 
@@ -69,3 +71,25 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Pat
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """`atomic_write_bytes` for UTF-8 text."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class JsonRecord:
+    """Mixin for flat dataclasses saved as JSON files: to_dict/to_json, from_dict, save/load."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the record to `path` atomically."""
+        return atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -15,8 +15,6 @@ import torch
 from gdws_export.cli import COMMANDS, EXIT_CODES, main
 from tests import _model_files as files
 
-pytest.importorskip("gdws_export.lowering", reason="the lowering package is not merged yet")
-
 FAST = ["--exporter", "legacy", "--lowering", "gather"]
 
 

@@ -237,3 +237,22 @@ def test_layers_shipped_as_original_convs_are_attacked_as_such(checkpoint_and_da
     assert gdws.robust_accuracy == original.robust_accuracy
     assert gdws.clean_accuracy == original.clean_accuracy
     assert any("keeps its original conv" in note for note in report.notes)
+
+
+def test_torch_target_sweep_runs_on_the_cpu(checkpoint_and_data, tmp_path):
+    from gdws_export import load_model
+    from gdws_export.harness.data import load_dataset
+    from gdws_export.harness.sweep import sweep
+    from gdws_export.harness.sweep_report import SweepConfig, parse_settings
+
+    checkpoint, data = checkpoint_and_data
+    x, y = load_dataset(data)
+    config = SweepConfig(
+        parse_settings(mac_ratios=[0.5]), target="torch", attacks=(AttackConfig(eps=0.05, steps=2),),
+        batch_sizes=(4,), duration_s=None, iterations=3, warmup_s=0.0,
+    )  # fmt: skip
+    report = sweep(load_model(checkpoint), config, (x[:40], y[:40]), work_dir=tmp_path)
+    assert [row.setting for row in report.rows][0] == "original" and len(report.rows) == 2
+    assert all(row.engine_path.endswith(".pt2") for row in report.rows)
+    for row in report.rows:  # the torch runner runs the same model PyTorch attacked
+        assert row.engine_robust_accuracy == row.robust_accuracy

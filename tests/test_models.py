@@ -293,3 +293,12 @@ def test_pickled_modules_are_refused(tmp_path):
     torch.save(small_model(), tmp_path / "whole.pt")
     with pytest.raises(InvalidInputError, match="weights_only"):
         load_checkpoint(small_model(), tmp_path / "whole.pt")
+
+
+def test_saving_identical_weights_gives_identical_files(tmp_path):
+    from gdws_export.models import create_model, save_checkpoint
+
+    model = create_model("lenet", in_channels=1, input_size=28)
+    save_checkpoint(model, tmp_path / "a.pt")
+    save_checkpoint(model, tmp_path / "b.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

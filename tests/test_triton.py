@@ -100,7 +100,6 @@ def test_model_directory_layout(tmp_path):
 
 @pytest.mark.parametrize("static", [False, True])
 def test_exported_repository_matches_the_engine(tmp_path, static):
-    pytest.importorskip("gdws_export.lowering", reason="the lowering package is not merged yet")
     from gdws_export.pipeline import ExportConfig, run_export
 
     path = files.checkpoint(tmp_path)
@@ -128,7 +127,6 @@ def test_exported_repository_matches_the_engine(tmp_path, static):
 
 
 def test_an_existing_model_directory_needs_force(tmp_path):
-    pytest.importorskip("gdws_export.lowering", reason="the lowering package is not merged yet")
     from gdws_export.errors import InvalidInputError
     from gdws_export.pipeline import ExportConfig, run_export
 

@@ -64,9 +64,11 @@ def summary(report: ExportReport) -> str:
         )
     approx = report.parity.get("approximation")
     if approx:
+        kept = approx.get("original_convs_kept", [])
+        note = f" ({len(kept)} layers keep their conv: faster on the target)" if kept else ""
         lines.append(
             f"  {'GDWS':<8}top-1 agreement with the original model "
-            f"{100 * approx['top1_agreement']:.1f} % on {approx['n_inputs']} inputs"
+            f"{100 * approx['top1_agreement']:.1f} % on {approx['n_inputs']} inputs{note}"
         )
     return "\n".join(lines)
 
@@ -93,5 +95,5 @@ def _macs(report: ExportReport) -> str:
     params = report.params
     text = f"{before:,} -> {after:,} per image ({ratio:.2f}x)"
     if "gdws" in params:
-        text += f"; params {params['original']:,} -> {params['gdws']:,}"
+        text += f"; params {params['original']:,} -> {params.get('shipped', params['gdws']):,}"
     return text

@@ -55,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--limit", type=int, help="use the first N samples")
     parser.add_argument("--alphas", type=Path, help="alphas file from `noise_gains`")
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write")
-    parser.add_argument("--target", choices=("ort", "trt"), default="ort")
+    parser.add_argument("--target", choices=("ort", "trt", "torch"), default="ort")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--lowering", default="auto", help="ONNX lowering form (default: auto)")

@@ -218,6 +218,13 @@ def _export_and_build(module, path, input_shape, x, config, notes, *, original):
     from gdws_export.lowering import export_onnx
     from gdws_export.runtimes.build import build
 
+    if config.target == "torch":  # no ONNX: the PyTorch model itself, as a torch.export program
+        from gdws_export.runtimes.torch_program import export_program
+
+        program = export_program(module, tuple(input_shape), path.with_suffix(".pt2"))
+        result = build(program, target="torch", precision=config.precision)
+        notes.extend(f"{program.name}: {warning}" for warning in result.warnings)
+        return program, result, []
     exported = export_onnx(
         module, input_shape=tuple(input_shape), path=path, lowering=config.lowering,
         exporter=config.exporter, parity_inputs=x[:16], original=original,
@@ -236,6 +243,10 @@ def _export_and_build(module, path, input_shape, x, config, notes, *, original):
 
 
 def _runner(result, config: SweepConfig) -> Runner:
+    if config.target == "torch":
+        from gdws_export.runtimes.torch_runner import TorchRunner
+
+        return TorchRunner.from_settings(result.settings_path)
     if config.target == "trt":
         from gdws_export.runtimes.tensorrt_runner import TrtRunner
 

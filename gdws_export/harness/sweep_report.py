@@ -21,7 +21,7 @@ from gdws_export.harness.speed_report import (
     SpeedReport,
 )
 
-TARGETS = ("ort", "trt")
+TARGETS = ("ort", "trt", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -67,7 +67,7 @@ class SweepConfig:
 
     Attributes:
         settings: the GDWS settings to try.
-        target, precision, threads: passed to `runtimes.build` ("ort" or "trt"; "fp32",
+        target, precision, threads: passed to `runtimes.build` ("ort", "trt" or "torch"; "fp32",
             "fp16" or "int8"; ONNX Runtime threads).
         lowering: the ONNX lowering ("auto" times the forms per layer; where the original
             conv is fastest it ships, and the GDWS model PyTorch attacks keeps it too).

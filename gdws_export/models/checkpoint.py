@@ -14,6 +14,7 @@ Every file is read with `torch.load(weights_only=True)`, which refuses pickled c
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gdws_export._files import atomic_output
+from gdws_export._files import atomic_write_bytes
 from gdws_export.errors import InvalidInputError
 
 MODELS_DIR_ENV = "GDWS_EXPORT_MODELS"
@@ -240,10 +241,11 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: 
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": metadata,
     }
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        torch.save(contents, tmp)
-    return path
+    # Serialized in memory: torch.save names the archive after the file it writes, so saving
+    # to a temporary name would make identical weights hash differently.
+    buffer = io.BytesIO()
+    torch.save(contents, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _check_arch(model: nn.Module, contents: Checkpoint) -> None:

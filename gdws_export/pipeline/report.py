@@ -17,9 +17,11 @@ bumps `schema_version`. The fields of "report":
 - `exports`: "original" and "gdws": the lowering's `ExportResult.to_dict()` (forms, timings).
 - `build`: `BuildResult.to_dict()`, paths relative to the output directory.
 - `parity`: `ParityReport` dicts: "onnx_original" and "onnx_gdws" (ONNX vs PyTorch), "engine"
-  (engine vs its source), "approximation" (GDWS vs original PyTorch model, informative:
-  `passed` and `tolerance` null).
-- `macs`, `params`: whole model, per image: "original", "gdws", "shipped" (as exported).
+  (engine vs its source), "approximation" (the GDWS model as shipped vs the original PyTorch
+  model, informative: `passed` and `tolerance` null; `original_convs_kept` lists the layers
+  where the lowering shipped the original conv because it was faster).
+- `macs`, `params`: whole model, per image: "original", "gdws", "shipped" (as exported; params
+  "shipped" only when some layers keep their original conv).
 - `files`: role -> path relative to the output directory; `output_dir`.
 - `triton`: the Triton model written (name, platform, I/O, model_dir), or null.
 - `versions`: python, torch, onnx, onnxruntime, numpy, tensorrt (when built), gdws-export.

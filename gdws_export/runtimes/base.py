@@ -111,3 +111,20 @@ def check_timing_counts(iterations: int, warmup: int) -> None:
         raise InvalidInputError(
             f"timing needs iterations >= 1 and warmup >= 0, got {iterations} and {warmup}"
         )
+
+
+def time_cuda_ms(run, iterations: int, warmup: int, stream=None) -> list[float]:
+    """Milliseconds of GPU work per call of `run`, from CUDA events around each call on
+    `stream` (the current stream when None), after `warmup` untimed calls."""
+    import torch
+
+    for _ in range(warmup):
+        run()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+    for start, end in zip(starts, ends, strict=True):
+        start.record(stream)
+        run()
+        end.record(stream)
+    (stream or torch.cuda.current_stream()).synchronize()
+    return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)]

@@ -20,13 +20,12 @@ PyTorch target ("torch", for machines without TensorRT): built from a torch.expo
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from gdws_export._files import atomic_output, atomic_write_text, file_sha256
+from gdws_export._files import JsonRecord, atomic_output, file_sha256
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.runtimes.onnx_files import load_onnx, save_onnx
 from gdws_export.runtimes.onnxruntime import OPTIMIZATION_LEVELS, OrtRunner, OrtSettings
@@ -51,7 +50,7 @@ ORT_FILE_OPTIMIZATION_LEVEL = "basic"  # portable: standard ONNX ops only (see m
 
 
 @dataclass
-class BuildResult:
+class BuildResult(JsonRecord):
     """What `build` wrote, from what, with which runtime versions.
 
     `engine_path` is what a runner loads (the .ort.onnx model, the .engine, or the .pt2
@@ -68,23 +67,6 @@ class BuildResult:
     versions: dict[str, str]
     build_seconds: float
     warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BuildResult:
-        return cls(**data)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        return atomic_write_text(path, self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> BuildResult:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def build(

@@ -13,18 +13,17 @@ quantize the same tensors with the same scales; TensorRT 10's implicit calibrato
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 
-from gdws_export._files import atomic_write_bytes, atomic_write_text, file_sha256
+from gdws_export._files import JsonRecord, atomic_write_bytes, file_sha256
 from gdws_export._optional import require
 from gdws_export.errors import InvalidInputError, MissingDependencyError, UnsupportedModelError
 from gdws_export.runtimes.onnx_files import load_onnx, save_onnx
@@ -61,7 +60,7 @@ def trt_major(trt: ModuleType) -> int:
 
 
 @dataclass
-class EngineInfo:
+class EngineInfo(JsonRecord):
     """What an engine was built from and for; saved as `<engine>.json` beside the engine.
 
     An engine runs only on the TensorRT version and GPU model that built it (unless built with
@@ -88,23 +87,6 @@ class EngineInfo:
     build_seconds: float = 0.0
     built_at: str = ""
     warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EngineInfo:
-        return cls(**data)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        return atomic_write_text(path, self.to_json() + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> EngineInfo:
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def sidecar_path(engine_path: str | os.PathLike) -> Path:

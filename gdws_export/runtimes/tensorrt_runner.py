@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from gdws_export.errors import InvalidInputError, MissingDependencyError
-from gdws_export.runtimes.base import Runner, TensorSpec, check_timing_counts
+from gdws_export.runtimes.base import Runner, TensorSpec, check_timing_counts, time_cuda_ms
 from gdws_export.runtimes.tensorrt import import_tensorrt, make_trt_logger, sidecar_path
 
 
@@ -126,7 +126,7 @@ class TrtRunner(Runner):
         torch = self._torch
         with torch.cuda.stream(self.stream):
             self._bind(self._to_device(feed))
-            return self._time(self._execute, iterations, warmup)
+            return time_cuda_ms(self._execute, iterations, warmup, self.stream)
 
     def time_latency(
         self, feed: dict[str, np.ndarray], *, iterations: int = 100, warmup: int = 10
@@ -156,26 +156,13 @@ class TrtRunner(Runner):
                 for name, tensor in device_out.items():
                     host_out[name].copy_(tensor, non_blocking=True)
 
-            return self._time(run, iterations, warmup)
+            return time_cuda_ms(run, iterations, warmup, self.stream)
 
     def _execute(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise InvalidInputError(
                 "TensorRT execute_async_v3 failed: " + "; ".join(self._logger.errors[-2:])
             )
-
-    def _time(self, run, iterations: int, warmup: int) -> list[float]:
-        torch = self._torch
-        for _ in range(warmup):
-            run()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-        for start, end in zip(starts, ends, strict=True):
-            start.record(self.stream)
-            run()
-            end.record(self.stream)
-        self.stream.synchronize()
-        return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)]
 
     def _host_array(self, feed: dict[str, np.ndarray], name: str) -> np.ndarray:
         if name not in feed:

@@ -23,7 +23,7 @@ import shutil
 import numpy as np
 
 from gdws_export.errors import InvalidInputError, MissingDependencyError, UnsupportedModelError
-from gdws_export.runtimes.base import Runner, TensorSpec, check_timing_counts
+from gdws_export.runtimes.base import Runner, TensorSpec, check_timing_counts, time_cuda_ms
 from gdws_export.runtimes.torch_program import (
     TorchSettings,
     check_torch_settings,
@@ -202,7 +202,7 @@ class TorchRunner(Runner):
         torch = self._torch
         x = torch.from_numpy(self._host_input(feed)).to("cuda").to(self._dtype)
         with torch.inference_mode():
-            return self._time_cuda(lambda: self._run(x), iterations, warmup)
+            return time_cuda_ms(lambda: self._run(x), iterations, warmup)
 
     def time_latency(
         self, feed: dict[str, np.ndarray], *, iterations: int = 100, warmup: int = 10
@@ -226,7 +226,7 @@ class TorchRunner(Runner):
                 # .float() is a no-op for fp32; for fp16 it converts on the GPU, before the copy
                 host_out.copy_(self._run(device_in.to(self._dtype)).float(), non_blocking=True)
 
-            return self._time_cuda(run, iterations, warmup)
+            return time_cuda_ms(run, iterations, warmup)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -280,19 +280,6 @@ class TorchRunner(Runner):
                 static_out = self._fn(static_in)
             self._graphs[key] = (graph, static_in, static_out)
         return self._graphs[key]
-
-    def _time_cuda(self, run, iterations: int, warmup: int) -> list[float]:
-        torch = self._torch
-        for _ in range(warmup):
-            run()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
-        for start, end in zip(starts, ends, strict=True):
-            start.record()
-            run()
-            end.record()
-        torch.cuda.synchronize()
-        return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)]
 
 
 def _program_specs(program) -> tuple[TensorSpec, TensorSpec]:
