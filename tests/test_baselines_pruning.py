@@ -153,3 +153,19 @@ def test_errors():
     single = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
     with pytest.raises(UnsupportedModelError, match="no conv can be pruned"):
         prune_filters(single, fraction=0.5, input_shape=(1, 6, 6), skip_first=False)
+
+
+def test_multiple_of_rounds_every_pruned_width_down_and_still_meets_the_ratio():
+    model = _vgg(width=8)  # widths 8 to 64
+    pruned, report = prune_filters(model, mac_ratio=0.6, multiple_of=8)
+    assert report.achieved_mac_ratio <= 0.6
+    assert report.achieved_mac_ratio == _conv_macs(pruned, (1, 28, 28)) / report.macs_before
+    for layer in report.layers:
+        assert layer.filters_after % 8 == 0 and 8 <= layer.filters_after <= layer.filters_before
+    _, plain = prune_filters(model, fraction=report.fraction)
+    assert [lay.filters_after for lay in report.layers] == [
+        max(8, lay.filters_after - lay.filters_after % 8) if lay.filters_before > 8
+        else lay.filters_before for lay in plain.layers
+    ]  # fmt: skip
+    with pytest.raises(InvalidInputError):
+        prune_filters(model, mac_ratio=0.6, multiple_of=0)

@@ -71,6 +71,19 @@ def test_ort_settings_reload_as_saved(net_onnx, tmp_path):
     assert BuildResult.from_dict(json.loads(result.to_json())) == result
 
 
+def test_idle_sessions_stop_spinning_unless_asked(net_onnx, tmp_path):
+    """Interleaved benchmarks keep many sessions open: a spinning idle one would slow the
+    next."""
+    key = "session.force_spinning_stop"
+    result = build(net_onnx, output_dir=tmp_path, threads=2)
+    runner = OrtRunner.from_settings(result.settings_path)
+    assert OrtSettings.load(result.settings_path).spin_between_runs is False
+    assert runner.session_options().get_session_config_entry(key) == "1"
+    spinning = OrtRunner(net_onnx, threads=2, spin_between_runs=True).session_options()
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        spinning.get_session_config_entry(key)
+
+
 def test_default_threads_are_recorded_as_a_number(net_onnx, tmp_path):
     result = build(net_onnx, output_dir=tmp_path)
     assert OrtSettings.load(result.settings_path).threads >= 1
