@@ -136,6 +136,7 @@ def test_onnx_runtime_benchmark_structure(tmp_path):
     assert report.runners["copy"] == {
         "runtime": "onnxruntime", "model": str(path), "threads": 1,
         "providers": ["CPUExecutionProvider"], "optimization_level": "all",
+        "spin_between_runs": False,
     }  # fmt: skip
     assert report.machine.cpu_threads >= 1 and "onnxruntime" in report.machine.packages
     for result in report.results:

@@ -35,7 +35,7 @@ from torch.nn.utils import skip_init
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.conv import conv_macs_per_pixel
-from gdws_export.gdws.selection import output_sizes, replace_module
+from gdws_export.gdws.selection import output_sizes, replace_module, traced_sites
 
 # Modules that act on each channel alone and hold no per-channel state.
 _STATELESS_MODULES = (
@@ -115,31 +115,10 @@ def find_prune_sites(
         (sites, reasons): the prunable convs, and for every other conv one line saying why.
     """
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    try:
-        graph = fx.Tracer().trace(model)
-    except Exception as exc:  # fx cannot trace data-dependent control flow, among others
-        reason = f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})".splitlines()[0]
-        return [], {name: reason for name in convs}
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    sites: dict[str, PruneSite] = {}
-    reasons: dict[str, str] = {}
-    for node in graph.nodes:
-        if node.op != "call_module" or node.target not in convs:
-            continue
-        site, reason = _site_from(model, node, calls)
-        if site is None:
-            reasons[node.target] = reason
-        else:
-            sites[node.target] = site
+    sites, reasons = traced_sites(model, convs, _site_from)
     if skip_first and convs and convs[0] in sites:
         del sites[convs[0]]
         reasons[convs[0]] = "first conv (skip_first=True)"
-    for name in convs:
-        if name not in sites and name not in reasons:
-            reasons[name] = "not called in the traced forward"
     return [sites[n] for n in convs if n in sites], {n: reasons[n] for n in convs if n in reasons}
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.conv import GDWSConv2d, is_depthwise
@@ -124,3 +124,42 @@ def _check_patterns(patterns, names: list[str], what: str) -> list[str]:
                 f"{what} pattern {pattern!r} matches no conv layer (convs: {shown or 'none'})"
             )
     return list(patterns)
+
+
+def traced_sites(
+    model: nn.Module,
+    names: Sequence[str],
+    site_of: Callable[[nn.Module, fx.Node, dict[str, int]], tuple[object | None, str]],
+    tracer: fx.Tracer | None = None,
+) -> tuple[dict[str, object], dict[str, str]]:
+    """Trace `model` with torch.fx and ask `site_of(model, node, calls)` about every call of a
+    module in `names` (`calls`: how often each module is called in the forward).
+
+    Returns:
+        (sites, reasons): name -> what `site_of` returned for it, and for every other name one
+        line saying why not (`site_of`'s reason, a failed trace, or never called).
+    """
+    try:
+        graph = (tracer or fx.Tracer()).trace(model)
+    except Exception as exc:  # fx cannot trace data-dependent control flow, among others
+        reason = f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})".splitlines()[0]
+        return {}, {name: reason for name in names}
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    wanted = set(names)
+    sites: dict[str, object] = {}
+    reasons: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target not in wanted:
+            continue
+        site, reason = site_of(model, node, calls)
+        if site is None:
+            reasons[node.target] = reason
+        else:
+            sites[node.target] = site
+    for name in names:
+        if name not in sites and name not in reasons:
+            reasons[name] = "not called in the traced forward"
+    return sites, reasons

@@ -151,7 +151,8 @@ def resolve_input_shape(
 
 
 def describe_runner(runner: Runner) -> dict:
-    """JSON-able facts of a runner: runtime, model/engine file, threads, providers, level."""
+    """JSON-able facts of a runner: runtime, model/engine file, threads, providers, level,
+    spinning."""
     info: dict = {"runtime": runner.name}
     for attribute, key in (
         ("model", "model"),
@@ -159,6 +160,7 @@ def describe_runner(runner: Runner) -> dict:
         ("threads", "threads"),
         ("providers", "providers"),
         ("optimization_level", "optimization_level"),
+        ("spin_between_runs", "spin_between_runs"),
     ):
         value = getattr(runner, attribute, None)
         if value is not None and not isinstance(value, bytes):

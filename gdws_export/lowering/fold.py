@@ -24,6 +24,7 @@ from torch import fx, nn
 from torch.nn.utils import skip_init
 
 from gdws_export.gdws.conv import GDWSConv2d
+from gdws_export.gdws.selection import traced_sites
 
 # Modules that act on each channel independently and hold no per-channel state.
 _STATELESS_MODULES = (
@@ -67,30 +68,7 @@ def find_fold_sites(model: nn.Module) -> tuple[dict[str, FoldSite], dict[str, st
         conv one line saying why it cannot fold.
     """
     gdws_names = [n for n, m in model.named_modules() if isinstance(m, GDWSConv2d)]
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as exc:  # fx cannot trace data-dependent control flow, among others
-        reason = f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})".splitlines()[0]
-        return {}, {name: reason for name in gdws_names}
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-
-    sites: dict[str, FoldSite] = {}
-    reasons: dict[str, str] = {}
-    for node in graph.nodes:
-        if node.op != "call_module" or node.target not in gdws_names:
-            continue
-        site, reason = _site_of(model, node, calls)
-        if site is None:
-            reasons[node.target] = reason
-        else:
-            sites[node.target] = site
-    for name in gdws_names:
-        if name not in sites and name not in reasons:
-            reasons[name] = "not called in the traced forward"
-    return sites, reasons
+    return traced_sites(model, gdws_names, _site_of, _Tracer())
 
 
 def _site_of(model: nn.Module, node: fx.Node, calls: dict[str, int]):
