@@ -194,9 +194,9 @@ def write_markdown(path: Path, data: dict, notes: str = "") -> None:
         "",
         f"Command: `{data['command']}`",
         "",
-        f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores (shared with other "
-        f"jobs; load average {data['machine']['load_before']} before, "
-        f"{data['machine']['load_after']} after). onnxruntime {data['machine']['onnxruntime']}, "
+        f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores (load average "
+        f"{data['machine']['load_before']} before, {data['machine']['load_after']} after; the "
+        f"benchmark itself keeps {data['args']['threads']} threads busy). onnxruntime {data['machine']['onnxruntime']}, "
         f"torch {data['machine']['torch']}, {data['args']['threads']} intra-op threads, "
         f"exporter {data['args']['exporter']}, weights {data['args']['weights']}"
         + (f" (decay {data['args']['decay']})" if data["args"]["weights"] == "spectral" else "")
