@@ -32,13 +32,13 @@ from tqdm import tqdm
 from benchmarks.model_card import (
     Measurement,
     ModelCard,
-    count_macs,
     count_params,
     sha256_of,
     write_index,
 )
 from gdws_export.attacks import AttackConfig, run_attack
 from gdws_export.errors import InvalidInputError
+from gdws_export.gdws.selection import count_macs
 from gdws_export.harness.data import load_dataset
 from gdws_export.models import load_model, read_checkpoint
 

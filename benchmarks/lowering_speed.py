@@ -36,37 +36,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from benchmarks._common import spectral_weights
 from gdws_export import approximate, create_model
+from gdws_export.gdws.selection import count_macs
 from gdws_export.lowering import export_onnx
 from gdws_export.runtimes import OrtRunner
 
 RESULTS = Path(__file__).parent / "results"
 IMAGES = Path(__file__).parent.parent / "tests" / "data" / "fashion_mnist_test_1k.npz"
 LOWERINGS = ("gather", "uniform", "slots", "fold", "fold-2")
-
-
-def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates per image of every Conv2d and Linear that runs."""
-    total = 0
-
-    def hook(module, args, out):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            total += out[0].numel() * (module.in_channels // module.groups) * kh * kw
-        else:
-            total += module.in_features * module.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
-    with torch.no_grad():
-        model(torch.zeros(1, *shape))
-    for h in handles:
-        h.remove()
-    return total
 
 
 def real_images(n: int) -> np.ndarray:

@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from gdws_export.errors import InvalidInputError
-from gdws_export.gdws.conv import conv_macs_per_pixel
 
 CARD_FORMAT = "gdws-export/model-card"
 CARD_VERSION = 1
@@ -234,36 +232,6 @@ TRAINING_KEYS_SHOWN = (
 def count_params(model: nn.Module) -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of convolutions and linear layers for one image of `input_shape`."""
-    total = 0
-
-    def conv_hook(module: nn.Conv2d, _inputs: Any, output: torch.Tensor) -> None:
-        nonlocal total
-        total += conv_macs_per_pixel(module) * output.shape[-2] * output.shape[-1]
-
-    def linear_hook(module: nn.Linear, _inputs: Any, _output: torch.Tensor) -> None:
-        nonlocal total
-        total += module.in_features * module.out_features
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return total
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:

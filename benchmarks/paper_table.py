@@ -52,12 +52,12 @@ from benchmarks.paper_table_variants import (
 )
 from gdws_export.attacks import AttackConfig
 from gdws_export.gdws.conv import GDWSConv2d
-from gdws_export.gdws.selection import replace_module
+from gdws_export.gdws.selection import count_macs, replace_module
 from gdws_export.harness.accuracy import evaluate_accuracy
 from gdws_export.harness.data import load_dataset, load_train_and_test
 from gdws_export.harness.machine import machine_info
 from gdws_export.harness.speed import benchmark
-from gdws_export.harness.sweep import count_macs, pareto_front
+from gdws_export.harness.sweep import pareto_front
 from gdws_export.lowering import export_onnx
 from gdws_export.models import load_model
 from gdws_export.runtimes.build import build

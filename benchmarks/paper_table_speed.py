@@ -18,9 +18,8 @@ import torch
 from benchmarks._common import forms_summary, spectral_weights
 from benchmarks.paper_table_report import SpeedOnlyRow
 from gdws_export import approximate, create_model
-from gdws_export.gdws.selection import replace_module
+from gdws_export.gdws.selection import count_macs, replace_module
 from gdws_export.harness.speed import benchmark
-from gdws_export.harness.sweep import count_macs
 from gdws_export.lowering import export_onnx
 from gdws_export.runtimes.build import build
 from gdws_export.runtimes.onnxruntime import OrtRunner

@@ -35,8 +35,7 @@ from gdws_export import approximate, calibrated_gains, noise_gains
 from gdws_export.baselines import depthwise_separable, prune_filters
 from gdws_export.errors import UnsupportedModelError
 from gdws_export.gdws.decomposition import channel_svd
-from gdws_export.gdws.selection import find_convs
-from gdws_export.harness.sweep import count_macs
+from gdws_export.gdws.selection import count_macs, find_convs
 
 SENSITIVITIES = ("none", "paper", "calibrated", "relative")
 BASELINES = ("dws", "l1-prune")

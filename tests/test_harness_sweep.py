@@ -16,8 +16,9 @@ from _trained import trained_lenet
 from gdws_export.attacks import AttackConfig
 from gdws_export.cli import sweep as sweep_command
 from gdws_export.errors import InvalidInputError
+from gdws_export.gdws.selection import count_macs
 from gdws_export.harness.report import read_json
-from gdws_export.harness.sweep import count_macs, pareto_front
+from gdws_export.harness.sweep import pareto_front
 from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepSetting, parse_settings
 from gdws_export.models import save_checkpoint
 

@@ -10,7 +10,7 @@ import torch
 from torch import fx, nn
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.gdws.conv import GDWSConv2d, is_depthwise
+from gdws_export.gdws.conv import GDWSConv2d, conv_macs_per_pixel, is_depthwise
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,35 @@ def output_sizes(
         for hook in hooks:
             hook.remove()
     return sizes
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one image of shape (C, H, W) through every nn.Conv2d and
+    nn.Linear that runs (GDWS layers count through their depthwise and 1x1 convs). The model
+    runs once in eval mode; its mode is restored."""
+    total = 0
+
+    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += conv_macs_per_pixel(module) * int(output.shape[-2] * output.shape[-1])
+        else:  # nn.Linear: in_features MACs per output value
+            total += int(output[0].numel()) * module.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
+    was_training = model.training
+    param = next(model.parameters(), None)
+    x = torch.zeros(1, *input_shape, device=param.device if param is not None else None)
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for handle in hooks:
+            handle.remove()
+    return total
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

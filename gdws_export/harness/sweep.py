@@ -21,7 +21,7 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.approximate import approximate
-from gdws_export.gdws.selection import replace_module
+from gdws_export.gdws.selection import count_macs, replace_module
 from gdws_export.harness.accuracy import evaluate_accuracy
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepRow
@@ -42,35 +42,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
         )
         flags.append(not dominated)
     return flags
-
-
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one image through the model's convs and linear layers."""
-    total = 0
-
-    def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = module.kernel_size
-        per_pixel = module.out_channels * (module.in_channels // module.groups) * kh * kw
-        total += per_pixel * int(output.shape[-2] * output.shape[-1])
-
-    def linear_hook(module: nn.Linear, _inputs, _output) -> None:
-        nonlocal total
-        total += module.in_features * module.out_features
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
 
 
 def sweep(

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.gdws.selection import find_convs
+from gdws_export.gdws.selection import count_macs, find_convs
 from gdws_export.loading import LoadedModel
 from gdws_export.loading.detect import first_line
 from gdws_export.models.layers import Normalize
@@ -120,22 +120,4 @@ def check_replaceable(model: nn.Module, model_file: str) -> None:
 
 def count_macs_params(model: nn.Module, shape) -> tuple[int, int]:
     """Multiply-accumulates per image of every conv and linear layer, and the parameter count."""
-    macs = 0
-
-    def hook(module, _inputs, output):
-        nonlocal macs
-        if isinstance(module, nn.Conv2d):
-            kh, kw = module.kernel_size
-            macs += output[0].numel() * (module.in_channels // module.groups) * kh * kw
-        else:
-            macs += output[0].numel() * module.in_features
-
-    hooks = [m.register_forward_hook(hook) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *shape))
-    finally:
-        for h in hooks:
-            h.remove()
-    return int(macs), sum(p.numel() for p in model.parameters())
+    return count_macs(model, shape), sum(p.numel() for p in model.parameters())
