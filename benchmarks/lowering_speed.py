@@ -10,6 +10,11 @@ load from other processes hits every graph alike; medians and p90 of the latency
     MAC cut    = MACs(original model) / MACs(GDWS model), whole network, per image
     efficiency = speed-up / MAC cut  (1.0 = the MAC reduction fully realized as speed)
 
+A second GDWS model per setting, "auto, time-priced", has the same MAC count but its kernels
+allocated by measured layer time: `measure_layer_costs` at each batch size, then
+`approximate(time_ratio=...)` at the time ratio whose model lands on the MAC-budgeted model's
+MACs (bisection), lowered by `auto` for that batch.
+
 Weights: no trained CIFAR weights exist offline, and freshly initialised convs have flat
 per-channel spectra, on which the network-level MAC allocation degenerates (some layers keep
 a single kernel). `--weights spectral` (default) therefore gives every KxK conv the shape of a
@@ -40,12 +45,13 @@ import torch
 from benchmarks._common import spectral_weights
 from gdws_export import approximate, create_model
 from gdws_export.gdws.selection import count_macs
-from gdws_export.lowering import export_onnx
+from gdws_export.lowering import export_onnx, measure_layer_costs
 from gdws_export.runtimes import OrtRunner
 
 RESULTS = Path(__file__).parent / "results"
 IMAGES = Path(__file__).parent.parent / "tests" / "data" / "fashion_mnist_test_1k.npz"
 LOWERINGS = ("gather", "uniform", "slots", "fold", "fold-2")
+TIME_PRICED = "auto, time-priced"
 
 
 def real_images(n: int) -> np.ndarray:
@@ -123,13 +129,31 @@ def run_config(name, ratio, args, images, workdir) -> dict:
     for batch in args.batches:
         export(f"auto@{batch}", gdws, lowering="auto", batch=batch, original=base,
                repeats=args.auto_repeats)  # fmt: skip
+    # The same MACs, allocated by measured time instead: `approximate(time_ratio=...)` with
+    # the layer costs of this batch, at the time ratio that lands on the MAC count above.
+    time_priced = {}
+    for batch in args.batches:
+        start = time.perf_counter()
+        costs = measure_layer_costs(base, shape, batch=batch, threads=args.threads)
+        model, priced = match_macs(base, costs, macs["gdws"], shape)
+        time_priced[str(batch)] = {
+            "time_ratio": priced.time_ratio, "macs": count_macs(model, shape),
+            "predicted_time_ratio": priced.predicted_time_ratio,
+            "seconds": time.perf_counter() - start,
+            "kernels_per_channel": {lay.name: lay.kernels_per_channel for lay in priced.layers
+                                    if lay.status == "gdws"},
+            "original_convs": [lay.name for lay in priced.layers if lay.status == "original"],
+        }  # fmt: skip
+        export(f"{TIME_PRICED}@{batch}", model, lowering="auto", batch=batch, original=base,
+               repeats=args.auto_repeats)  # fmt: skip
 
     # "original (A/A)" is the original graph again, in its own session: the noise floor.
     paths["original (A/A)"] = paths["original"]
     timings = {}
     for threads in (args.threads, *args.extra_threads):
         for batch in args.batches:
-            keys = ["original", "original (A/A)", *LOWERINGS, f"auto@{batch}"]
+            keys = ["original", "original (A/A)", *LOWERINGS, f"auto@{batch}",
+                    f"{TIME_PRICED}@{batch}"]  # fmt: skip
             rounds = args.rounds_large if batch >= 8 else args.rounds_small
             timed = time_graphs({k: paths[k] for k in keys}, batch, threads, rounds)
             timings[f"{threads}x{batch}"] = timed
@@ -137,8 +161,26 @@ def run_config(name, ratio, args, images, workdir) -> dict:
     return {
         "model": name, "mac_ratio": ratio, "approximate_seconds": approx_s, "macs": macs,
         "kernels": {lay.name: lay.kernels for lay in report.layers if lay.status == "gdws"},
-        "exports": exports, "timings": timings,
+        "exports": exports, "timings": timings, "time_priced": time_priced,
     }  # fmt: skip
+
+
+def match_macs(base, costs, target_macs: int, shape):
+    """The time-priced GDWS model with the most MACs not above `target_macs` (bisection on
+    the time ratio), and its report."""
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        mid = (low + high) / 2
+        try:
+            model, _ = approximate(base, time_ratio=mid, layer_costs=costs, input_shape=shape)
+        except ValueError:  # below the cheapest allocation
+            low = mid
+            continue
+        if count_macs(model, shape) > target_macs:
+            high = mid
+        else:
+            low = mid
+    return approximate(base, time_ratio=low, layer_costs=costs, input_shape=shape)
 
 
 def summarize(config: dict) -> list[dict]:
@@ -151,6 +193,8 @@ def summarize(config: dict) -> list[dict]:
         for key, t in timing.items():
             speedup = base / t["median_ms"]
             key_cut = 1.0 if key.startswith("original") else cut
+            if key.startswith(TIME_PRICED):
+                key_cut = config["macs"]["original"] / config["time_priced"][str(batch)]["macs"]
             rows.append({
                 "model": config["model"], "mac_ratio": config["mac_ratio"], "threads": threads,
                 "batch": batch, "lowering": key.split("@")[0], "median_ms": t["median_ms"],
@@ -165,6 +209,11 @@ def _counts(forms) -> str:
     for form in forms:
         counts[form] = counts.get(form, 0) + 1
     return ", ".join(f"{form} x{n}" for form, n in sorted(counts.items()))
+
+
+def _spread(counts: list[int]) -> str:
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low}-{high}"
 
 
 def write_markdown(path: Path, data: dict, notes: str = "") -> None:
@@ -185,7 +234,11 @@ def write_markdown(path: Path, data: dict, notes: str = "") -> None:
         "network); efficiency = speed-up / MAC cut. Medians (p90) of interleaved rounds in random "
         "order. `original (A/A)` is the original graph again in its own session: how far two "
         "identical graphs differ here, the noise floor. `auto` rows at other thread counts than "
-        f"{data['args']['threads']} show the graph `auto` chose for {data['args']['threads']}.",
+        f"{data['args']['threads']} show the graph `auto` chose for {data['args']['threads']}. "
+        f"`{TIME_PRICED}` is a second GDWS model with the same MAC count, its kernels allocated "
+        "by measured layer time (`approximate(time_ratio=..., layer_costs=measure_layer_costs("
+        "...))` at the time ratio that lands on the MAC-budgeted model's MACs), lowered by "
+        "`auto`: the MAC cut is the same, so its efficiency shows what pricing by time buys.",
         "",
     ]
     for config in data["configs"]:
@@ -214,6 +267,15 @@ def write_markdown(path: Path, data: dict, notes: str = "") -> None:
                 lines += ["", f"{key}: per-layer choice {_counts(per_layer)}; whole-model check "
                           f"({checks}) shipped the {export['network_plan']!r} plan: "
                           f"{_counts(export['forms'].values())}."]  # fmt: skip
+        for batch, priced in config.get("time_priced", {}).items():
+            lines += ["", f"{TIME_PRICED}@{batch}: layer costs measured at batch {batch} "
+                      f"({priced['seconds']:.0f} s with the allocation), time_ratio "
+                      f"{priced['time_ratio']:.3f} (predicted conv time {priced['predicted_time_ratio']:.2f}"
+                      f" of the original's), {priced['macs'] / 1e6:.1f} M MACs (cut "
+                      f"{macs['original'] / priced['macs']:.2f}x), original convs kept: "
+                      f"{len(priced['original_convs'])}; kernels per channel: "
+                      + "; ".join(f"{name} " + _spread(counts) for name, counts in
+                                  priced["kernels_per_channel"].items()) + "."]  # fmt: skip
         worst = max(e["parity_relative_diff"] for e in config["exports"].values())
         lines += ["", f"Parity of every graph on 16 real images: max relative diff {worst:.1e}, "
                   "top-1 agreement 100 %.", ""]  # fmt: skip

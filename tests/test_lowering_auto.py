@@ -9,6 +9,7 @@ from _lowering_nets import VGG, gdwsify, randomize_batchnorm
 import gdws_export.lowering.auto as auto
 from gdws_export.lowering.fold import find_fold_sites
 from gdws_export.lowering.lower import gdws_layers, lower_model
+from gdws_export.lowering.timing import TimedGraph
 
 CANDIDATES = ("dense", "gather", "slots", "fold")
 
@@ -33,7 +34,7 @@ def _fake_timer(ms: dict[str, float]):
 
 
 def _no_graph(module, in_shape, threads):
-    return auto._Graph(_NoRunner(), {})
+    return TimedGraph(_NoRunner(), {})
 
 
 @pytest.mark.parametrize(
@@ -51,8 +52,8 @@ def _no_graph(module, in_shape, threads):
     ],
 )  # fmt: skip
 def test_choice_is_fastest_with_fold_including_producer(model, monkeypatch, ms, expected):
-    monkeypatch.setattr(auto, "_time_interleaved", _fake_timer(ms))
-    monkeypatch.setattr(auto, "_timing_graph", _no_graph)
+    monkeypatch.setattr(auto, "time_interleaved", _fake_timer(ms))
+    monkeypatch.setattr(auto, "timing_graph", _no_graph)
     sites, _ = find_fold_sites(model)
     choices = auto.choose_forms(
         model, torch.rand(1, 3, 16, 16), sites=sites, candidates=CANDIDATES, repeats=3

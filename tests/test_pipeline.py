@@ -49,6 +49,7 @@ def test_defaults_are_resolved_in_one_place(ckpt):
     assert c.output == "lenet-ort-fp32" and c.lowering == "auto" and c.dynamic_batch
     assert any(f"mac_ratio {DEFAULT_MAC_RATIO}" in note for note in c.notes)
     assert ExportConfig(ckpt, beta=0.1).resolved().mac_ratio is None
+    assert ExportConfig(ckpt, time_ratio=0.5).resolved().mac_ratio is None
     assert ExportConfig(ckpt, dynamic_batch=False).resolved().batch == 1
     assert ExportConfig(ckpt, input_shape=(4, 1, 16, 16)).resolved().batch == 4
     assert ExportConfig(ckpt, triton_repo="r").resolved().triton_name == "lenet"
@@ -60,7 +61,10 @@ def test_defaults_are_resolved_in_one_place(ckpt):
         ({"beta": -1.0}, r"--beta must be a finite number >= 0"),
         ({"mac_ratio": 2.0}, r"--mac-ratio must be in \(0, 1\]"),
         ({"mac_ratio": 0.0}, r"--mac-ratio must be in \(0, 1\]"),
-        ({"beta": 0.1, "mac_ratio": 0.5}, "not both"),
+        ({"beta": 0.1, "mac_ratio": 0.5}, "not more"),
+        ({"mac_ratio": 0.5, "time_ratio": 0.5}, "not more"),
+        ({"time_ratio": 0.0}, r"--time-ratio must be in \(0, 1\]"),
+        ({"gdws": False, "time_ratio": 0.5}, "--no-gdws exports the original model; --time-ratio"),
         ({"precision": "int8"}, "--int8 needs calibration data"),
         ({"workspace_mib": 512}, "--workspace applies to --target trt only"),
         ({"gdws": False, "beta": 1.0}, "--no-gdws exports the original model; --beta"),

@@ -35,8 +35,10 @@ dict holding one) with --arch; a TorchScript archive (torch.jit.save); a torch.e
 (.pt2); a whole pickled nn.Module, only with --trust-pickle, since loading it runs code from
 the file.
 
-How much to approximate: --beta B (the paper's per-layer error bound) or --mac-ratio R (the
-replaceable convs keep at most R of their MACs); with neither, --mac-ratio {DEFAULT_MAC_RATIO}.
+How much to approximate: --beta B (the paper's per-layer error bound), --mac-ratio R (the
+replaceable convs keep at most R of their MACs) or --time-ratio T (they keep at most T of
+their time, measured layer by layer on ONNX Runtime at --batch and --threads, which puts the
+kernels where they buy speed); with none, --mac-ratio {DEFAULT_MAC_RATIO}.
 Channels are weighted by alphas from --alphas FILE, or computed on --calib DATA (PGD on up to
 {DEFAULT_CALIB_SAMPLES} samples); with neither, all channels weigh the same.
 
@@ -130,6 +132,13 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         metavar="R",
         help="the replaceable convs keep at "
         f"most this fraction of their MACs, in (0, 1] (default {DEFAULT_MAC_RATIO})",
+    )
+    how.add_argument(
+        "--time-ratio",
+        type=float,
+        metavar="T",
+        help="the replaceable convs keep at most this fraction of their time, measured per "
+        "layer on ONNX Runtime at --batch and --threads, in (0, 1]",
     )
     how.add_argument(
         "--no-gdws",
@@ -318,6 +327,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
         input_shape=args.input_shape, mean=args.mean, std=args.std, target=args.target,
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
+        time_ratio=args.time_ratio,
         alphas=args.alphas, calib=args.calib, calib_samples=args.calib_samples,
         alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, lowering=args.lowering,
         exporter=args.exporter,

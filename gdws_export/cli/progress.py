@@ -77,11 +77,10 @@ def _plan(report: ExportReport) -> str:
     shape = "x".join(map(str, report.model["input_shape"]))
     lines = [f"gdws-export: plan for {report.model['path']} (input N x {shape}; dry run, "
              "nothing written)", ""]  # fmt: skip
-    settings = report.settings
     if report.approximation:
-        how = (f"beta {settings['beta']}" if settings.get("beta") is not None
-               else f"mac_ratio {settings['mac_ratio']}")  # fmt: skip
-        lines += [f"GDWS with {how}; alphas: {report.model['alphas']}", "", report.plan_table(), ""]
+        alphas = report.model["alphas"]
+        lines += [f"GDWS with {report.budget_text()}; alphas: {alphas}", ""]
+        lines += [report.plan_table(), ""]
     lines.append(f"MACs: {_macs(report)}")
     if report.settings.get("lowering") == "auto" and report.approximation:
         lines.append("lowering 'auto' picks each layer's form by timing it at export")

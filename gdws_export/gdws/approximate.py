@@ -7,16 +7,30 @@ Two ways to say how much to approximate:
 - `mac_ratio`: a whole-network complexity target. The convs GDWS may replace must together
   cost at most `mac_ratio` times their original MACs per image. Every kept kernel (c, i) of
   layer l costs w_l = (Kh*Kw + M/groups) * H_out * W_out MACs and removes
-  alpha_c * s_{c,i}^2 of weighted error, so the budget is spent greedily on the kernels that
-  remove the most weighted error per MAC, across all layers at once (the solution of the
-  Lagrangian relaxation of the budgeted problem). Every layer keeps at least its best kernel.
-  A layer whose GDWS form would cost as much as its original conv keeps the original conv
-  instead (error 0, fewer MACs) and the budget it frees is spent again, until no layer
-  changes. Alphas of different layers must be on a comparable scale for this to be
-  meaningful; with alphas=None every layer is weighted by its plain squared Frobenius error.
+  alpha_c * s_{c,i}^2 of weighted error.
 
-In both modes a layer where GDWS would cost at least as many MACs as the original conv keeps
-the original, and the report says so.
+- `time_ratio` with `layer_costs`: the same global budget in measured time instead of MACs.
+  MACs are a poor price on real runtimes: a GDWS layer is several ops where the conv was one,
+  each a pass over the activations, and large memory-bound feature maps gain less from a cut
+  than small ones. `LayerCost` gives each layer's time as `fixed + per_kernel * G` for G
+  kernels, optionally `slot_fixed + per_slot * S` when every channel keeps the same number S
+  of kernels (a form without a channel Gather, cheaper per kernel), and the original conv's
+  time (`gdws_export.lowering.measure_layer_costs` measures them on the target runtime).
+
+Both budgets are solved the same way, by Lagrangian relaxation: for a price lam per unit of
+cost, every layer independently takes the option (original conv; the best G kernels for each
+G; S kernels in every channel) with the least `weighted error + lam * cost`, and lam is the
+smallest price whose choices fit the budget. Within a layer, the best G kernels are the G
+with the largest alpha_c * s_{c,i}^2 (MEGO), so a layer keeps exactly the kernels that remove
+more error per unit of cost than lam: kernels are bought by error removed per MAC (or per
+millisecond) across all layers at once, and a layer whose GDWS form would not remove enough
+error for its cost keeps the original conv (error 0). What the price leaves of the budget
+buys the next-best kernels, in that order, until the next one does not fit. Alphas of
+different layers must be on a comparable scale for this to be meaningful; with alphas=None
+every layer is weighted by its plain squared Frobenius error.
+
+With `beta` or `mac_ratio`, a layer where GDWS would cost at least as many MACs as the original
+conv keeps the original, and the report says so; with `time_ratio` the measured costs decide.
 """
 
 from __future__ import annotations
@@ -45,13 +59,34 @@ from gdws_export.gdws.decomposition import (
 from gdws_export.gdws.selection import find_convs, output_sizes, replace_module
 
 
+@dataclass(frozen=True)
+class LayerCost:
+    """What one conv costs, in any unit that adds up over layers (milliseconds, MACs).
+
+    Attributes:
+        original: the original conv.
+        fixed, per_kernel: a GDWS form with G kernels, any counts per channel, costs
+            `fixed + per_kernel * G` (the reference lowering: channel Gather, depthwise, 1x1).
+        slot_fixed, per_slot: optional; a GDWS form where every channel keeps the same number
+            S of kernels costs `slot_fixed + per_slot * S` (the `slots` lowering, which needs no
+            Gather and is cheaper per kernel on ONNX Runtime). None: not offered.
+    """
+
+    original: float
+    fixed: float
+    per_kernel: float
+    slot_fixed: float | None = None
+    per_slot: float | None = None
+
+
 @dataclass
 class LayerReport:
     """What `approximate` did to one conv.
 
     `status` is "gdws" (replaced), "original" (GDWS would cost more, the conv was kept) or
     "skipped" (not approximable, see `reason`). MACs are per image when the input shape is
-    known (`pixels` > 0), else per output pixel.
+    known (`pixels` > 0), else per output pixel. With `time_ratio`, `cost_before` and
+    `cost_after` are the layer's `LayerCost` before and after (predicted, in its unit).
     """
 
     name: str
@@ -70,6 +105,8 @@ class LayerReport:
     params_before: int = 0
     params_after: int = 0
     weighted_error: float = 0.0
+    cost_before: float | None = None
+    cost_after: float | None = None
 
 
 @dataclass
@@ -81,6 +118,7 @@ class ApproximationReport:
     input_shape: tuple[int, ...] | None
     weighted: bool
     layers: list[LayerReport]
+    time_ratio: float | None = None
 
     @property
     def replaced(self) -> list[LayerReport]:
@@ -100,11 +138,21 @@ class ApproximationReport:
     def achieved_mac_ratio(self) -> float:
         return self.macs_after / self.macs_before if self.macs_before else 1.0
 
+    @property
+    def predicted_time_ratio(self) -> float | None:
+        """With `time_ratio`: the approximable convs' predicted cost after over before."""
+        if self.time_ratio is None:
+            return None
+        layers = [layer for layer in self.layers if layer.status != "skipped"]
+        before = sum(layer.cost_before for layer in layers)
+        return sum(layer.cost_after for layer in layers) / before if before else 1.0
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["macs_before"] = self.macs_before
         data["macs_after"] = self.macs_after
         data["achieved_mac_ratio"] = self.achieved_mac_ratio
+        data["predicted_time_ratio"] = self.predicted_time_ratio
         return data
 
     def to_json(self, **kwargs) -> str:
@@ -123,14 +171,18 @@ class ApproximationReport:
             input_shape=tuple(shape) if shape is not None else None,
             weighted=data["weighted"],
             layers=layers,
+            time_ratio=data.get("time_ratio"),
         )
 
     def table(self) -> str:
-        """A Markdown table, one row per conv."""
+        """A Markdown table, one row per conv (with `time_ratio`, the predicted costs too)."""
         unit = "MACs" if self.input_shape else "MACs/pixel"
+        timed = self.time_ratio is not None
+        cost_head = " cost before | cost after |" if timed else ""
         rows = [
-            f"| layer | shape | status | kernels | {unit} before | {unit} after | weighted error |",
-            "|---|---|---|---|---|---|---|",
+            f"| layer | shape | status | kernels | {unit} before | {unit} after |{cost_head}"
+            " weighted error |",
+            "|---|---|---|---|---|---|" + ("---|---|" if timed else "") + "---|",
         ]
         for layer in self.layers:
             shape = (
@@ -139,13 +191,24 @@ class ApproximationReport:
             )
             kernels = f"{layer.kernels}/{layer.full_rank_kernels}" if layer.kernels else ""
             status = layer.status + (f" ({layer.reason})" if layer.reason else "")
+            costs = ""
+            if timed:
+                costs = (
+                    " "
+                    + " | ".join(
+                        "" if c is None else f"{c:.4g}"
+                        for c in (layer.cost_before, layer.cost_after)
+                    )
+                    + " |"
+                )
             rows.append(
                 f"| {layer.name} | {shape} | {status} | {kernels} | {layer.macs_before:,} "
-                f"| {layer.macs_after:,} | {layer.weighted_error:.4g} |"
+                f"| {layer.macs_after:,} |{costs} {layer.weighted_error:.4g} |"
             )
+        ratio = f" ratio {self.predicted_time_ratio:.3f} | |" if timed else ""
         rows.append(
             f"| total (approximable convs) | | | | {self.macs_before:,} | {self.macs_after:,} "
-            f"| ratio {self.achieved_mac_ratio:.3f} |"
+            f"|{ratio} ratio {self.achieved_mac_ratio:.3f} |"
         )
         return "\n".join(rows)
 
@@ -158,6 +221,8 @@ def approximate(
     *,
     beta: float | None = None,
     mac_ratio: float | None = None,
+    time_ratio: float | None = None,
+    layer_costs: Mapping[str, LayerCost] | None = None,
     alphas: Mapping[str, torch.Tensor] | None = None,
     skip_first: bool = True,
     include: Sequence[str] | None = None,
@@ -168,10 +233,13 @@ def approximate(
 
     Args:
         model: any `nn.Module`.
-        beta: per-layer weighted error bound (LEGO on every layer). Exactly one of `beta` and
-            `mac_ratio`.
+        beta: per-layer weighted error bound (LEGO on every layer). Exactly one of `beta`,
+            `mac_ratio` and `time_ratio`.
         mac_ratio: in (0, 1]: the approximable convs keep at most this fraction of their MACs
             (a global kernel budget, see the module docstring). Needs the input shape.
+        time_ratio: in (0, 1]: the same budget priced by `layer_costs` (measured time).
+        layer_costs: with `time_ratio`, a `LayerCost` for every approximable conv, by name
+            (`gdws_export.lowering.measure_layer_costs` measures them).
         alphas: per-layer, per-input-channel sensitivities (from `noise_gains` or
             `load_alphas`), keyed by module name. None means unweighted (all ones).
         skip_first, include, exclude: which convs may be replaced (see `find_convs`).
@@ -186,12 +254,19 @@ def approximate(
         >>> gdws_model, report = approximate(model, mac_ratio=0.5)   # doctest: +SKIP
         >>> print(report.table())                                    # doctest: +SKIP
     """
-    if (beta is None) == (mac_ratio is None):
-        raise InvalidInputError("give exactly one of beta (error bound) or mac_ratio (MAC budget)")
+    if sum(x is not None for x in (beta, mac_ratio, time_ratio)) != 1:
+        raise InvalidInputError(
+            "give exactly one of beta (error bound), mac_ratio (MAC budget) "
+            "or time_ratio (time budget)"
+        )
+    if (time_ratio is None) != (layer_costs is None):
+        raise InvalidInputError("time_ratio and layer_costs go together: give both or neither")
     if beta is not None:
         beta = check_beta(beta)
     if mac_ratio is not None:
-        mac_ratio = _check_mac_ratio(mac_ratio)
+        mac_ratio = _check_ratio(mac_ratio, "mac_ratio")
+    if time_ratio is not None:
+        time_ratio = _check_ratio(time_ratio, "time_ratio")
     input_shape = _resolve_input_shape(model, input_shape, required=mac_ratio is not None)
 
     sites = find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
@@ -205,10 +280,17 @@ def approximate(
     svds = {s.name: channel_svd(s.conv.weight, s.conv.groups) for s in candidates}
     values = {s.name: error_values(svds[s.name], alpha_of[s.name]) for s in candidates}
     keep_original: set[str] = set()
+    spent: dict[str, float] = {}
+    costs: dict[str, LayerCost] = {}
+    if time_ratio is not None:
+        costs = _check_layer_costs(layer_costs, candidates)
+    elif mac_ratio is not None:
+        costs = {s.name: _mac_cost(s.conv, pixels[s.name]) for s in candidates}
     if beta is not None:
         counts = {name: lego(v, beta) for name, v in values.items()}
     elif candidates:
-        counts, keep_original = _allocate_budget(candidates, values, pixels, mac_ratio)
+        ratio = mac_ratio if mac_ratio is not None else time_ratio
+        counts, keep_original, spent = _allocate_budget(candidates, values, costs, ratio)
 
     new_model = copy.deepcopy(model)
     layers = []
@@ -230,7 +312,13 @@ def approximate(
         if site.skip_reason is None:
             name = site.name
             keep = name in keep_original
-            _replace(new_model, site, svds[name], values[name], counts[name], report, keep)
+            _replace(
+                new_model, site, svds[name], values[name], counts[name], report, keep,
+                check_macs=time_ratio is None,
+            )  # fmt: skip
+            if time_ratio is not None:
+                report.cost_before = costs[name].original
+                report.cost_after = spent[name] if report.status == "gdws" else report.cost_before
         layers.append(report)
     report = ApproximationReport(
         beta=beta,
@@ -238,6 +326,7 @@ def approximate(
         input_shape=tuple(input_shape) if input_shape is not None else None,
         weighted=alphas is not None,
         layers=layers,
+        time_ratio=time_ratio,
     )
     return new_model, report
 
@@ -250,8 +339,11 @@ def _replace(
     counts: torch.Tensor,
     report: LayerReport,
     keep_original: bool = False,
+    check_macs: bool = True,
 ) -> None:
-    """Swap one conv for its GDWS form, unless that costs at least as many MACs."""
+    """Swap one conv for its GDWS form, unless the budget keeps the original or (with
+    `check_macs`) the GDWS form costs at least as many MACs. A time budget has already
+    compared measured costs, which is what matters there."""
     gdws = GDWSConv2d._build(site.conv, svd, counts, weighted_error(values, counts))
     report.kernels = gdws.kernels
     report.full_rank_kernels = int((svd.s > 0).sum())
@@ -259,9 +351,9 @@ def _replace(
     pixels = max(report.pixels, 1)
     if keep_original:
         report.status = "original"
-        report.reason = "the MAC budget pays for the original conv"
+        report.reason = "the budget pays for the original conv"
         return
-    if gdws.macs_per_pixel * pixels >= report.macs_before:
+    if check_macs and gdws.macs_per_pixel * pixels >= report.macs_before:
         report.status = "original"
         report.reason = (
             f"GDWS would cost {gdws.macs_per_pixel * pixels:,} MACs >= {report.macs_before:,}"
@@ -276,52 +368,152 @@ def _replace(
 
 
 def _allocate_budget(
-    candidates, values, pixels, mac_ratio
-) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """Kernel counts of every candidate layer under the global MAC budget (module docstring),
-    and the layers that keep their original conv.
+    candidates, values, costs: Mapping[str, LayerCost], ratio: float
+) -> tuple[dict[str, torch.Tensor], set[str], dict[str, float]]:
+    """Kernel counts of every candidate layer under the global budget (module docstring),
+    the layers that keep their original conv, and what each layer's choice costs.
 
-    The greedy works on units: for a plain conv a unit is one kernel; for a grouped conv it is
-    one more kernel in every group (the best remaining one of each), because a grouped PW conv
-    pads all groups to the largest one, so uneven groups would cost MACs for nothing.
+    For a plain conv the G-kernel options add one kernel at a time; for a grouped conv, one
+    more kernel in every group (the best remaining one of each), because a grouped PW conv
+    pads all groups to the largest one, so uneven groups would cost for nothing.
     """
-    original = {s.name: conv_macs_per_pixel(s.conv) * pixels[s.name] for s in candidates}
-    units = {s.name: _units(s.conv, values[s.name], pixels[s.name]) for s in candidates}
-    budget = mac_ratio * sum(original.values())
-    taken: dict[str, int] = {}  # units per layer, kept from the pass that last saw the layer
-    kept_original: set[str] = set()
-    while True:
-        active = [s.name for s in candidates if s.name not in kept_original]
-        left = budget - sum(original[n] for n in kept_original)
-        left -= sum(units[n][1] for n in active)  # every layer's forced best unit
-        if left < 0:
-            raise InvalidInputError(
-                f"mac_ratio {mac_ratio} is too small: even one kernel per layer needs "
-                f"{(budget - left) / sum(original.values()):.4f} of the MACs"
-            )
-        taken.update(_greedy_units(active, units, left))
-        newly_original = {n for n in active if taken[n] * units[n][1] >= original[n]}
-        if not newly_original:
+    options = {s.name: _options(s.conv, values[s.name], costs[s.name]) for s in candidates}
+    budget = ratio * sum(costs[s.name].original for s in candidates)
+    cheapest = sum(float(opt.cost.min()) for opt in options.values())
+    if cheapest > budget * (1 + 1e-12):
+        raise InvalidInputError(
+            f"the budget ratio {ratio} is too small: the cheapest choice for every layer (one "
+            f"kernel, or the original conv where that costs less) needs "
+            f"{cheapest / (budget / ratio):.4f} of the cost"
+        )
+    choice = _lagrangian_choice(options, budget)
+    choice = _fill_leftover(options, choice, budget)
+    counts, kept_original, spent = {}, set(), {}
+    for site in candidates:
+        opt, k = options[site.name], choice[site.name]
+        kind = opt.kind[k]
+        spent[site.name] = float(opt.cost[k])
+        if kind == "original":
+            kept_original.add(site.name)
+            k = 1 + int(torch.argmin(opt.error[1 : 1 + opt.units]))  # report: a full GDWS
+            kind = "units"
+        amount = int(opt.amount[k])
+        if kind == "units":
+            counts[site.name] = _unit_counts(site.conv, values[site.name], amount)
+        else:
+            counts[site.name] = torch.full(
+                (site.conv.in_channels,), min(amount, values[site.name].shape[1]),
+                dtype=torch.long,
+            )  # fmt: skip
+    return counts, kept_original, spent
+
+
+@dataclass
+class _Options:
+    """One layer's choices: index 0 the original conv, then 1..units the best G-kernel forms
+    (G = `amount` units), then uniform forms (`amount` kernels in every channel)."""
+
+    kind: list[str]
+    amount: torch.Tensor
+    cost: torch.Tensor
+    error: torch.Tensor
+    units: int
+
+
+def _options(conv: nn.Conv2d, values: torch.Tensor, cost: LayerCost) -> _Options:
+    gains = _unit_gains(conv, values).double()
+    total = float(values.double().sum())
+    units = torch.arange(1, len(gains) + 1)
+    unit_cost = cost.per_kernel * conv.groups
+    kind = ["original"] + ["units"] * len(gains)
+    amount = [torch.zeros(1, dtype=torch.long), units]
+    costs = [torch.tensor([cost.original]), cost.fixed + unit_cost * units.double()]
+    errors = [torch.zeros(1), (total - torch.cumsum(gains, 0)).clamp_min(0)]
+    if cost.slot_fixed is not None and cost.per_slot is not None:
+        slots = torch.arange(1, values.shape[1] + 1)
+        tail = values.double().sum(0).flip(0).cumsum(0).flip(0)  # error beyond slot S-1
+        kind += ["slots"] * len(slots)
+        amount.append(slots)
+        costs.append(cost.slot_fixed + cost.per_slot * slots.double())
+        errors.append(torch.cat([tail[1:], torch.zeros(1, dtype=tail.dtype)]).clamp_min(0))
+    return _Options(
+        kind, torch.cat(amount), torch.cat(costs).double(), torch.cat(errors).double(),
+        len(gains),
+    )  # fmt: skip
+
+
+def _pick(options: Mapping[str, _Options], lam: float) -> dict[str, int]:
+    """Each layer's option of least error + lam * cost (ties: the cheaper one)."""
+    choice = {}
+    for name, opt in options.items():
+        objective = opt.error + lam * opt.cost
+        best = objective.min()
+        tied = objective <= best + 1e-12 * max(float(best.abs()), 1e-300)
+        choice[name] = int(torch.argmin(torch.where(tied, opt.cost, torch.inf)))
+    return choice
+
+
+def _spent(options: Mapping[str, _Options], choice: Mapping[str, int]) -> float:
+    return sum(float(options[n].cost[k]) for n, k in choice.items())
+
+
+def _lagrangian_choice(options: Mapping[str, _Options], budget: float) -> dict[str, int]:
+    """The choices at the smallest price lam whose total cost fits the budget."""
+    choice = _pick(options, 0.0)
+    if _spent(options, choice) <= budget:
+        return choice
+    low, high = 0.0, 1.0
+    while _spent(options, _pick(options, high)) > budget:
+        low, high = high, high * 1e3
+        if high > 1e300:  # only reachable when the cheapest options do not fit
+            raise InvalidInputError("the budget is too small for any choice")
+    for _ in range(200):  # bisection on log scale once low > 0
+        mid = (low + high) / 2 if low == 0 else (low * high) ** 0.5
+        if _spent(options, _pick(options, mid)) <= budget:
+            high = mid
+        else:
+            low = mid
+        if high - low <= 1e-12 * high:
             break
-        kept_original |= newly_original
-    counts = {s.name: _unit_counts(s.conv, values[s.name], taken[s.name]) for s in candidates}
-    # Budget the greedy pass left unspent may pay for whole original convs (zero error):
-    # revert the layers with the largest error first while the total still fits.
-    cost = {n: taken[n] * units[n][1] for n in active}
-    total = sum(cost.values()) + sum(original[n] for n in kept_original)
-    for name in sorted(active, key=lambda n: -weighted_error(values[n], counts[n])):
-        if total - cost[name] + original[name] <= budget:
-            total += original[name] - cost[name]
-            kept_original.add(name)
-    return counts, kept_original
+    return _pick(options, high)
 
 
-def _units(conv: nn.Conv2d, values: torch.Tensor, pixels: int) -> tuple[torch.Tensor, int]:
-    """(error removed by each successive unit, descending; MACs per unit) of one layer."""
+def _fill_leftover(options, choice: dict[str, int], budget: float) -> dict[str, int]:
+    """Spend what the price left: next kernels of G-kernel layers, by error removed per
+    cost, until the next one does not fit."""
+    choice = dict(choice)
+    left = budget - _spent(options, choice)
+    while True:
+        best, best_ratio = None, 0.0
+        for name, k in choice.items():
+            opt = options[name]
+            if opt.kind[k] != "units" or k >= opt.units:
+                continue
+            gain = float(opt.error[k] - opt.error[k + 1])
+            extra = float(opt.cost[k + 1] - opt.cost[k])
+            if gain > 0 and gain / extra > best_ratio:
+                best, best_ratio = name, gain / extra
+        if best is None:
+            return choice
+        k = choice[best]
+        extra = float(options[best].cost[k + 1] - options[best].cost[k])
+        if extra > left:
+            return choice
+        choice[best], left = k + 1, left - extra
+
+
+def _mac_cost(conv: nn.Conv2d, pixels: int) -> LayerCost:
+    """A layer's cost in MACs per image: no fixed cost, (Kh*Kw + M/groups) MACs per kernel
+    per output pixel."""
     kh, kw = conv.kernel_size
-    groups = conv.groups
-    per_group = values.reshape(groups, -1).sort(dim=1, descending=True).values
-    return per_group.sum(dim=0), groups * (kh * kw + conv.out_channels // groups) * pixels
+    per_kernel = (kh * kw + conv.out_channels // conv.groups) * pixels
+    return LayerCost(float(conv_macs_per_pixel(conv) * pixels), 0.0, float(per_kernel))
+
+
+def _unit_gains(conv: nn.Conv2d, values: torch.Tensor) -> torch.Tensor:
+    """Error removed by each successive unit of one layer, descending."""
+    per_group = values.reshape(conv.groups, -1).sort(dim=1, descending=True).values
+    return per_group.sum(dim=0)
 
 
 def _unit_counts(conv: nn.Conv2d, values: torch.Tensor, units: int) -> torch.Tensor:
@@ -331,35 +523,53 @@ def _unit_counts(conv: nn.Conv2d, values: torch.Tensor, units: int) -> torch.Ten
     return torch.cat([mego(v, units) for v in per_group])
 
 
-def _greedy_units(active, units, budget: float) -> dict[str, int]:
-    """Units per layer: the first is forced, the rest bought by error removed per MAC."""
-    ratios, costs, owners = [], [], []
-    for layer, name in enumerate(active):
-        gains, cost = units[name]
-        ratios.append(gains[1:] / cost)
-        costs.append(torch.full((len(gains) - 1,), float(cost), dtype=torch.float64))
-        owners.append(torch.full((len(gains) - 1,), layer))
-    ratio, cost, owner = torch.cat(ratios), torch.cat(costs), torch.cat(owners)
-    order = torch.argsort(ratio, descending=True, stable=True)
-    order = order[ratio[order] > 0]  # a unit that removes no error is not worth any MACs
-    bought = order[torch.cumsum(cost[order], 0) <= budget]
-    extra = torch.bincount(owner[bought], minlength=len(active))
-    return {name: 1 + int(extra[layer]) for layer, name in enumerate(active)}
-
-
 def _params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _check_mac_ratio(mac_ratio: float) -> float:
+def _check_ratio(ratio: float, name: str) -> float:
     if (
-        isinstance(mac_ratio, bool)
-        or not isinstance(mac_ratio, (int, float))
-        or not math.isfinite(mac_ratio)
-        or not 0 < mac_ratio <= 1
+        isinstance(ratio, bool)
+        or not isinstance(ratio, (int, float))
+        or not math.isfinite(ratio)
+        or not 0 < ratio <= 1
     ):
-        raise InvalidInputError(f"mac_ratio must be in (0, 1], got {mac_ratio!r}")
-    return float(mac_ratio)
+        raise InvalidInputError(f"{name} must be in (0, 1], got {ratio!r}")
+    return float(ratio)
+
+
+def _check_layer_costs(layer_costs, candidates) -> dict[str, LayerCost]:
+    names = [s.name for s in candidates]
+    missing = [n for n in names if n not in layer_costs]
+    if missing:
+        raise InvalidInputError(
+            f"layer_costs have no entry for layer {missing[0]!r}; measure them for the same "
+            "layers (measure_layer_costs with the same include/exclude/skip_first)"
+        )
+    costs = {}
+    for name in names:
+        cost = layer_costs[name]
+        if not isinstance(cost, LayerCost):
+            raise InvalidInputError(f"layer_costs[{name!r}] must be a LayerCost, got {cost!r}")
+        fields = (cost.original, cost.fixed, cost.per_kernel)
+        if not all(isinstance(f, (int, float)) and math.isfinite(f) for f in fields) or (
+            cost.original <= 0 or cost.fixed < 0 or cost.per_kernel <= 0
+        ):
+            raise InvalidInputError(
+                f"layer_costs[{name!r}] needs original > 0, fixed >= 0, per_kernel > 0, "
+                f"all finite; got {cost}"
+            )
+        slot = (cost.slot_fixed, cost.per_slot)
+        if (slot[0] is None) != (slot[1] is None) or (
+            slot[1] is not None
+            and not (all(math.isfinite(f) for f in slot) and slot[0] >= 0 and slot[1] > 0)
+        ):
+            raise InvalidInputError(
+                f"layer_costs[{name!r}]: slot_fixed >= 0 and per_slot > 0 go together, "
+                f"both finite; got {cost}"
+            )
+        costs[name] = cost
+    return costs
 
 
 def _resolve_input_shape(model, input_shape, *, required: bool) -> tuple[int, ...] | None:

@@ -13,6 +13,7 @@ from gdws_export.lowering.metadata import read_metadata, write_metadata
 from gdws_export.lowering.parity import ParityReport, check_parity, compare_logits
 from gdws_export.lowering.pipeline import ExportResult, LayerLowering, export_onnx
 from gdws_export.lowering.simplify import SimplifyResult, simplify_model
+from gdws_export.lowering.timing import measure_layer_costs, time_networks
 
 __all__ = [
     "FORMS",
@@ -30,7 +31,9 @@ __all__ = [
     "find_fold_sites",
     "lower_layer",
     "lower_model",
+    "measure_layer_costs",
     "read_metadata",
     "simplify_model",
+    "time_networks",
     "write_metadata",
 ]

@@ -17,15 +17,12 @@ the first, so a producer is timed with the output width its consumer's choice ga
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from gdws_export.gdws.conv import GDWSConv2d
-from gdws_export.lowering.export import export_model
 from gdws_export.lowering.fold import FoldSite, expand_outputs
 from gdws_export.lowering.forms import (
     fold_slots,
@@ -33,6 +30,7 @@ from gdws_export.lowering.forms import (
     kernel_table,
     lower_layer,
 )
+from gdws_export.lowering.timing import record_shapes, time_interleaved, timing_graph
 
 # Left out by default, to keep `auto` quick: "uniform" (ONNX Runtime runs a depthwise conv with
 # channel multiplier > 1 in its slow generic kernel, not in NCHWc; it never beat "gather" or
@@ -55,34 +53,6 @@ class LayerTiming:
     median_ms: dict[str, float]
     p90_ms: dict[str, float]
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Graph:
-    runner: object
-    feed: dict
-    samples: list[float] = field(default_factory=list)
-    inner: int = 1
-
-
-def record_shapes(model: nn.Module, example: torch.Tensor, names: set[str]) -> dict:
-    """Input and output shapes of the named submodules in one forward pass, in call order."""
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if name in names:
-
-            def hook(mod, args, out, name=name):
-                shapes.setdefault(name, (tuple(args[0].shape), tuple(out.shape)))
-
-            hooks.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
 
 
 def choose_forms(
@@ -131,19 +101,19 @@ def choose_forms(
                     continue
                 consumer = lower_layer(gdws, form, align=align)
                 width = consumer.source_index.numel()
-                graphs[form] = _timing_graph(consumer, (batch, width, *in_shape[2:]), threads)
+                graphs[form] = timing_graph(consumer, (batch, width, *in_shape[2:]), threads)
                 _add_producer_graphs(graphs, sites[name], layers, model, consumer.source_index,
                                      form, shapes, align, batch, threads)  # fmt: skip
                 totals[form] = [(form, 1), (f"{form}:producer", 1), ("producer", -1)]
             else:
                 module = lower_layer(gdws, form, original=originals.get(name), align=align)
-                graphs[form] = _timing_graph(module, in_shape, threads)
+                graphs[form] = timing_graph(module, in_shape, threads)
                 totals[form] = [(form, 1)]
-        _time_interleaved(graphs, repeats)
+        time_interleaved(graphs, repeats)
         median, p90 = {}, {}
         for form, terms in totals.items():  # folds: consumer + widened - plain producer
-            median[form] = sum(sign * _stat(graphs[k], 50) for k, sign in terms) * 1e3
-            p90[form] = sum(sign * _stat(graphs[k], 90) for k, sign in terms) * 1e3
+            median[form] = sum(sign * graphs[k].percentile_ms(50) for k, sign in terms)
+            p90[form] = sum(sign * graphs[k].percentile_ms(90) for k, sign in terms)
         best = min(median, key=lambda f: (median[f], f != "dense"))
         choices[name] = LayerTiming(best, median, p90, notes)
         if fold_slots(best) is not None:  # the producer, decided later, now has more outputs
@@ -181,80 +151,9 @@ def _add_producer_graphs(graphs, site, layers, model, index, form, shapes, align
         return module
 
     widened = as_shipped(expand_outputs(producer, index))
-    graphs[f"{form}:producer"] = _timing_graph(widened, in_shape, threads)
+    graphs[f"{form}:producer"] = timing_graph(widened, in_shape, threads)
     if "producer" not in graphs:
-        graphs["producer"] = _timing_graph(as_shipped(producer), in_shape, threads)
+        graphs["producer"] = timing_graph(as_shipped(producer), in_shape, threads)
 
 
-def _anchor(channels: int) -> nn.Conv2d:
-    anchor = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
-    nn.init.constant_(anchor.weight, 1.0)
-    return anchor
-
-
-def _timing_graph(
-    module: nn.Module, in_shape: tuple[int, ...], threads: int | None, anchors: bool = True
-) -> _Graph:
-    from gdws_export.runtimes import OrtRunner
-
-    x = torch.rand(in_shape)
-    graph = module.eval()
-    if anchors:
-        graph = nn.Sequential(_anchor(in_shape[1]), module, _anchor(module.out_channels)).eval()
-    # The legacy exporter is several times faster on these small graphs, with the same ops;
-    # a batch of one to trace is enough with a dynamic batch axis.
-    try:
-        proto = export_model(graph, x[:1], exporter="legacy", check_forward=False)
-    except Exception:
-        proto = export_model(graph, x[:2], exporter="dynamo", check_forward=False)
-    runner = OrtRunner(proto.SerializeToString(), threads=threads)
-    runner.activate()
-    return _Graph(runner, {"input": x.numpy()})
-
-
-def _time_interleaved(graphs: dict[str, _Graph], repeats: int, min_sample_s: float = 1e-2) -> None:
-    """Fill each graph's `samples` (seconds per run): `repeats` rounds over all graphs."""
-    graphs = list(graphs.values())
-    for g in graphs:  # warm up, then run fast graphs several times per sample
-        g.runner.infer(g.feed)
-        start = time.perf_counter()
-        g.runner.infer(g.feed)
-        g.inner = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-7)))
-    for _ in range(repeats):
-        for g in graphs:
-            start = time.perf_counter()
-            for _ in range(g.inner):
-                g.runner.infer(g.feed)
-            g.samples.append((time.perf_counter() - start) / g.inner)
-
-
-def _stat(graph: _Graph, percentile: float) -> float:
-    return float(np.percentile(graph.samples, percentile))
-
-
-def time_networks(
-    models: dict[str, nn.Module],
-    example: torch.Tensor,
-    *,
-    batch: int = 1,
-    threads: int | None = None,
-    repeats: int = 7,
-) -> dict[str, tuple[float, float]]:
-    """Median and p90 milliseconds per batch of whole models, timed in interleaved rounds.
-
-    `auto` checks its per-layer choice this way against the reference lowering and the
-    original model: layers interact (layouts, caches) in ways single-layer graphs miss.
-    """
-    shape = (batch, *example.shape[1:])
-    graphs = {}
-    try:
-        for key, module in models.items():
-            graphs[key] = _timing_graph(module, shape, threads, anchors=False)
-        _time_interleaved(graphs, repeats, min_sample_s=5e-2)
-    finally:
-        for g in graphs.values():
-            g.runner.deactivate()
-    return {k: (_stat(g, 50) * 1e3, _stat(g, 90) * 1e3) for k, g in graphs.items()}
-
-
-__all__ = ["DEFAULT_CANDIDATES", "LayerTiming", "choose_forms", "record_shapes", "time_networks"]
+__all__ = ["DEFAULT_CANDIDATES", "LayerTiming", "choose_forms"]

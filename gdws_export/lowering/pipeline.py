@@ -15,12 +15,7 @@ from torch import nn
 from gdws_export._files import atomic_output
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.conv import GDWSConv2d, conv_macs_per_pixel
-from gdws_export.lowering.auto import (
-    DEFAULT_CANDIDATES,
-    choose_forms,
-    record_shapes,
-    time_networks,
-)
+from gdws_export.lowering.auto import DEFAULT_CANDIDATES, choose_forms
 from gdws_export.lowering.export import EXPORTERS, export_model
 from gdws_export.lowering.fold import find_fold_sites
 from gdws_export.lowering.forms import fold_slots, is_form
@@ -28,6 +23,7 @@ from gdws_export.lowering.lower import gdws_layers, lower_model
 from gdws_export.lowering.metadata import write_metadata
 from gdws_export.lowering.parity import DEFAULT_TOLERANCE, ParityReport, check_parity
 from gdws_export.lowering.simplify import simplify_model
+from gdws_export.lowering.timing import record_shapes, time_networks
 
 DEFAULT_PARITY_INPUTS = 16
 

@@ -3,10 +3,10 @@
 The CLI maps each option to one field; a sweep builds configs directly. Defaults (all in
 `ExportConfig.resolved`):
 
-- neither `beta` nor `mac_ratio`: `mac_ratio = DEFAULT_MAC_RATIO` (0.75): the GDWS convs keep
-  at most three quarters of the MACs of the convs they replace. Deeper cuts cost robust
-  accuracy quickly on small adversarially trained nets (see benchmarks/results), so the
-  default is conservative; check a setting with `gdws-export sweep` before shipping it;
+- none of `beta`, `mac_ratio`, `time_ratio`: `mac_ratio = DEFAULT_MAC_RATIO` (0.75): the
+  GDWS convs keep at most three quarters of the MACs of the convs they replace. Deeper cuts
+  cost robust accuracy quickly on small adversarially trained nets (see benchmarks/results),
+  so the default is conservative; check a setting with `gdws-export sweep` before shipping it;
 - `output`: `<model file stem>-<target>-<precision>` in the working directory;
 - `batch`: None, a dynamic batch with TensorRT's default profile (1, 1, 64); with
   `dynamic_batch=False` a batch of 1;
@@ -56,6 +56,8 @@ class ExportConfig:
         gdws: False exports the original model only (for comparison).
         beta: per-layer error bound (the paper's LEGO); exclusive with `mac_ratio`.
         mac_ratio: MAC budget in (0, 1] of the replaceable convs. Defaults to 0.75.
+        time_ratio: time budget in (0, 1] of the replaceable convs, priced by layer costs
+            measured on ONNX Runtime at `batch` and `threads` (`measure_layer_costs`).
         alphas: alphas file (`save_alphas`); without it, alphas are computed on `calib`.
         calib: data for alphas, INT8 calibration and parity checks: an .npz file, an image
             folder, an IDX folder or a dataset name (`load_dataset`; named datasets and IDX
@@ -93,6 +95,7 @@ class ExportConfig:
     gdws: bool = True
     beta: float | None = None
     mac_ratio: float | None = None
+    time_ratio: float | None = None
     alphas: str | None = None
     calib: str | None = None
     calib_samples: int = DEFAULT_CALIB_SAMPLES
@@ -200,15 +203,20 @@ def _positive_int(name: str, value, *, allow_none: bool = True) -> None:
 
 def _check_gdws_settings(c: ExportConfig) -> None:
     if not c.gdws:
-        given = [n for n in ("beta", "mac_ratio", "alphas") if getattr(c, n) is not None]
+        given = [
+            n for n in ("beta", "mac_ratio", "time_ratio", "alphas") if getattr(c, n) is not None
+        ]
         if given:
             options = ", ".join("--" + n.replace("_", "-") for n in given)
             raise InvalidInputError(
                 f"--no-gdws exports the original model; {options} would be ignored: leave it out"
             )
         return
-    if c.beta is not None and c.mac_ratio is not None:
-        raise InvalidInputError("give --beta (error bound) or --mac-ratio (MAC budget), not both")
+    if sum(x is not None for x in (c.beta, c.mac_ratio, c.time_ratio)) > 1:
+        raise InvalidInputError(
+            "give one of --beta (error bound), --mac-ratio (MAC budget) or --time-ratio "
+            "(time budget), not more"
+        )
     if c.beta is not None:
         if not _finite(c.beta) or c.beta < 0:
             raise InvalidInputError(
@@ -216,7 +224,7 @@ def _check_gdws_settings(c: ExportConfig) -> None:
                 f"got {c.beta}"
             )
         c.beta = float(c.beta)
-    elif c.mac_ratio is None:
+    elif c.mac_ratio is None and c.time_ratio is None:
         c.mac_ratio = DEFAULT_MAC_RATIO
         c.notes.append(f"neither --beta nor --mac-ratio given: mac_ratio {DEFAULT_MAC_RATIO}")
     if c.mac_ratio is not None:
@@ -226,6 +234,13 @@ def _check_gdws_settings(c: ExportConfig) -> None:
                 f"keep), got {c.mac_ratio}"
             )
         c.mac_ratio = float(c.mac_ratio)
+    if c.time_ratio is not None:
+        if not _finite(c.time_ratio) or not 0 < c.time_ratio <= 1:
+            raise InvalidInputError(
+                f"--time-ratio must be in (0, 1] (the fraction of the replaceable convs' time "
+                f"to keep), got {c.time_ratio}"
+            )
+        c.time_ratio = float(c.time_ratio)
 
 
 def _check_shape_and_batch(c: ExportConfig) -> None:

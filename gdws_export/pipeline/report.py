@@ -122,6 +122,17 @@ class ExportReport:
             rows.append(row)
         return rows
 
+    def budget_text(self) -> str:
+        """How much was approximated: 'mac_ratio 0.75', 'beta 0.01', or 'time_ratio 0.5
+        (predicted conv time 0.48 of the original's on ONNX Runtime)'."""
+        s = self.settings
+        budget = [k for k in ("beta", "mac_ratio", "time_ratio") if s.get(k) is not None]
+        text = ", ".join(f"{k} {s[k]}" for k in budget)
+        predicted = (self.approximation or {}).get("predicted_time_ratio")
+        if predicted is not None:
+            text += f" (predicted conv time {predicted:.2f} of the original's on ONNX Runtime)"
+        return text
+
     def plan_table(self) -> str:
         """The per-layer Markdown table: shape, status, kernels, lowering, MACs, params."""
         rows = [
@@ -153,10 +164,8 @@ class ExportReport:
             norm = f"normalized in the graph ({norm})" if norm else "no normalization added"
             lines += [f"- input: N x {shape}, {norm}"]
         if s.get("gdws"):
-            how = (
-                f"beta {s['beta']}" if s.get("beta") is not None else f"mac_ratio {s['mac_ratio']}"
-            )
-            lines += [f"- GDWS: {how}, alphas: {self.model.get('alphas', 'none (unweighted)')}"]
+            alphas = self.model.get("alphas", "none (unweighted)")
+            lines += [f"- GDWS: {self.budget_text()}, alphas: {alphas}"]
         else:
             lines += ["- GDWS: off (--no-gdws), the original model exported"]
         lines += [f"- target: {s['target']} {s['precision']}, lowering {s['lowering']}"]

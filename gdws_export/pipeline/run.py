@@ -44,6 +44,7 @@ STAGES = {
     "load": "loading the model",
     "data": "reading calibration data",
     "alphas": "computing alphas",
+    "layer_costs": "timing every replaceable conv",
     "approximate": "replacing convs by GDWS convs",
     "export_original": "exporting the original ONNX graph",
     "export_gdws": "exporting the GDWS ONNX graph",
@@ -158,10 +159,17 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
     report.macs["original"], report.params["original"] = count_macs_params(model, shape)
     if cfg.gdws:
         check_replaceable(model, cfg.model)
+        costs = None
+        if cfg.time_ratio is not None:
+            from gdws_export.lowering import measure_layer_costs
+
+            batch = state.loaded.fixed_batch or cfg.batch or 1
+            with clock("layer_costs", f" (ONNX Runtime, batch {batch})"):
+                costs = measure_layer_costs(model, shape, batch=batch, threads=cfg.threads)
         with clock("approximate"):
             state.gdws_model, approx = approximate(
-                model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, alphas=state.alphas,
-                input_shape=shape,
+                model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, time_ratio=cfg.time_ratio,
+                layer_costs=costs, alphas=state.alphas, input_shape=shape,
             )  # fmt: skip
         report.approximation = approx.to_dict()
         report.macs["gdws"], report.params["gdws"] = count_macs_params(state.gdws_model, shape)
@@ -201,7 +209,8 @@ def _export_graphs(cfg, report, state: _State, out: Path, clock, dynamic, batch,
     common = dict(
         input_shape=state.shape, exporter=cfg.exporter, opset=cfg.opset, dynamic_batch=dynamic,
         parity_inputs=inputs, threads=cfg.threads, batch=batch,
-        metadata={**{k: report.settings[k] for k in ("beta", "mac_ratio", "lowering", "seed")},
+        metadata={**{k: report.settings[k]
+                     for k in ("beta", "mac_ratio", "time_ratio", "lowering", "seed")},
                   "alphas": report.model["alphas"]},
     )  # fmt: skip
     with clock("export_original"):

@@ -1,0 +1,172 @@
+"""`approximate(time_ratio=...)`: a budget priced by per-layer costs (measured time).
+
+The allocation is checked against brute force on small layers, against the MAC budget when
+the costs are MACs, and for the choices a time price should make: uniform kernel counts when
+slots are cheap, the original conv where no GDWS form pays for itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gdws_export.gdws import approximate as approx_module
+from gdws_export.gdws.approximate import ApproximationReport, LayerCost, approximate
+from gdws_export.gdws.decomposition import channel_svd, error_values
+
+
+class TinyNet(nn.Module):
+    """Three small convs: few enough options per layer to enumerate every combination."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 3, 3, padding=1)
+        self.c = nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x))))).mean(dim=(2, 3))
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return TinyNet().eval()
+
+
+# Per layer: original, fixed + per_kernel * G (any counts), slot_fixed + per_slot * S (uniform).
+COSTS = {
+    "a": LayerCost(10.0, 2.0, 0.9, 1.0, 2.0),
+    "b": LayerCost(8.0, 1.0, 0.7, 3.0, 1.5),
+    "c": LayerCost(5.0, 0.5, 0.5),
+}
+
+
+def _layer_options(conv: nn.Conv2d, cost: LayerCost) -> list[tuple[float, float, list[int]]]:
+    """Every (cost, error, counts) a layer can take, written out independently of the
+    implementation: the original conv, the best G kernels for each G, S kernels per channel."""
+    values = error_values(channel_svd(conv.weight, conv.groups)).double()
+    channels, rank = values.shape
+    options = [(cost.original, 0.0, [])]
+    flat = sorted(((float(v), c) for c, row in enumerate(values) for v in row), reverse=True)
+    for g in range(1, channels * rank + 1):
+        counts = [0] * channels
+        for _, c in flat[:g]:
+            counts[c] += 1
+        error = float(values.sum()) - sum(v for v, _ in flat[:g])
+        options.append((cost.fixed + cost.per_kernel * g, error, counts))
+    if cost.per_slot is not None:
+        for s in range(1, rank + 1):
+            error = float(values[:, s:].sum())
+            options.append((cost.slot_fixed + cost.per_slot * s, error, [s] * channels))
+    return options
+
+
+def _brute_force(model, costs, budget) -> float:
+    per_layer = [_layer_options(model.get_submodule(n), costs[n]) for n in costs]
+    best = math.inf
+    for combo in itertools.product(*per_layer):
+        if sum(o[0] for o in combo) <= budget + 1e-9:
+            best = min(best, sum(o[1] for o in combo))
+    return best
+
+
+def _totals(report: ApproximationReport) -> tuple[float, float]:
+    layers = [lay for lay in report.layers if lay.status != "skipped"]
+    return sum(lay.cost_after for lay in layers), sum(lay.weighted_error for lay in layers)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.45, 0.6, 0.8])
+def test_budget_is_met_and_no_worse_than_the_price_alone(tiny, ratio):
+    _, report = approximate(tiny, time_ratio=ratio, layer_costs=COSTS, skip_first=False)
+    spent, error = _totals(report)
+    budget = ratio * sum(c.original for c in COSTS.values())
+    assert spent <= budget + 1e-9
+    assert report.predicted_time_ratio == pytest.approx(spent / (budget / ratio))
+    # Brute force can do better only by what one discrete step of the price leaves unspent:
+    # at the cost the allocation spends, nothing is better.
+    assert error <= _brute_force(tiny, COSTS, spent) + 1e-6
+
+
+def test_price_choice_is_optimal_for_its_own_cost(tiny):
+    """A Lagrangian minimiser is the exact optimum at the cost it spends: checked for many
+    prices against every combination of options."""
+    sites = {n: tiny.get_submodule(n) for n in COSTS}
+    values = {n: error_values(channel_svd(conv.weight, conv.groups)) for n, conv in sites.items()}
+    options = {n: approx_module._options(sites[n], values[n], COSTS[n]) for n in COSTS}
+    for lam in [0.0, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 1e3]:
+        choice = approx_module._pick(options, lam)
+        spent = approx_module._spent(options, choice)
+        error = sum(float(options[n].error[k]) for n, k in choice.items())
+        assert error == pytest.approx(_brute_force(tiny, COSTS, spent), abs=1e-6)
+
+
+def test_mac_costs_give_the_mac_budget(tiny):
+    """Priced in MACs, the time budget is the MAC budget: same kernels everywhere."""
+    pixels = 8 * 8
+    costs = {
+        n: LayerCost(
+            float(conv.in_channels * conv.out_channels * 9 * pixels), 0.0,
+            float((9 + conv.out_channels) * pixels),
+        )
+        for n, conv in ((n, tiny.get_submodule(n)) for n in "abc")
+    }  # fmt: skip
+    for ratio in (0.4, 0.6, 0.9):
+        _, by_time = approximate(tiny, time_ratio=ratio, layer_costs=costs, skip_first=False)
+        _, by_macs = approximate(tiny, mac_ratio=ratio, skip_first=False)
+        assert [(lay.status, lay.kernels_per_channel) for lay in by_time.layers] == [
+            (lay.status, lay.kernels_per_channel) for lay in by_macs.layers
+        ]
+
+
+def test_cheap_slots_give_uniform_counts(tiny):
+    costs = {n: LayerCost(c.original, c.fixed, c.per_kernel * 5, 0.0, 0.5) for n, c in
+             COSTS.items()}  # fmt: skip
+    costs["c"] = COSTS["c"]
+    _, report = approximate(tiny, time_ratio=0.3, layer_costs=costs, skip_first=False)
+    for layer in report.layers:
+        if layer.name in ("a", "b"):
+            assert layer.status == "gdws"
+            assert len(set(layer.kernels_per_channel)) == 1, layer.kernels_per_channel
+            slots = layer.kernels_per_channel[0]
+            assert layer.cost_after == pytest.approx(0.5 * slots)
+
+
+def test_layer_whose_gdws_form_costs_more_keeps_its_conv(tiny):
+    costs = dict(COSTS)
+    costs["b"] = LayerCost(1.0, 1.0, 0.5)  # one kernel already costs more than the conv
+    new, report = approximate(tiny, time_ratio=0.6, layer_costs=costs, skip_first=False)
+    b = next(layer for layer in report.layers if layer.name == "b")
+    assert b.status == "original" and b.cost_after == b.cost_before == 1.0
+    assert isinstance(new.b, nn.Conv2d)
+
+
+def test_report_round_trips_and_shows_costs(tiny):
+    _, report = approximate(tiny, time_ratio=0.5, layer_costs=COSTS, skip_first=False)
+    assert ApproximationReport.from_dict(report.to_dict()).to_dict() == report.to_dict()
+    assert report.time_ratio == 0.5
+    assert "cost before" in report.table()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"time_ratio": 0.5}, "go together"),
+     ({"mac_ratio": 0.5, "layer_costs": COSTS}, "go together"),
+     ({"time_ratio": 0.5, "mac_ratio": 0.5, "layer_costs": COSTS}, "exactly one"),
+     ({"time_ratio": 0.0, "layer_costs": COSTS}, "time_ratio"),
+     ({"time_ratio": 0.5, "layer_costs": {"a": COSTS["a"]}}, "no entry for layer 'b'"),
+     ({"time_ratio": 0.5, "layer_costs": {**COSTS, "b": (1, 2, 3)}}, "must be a LayerCost"),
+     ({"time_ratio": 0.5, "layer_costs": {**COSTS, "b": LayerCost(1.0, 0.0, 0.0)}}, "per_kernel > 0"),
+     ({"time_ratio": 0.5, "layer_costs": {**COSTS, "b": LayerCost(math.nan, 0.0, 1.0)}}, "finite"),
+     ({"time_ratio": 0.5, "layer_costs": {**COSTS, "b": LayerCost(1.0, 0.0, 1.0, 0.0, -1.0)}}, "per_slot"),
+     ({"time_ratio": 0.01, "layer_costs": COSTS}, "too small")],
+)  # fmt: skip
+def test_bad_time_budget_input(tiny, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        approximate(tiny, skip_first=False, **kwargs)
