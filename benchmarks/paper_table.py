@@ -6,7 +6,8 @@ ONNX Runtime CPU; plus a speed-only table of the full-size CIFAR architectures.
 Per checkpoint:
 
 1. sensitivities (`paper_table_variants.compute_sensitivities`) on training images;
-2. the models (`build_variants`): GDWS with each measure at each `--ratios`, the baselines;
+2. the models (`build_variants`): GDWS with each measure at each `--ratios`, GDWS on a time
+   budget at each `--time-ratios` (layer costs measured at `--auto-batch`), the baselines;
 3. each model exported with `export_onnx(lowering="auto", original=model)` and built for ONNX
    Runtime; layers where the original conv ran faster ship it, and are put back in the PyTorch
    model too, so the model attacked is the model shipped;
@@ -58,7 +59,7 @@ from gdws_export.harness.data import load_dataset, load_train_and_test
 from gdws_export.harness.machine import machine_info
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.sweep import pareto_front
-from gdws_export.lowering import export_onnx
+from gdws_export.lowering import export_onnx, measure_layer_costs
 from gdws_export.models import load_model
 from gdws_export.runtimes.build import build
 from gdws_export.runtimes.onnxruntime import OrtRunner
@@ -92,8 +93,17 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     sensitivities = compute_sensitivities(model, (x_train, y_train), measures, eps=args.eps,
                                           samples=args.calib_samples)  # fmt: skip
     ratios = tuple(args.light_ratios if light else args.ratios)
+    costs, costs_s = None, 0.0
+    if args.time_ratios:
+        clock = time.perf_counter()
+        costs = measure_layer_costs(model, shape, batch=args.auto_batch, threads=args.threads)
+        costs_s = time.perf_counter() - clock
     variants = build_variants(model, ratios, sensitivities, baselines=tuple(args.baselines),
-                              baseline_ratios=ratios)  # fmt: skip
+                              baseline_ratios=ratios, time_ratios=tuple(args.time_ratios),
+                              layer_costs=costs)  # fmt: skip
+    for variant in variants:
+        if variant.budget == "time":  # the timing is part of making it
+            variant.seconds += costs_s
     notes = [f"light checkpoint: ratios {list(ratios)}, measures {list(measures)}"] if light else []
     files, exports = {}, {}
     for variant in variants:
@@ -189,7 +199,8 @@ def _row(variant, original, shape, speed, accuracy, export_s, same) -> Row:
     macs = count_macs(variant.model, shape)
     return Row(
         variant=variant.name, method=variant.method, sensitivity=variant.sensitivity,
-        target_ratio=variant.target_ratio, conv_mac_ratio=variant.conv_mac_ratio, macs=macs,
+        target_ratio=variant.target_ratio, budget=variant.budget,
+        conv_mac_ratio=variant.conv_mac_ratio, macs=macs,
         macs_ratio=macs / count_macs(original, shape),
         params=sum(p.numel() for p in variant.model.parameters()), lowering=_lowering(variant),
         fps_b1=1e3 / b1.latency.median_ms, fps_b32=32e3 / b32.latency.median_ms,
@@ -211,6 +222,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--data", default="fashion-mnist",
         help="named dataset with train/test splits, or an .npz file (see load_data)")  # fmt: skip
     add("--ratios", nargs="+", type=float, default=[0.9, 0.75, 0.5])
+    add("--time-ratios", nargs="*", type=float, default=[0.6, 0.35],
+        help="time budgets of the gdws-time rows (calibrated alphas, layer costs measured at "
+             "--auto-batch); none: leave them out")  # fmt: skip
     add("--sensitivities", nargs="+", choices=SENSITIVITIES, default=list(SENSITIVITIES))
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
     add("--light", nargs="*", default=["fmnist_wrn28_4_w16"],
@@ -241,6 +255,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.checkpoints = args.checkpoints[:1]
         args.ratios, args.sensitivities = [0.75, 0.5], ["none", "calibrated"]
+        args.time_ratios = [1.0]
         args.baselines, args.light = ["l1-prune"], []
         args.samples, args.calib_samples, args.steps = 8, 16, 2
         args.duration, args.warmup, args.auto_repeats = 0.05, 0.0, 1

@@ -62,6 +62,7 @@ class Row:
     approximate_s: float
     export_s: float
     pareto: bool = False
+    budget: str = "mac"  # what target_ratio is a fraction of: "mac" or "time"
 
     @property
     def robust_se_points(self) -> float:
@@ -157,13 +158,15 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
-def _ratio(value: float | None) -> str:
-    return "" if value is None else f"{value:g}"
+def _ratio(value: float | None, budget: str = "mac") -> str:
+    if value is None:
+        return ""
+    return f"{value:g}" if budget == "mac" else f"time {value:g}"
 
 
 def checkpoint_table(result: CheckpointResult) -> str:
     lines = [
-        "| variant | sensitivity | conv MAC ratio (asked / got) | MACs (ratio) | params "
+        "| variant | sensitivity | budget asked / conv MAC ratio got | MACs (ratio) | params "
         "| lowering shipped | img/s b1 | img/s b32 | speed-up b1 / b32 | p90 ms b1 / b32 "
         "| clean % | robust % (+-SE) | engine clean % | engine robust % | approx s | export s "
         "| Pareto |",
@@ -172,7 +175,7 @@ def checkpoint_table(result: CheckpointResult) -> str:
     for r in result.rows:
         same = " (= original)" if r.same_as_original else ""
         lines.append(
-            f"| {r.variant}{same} | {r.sensitivity} | {_ratio(r.target_ratio)} / "
+            f"| {r.variant}{same} | {r.sensitivity} | {_ratio(r.target_ratio, r.budget)} / "
             f"{r.conv_mac_ratio:.3f} | {r.macs / 1e6:.2f}M ({r.macs_ratio:.2f}) "
             f"| {r.params / 1e3:.0f}k | {r.lowering} | {r.fps_b1:.0f} | {r.fps_b32:.0f} "
             f"| {r.speedup_b1:.2f}x / {r.speedup_b32:.2f}x | {r.p90_ms_b1:.2f} / {r.p90_ms_b32:.1f} "
@@ -239,10 +242,11 @@ def sensitivity_verdicts(table: PaperTable) -> list[str]:
     accuracy is the original's because the runtime kept every original conv."""
     lines = []
     for result in table.checkpoints:
-        ratios = sorted({r.target_ratio for r in result.rows if r.target_ratio is not None},
+        by_macs = [r for r in result.rows if r.budget == "mac"]
+        ratios = sorted({r.target_ratio for r in by_macs if r.target_ratio is not None},
                         reverse=True)  # fmt: skip
         for ratio in ratios:
-            at = {r.variant.split("@")[0]: r for r in result.rows if r.target_ratio == ratio}
+            at = {r.variant.split("@")[0]: r for r in by_macs if r.target_ratio == ratio}
             if "gdws-none" not in at:
                 continue
             parts = [f"{k} {_pct(r.robust)} % ({r.speedup_b32:.2f}x"
@@ -315,7 +319,11 @@ def markdown(table: PaperTable, plot_name: str | None) -> str:
         "",
         f"Sensitivities on {s.get('calib_samples')} training images (PGD-10, eps "
         f"{s.get('eps')}): none = unweighted, paper = noise gains, calibrated = KL-calibrated "
-        "per-layer scales (the project default), relative = per-layer 1/||W||^2. Lowering: "
+        "per-layer scales (the project default), relative = per-layer 1/||W||^2. Budgets: "
+        "every gdws-<measure> row spends a MAC budget (`mac_ratio`); gdws-time rows spend a "
+        "time budget (`time_ratio`, calibrated alphas, each conv timed on ONNX Runtime at batch "
+        f"{s.get('auto_batch')} by `measure_layer_costs`), so their ratio is a fraction of the "
+        "convs' time. Lowering: "
         f"`export_onnx(lowering='auto', original=...)` timed at batch {s.get('auto_batch')} "
         f"among {s.get('candidates')}; layers where the original conv is faster ship it, and the "
         "PyTorch model attacked keeps them too. A row marked `(= original)` ships no GDWS layer "
@@ -405,6 +413,7 @@ STYLE = {
     "gdws-paper": ("tab:orange", "o"),
     "gdws-calibrated": ("tab:blue", "o"),
     "gdws-relative": ("tab:cyan", "o"),
+    "gdws-time": ("tab:green", "D"),
     "dws": ("tab:purple", "s"),
     "l1-prune": ("tab:brown", "^"),
 }

@@ -10,6 +10,13 @@ Sensitivity measures (the alphas `approximate` weighs kernels by):
 - `relative`: ones within a layer, each layer scaled by 1 / ||W_l||_F^2, so the global budget
   trades relative (not absolute) weight error between layers: no data, no attack.
 
+Budgets: every measure above spends a MAC budget (`mac_ratio`). `gdws-time` spends a time
+budget instead (`time_ratio`, calibrated alphas): each approximable conv is timed on ONNX
+Runtime at the table's batch (`measure_layer_costs`), and kernels go where they remove the most
+error per millisecond, so layers whose GDWS form is not faster keep their conv. Its ratios are
+fractions of the convs' time, not of their MACs; the MAC-ratio verdicts leave it out and the
+matched-speed ones include it.
+
 Baselines, at the same MAC ratios:
 
 - `dws`: plain depthwise-separable convs (g_c = 1) from the same SVD, whole layers converted
@@ -33,7 +40,7 @@ from torch import nn
 
 from gdws_export import approximate, calibrated_gains, noise_gains
 from gdws_export.baselines import depthwise_separable, prune_filters
-from gdws_export.errors import UnsupportedModelError
+from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.decomposition import channel_svd
 from gdws_export.gdws.selection import count_macs, find_convs
 
@@ -55,6 +62,7 @@ class Variant:
     seconds: float = 0.0  # approximate / prune (the sensitivity's own time is per checkpoint)
     conv_mac_ratio: float = 1.0  # of the convs the method may change, before any revert
     details: dict = field(default_factory=dict)
+    budget: str = "mac"  # what target_ratio is a fraction of: "mac" or "time"
 
 
 def relative_gains(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -99,8 +107,11 @@ def build_variants(
     *,
     baselines: tuple[str, ...] = BASELINES,
     baseline_ratios: tuple[float, ...] | None = None,
+    time_ratios: tuple[float, ...] = (),
+    layer_costs: dict | None = None,
 ) -> list[Variant]:
-    """The original, GDWS under every measure at every ratio, then the baselines."""
+    """The original, GDWS under every measure at every ratio, `gdws-time` at `time_ratios`
+    (needs `layer_costs`; calibrated alphas when computed), then the baselines."""
     variants = [Variant(ORIGINAL, "original", model=model)]
     shape = tuple(model.input_shape)
     total = count_macs(model, shape)
@@ -118,6 +129,20 @@ def build_variants(
             if measure == "calibrated" or ratio not in matched:
                 matched[ratio] = count_macs(gdws, shape) / total
     alphas = sensitivities.get("calibrated", (None, 0.0))[0]
+    for ratio in time_ratios:
+        start = time.perf_counter()
+        try:
+            gdws, report = approximate(model, time_ratio=ratio, layer_costs=layer_costs,
+                                       alphas=alphas, input_shape=shape)  # fmt: skip
+        except InvalidInputError as exc:  # below the cheapest choice of every layer
+            print(f"  gdws-time@{ratio:g} left out: {exc}", flush=True)
+            continue
+        variants.append(
+            Variant(f"gdws-time@{ratio:g}", "gdws", "calibrated" if alphas else "none", ratio,
+                    gdws.eval(), time.perf_counter() - start, report.achieved_mac_ratio,
+                    {"kernels": {lay.name: lay.kernels for lay in report.replaced},
+                     "predicted_time_ratio": report.predicted_time_ratio}, budget="time")
+        )  # fmt: skip
     for ratio in baseline_ratios if baseline_ratios is not None else ratios:
         if "dws" in baselines:
             start = time.perf_counter()

@@ -42,8 +42,11 @@ def test_rows_are_the_expected_ones(quick_run):
         "original",
         "gdws-none@0.75", "gdws-calibrated@0.75",
         "gdws-none@0.5", "gdws-calibrated@0.5",
+        "gdws-time@1",
         "l1-prune@0.75", "l1-prune@0.5",
     ]  # fmt: skip
+    assert [row.budget for row in result.rows].count("time") == 1
+    assert result.row("gdws-time@1").budget == "time"
     original = result.row("original")
     assert original.macs_ratio == 1 and original.speedup_b32 == 1
     for row in result.rows:

@@ -1,6 +1,7 @@
-"""Network-level GDWS: replace a model's KxK convs under a per-layer error bound or a MAC budget.
+"""Network-level GDWS: replace a model's KxK convs under a per-layer error bound, a MAC
+budget or a time budget.
 
-Two ways to say how much to approximate:
+Three ways to say how much to approximate:
 
 - `beta` (the paper's setting): every approximable conv gets LEGO with the same error bound
   beta, each with its own alphas: the fewest kernels whose weighted error is <= beta.
@@ -8,7 +9,6 @@ Two ways to say how much to approximate:
   cost at most `mac_ratio` times their original MACs per image. Every kept kernel (c, i) of
   layer l costs w_l = (Kh*Kw + M/groups) * H_out * W_out MACs and removes
   alpha_c * s_{c,i}^2 of weighted error.
-
 - `time_ratio` with `layer_costs`: the same global budget in measured time instead of MACs.
   MACs are a poor price on real runtimes: a GDWS layer is several ops where the conv was one,
   each a pass over the activations, and large memory-bound feature maps gain less from a cut
