@@ -8,6 +8,8 @@ Example:
     >>> model = gx.create_model("preact_resnet18")
     >>> alphas = gx.noise_gains(model, (images, labels), samples=1000)      # doctest: +SKIP
     >>> gdws_model, report = gx.approximate(model, mac_ratio=0.5, alphas=alphas)
+    >>> costs = gx.measure_layer_costs(model, (3, 32, 32), batch=32)  # ONNX Runtime timings
+    >>> fast_model, report = gx.approximate(model, time_ratio=0.5, layer_costs=costs)
 """
 
 from gdws_export.errors import (
@@ -17,7 +19,12 @@ from gdws_export.errors import (
     ParityError,
     UnsupportedModelError,
 )
-from gdws_export.gdws.approximate import ApproximationReport, LayerReport, approximate
+from gdws_export.gdws.approximate import (
+    ApproximationReport,
+    LayerCost,
+    LayerReport,
+    approximate,
+)
 from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.conv import GDWSConv2d
 from gdws_export.gdws.sensitivity import load_alphas, noise_gains, save_alphas
@@ -31,6 +38,7 @@ _LAZY = {
     "build": "gdws_export.runtimes.build",
     "BuildResult": "gdws_export.runtimes.build",
     "export_onnx": "gdws_export.lowering",
+    "measure_layer_costs": "gdws_export.lowering",
     "ExportResult": "gdws_export.lowering",
     "ParityReport": "gdws_export.lowering",
     "read_metadata": "gdws_export.lowering",
@@ -58,6 +66,7 @@ __all__ = [
     "GDWSConv2d",
     "GDWSExportError",
     "InvalidInputError",
+    "LayerCost",
     "LayerReport",
     "MissingDependencyError",
     "ParityError",
@@ -73,6 +82,7 @@ __all__ = [
     "list_models",
     "load_alphas",
     "load_model",
+    "measure_layer_costs",
     "noise_gains",
     "read_metadata",
     "run_export",

@@ -226,21 +226,19 @@ def _check_gdws_settings(c: ExportConfig) -> None:
         c.beta = float(c.beta)
     elif c.mac_ratio is None and c.time_ratio is None:
         c.mac_ratio = DEFAULT_MAC_RATIO
-        c.notes.append(f"neither --beta nor --mac-ratio given: mac_ratio {DEFAULT_MAC_RATIO}")
-    if c.mac_ratio is not None:
-        if not _finite(c.mac_ratio) or not 0 < c.mac_ratio <= 1:
+        c.notes.append(
+            f"none of --beta, --mac-ratio, --time-ratio given: mac_ratio {DEFAULT_MAC_RATIO}"
+        )
+    for name, what in (("mac_ratio", "MACs"), ("time_ratio", "time")):
+        value = getattr(c, name)
+        if value is None:
+            continue
+        if not _finite(value) or not 0 < value <= 1:
             raise InvalidInputError(
-                f"--mac-ratio must be in (0, 1] (the fraction of the replaceable convs' MACs to "
-                f"keep), got {c.mac_ratio}"
+                f"--{name.replace('_', '-')} must be in (0, 1] (the fraction of the replaceable "
+                f"convs' {what} to keep), got {value}"
             )
-        c.mac_ratio = float(c.mac_ratio)
-    if c.time_ratio is not None:
-        if not _finite(c.time_ratio) or not 0 < c.time_ratio <= 1:
-            raise InvalidInputError(
-                f"--time-ratio must be in (0, 1] (the fraction of the replaceable convs' time "
-                f"to keep), got {c.time_ratio}"
-            )
-        c.time_ratio = float(c.time_ratio)
+        setattr(c, name, float(value))
 
 
 def _check_shape_and_batch(c: ExportConfig) -> None:
