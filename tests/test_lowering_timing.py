@@ -34,8 +34,16 @@ def test_every_approximable_conv_gets_a_positive_cost(net):
 
 def test_time_budget_model_exports_with_parity(net, tmp_path):
     costs = measure_layer_costs(net, (3, 16, 16), batch=2, threads=1, repeats=2)
-    gdws, report = approximate(net, time_ratio=0.5, layer_costs=costs, input_shape=(3, 16, 16))
-    assert report.predicted_time_ratio <= 0.5 + 1e-9
+    # Halfway between a cheap choice for every layer (one kernel per channel, one slot or the
+    # original conv) and all originals: reachable whatever this machine's timings are.
+    cheapest = sum(
+        min(c.original, c.fixed + c.per_kernel * net.get_submodule(n).in_channels,
+            c.slot_fixed + c.per_slot)
+        for n, c in costs.items()
+    ) / sum(c.original for c in costs.values())  # fmt: skip
+    ratio = (cheapest + 1) / 2
+    gdws, report = approximate(net, time_ratio=ratio, layer_costs=costs, input_shape=(3, 16, 16))
+    assert report.predicted_time_ratio <= ratio + 1e-9
     images = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32)
     result = export_onnx(gdws, input_shape=(3, 16, 16), path=tmp_path / "m.onnx",
                          exporter="legacy", parity_inputs=images, lowering="auto",
