@@ -157,8 +157,10 @@ def test_count_macs_of_lenet():
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: SweepSetting(), "exactly one of beta or mac_ratio"),
+        (lambda: SweepSetting(), "exactly one of beta, mac_ratio or time_ratio"),
         (lambda: SweepSetting(beta=0.1, mac_ratio=0.5), "exactly one"),
+        (lambda: SweepSetting(mac_ratio=0.5, time_ratio=0.5), "exactly one"),
+        (lambda: SweepSetting(time_ratio=0.0), r"time_ratio must be in \(0, 1\]"),
         (lambda: SweepSetting(beta=-1.0), "beta must be >= 0"),
         (lambda: SweepSetting(mac_ratio=1.5), r"mac_ratio must be in \(0, 1\]"),
         (lambda: SweepSetting(beta="x"), "finite number"),
@@ -238,6 +240,28 @@ def test_layers_shipped_as_original_convs_are_attacked_as_such(checkpoint_and_da
     assert gdws.robust_accuracy == original.robust_accuracy
     assert gdws.clean_accuracy == original.clean_accuracy
     assert any("keeps its original conv" in note for note in report.notes)
+
+
+def test_time_budget_sweep_prices_layers_by_measured_time(checkpoint_and_data, tmp_path):
+    from gdws_export import load_model
+    from gdws_export.harness.data import load_dataset
+    from gdws_export.harness.sweep import sweep
+    from gdws_export.harness.sweep_report import SweepConfig, parse_settings
+
+    checkpoint, data = checkpoint_and_data
+    x, y = load_dataset(data)
+    config = SweepConfig(
+        parse_settings(time_ratios=[1.0]), threads=1, lowering="gather", exporter="legacy",
+        attacks=(AttackConfig(eps=0.05, steps=2),), batch_sizes=(4,), duration_s=None,
+        iterations=3, warmup_s=0.0,
+    )  # fmt: skip
+    report = sweep(load_model(checkpoint), config, (x[:40], y[:40]), work_dir=tmp_path)
+    row = report.row("time_ratio=1")
+    assert row.time_ratio == 1.0 and row.mac_ratio is None and row.beta is None
+    layers = report.approximations["time_ratio=1"]["layers"]
+    timed = [lay for lay in layers if lay["status"] != "skipped"]
+    assert timed and all(lay["cost_before"] > 0 for lay in timed)
+    assert report.approximations["time_ratio=1"]["predicted_time_ratio"] <= 1.0 + 1e-9
 
 
 def test_torch_target_sweep_runs_on_the_cpu(checkpoint_and_data, tmp_path):

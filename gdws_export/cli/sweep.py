@@ -36,7 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         NAME,
         help="measure speed and robustness of several GDWS settings, with a plot",
         description=(
-            "For each --betas or --mac-ratios value: approximate, export, build, benchmark "
+            "For each --betas, --mac-ratios or --time-ratios value: approximate, export, build, "
+            "benchmark "
             "(interleaved with the original) and attack; one report with a table, the "
             "Pareto-optimal settings and a plot of robust accuracy against images/s."
         ),
@@ -47,6 +48,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     which.add_argument(
         "--mac-ratios", type=float, nargs="+", help="fractions of the conv MACs to keep"
     )
+    which.add_argument(
+        "--time-ratios", type=float, nargs="+",
+        help="fractions of the conv time to keep (each conv timed on ONNX Runtime at the "
+             "largest --batch-sizes value)",
+    )  # fmt: skip
     parser.add_argument(
         "--data", required=True,
         help="dataset name (fashion-mnist, cifar10...), .npz file, IDX folder or image folder",
@@ -141,7 +147,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
             raise InvalidInputError("--square-queries: the Square Attack here is L-inf only")
         square = SquareConfig(eps=args.eps, queries=args.square_queries, seed=args.seed)
     return SweepConfig(
-        settings=parse_settings(args.betas, args.mac_ratios),
+        settings=parse_settings(args.betas, args.mac_ratios, args.time_ratios),
         target=args.target,
         precision=args.precision,
         threads=args.threads,

@@ -38,7 +38,7 @@ def plot_sweep(report: SweepReport, path: str | os.PathLike) -> Path:
     figure = Figure(figsize=(6.4, 4.8), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    original = [row for row in report.rows if row.beta is None and row.mac_ratio is None]
+    original = [row for row in report.rows if row.setting == "original"]
     settings = [row for row in report.rows if row not in original]
     if settings:
         axes.scatter(

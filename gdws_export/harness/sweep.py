@@ -79,10 +79,18 @@ def sweep(
     work_dir.mkdir(parents=True, exist_ok=True)
     models: dict[str, nn.Module] = {ORIGINAL: model}
     approximations: dict[str, dict] = {}
+    costs = None
+    if any(s.time_ratio is not None for s in config.settings):
+        from gdws_export.lowering import measure_layer_costs
+
+        # Priced at the batch the sweep ranks throughput by (its largest).
+        costs = measure_layer_costs(model, input_shape, batch=max(config.batch_sizes),
+                                    threads=config.threads)  # fmt: skip
     for setting in config.settings:
         gdws_model, approximation = approximate(
-            model, beta=setting.beta, mac_ratio=setting.mac_ratio, alphas=alphas,
-            input_shape=input_shape,
+            model, beta=setting.beta, mac_ratio=setting.mac_ratio,
+            time_ratio=setting.time_ratio, layer_costs=costs if setting.time_ratio else None,
+            alphas=alphas, input_shape=input_shape,
         )  # fmt: skip
         models[setting.label] = gdws_model.eval()
         approximations[setting.label] = json.loads(approximation.to_json())  # JSON types
@@ -152,6 +160,7 @@ def _rows(models, config, speed, accuracy, approximations, files, input_shape) -
                 setting=name,
                 beta=setting.beta if setting else None,
                 mac_ratio=setting.mac_ratio if setting else None,
+                time_ratio=setting.time_ratio if setting else None,
                 macs=count_macs(module, input_shape),
                 params=sum(p.numel() for p in module.parameters()),
                 fps=offline.images_per_s,

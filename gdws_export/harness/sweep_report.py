@@ -23,21 +23,25 @@ from gdws_export.harness.speed_report import (
 
 TARGETS = ("ort", "trt", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
+BUDGETS = ("beta", "mac_ratio", "time_ratio")
 
 
 @dataclass(frozen=True)
 class SweepSetting:
-    """One GDWS setting: exactly one of beta (per-layer error bound) or mac_ratio (MAC budget)."""
+    """One GDWS setting: exactly one of beta (per-layer error bound), mac_ratio (MAC budget)
+    or time_ratio (time budget, layer costs measured on ONNX Runtime)."""
 
     beta: float | None = None
     mac_ratio: float | None = None
+    time_ratio: float | None = None
 
     def __post_init__(self) -> None:
-        if (self.beta is None) == (self.mac_ratio is None):
-            raise InvalidInputError("a sweep setting takes exactly one of beta or mac_ratio")
-        name, value = (
-            ("beta", self.beta) if self.beta is not None else ("mac_ratio", self.mac_ratio)
-        )
+        given = [(n, getattr(self, n)) for n in BUDGETS if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise InvalidInputError(
+                "a sweep setting takes exactly one of beta, mac_ratio or time_ratio"
+            )
+        ((name, value),) = given
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
@@ -46,15 +50,15 @@ class SweepSetting:
             raise InvalidInputError(f"sweep setting: {name} must be a finite number, got {value!r}")
         if name == "beta" and value < 0:
             raise InvalidInputError(f"sweep setting: beta must be >= 0, got {value!r}")
-        if name == "mac_ratio" and not 0 < value <= 1:
-            raise InvalidInputError(f"sweep setting: mac_ratio must be in (0, 1], got {value!r}")
+        if name != "beta" and not 0 < value <= 1:
+            raise InvalidInputError(f"sweep setting: {name} must be in (0, 1], got {value!r}")
 
     @property
     def label(self) -> str:
-        """'beta=0.01' or 'mac_ratio=0.5': the setting's name in tables and file names."""
-        if self.beta is not None:
-            return f"beta={self.beta:g}"
-        return f"mac_ratio={self.mac_ratio:g}"
+        """'beta=0.01', 'mac_ratio=0.5' or 'time_ratio=0.5': the setting's name in tables and
+        file names."""
+        name = next(n for n in BUDGETS if getattr(self, n) is not None)
+        return f"{name}={getattr(self, name):g}"
 
     @property
     def file_stem(self) -> str:
@@ -170,6 +174,7 @@ class SweepRow:
     conv_mac_ratio: float = 1.0
     onnx_path: str = ""
     engine_path: str = ""
+    time_ratio: float | None = None
 
 
 @dataclass
@@ -272,11 +277,14 @@ class SweepReport:
 
 
 def parse_settings(
-    betas: Sequence[float] | None = None, mac_ratios: Sequence[float] | None = None
+    betas: Sequence[float] | None = None,
+    mac_ratios: Sequence[float] | None = None,
+    time_ratios: Sequence[float] | None = None,
 ) -> tuple[SweepSetting, ...]:
-    """Settings from lists of betas and/or MAC ratios, in the order given."""
+    """Settings from lists of betas, MAC ratios and/or time ratios, in the order given."""
     settings = [SweepSetting(beta=float(b)) for b in betas or ()]
     settings += [SweepSetting(mac_ratio=float(r)) for r in mac_ratios or ()]
+    settings += [SweepSetting(time_ratio=float(r)) for r in time_ratios or ()]
     return tuple(settings)
 
 
