@@ -170,3 +170,27 @@ def test_report_round_trips_and_shows_costs(tiny):
 def test_bad_time_budget_input(tiny, kwargs, message):
     with pytest.raises(ValueError, match=message):
         approximate(tiny, skip_first=False, **kwargs)
+
+
+def test_leftover_never_buys_a_kernel_dearer_than_the_original_conv():
+    """Filling the leftover budget: where the next kernel would make a layer cost as much as
+    its conv, the conv itself is taken (error 0, no dearer); elsewhere the next kernel."""
+    options = {
+        # original 10; 1..3 units cost 6, 9, 12 with errors 5, 2, 0
+        "a": approx_module._Options(
+            ["original", "units", "units", "units"], torch.tensor([0, 1, 2, 3]),
+            torch.tensor([10.0, 6.0, 9.0, 12.0], dtype=torch.float64),
+            torch.tensor([0.0, 5.0, 2.0, 0.0], dtype=torch.float64), 3,
+        ),
+        # original 100; 1..2 units cost 1, 2 with errors 4, 1
+        "b": approx_module._Options(
+            ["original", "units", "units"], torch.tensor([0, 1, 2]),
+            torch.tensor([100.0, 1.0, 2.0], dtype=torch.float64),
+            torch.tensor([0.0, 4.0, 1.0], dtype=torch.float64), 2,
+        ),
+    }  # fmt: skip
+    # Start at a=2 units (cost 9), b=1 unit (cost 1); 3 left: b's next unit (ratio 3) then
+    # a's conv (cost 1 more, error 2 -> 0) rather than a third unit costing 12 > 10.
+    filled = approx_module._fill_leftover(options, {"a": 2, "b": 1}, budget=13.0)
+    assert filled == {"a": 0, "b": 2}
+    assert approx_module._spent(options, filled) == 12.0

@@ -23,7 +23,10 @@ def net():
 
 
 def test_every_approximable_conv_gets_a_positive_cost(net):
+    net.train()  # the timing runs in eval mode and gives the model back as it was
     costs = measure_layer_costs(net, (3, 16, 16), batch=2, threads=1, repeats=2)
+    assert net.training
+    net.eval()
     assert set(costs) == {"features.3", "features.7", "features.10"}  # the first is skipped
     for cost in costs.values():
         fields = (cost.original, cost.fixed, cost.per_kernel, cost.slot_fixed, cost.per_slot)
@@ -83,3 +86,5 @@ def test_costs_are_straight_lines_through_the_two_points(net, monkeypatch):
         assert cost.slot_fixed == pytest.approx(0.5) and cost.per_slot == pytest.approx(0.2)
     assert timing._line({8: 2.0, 32: 1.0}) == pytest.approx((2.0 - 0.01 * 2.0, 0.01 * 2.0 / 8))
     assert isinstance(next(iter(costs.values())), LayerCost)
+    with pytest.raises(ValueError, match="two counts"):
+        measure_layer_costs(net, (3, 16, 16), kernels_per_channel=(4, 1))

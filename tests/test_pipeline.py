@@ -148,6 +148,17 @@ def test_ort_export_writes_a_complete_directory(ckpt, tmp_path):
     assert OrtSettings.load(out / "gdws.fp32.ort.json").source_onnx == "gdws.onnx"
 
 
+def test_time_ratio_for_another_target_warns_that_ort_priced_it(ckpt, tmp_path):
+    report = run_export(
+        _config(ckpt, tmp_path / "out", dry_run=True, target="trt", time_ratio=1.0, threads=1)
+    )
+    assert report.approximation["time_ratio"] == 1.0
+    assert any("priced the layers by ONNX Runtime CPU timings" in w for w in report.warnings)
+    assert "layer_costs" in report.timings
+    ort = run_export(_config(ckpt, tmp_path / "out2", dry_run=True, time_ratio=1.0, threads=1))
+    assert not any("priced the layers" in w for w in ort.warnings)
+
+
 def test_report_documents_of_another_kind_or_version_are_refused(ckpt, tmp_path):
     report = run_export(_config(ckpt, tmp_path / "out", dry_run=True))
     document = json.loads(report.to_json())

@@ -480,7 +480,8 @@ def _lagrangian_choice(options: Mapping[str, _Options], budget: float) -> dict[s
 
 def _fill_leftover(options, choice: dict[str, int], budget: float) -> dict[str, int]:
     """Spend what the price left: next kernels of G-kernel layers, by error removed per
-    cost, until the next one does not fit."""
+    cost, until the next one does not fit. A layer whose next kernel would cost at least its
+    original conv takes the original instead (error 0, and no dearer)."""
     choice = dict(choice)
     left = budget - _spent(options, choice)
     while True:
@@ -489,17 +490,26 @@ def _fill_leftover(options, choice: dict[str, int], budget: float) -> dict[str, 
             opt = options[name]
             if opt.kind[k] != "units" or k >= opt.units:
                 continue
-            gain = float(opt.error[k] - opt.error[k + 1])
-            extra = float(opt.cost[k + 1] - opt.cost[k])
-            if gain > 0 and gain / extra > best_ratio:
-                best, best_ratio = name, gain / extra
+            step = _next_step(opt, k)
+            gain = float(opt.error[k] - opt.error[step])
+            extra = float(opt.cost[step] - opt.cost[k])
+            ratio = gain / extra if extra > 0 else math.inf
+            if gain > 0 and ratio > best_ratio:
+                best, best_ratio = name, ratio
         if best is None:
             return choice
         k = choice[best]
-        extra = float(options[best].cost[k + 1] - options[best].cost[k])
+        step = _next_step(options[best], k)
+        extra = float(options[best].cost[step] - options[best].cost[k])
         if extra > left:
             return choice
-        choice[best], left = k + 1, left - extra
+        choice[best], left = step, left - extra
+
+
+def _next_step(opt: _Options, k: int) -> int:
+    """The option after G-kernel option k: one more unit, or the original conv (index 0)
+    when that unit would cost at least as much as the original."""
+    return k + 1 if opt.cost[k + 1] < opt.cost[0] else 0
 
 
 def _mac_cost(conv: nn.Conv2d, pixels: int) -> LayerCost:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.approximate import LayerCost
 from gdws_export.gdws.conv import GDWSConv2d
 from gdws_export.gdws.selection import find_convs
@@ -170,14 +171,22 @@ def measure_layer_costs(
     """
     low, high = kernels_per_channel
     if not 1 <= low < high:
-        raise ValueError(f"kernels_per_channel must be two counts 1 <= a < b, got {(low, high)}")
+        raise InvalidInputError(
+            f"kernels_per_channel must be two counts 1 <= a < b, got {(low, high)}"
+        )
     sites = [
         s for s in find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
         if s.skip_reason is None
     ]  # fmt: skip
-    param = next(model.parameters())
+    if not sites:
+        return {}
+    param = sites[0].conv.weight
     example = torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device)
-    shapes = record_shapes(model.eval(), example, {s.name for s in sites})
+    was_training = model.training
+    try:
+        shapes = record_shapes(model.eval(), example, {s.name for s in sites})
+    finally:
+        model.train(was_training)
     costs: dict[str, LayerCost] = {}
     for site in sites:
         if site.name not in shapes:  # not called in the forward: no time

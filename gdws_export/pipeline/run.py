@@ -166,6 +166,11 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
             batch = state.loaded.fixed_batch or cfg.batch or 1
             with clock("layer_costs", f" (ONNX Runtime, batch {batch})"):
                 costs = measure_layer_costs(model, shape, batch=batch, threads=cfg.threads)
+            if cfg.target != "ort":
+                report.warnings.append(
+                    f"--time-ratio priced the layers by ONNX Runtime CPU timings, not on the "
+                    f"{cfg.target} target: check the engine's speed with `gdws-export bench`"
+                )
         with clock("approximate"):
             state.gdws_model, approx = approximate(
                 model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, time_ratio=cfg.time_ratio,
