@@ -156,7 +156,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     return CheckpointResult(
         name=name, arch=model.arch_name, path=str(path), input_shape=list(shape),
         attack=attack.describe(),
-        sensitivity_seconds={k: round(v[1], 2) for k, v in sensitivities.items()},
+        sensitivity_seconds={k: round(v.seconds, 2) for k, v in sensitivities.items()},
         spectra=spectrum_energy(model), rows=rows, speed=speed.to_dict(),
         accuracy=accuracy.to_dict(), notes=notes, noise_floor=floor,
         seconds=time.perf_counter() - start,
@@ -223,7 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="named dataset with train/test splits, or an .npz file (see load_data)")  # fmt: skip
     add("--ratios", nargs="+", type=float, default=[0.9, 0.75, 0.5])
     add("--time-ratios", nargs="*", type=float, default=[0.6, 0.35],
-        help="time budgets of the gdws-time rows (calibrated alphas, layer costs measured at "
+        help="time budgets of the gdws-time rows (primary measure, layer costs measured at "
              "--auto-batch); none: leave them out")  # fmt: skip
     add("--sensitivities", nargs="+", choices=SENSITIVITIES, default=list(SENSITIVITIES))
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
@@ -231,7 +231,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="checkpoints measured with --light-ratios / --light-sensitivities / "
              "--samples-light, to fit the time budget")  # fmt: skip
     add("--light-ratios", nargs="+", type=float, default=[0.75, 0.5])
-    add("--light-sensitivities", nargs="+", choices=SENSITIVITIES, default=["none", "calibrated"])
+    add("--light-sensitivities", nargs="+", choices=SENSITIVITIES,
+        default=["none", "calibrated", "activation"])  # fmt: skip
     add("--samples", type=int, default=200, help="test images attacked per model")
     add("--samples-light", type=int, default=100)
     add("--calib-samples", type=int, default=256, help="training images for the sensitivities")
@@ -254,7 +255,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.checkpoints = args.checkpoints[:1]
-        args.ratios, args.sensitivities = [0.75, 0.5], ["none", "calibrated"]
+        args.ratios, args.sensitivities = [0.75, 0.5], ["none", "activation"]
         args.time_ratios = [1.0]
         args.baselines, args.light = ["l1-prune"], []
         args.samples, args.calib_samples, args.steps = 8, 16, 2

@@ -319,9 +319,12 @@ def markdown(table: PaperTable, plot_name: str | None) -> str:
         "",
         f"Sensitivities on {s.get('calib_samples')} training images (PGD-10, eps "
         f"{s.get('eps')}): none = unweighted, paper = noise gains, calibrated = KL-calibrated "
-        "per-layer scales (the project default), relative = per-layer 1/||W||^2. Budgets: "
-        "every gdws-<measure> row spends a MAC budget (`mac_ratio`); gdws-time rows spend a "
-        "time budget (`time_ratio`, calibrated alphas, each conv timed on ONNX Runtime at batch "
+        "per-layer scales, relative = per-layer 1/||W||^2, activation = activation-aware SVD "
+        "(each channel's SVD in the metric of its input patches on clean and PGD images, layers "
+        "traded by relative output error; the project default). Budgets: every gdws-<measure> "
+        "row spends a MAC budget (`mac_ratio`); gdws-time rows spend a time budget "
+        "(`time_ratio`, the primary measure (activation, else calibrated), each conv timed on "
+        "ONNX Runtime at batch "
         f"{s.get('auto_batch')} by `measure_layer_costs`), so their ratio is a fraction of the "
         "convs' time. Lowering: "
         f"`export_onnx(lowering='auto', original=...)` timed at batch {s.get('auto_batch')} "
@@ -413,6 +416,7 @@ STYLE = {
     "gdws-paper": ("tab:orange", "o"),
     "gdws-calibrated": ("tab:blue", "o"),
     "gdws-relative": ("tab:cyan", "o"),
+    "gdws-activation": ("tab:olive", "o"),
     "gdws-time": ("tab:green", "D"),
     "dws": ("tab:purple", "s"),
     "l1-prune": ("tab:brown", "^"),

@@ -8,10 +8,13 @@ Sensitivity measures (the alphas `approximate` weighs kernels by):
 - `calibrated`: `calibrated_gains`, the project's default: ones within a layer, each layer's
   scale measured as KL divergence per unit of error on adversarial inputs;
 - `relative`: ones within a layer, each layer scaled by 1 / ||W_l||_F^2, so the global budget
-  trades relative (not absolute) weight error between layers: no data, no attack.
+  trades relative (not absolute) weight error between layers: no data, no attack;
+- `activation`: activation-aware GDWS (`input_moments` + `activation_gains`): each channel's
+  SVD in the metric of its input patches (clean and PGD images), so what is dropped is least
+  expected output error, and layers traded by relative output error.
 
 Budgets: every measure above spends a MAC budget (`mac_ratio`). `gdws-time` spends a time
-budget instead (`time_ratio`, calibrated alphas): each approximable conv is timed on ONNX
+budget instead (`time_ratio`, with the primary measure: `PRIMARY`, the first one computed): each approximable conv is timed on ONNX
 Runtime at the table's batch (`measure_layer_costs`), and kernels go where they remove the most
 error per millisecond, so layers whose GDWS form is not faster keep their conv. Its ratios are
 fractions of the convs' time, not of their MACs; the MAC-ratio verdicts leave it out and the
@@ -20,10 +23,10 @@ matched-speed ones include it.
 Baselines, at the same MAC ratios:
 
 - `dws`: plain depthwise-separable convs (g_c = 1) from the same SVD, whole layers converted
-  in order of least calibrated error per MAC saved until the ratio is met;
+  in order of least error per MAC saved (primary measure) until the ratio is met;
 - `l1-prune`: L1-norm filter pruning without fine-tuning (Li et al. 2017), the same fraction
   of filters removed from every prunable conv (the first conv included, as in Li et al.'s
-  VGG-16), matched to the MACs of the calibrated GDWS model at the same ratio (all convs
+  VGG-16), matched to the MACs of the primary measure's GDWS model at the same ratio (all convs
   counted), each pruned width rounded down to a multiple of 8 (`PRUNE_MULTIPLE`): ONNX Runtime
   runs convs with other channel counts outside its blocked NCHWc layout (a 3x3 conv with 29
   channels took 2.5x the time per MAC of one with 32 here), and a deployed pruned model would
@@ -38,13 +41,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gdws_export import approximate, calibrated_gains, noise_gains
+from gdws_export import (
+    activation_gains,
+    approximate,
+    calibrated_gains,
+    input_moments,
+    noise_gains,
+    relative_gains,
+)
 from gdws_export.baselines import depthwise_separable, prune_filters
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.decomposition import channel_svd
 from gdws_export.gdws.selection import count_macs, find_convs
 
-SENSITIVITIES = ("none", "paper", "calibrated", "relative")
+SENSITIVITIES = ("none", "paper", "calibrated", "relative", "activation")
+PRIMARY = ("activation", "calibrated")  # gdws-time and dws use the first of these computed
 BASELINES = ("dws", "l1-prune")
 ORIGINAL = "original"
 PRUNE_MULTIPLE = 8
@@ -65,14 +76,14 @@ class Variant:
     budget: str = "mac"  # what target_ratio is a fraction of: "mac" or "time"
 
 
-def relative_gains(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Ones within each approximable layer, scaled by 1 / (the layer's squared weight norm)."""
-    gains = {}
-    for site in find_convs(model):
-        if site.skip_reason is None:
-            energy = float(site.conv.weight.detach().double().pow(2).sum())
-            gains[site.name] = torch.full((site.conv.in_channels,), 1 / energy, dtype=torch.float64)
-    return gains
+@dataclass
+class Sensitivity:
+    """One measure's output: alphas (None: unweighted), input moments (activation-aware only)
+    and the seconds it took."""
+
+    alphas: dict | None
+    moments: dict | None = None
+    seconds: float = 0.0
 
 
 def compute_sensitivities(
@@ -82,28 +93,41 @@ def compute_sensitivities(
     *,
     eps: float,
     samples: int,
-) -> dict[str, tuple[dict | None, float]]:
-    """{measure: (alphas, seconds)} on the first `samples` of `data` (PGD-10, step eps / 4)."""
+) -> dict[str, Sensitivity]:
+    """{measure: Sensitivity} on the first `samples` of `data` (PGD-10, step eps / 4)."""
     x, y = data[0][:samples], data[1][:samples]
     common = dict(eps=eps, step_size=eps / 4, samples=len(x), seed=0)
+
+    def activation() -> Sensitivity:
+        moments = input_moments(model, (x, y), batch_size=128, **common)
+        return Sensitivity(activation_gains(model, moments), moments)
+
     makers = {
-        "none": lambda: None,
-        "paper": lambda: noise_gains(model, (x, y), batch_size=64, **common),
-        "calibrated": lambda: calibrated_gains(model, (x, y), batch_size=128, **common),
-        "relative": lambda: relative_gains(model),
+        "none": lambda: Sensitivity(None),
+        "paper": lambda: Sensitivity(noise_gains(model, (x, y), batch_size=64, **common)),
+        "calibrated": lambda: Sensitivity(
+            calibrated_gains(model, (x, y), batch_size=128, **common)
+        ),  # fmt: skip
+        "relative": lambda: Sensitivity(relative_gains(model)),
+        "activation": activation,
     }
     result = {}
     for name in names:
         start = time.perf_counter()
-        alphas = makers[name]()
-        result[name] = (alphas, time.perf_counter() - start)
+        result[name] = makers[name]()
+        result[name].seconds = time.perf_counter() - start
     return result
+
+
+def primary_measure(sensitivities: dict[str, Sensitivity]) -> str:
+    """The measure gdws-time and dws use: the first of `PRIMARY` computed, else 'none'."""
+    return next((m for m in PRIMARY if m in sensitivities), "none")
 
 
 def build_variants(
     model: nn.Module,
     ratios: tuple[float, ...],
-    sensitivities: dict[str, tuple[dict | None, float]],
+    sensitivities: dict[str, Sensitivity],
     *,
     baselines: tuple[str, ...] = BASELINES,
     baseline_ratios: tuple[float, ...] | None = None,
@@ -111,34 +135,38 @@ def build_variants(
     layer_costs: dict | None = None,
 ) -> list[Variant]:
     """The original, GDWS under every measure at every ratio, `gdws-time` at `time_ratios`
-    (needs `layer_costs`; calibrated alphas when computed), then the baselines."""
+    (needs `layer_costs`; the primary measure), then the baselines."""
     variants = [Variant(ORIGINAL, "original", model=model)]
     shape = tuple(model.input_shape)
     total = count_macs(model, shape)
-    matched: dict[float, float] = {}  # ratio -> whole-model MAC ratio of calibrated GDWS
+    primary = primary_measure(sensitivities)
+    matched: dict[float, float] = {}  # ratio -> whole-model MAC ratio of the primary's GDWS
     for ratio in ratios:
-        for measure, (alphas, _) in sensitivities.items():
+        for measure, sens in sensitivities.items():
             start = time.perf_counter()
-            gdws, report = approximate(model, mac_ratio=ratio, alphas=alphas, input_shape=shape)
+            gdws, report = approximate(model, mac_ratio=ratio, alphas=sens.alphas,
+                                       input_moments=sens.moments, input_shape=shape)  # fmt: skip
             seconds = time.perf_counter() - start
             variants.append(
                 Variant(f"gdws-{measure}@{ratio:g}", "gdws", measure, ratio, gdws.eval(),
                         seconds, report.achieved_mac_ratio,
                         {"kernels": {lay.name: lay.kernels for lay in report.replaced}})
             )  # fmt: skip
-            if measure == "calibrated" or ratio not in matched:
+            if measure == primary or ratio not in matched:
                 matched[ratio] = count_macs(gdws, shape) / total
-    alphas = sensitivities.get("calibrated", (None, 0.0))[0]
+    chosen = sensitivities.get(primary, Sensitivity(None))
+    alphas, moments = chosen.alphas, chosen.moments
     for ratio in time_ratios:
         start = time.perf_counter()
         try:
             gdws, report = approximate(model, time_ratio=ratio, layer_costs=layer_costs,
-                                       alphas=alphas, input_shape=shape)  # fmt: skip
+                                       alphas=alphas, input_moments=moments,
+                                       input_shape=shape)  # fmt: skip
         except InvalidInputError as exc:  # below the cheapest choice of every layer
             print(f"  gdws-time@{ratio:g} left out: {exc}", flush=True)
             continue
         variants.append(
-            Variant(f"gdws-time@{ratio:g}", "gdws", "calibrated" if alphas else "none", ratio,
+            Variant(f"gdws-time@{ratio:g}", "gdws", primary, ratio,
                     gdws.eval(), time.perf_counter() - start, report.achieved_mac_ratio,
                     {"kernels": {lay.name: lay.kernels for lay in report.replaced},
                      "predicted_time_ratio": report.predicted_time_ratio}, budget="time")
@@ -147,9 +175,9 @@ def build_variants(
         if "dws" in baselines:
             start = time.perf_counter()
             dws, report = depthwise_separable(model, mac_ratio=ratio, alphas=alphas,
-                                              input_shape=shape)  # fmt: skip
+                                              input_moments=moments, input_shape=shape)  # fmt: skip
             variants.append(
-                Variant(f"dws@{ratio:g}", "dws", "calibrated" if alphas else "none", ratio,
+                Variant(f"dws@{ratio:g}", "dws", primary, ratio,
                         dws.eval(), time.perf_counter() - start, report.achieved_mac_ratio,
                         {"converted": [lay.name for lay in report.replaced]})
             )  # fmt: skip

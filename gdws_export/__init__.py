@@ -19,6 +19,7 @@ from gdws_export.errors import (
     ParityError,
     UnsupportedModelError,
 )
+from gdws_export.gdws.activations import activation_gains, input_moments, relative_gains
 from gdws_export.gdws.approximate import (
     ApproximationReport,
     LayerCost,
@@ -27,7 +28,7 @@ from gdws_export.gdws.approximate import (
 )
 from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.conv import GDWSConv2d
-from gdws_export.gdws.sensitivity import load_alphas, noise_gains, save_alphas
+from gdws_export.gdws.sensitivity import load_alphas, load_input_moments, noise_gains, save_alphas
 from gdws_export.models import create_model, list_models, load_model
 
 __version__ = "0.1.0"
@@ -72,6 +73,7 @@ __all__ = [
     "ParityError",
     "ParityReport",
     "UnsupportedModelError",
+    "activation_gains",
     "approximate",
     "benchmark",
     "build",
@@ -79,12 +81,15 @@ __all__ = [
     "create_model",
     "evaluate_accuracy",
     "export_onnx",
+    "input_moments",
     "list_models",
     "load_alphas",
+    "load_input_moments",
     "load_model",
     "measure_layer_costs",
     "noise_gains",
     "read_metadata",
+    "relative_gains",
     "run_export",
     "save_alphas",
     "sweep",

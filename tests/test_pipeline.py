@@ -254,6 +254,35 @@ def test_alphas_from_calibration_data_and_int8(ckpt, tmp_path):
     assert again.approximation["layers"] == report.approximation["layers"]
 
 
+def test_activation_aware_alphas_save_their_moments(ckpt, tmp_path):
+    from gdws_export import load_alphas, load_input_moments
+
+    calib = files.calib_npz(tmp_path, n=8)
+    report = run_export(_config(ckpt, tmp_path / "out", calib=str(calib), sensitivity="activation"))
+    saved = tmp_path / "out" / "alphas.pt"
+    moments = load_input_moments(saved)
+    assert set(moments) == set(load_alphas(saved)) == {"features.3"}
+    assert moments["features.3"].shape == (4, 25, 25)  # 4 input channels, 5x5 taps
+    assert report.model["alphas"].startswith(f"activation, computed on {calib} (8 samples")
+    assert report.approximation["weighted"]
+    # The saved file (alphas and moments) reproduces the same plan when passed back.
+    again = run_export(_config(ckpt, tmp_path / "again", alphas=str(saved), dry_run=True))
+    assert again.model["alphas"] == f"file {saved} (activation-aware)"
+    assert again.approximation["layers"] == report.approximation["layers"]
+
+
+def test_relative_alphas_need_no_data(ckpt, tmp_path):
+    from gdws_export import load_alphas, load_model, relative_gains
+
+    report = run_export(_config(ckpt, tmp_path / "out", sensitivity="relative"))
+    assert report.model["alphas"].startswith("relative")
+    assert report.approximation["weighted"]
+    saved = load_alphas(tmp_path / "out" / "alphas.pt")
+    expected = relative_gains(load_model(ckpt))
+    assert set(saved) == set(expected) == {"features.3"}
+    torch.testing.assert_close(saved["features.3"], expected["features.3"])
+
+
 def test_calibration_labels_must_fit_the_model(ckpt, tmp_path):
     calib = files.calib_npz(tmp_path, n=4, classes=50)
     with pytest.raises(InvalidInputError, match="has label .* but the model has 10 outputs"):

@@ -11,6 +11,7 @@ from gdws_export.gdws.selection import find_convs
 from gdws_export.gdws.sensitivity import (
     _channel_grad_norms,
     load_alphas,
+    load_input_moments,
     noise_gains,
     save_alphas,
 )
@@ -134,6 +135,14 @@ def test_alphas_feed_approximate_and_round_trip(tmp_path):
     assert all(torch.equal(alphas[n], loaded[n]) for n in alphas)
     _, report = approximate(model, beta=1e-3, alphas=loaded, input_shape=(3, 12, 12))
     assert report.weighted
+    assert load_input_moments(path) is None  # saved without them
+
+
+def test_input_moments_round_trip(tmp_path):
+    moments = {"a": torch.rand(3, 9, 9, dtype=torch.float64)}
+    path = tmp_path / "alphas.pt"
+    save_alphas({"a": torch.ones(3)}, path, input_moments=moments)
+    assert torch.equal(load_input_moments(path)["a"], moments["a"])
 
 
 def test_bad_alpha_files_and_arguments(tmp_path):

@@ -31,6 +31,7 @@ def depthwise_separable(
     *,
     mac_ratio: float | None = None,
     alphas: Mapping[str, torch.Tensor] | None = None,
+    input_moments: Mapping[str, torch.Tensor] | None = None,
     skip_first: bool = True,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
@@ -43,6 +44,8 @@ def depthwise_separable(
         mac_ratio: in (0, 1], or None to convert every layer where it saves MACs (see the
             module docstring).
         alphas: per-layer, per-channel sensitivities ranking the layers (None: unweighted).
+        input_moments: per-layer input patch moments for activation-aware SVDs (as in
+            `approximate`); None: the paper's SVD.
         skip_first, include, exclude: which convs may be replaced (see `find_convs`).
         input_shape: (C, H, W) of one input; defaults to `model.input_shape`.
 
@@ -65,7 +68,7 @@ def depthwise_separable(
     shape = tuple(int(d) for d in input_shape)
     sites = find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
     sizes = output_sizes(model, [s.name for s in sites], shape)
-    reports, cost, error, rank = {}, {}, {}, {}
+    reports, cost, error, svds = {}, {}, {}, {}
     for site in sites:
         conv = site.conv
         pixels = sizes[site.name][0] * sizes[site.name][1]
@@ -81,10 +84,10 @@ def depthwise_separable(
             continue
         alpha = check_alpha(None if alphas is None else alphas.get(site.name), conv.in_channels,
                             site.name)  # fmt: skip
-        svd = channel_svd(conv.weight, conv.groups)
+        moment = None if input_moments is None else input_moments.get(site.name)
+        svd = svds[site.name] = channel_svd(conv.weight, conv.groups, moment)
         ones = torch.ones(conv.in_channels, dtype=torch.long)
         error[site.name] = weighted_error(error_values(svd, alpha), ones)
-        rank[site.name] = int((svd.s > 0).sum())
         kh, kw = conv.kernel_size
         cost[site.name] = conv.in_channels * (kh * kw + conv.out_channels // conv.groups) * pixels
         report.status, report.reason = "original", "not converted (MAC budget met without it)"
@@ -96,12 +99,12 @@ def depthwise_separable(
     for name in convert:
         conv = model.get_submodule(name)
         ones = torch.ones(conv.in_channels, dtype=torch.long)
-        alpha = None if alphas is None else alphas.get(name)
-        layer = GDWSConv2d.from_conv(conv, kernels_per_channel=ones, alpha=alpha)
+        layer = GDWSConv2d._build(conv, svds[name], ones, error[name])
         replace_module(new_model, name, layer.train(conv.training))
         report = reports[name]
         report.status, report.reason = "gdws", ""
-        report.kernels, report.full_rank_kernels = layer.kernels, rank[name]
+        report.kernels = layer.kernels
+        report.full_rank_kernels = int((svds[name].s > 0).sum())
         report.kernels_per_channel = ones.tolist()
         report.macs_after, report.params_after = cost[name], _params(layer)
         report.weighted_error = error[name]

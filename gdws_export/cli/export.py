@@ -176,8 +176,9 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         "--sensitivity",
         choices=SENSITIVITIES,
         default="calibrated",
-        help="how --calib alphas are computed: per-layer scales measured on adversarial "
-        "inputs (calibrated, default) or the paper's noise gains",
+        help="how --calib weighs errors: activation (activation-aware SVD in the metric of "
+        "each conv's inputs on clean and PGD images), calibrated (per-layer scales measured "
+        "on adversarial inputs) or noise-gains (the paper's alphas)",
     )
 
 

@@ -224,6 +224,7 @@ def approximate(
     time_ratio: float | None = None,
     layer_costs: Mapping[str, LayerCost] | None = None,
     alphas: Mapping[str, torch.Tensor] | None = None,
+    input_moments: Mapping[str, torch.Tensor] | None = None,
     skip_first: bool = True,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
@@ -242,6 +243,10 @@ def approximate(
             (`gdws_export.lowering.measure_layer_costs` measures them).
         alphas: per-layer, per-input-channel sensitivities (from `noise_gains` or
             `load_alphas`), keyed by module name. None means unweighted (all ones).
+        input_moments: per-layer (C, K, K) patch second moments (`input_moments`), keyed by
+            module name: each layer's SVD then minimizes the expected output error instead of
+            the weight error (activation-aware; pair with `activation_gains` alphas). None:
+            the paper's SVD.
         skip_first, include, exclude: which convs may be replaced (see `find_convs`).
         input_shape: (C, H, W) of one input. Defaults to `model.input_shape` when the model
             has that attribute (registry models do). Needed for `mac_ratio`; otherwise it only
@@ -277,7 +282,9 @@ def approximate(
         sizes = output_sizes(model, [s.name for s in sites], input_shape)
         pixels = {name: h * w for name, (h, w) in sizes.items()}
 
-    svds = {s.name: channel_svd(s.conv.weight, s.conv.groups) for s in candidates}
+    moment_of = _check_layer_map(input_moments, sites, "input_moments", "input_moments")
+    svds = {s.name: channel_svd(s.conv.weight, s.conv.groups, moment_of[s.name])
+            for s in candidates}  # fmt: skip
     values = {s.name: error_values(svds[s.name], alpha_of[s.name]) for s in candidates}
     keep_original: set[str] = set()
     spent: dict[str, float] = {}
@@ -599,21 +606,31 @@ def _resolve_input_shape(model, input_shape, *, required: bool) -> tuple[int, ..
 
 
 def _check_alphas(alphas, sites) -> dict[str, torch.Tensor | None]:
+    entries = _check_layer_map(alphas, sites, "alphas", "noise_gains")
+    convs = {s.name: s.conv for s in sites}
+    return {
+        name: None if alpha is None else check_alpha(alpha, convs[name].in_channels, name)
+        for name, alpha in entries.items()
+    }
+
+
+def _check_layer_map(mapping, sites, what: str, maker: str) -> dict:
+    """{approximable layer: its entry of `mapping`}, all None when `mapping` is None; refuses
+    names of other layers and missing entries (`what` came from another model)."""
     candidates = [s for s in sites if s.skip_reason is None]
-    if alphas is None:
+    if mapping is None:
         return {s.name: None for s in candidates}
-    names = {s.name for s in candidates}
-    unknown = sorted(set(alphas) - {s.name for s in sites})
+    unknown = sorted(set(mapping) - {s.name for s in sites})
     if unknown:
         raise InvalidInputError(
-            f"alphas name layer {unknown[0]!r}, which is not a conv of this model; "
+            f"{what} name layer {unknown[0]!r}, which is not a conv of this model; "
             "were they computed for another model?"
         )
-    missing = sorted(names - set(alphas))
+    missing = sorted({s.name for s in candidates} - set(mapping))
     if missing:
         raise InvalidInputError(
-            f"alphas have no entry for layer {missing[0]!r}"
+            f"{what} have no entry for layer {missing[0]!r}"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            + "; compute them for the same layers (noise_gains) or pass alphas=None"
+            + f"; compute them for the same layers ({maker}) or pass {what}=None"
         )
-    return {s.name: check_alpha(alphas[s.name], s.conv.in_channels, s.name) for s in candidates}
+    return {s.name: mapping[s.name] for s in candidates}

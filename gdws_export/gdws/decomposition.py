@@ -17,6 +17,16 @@ alpha_c * s_{c,i}^2 once:
 
 Singular values within a channel are sorted, so each channel keeps a prefix of its triplets and
 only the count g_c matters. Everything here is batched over channels: one SVD call per layer.
+
+Activation-aware SVD (`input_moment`): what the network feels is not the weight error but the
+output error, (W_c - W'_c) p for the patches p of channel c that the layer actually sees. With
+the patches' second moment S_c = E[p p^T] = L_c L_c^T, E||(W_c - W'_c) p||^2 =
+||(W_c - W'_c) L_c||_F^2, so the best rank-g_c approximation in that metric is the truncated
+SVD of W_c L_c, mapped back by L_c^-1 (Eckart-Young in the whitened space). It is still a sum
+of rank-1 terms (PW column x GDW kernel), so GDWS, MEGO and LEGO apply unchanged, with
+s_{c,i}^2 now the expected squared output error of dropping triplet i. Natural-image patches
+are smooth, so S_c is far from isotropic: weight directions the data never excites (e.g. the
+taps that only ever see zero padding on a 1 x 1 feature map) cost nothing to drop.
 """
 
 from __future__ import annotations
@@ -38,6 +48,10 @@ class ChannelSVD:
         s: (C, r) singular values, descending, r = min(M/groups, Kh*Kw).
         vh: (C, r, Kh*Kw) right singular vectors (rows) of each channel block.
         groups: the conv's groups; channel c belongs to group c // (C/groups).
+
+    With an input moment (activation-aware), vh holds the unit-norm kernels V^T L^-1 and u the
+    matching PW columns (scaled by the kernels' norms): u s vh still rebuilds the block, but u
+    and vh are no longer orthonormal, and s is measured in the moment's metric.
     """
 
     u: torch.Tensor
@@ -63,15 +77,69 @@ def channel_blocks(weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
     return w.permute(0, 2, 1, 3).reshape(groups * c_per_group, m_per_group, kh * kw)
 
 
-def channel_svd(weight: torch.Tensor, groups: int = 1) -> ChannelSVD:
+RIDGE = 1e-3  # added to an input moment, times its layer's mean per-tap energy (see below)
+
+
+def channel_svd(
+    weight: torch.Tensor, groups: int = 1, input_moment: torch.Tensor | None = None
+) -> ChannelSVD:
     """SVD of every per-channel block of a conv weight, in one batched call.
+
+    Args:
+        weight: (M, C/groups, Kh, Kw) conv weight.
+        groups: the conv's groups.
+        input_moment: None for the paper's SVD (least weight error), or (C, K, K) second
+            moments E[p p^T] of each input channel's K = Kh*Kw patch taps (`input_moments`
+            measures them): the SVD then gives the least expected output error (module doc).
+            `RIDGE` times the layer's mean per-tap energy is added to the diagonal, so taps the
+            data never excites still get a well-defined (tiny) weight.
 
     Runs in float64 on the CPU (small matrices, exactness matters more than speed here).
     """
     _check_weight(weight)
     blocks = channel_blocks(weight.detach().to("cpu", torch.float64), groups)
-    u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
-    return ChannelSVD(u=u, s=s, vh=vh, groups=groups)
+    if input_moment is None:
+        u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
+        return ChannelSVD(u=u, s=s, vh=vh, groups=groups)
+    root = moment_root(input_moment, blocks.shape[0], blocks.shape[2])
+    u, s, vh = torch.linalg.svd(blocks @ root, full_matrices=False)
+    # vh L^-1, by solving X L = vh as L^T X^T = vh^T.
+    vh = torch.linalg.solve_triangular(root.transpose(1, 2), vh.transpose(1, 2), upper=True)
+    vh = vh.transpose(1, 2)
+    # Unit-norm GDW kernels, scale moved into the PW columns: the same product, and weights of
+    # ordinary magnitude (L^-1 is large along taps with little energy; FP16 engines care).
+    norms = vh.norm(dim=2, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    return ChannelSVD(u=u * norms.transpose(1, 2), s=s, vh=vh / norms, groups=groups)
+
+
+def moment_root(input_moment: torch.Tensor, channels: int, taps: int) -> torch.Tensor:
+    """Lower Cholesky factor L_c of each channel's regularized input moment S_c + ridge * I.
+
+    The ridge is `RIDGE` times the layer's mean diagonal entry (the same for every channel, so
+    channels keep their relative weight); a layer whose inputs were all zero gets the identity.
+    """
+    moment = torch.as_tensor(input_moment).detach().to("cpu", torch.float64)
+    if moment.shape != (channels, taps, taps):
+        raise InvalidInputError(
+            f"input moment has shape {tuple(moment.shape)}, expected ({channels}, {taps}, {taps}):"
+            " one taps x taps matrix per input channel"
+        )
+    if not torch.isfinite(moment).all():
+        raise InvalidInputError("input moment contains NaN or Inf")
+    moment = (moment + moment.transpose(1, 2)) / 2
+    if (moment.diagonal(dim1=1, dim2=2) < 0).any():
+        raise InvalidInputError("input moment is not positive semi-definite")
+    eye = torch.eye(taps, dtype=torch.float64)
+    per_tap = moment.diagonal(dim1=1, dim2=2).mean(dim=1)  # (C,)
+    layer = float(per_tap.mean())
+    if layer <= 0:
+        return eye.expand(channels, taps, taps).clone()
+    # A channel that never fires gets the layer's scale: its error then costs little, not 0/0.
+    scale = torch.where(per_tap > 0, per_tap, torch.full_like(per_tap, layer))
+    root, info = torch.linalg.cholesky_ex(moment + RIDGE * scale[:, None, None] * eye)
+    if (info != 0).any():
+        raise InvalidInputError("input moment is not positive semi-definite")
+    return root
 
 
 def error_values(svd: ChannelSVD, alpha: torch.Tensor | None = None) -> torch.Tensor:

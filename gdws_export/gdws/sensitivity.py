@@ -216,20 +216,41 @@ def _batches(data, samples: int, batch_size: int) -> Iterator[tuple[torch.Tensor
         left -= len(x)
 
 
-def save_alphas(alphas: Mapping[str, torch.Tensor], path: str | os.PathLike, **meta) -> None:
-    """Save alphas (and JSON-able settings, e.g. eps=..., samples=...) to a file, atomically."""
+def save_alphas(
+    alphas: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    input_moments: Mapping[str, torch.Tensor] | None = None,
+    **meta,
+) -> None:
+    """Save alphas (with activation-aware `input_moments`, and JSON-able settings, e.g.
+    eps=..., samples=...) to a file, atomically."""
     path = os.fspath(path)
     payload = {
         "format": _FORMAT,
         "alphas": {name: torch.as_tensor(a).detach().cpu() for name, a in alphas.items()},
         "meta": dict(meta),
     }
+    if input_moments is not None:
+        payload["input_moments"] = {
+            name: torch.as_tensor(m).detach().cpu() for name, m in input_moments.items()
+        }
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
 
 
 def load_alphas(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load alphas saved by `save_alphas`. Never runs code from the file (weights_only)."""
+    return dict(_read(path)["alphas"])
+
+
+def load_input_moments(path: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+    """The input moments saved beside the alphas (activation-aware), or None."""
+    moments = _read(path).get("input_moments")
+    return None if moments is None else dict(moments)
+
+
+def _read(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InvalidInputError(f"alphas file {path!r} does not exist")
@@ -239,4 +260,4 @@ def load_alphas(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise InvalidInputError(f"alphas file {path!r} cannot be read: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise InvalidInputError(f"{path!r} is not an alphas file written by gdws-export")
-    return dict(payload["alphas"])
+    return payload

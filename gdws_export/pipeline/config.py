@@ -32,7 +32,7 @@ EXPORTERS = ("dynamo", "legacy")
 DEFAULT_MAC_RATIO = 0.75
 DEFAULT_CALIB_SAMPLES = 512
 DEFAULT_ALPHA_EPS = 8 / 255
-SENSITIVITIES = ("calibrated", "noise-gains")
+SENSITIVITIES = ("relative", "activation", "calibrated", "noise-gains")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 

@@ -22,10 +22,16 @@ import torch
 from torch import nn
 
 from gdws_export.errors import InvalidInputError
+from gdws_export.gdws.activations import activation_gains, input_moments, relative_gains
 from gdws_export.gdws.approximate import approximate
 from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.selection import replace_module
-from gdws_export.gdws.sensitivity import load_alphas, noise_gains, save_alphas
+from gdws_export.gdws.sensitivity import (
+    load_alphas,
+    load_input_moments,
+    noise_gains,
+    save_alphas,
+)
 from gdws_export.loading import LoadedModel, load_model_file
 from gdws_export.pipeline.config import ExportConfig
 from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
@@ -124,6 +130,7 @@ class _State:
         self.gdws_model: nn.Module | None = None
         self.data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.alphas: dict[str, torch.Tensor] | None = None
+        self.input_moments: dict[str, torch.Tensor] | None = None  # activation-aware only
         self.alphas_computed = False
         self.engine: EngineCheck | None = None
 
@@ -174,7 +181,8 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
         with clock("approximate"):
             state.gdws_model, approx = approximate(
                 model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, time_ratio=cfg.time_ratio,
-                layer_costs=costs, alphas=state.alphas, input_shape=shape,
+                layer_costs=costs, alphas=state.alphas, input_moments=state.input_moments,
+                input_shape=shape,
             )  # fmt: skip
         report.approximation = approx.to_dict()
         report.macs["gdws"], report.params["gdws"] = count_macs_params(state.gdws_model, shape)
@@ -201,8 +209,13 @@ def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock
     inputs = _parity_inputs(state, cfg.seed)
     source = _export_graphs(cfg, report, state, out, clock, dynamic, batch, inputs)
     if state.alphas_computed:
-        save_alphas(state.alphas, out / "alphas.pt", data=cfg.calib, samples=len(state.data[0]),
-                    eps=cfg.alpha_eps, seed=cfg.seed)  # fmt: skip
+        measured = (
+            {}
+            if state.data is None
+            else dict(data=cfg.calib, samples=len(state.data[0]), eps=cfg.alpha_eps, seed=cfg.seed)
+        )
+        save_alphas(state.alphas, out / "alphas.pt", input_moments=state.input_moments,
+                    sensitivity=cfg.sensitivity, **measured)  # fmt: skip
         report.files["alphas"] = "alphas.pt"
     _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, profile, inputs)
 
@@ -320,14 +333,27 @@ def _alphas(cfg: ExportConfig, state: _State, clock, show_bars: bool) -> str:
         return "not used (--no-gdws)"
     if cfg.alphas is not None:
         state.alphas = match_alpha_names(load_alphas(cfg.alphas), state.model, cfg.alphas)
+        moments = load_input_moments(cfg.alphas)
+        if moments is not None:
+            state.input_moments = match_alpha_names(moments, state.model, cfg.alphas)
+            return f"file {cfg.alphas} (activation-aware)"
         return f"file {cfg.alphas}"
+    if cfg.sensitivity == "relative":  # from the weights alone: no data needed
+        with clock("alphas", " (relative: per-layer 1/||W||^2)"):
+            state.alphas = relative_gains(state.model)
+        state.alphas_computed = True
+        return "relative (per-layer 1/||W||^2 of the weights, no data)"
     if state.data is None:
-        return "none (unweighted; pass --alphas or --calib to weight channels)"
+        return (f"none (unweighted; --sensitivity {cfg.sensitivity} needs --calib data, or pass "
+                "--alphas)")  # fmt: skip
     x, y = state.data
     common = dict(samples=len(x), eps=cfg.alpha_eps, step_size=cfg.alpha_eps / 4, seed=cfg.seed,
                   batch_size=state.loaded.fixed_batch or 64)  # fmt: skip
     with clock("alphas", f" ({cfg.sensitivity}, PGD on {len(x)} calibration samples)"):
-        if cfg.sensitivity == "calibrated":
+        if cfg.sensitivity == "activation":
+            state.input_moments = input_moments(state.model, (x, y), **common)
+            state.alphas = activation_gains(state.model, state.input_moments)
+        elif cfg.sensitivity == "calibrated":
             state.alphas = calibrated_gains(state.model, (x, y), **common)
         else:
             state.alphas = noise_gains(state.model, (x, y), progress=show_bars, **common)
