@@ -221,8 +221,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--checkpoints", nargs="+", default=list(CHECKPOINTS))
     add("--data", default="fashion-mnist",
         help="named dataset with train/test splits, or an .npz file (see load_data)")  # fmt: skip
-    add("--ratios", nargs="+", type=float, default=[0.9, 0.75, 0.5])
-    add("--time-ratios", nargs="*", type=float, default=[0.6, 0.35],
+    add("--ratios", nargs="+", type=float, default=[0.75, 0.5, 0.35])
+    add("--time-ratios", nargs="*", type=float, default=[0.45, 0.3],
         help="time budgets of the gdws-time rows (primary measure, layer costs measured at "
              "--auto-batch); none: leave them out")  # fmt: skip
     add("--sensitivities", nargs="+", choices=SENSITIVITIES, default=list(SENSITIVITIES))
@@ -230,9 +230,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--light", nargs="*", default=["fmnist_wrn28_4_w16"],
         help="checkpoints measured with --light-ratios / --light-sensitivities / "
              "--samples-light, to fit the time budget")  # fmt: skip
-    add("--light-ratios", nargs="+", type=float, default=[0.75, 0.5])
+    add("--light-ratios", nargs="+", type=float, default=[0.5, 0.35])
     add("--light-sensitivities", nargs="+", choices=SENSITIVITIES,
-        default=["none", "calibrated", "activation"])  # fmt: skip
+        default=["none", "relative"])  # fmt: skip
     add("--samples", type=int, default=200, help="test images attacked per model")
     add("--samples-light", type=int, default=100)
     add("--calib-samples", type=int, default=256, help="training images for the sensitivities")
@@ -255,7 +255,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.checkpoints = args.checkpoints[:1]
-        args.ratios, args.sensitivities = [0.75, 0.5], ["none", "activation"]
+        args.ratios, args.sensitivities = [0.75, 0.5], ["none", "relative", "activation"]
         args.time_ratios = [1.0]
         args.baselines, args.light = ["l1-prune"], []
         args.samples, args.calib_samples, args.steps = 8, 16, 2

@@ -5,16 +5,18 @@ Sensitivity measures (the alphas `approximate` weighs kernels by):
 
 - `none`: unweighted GDWS (alpha = 1), plain squared Frobenius error in every layer;
 - `paper`: the paper's noise gains (`noise_gains`, first-order output-margin noise model);
-- `calibrated`: `calibrated_gains`, the project's default: ones within a layer, each layer's
-  scale measured as KL divergence per unit of error on adversarial inputs;
-- `relative`: ones within a layer, each layer scaled by 1 / ||W_l||_F^2, so the global budget
-  trades relative (not absolute) weight error between layers: no data, no attack;
+- `calibrated`: `calibrated_gains`: ones within a layer, each layer's scale measured as KL
+  divergence per unit of error on adversarial inputs;
+- `relative`: `relative_gains`, the project's default: ones within a layer, each layer scaled
+  by 1 / ||W_l||_F^2, so the global budget trades relative (not absolute) weight error between
+  layers: no data, no attack;
 - `activation`: activation-aware GDWS (`input_moments` + `activation_gains`): each channel's
   SVD in the metric of its input patches (clean and PGD images), so what is dropped is least
   expected output error, and layers traded by relative output error.
 
 Budgets: every measure above spends a MAC budget (`mac_ratio`). `gdws-time` spends a time
-budget instead (`time_ratio`, with the primary measure: `PRIMARY`, the first one computed): each approximable conv is timed on ONNX
+budget instead (`time_ratio`, with the primary measure: the first of `PRIMARY` computed):
+each approximable conv is timed on ONNX
 Runtime at the table's batch (`measure_layer_costs`), and kernels go where they remove the most
 error per millisecond, so layers whose GDWS form is not faster keep their conv. Its ratios are
 fractions of the convs' time, not of their MACs; the MAC-ratio verdicts leave it out and the
@@ -55,7 +57,7 @@ from gdws_export.gdws.decomposition import channel_svd
 from gdws_export.gdws.selection import count_macs, find_convs
 
 SENSITIVITIES = ("none", "paper", "calibrated", "relative", "activation")
-PRIMARY = ("activation", "calibrated")  # gdws-time and dws use the first of these computed
+PRIMARY = ("relative", "activation", "calibrated")  # gdws-time, dws: the first computed
 BASELINES = ("dws", "l1-prune")
 ORIGINAL = "original"
 PRUNE_MULTIPLE = 8

@@ -40,8 +40,8 @@ def test_rows_are_the_expected_ones(quick_run):
     variants = [row.variant for row in result.rows]
     assert variants == [
         "original",
-        "gdws-none@0.75", "gdws-activation@0.75",
-        "gdws-none@0.5", "gdws-activation@0.5",
+        "gdws-none@0.75", "gdws-relative@0.75", "gdws-activation@0.75",
+        "gdws-none@0.5", "gdws-relative@0.5", "gdws-activation@0.5",
         "gdws-time@1",
         "l1-prune@0.75", "l1-prune@0.5",
     ]  # fmt: skip

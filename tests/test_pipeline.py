@@ -110,7 +110,7 @@ def test_ort_export_writes_a_complete_directory(ckpt, tmp_path):
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["original.onnx", "gdws.onnx", "gdws.fp32.ort.onnx", "gdws.fp32.ort.json",
-         "report.json", "report.md"]
+         "alphas.pt", "report.json", "report.md"]  # alphas: the default relative ones
     )  # fmt: skip
     assert _leftovers(tmp_path) == []
     assert stat.S_IMODE(os.stat(out / "report.json").st_mode) & 0o044  # readable by others
@@ -239,7 +239,11 @@ def test_dry_run_plans_and_writes_nothing(ckpt, tmp_path):
 
 def test_alphas_from_calibration_data_and_int8(ckpt, tmp_path):
     calib = files.calib_npz(tmp_path, n=8)
-    report = run_export(_config(ckpt, tmp_path / "out", calib=str(calib), precision="int8"))
+    report = run_export(
+        _config(
+            ckpt, tmp_path / "out", calib=str(calib), precision="int8", sensitivity="calibrated"
+        )
+    )
     from gdws_export import load_alphas
 
     alphas = load_alphas(tmp_path / "out" / "alphas.pt")

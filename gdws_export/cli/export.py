@@ -175,10 +175,11 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
     gdws.add_argument(
         "--sensitivity",
         choices=SENSITIVITIES,
-        default="calibrated",
-        help="how --calib weighs errors: activation (activation-aware SVD in the metric of "
-        "each conv's inputs on clean and PGD images), calibrated (per-layer scales measured "
-        "on adversarial inputs) or noise-gains (the paper's alphas)",
+        default="relative",
+        help="how errors are weighed: relative (default: each layer's error relative to its "
+        "weight energy, no data), or on --calib data: activation (activation-aware SVD in the "
+        "metric of each conv's inputs on clean and PGD images), calibrated (per-layer scales "
+        "measured on adversarial inputs) or noise-gains (the paper's alphas)",
     )
 
 

@@ -59,7 +59,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--limit", type=int, help="use the first N samples")
-    parser.add_argument("--alphas", type=Path, help="alphas file from `noise_gains`")
+    parser.add_argument(
+        "--alphas", type=Path,
+        help="alphas file (save_alphas, or an export's alphas.pt); default: relative alphas "
+        "from the weights, as gdws-export's default --sensitivity",
+    )  # fmt: skip
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write")
     parser.add_argument("--target", choices=("ort", "trt", "torch"), default="ort")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
@@ -107,7 +111,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Load the model and data, run the sweep, write sweep.json / .md / .png."""
-    from gdws_export.gdws.sensitivity import load_alphas
+    from gdws_export.gdws.activations import relative_gains
+    from gdws_export.gdws.sensitivity import load_alphas, load_input_moments
     from gdws_export.harness.data import load_dataset
     from gdws_export.models import load_model
 
@@ -118,9 +123,13 @@ def run(args: argparse.Namespace) -> int:
         args.data, split=args.split, limit=args.limit, num_classes=num_classes,
         input_shape=getattr(model, "input_shape", None),
     )  # fmt: skip
-    alphas = load_alphas(args.alphas) if args.alphas is not None else None
+    if args.alphas is not None:
+        alphas, moments = load_alphas(args.alphas), load_input_moments(args.alphas)
+    else:
+        alphas, moments = relative_gains(model), None
     report = sweep(
         model, config, (x, y), work_dir=args.output_dir / "models", alphas=alphas,
+        input_moments=moments,
         data_name=_describe_data(args.data, args.split, len(y)),
     )  # fmt: skip
     paths = write_sweep(report, args.output_dir)

@@ -51,6 +51,7 @@ def sweep(
     *,
     work_dir: str | os.PathLike,
     alphas: dict[str, torch.Tensor] | None = None,
+    input_moments: dict[str, torch.Tensor] | None = None,
     data_name: str = "",
 ) -> SweepReport:
     """Approximate, export, build, benchmark and attack the model at every setting.
@@ -61,6 +62,7 @@ def sweep(
         data: (x, y) evaluation images and labels (from `load_dataset`).
         work_dir: where the ONNX files and engines go (`original.onnx`, `beta_0.01.onnx`...).
         alphas: per-layer sensitivities for `approximate` (None: unweighted).
+        input_moments: activation-aware input moments for `approximate` (None: the paper's SVD).
         data_name: description of the data for the report.
 
     Returns:
@@ -90,7 +92,7 @@ def sweep(
         gdws_model, approximation = approximate(
             model, beta=setting.beta, mac_ratio=setting.mac_ratio,
             time_ratio=setting.time_ratio, layer_costs=costs if setting.time_ratio else None,
-            alphas=alphas, input_shape=input_shape,
+            alphas=alphas, input_moments=input_moments, input_shape=input_shape,
         )  # fmt: skip
         models[setting.label] = gdws_model.eval()
         approximations[setting.label] = json.loads(approximation.to_json())  # JSON types

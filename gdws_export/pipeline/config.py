@@ -10,10 +10,11 @@ The CLI maps each option to one field; a sweep builds configs directly. Defaults
 - `output`: `<model file stem>-<target>-<precision>` in the working directory;
 - `batch`: None, a dynamic batch with TensorRT's default profile (1, 1, 64); with
   `dynamic_batch=False` a batch of 1;
-- alphas: from `alphas` (a file), else computed on `calib` data by `sensitivity`
-  ("calibrated": `calibrated_gains`, per-layer scales measured on adversarial inputs, which
-  kept the most robust accuracy at matched MACs in benchmarks/results; "noise-gains": the
-  paper's alphas), else unweighted.
+- alphas: from `alphas` (a file), else by `sensitivity`: "relative" (`relative_gains`, each
+  layer's error relative to its weight energy: no data needed; it kept the most robust
+  accuracy at matched MACs in benchmarks/results), or on `calib` data "activation"
+  (activation-aware SVD), "calibrated" (`calibrated_gains`) or "noise-gains" (the paper's);
+  without `calib` those are unweighted.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class ExportConfig:
             folders use their train split).
         calib_samples: samples of `calib` used. Defaults to 512.
         alpha_eps: L-inf radius of the PGD attack that alphas are averaged over (8/255).
-        sensitivity: how alphas are computed on `calib`: "calibrated" (default) or
-            "noise-gains" (the paper's).
+        sensitivity: "relative" (default, no data), or computed on `calib`: "activation",
+            "calibrated" or "noise-gains" (the paper's).
         lowering: "auto" or one lowering form for every GDWS layer.
         exporter: "dynamo" (default) or "legacy".
         opset: ONNX opset; None lets the exporter choose (18).
@@ -100,7 +101,7 @@ class ExportConfig:
     calib: str | None = None
     calib_samples: int = DEFAULT_CALIB_SAMPLES
     alpha_eps: float = DEFAULT_ALPHA_EPS
-    sensitivity: str = "calibrated"
+    sensitivity: str = "relative"
     lowering: str = "auto"
     exporter: str = "dynamo"
     opset: int | None = None
