@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.gdws.calibration import _inputs
+from gdws_export.gdws.calibration import _approximable_sites, _check_attack, _inputs
 from gdws_export.gdws.decomposition import channel_svd
 from gdws_export.gdws.selection import find_convs
 
@@ -65,12 +64,8 @@ def input_moments(
         {layer name: (C, K, K) float64 moments E[p p^T], K = Kh*Kw}, averaged over every
         output position of every input, for `approximate(input_moments=...)`.
     """
-    if attack not in ("pgd", None):
-        raise InvalidInputError(f"attack must be 'pgd' or None (clean inputs), got {attack!r}")
-    sites = [s for s in find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
-             if s.skip_reason is None]  # fmt: skip
-    if not sites:
-        raise UnsupportedModelError("the model has no conv that GDWS can approximate")
+    _check_attack(attack)
+    sites = _approximable_sites(model, skip_first, include, exclude)
     param = next(model.parameters())
     was_training = model.training
     model.eval()

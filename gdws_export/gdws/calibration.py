@@ -75,14 +75,10 @@ def calibrated_gains(
     Returns:
         {layer name: (C,) float64 alphas}, for `approximate(alphas=...)`.
     """
-    if attack not in ("pgd", None):
-        raise InvalidInputError(f"attack must be 'pgd' or None (clean inputs), got {attack!r}")
+    _check_attack(attack)
     if not fractions or any(not 0 < f < 1 for f in fractions):
         raise InvalidInputError(f"fractions must lie in (0, 1), got {list(fractions)}")
-    sites = [s for s in find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
-             if s.skip_reason is None]  # fmt: skip
-    if not sites:
-        raise UnsupportedModelError("the model has no conv that GDWS can approximate")
+    sites = _approximable_sites(model, skip_first, include, exclude)
     param = next(model.parameters())
     was_training = model.training
     model.eval()
@@ -115,6 +111,19 @@ def calibrated_gains(
     finally:
         model.train(was_training)
     return gains
+
+
+def _check_attack(attack: str | None) -> None:
+    if attack not in ("pgd", None):
+        raise InvalidInputError(f"attack must be 'pgd' or None (clean inputs), got {attack!r}")
+
+
+def _approximable_sites(model, skip_first, include, exclude) -> list:
+    sites = [s for s in find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
+             if s.skip_reason is None]  # fmt: skip
+    if not sites:
+        raise UnsupportedModelError("the model has no conv that GDWS can approximate")
+    return sites
 
 
 def _inputs(model, data, attack, eps, steps, step_size, norm, samples, seed, param):
