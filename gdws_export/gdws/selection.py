@@ -83,21 +83,12 @@ def output_sizes(
         )
         for name in names
     ]
-    was_training = model.training
-    param = next(model.parameters(), None)
-    x = torch.zeros(1, *input_shape, device=param.device if param is not None else None)
     try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
+        _run_once(model, input_shape, hooks)
     except Exception as exc:  # a user model can fail in any way; say where
         raise UnsupportedModelError(
             f"model forward failed on input shape {tuple(input_shape)}: {type(exc).__name__}: {exc}"
         ) from exc
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
     return sizes
 
 
@@ -116,6 +107,13 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
 
     hooks = [m.register_forward_hook(hook) for m in model.modules()
              if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
+    _run_once(model, input_shape, hooks)
+    return total
+
+
+def _run_once(model: nn.Module, input_shape: Sequence[int], hooks: list) -> None:
+    """One zero image through `model` in eval mode, without gradients, for its forward
+    `hooks`; the hooks are removed and the model's mode restored whatever happens."""
     was_training = model.training
     param = next(model.parameters(), None)
     x = torch.zeros(1, *input_shape, device=param.device if param is not None else None)
@@ -125,9 +123,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
             model(x)
     finally:
         model.train(was_training)
-        for handle in hooks:
-            handle.remove()
-    return total
+        for hook in hooks:
+            hook.remove()
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
