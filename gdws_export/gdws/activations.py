@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gdws_export.gdws.calibration import _approximable_sites, _check_attack, _inputs
-from gdws_export.gdws.decomposition import channel_svd
+from gdws_export.gdws.decomposition import channel_blocks, moment_root
 from gdws_export.gdws.selection import find_convs
 
 PATCH_CHUNK = 16  # samples unfolded at a time: unfold holds Kh*Kw copies of the input
@@ -109,8 +109,11 @@ def activation_gains(
     for site in find_convs(model):
         if site.skip_reason is not None or site.name not in moments:
             continue
-        svd = channel_svd(site.conv.weight, site.conv.groups, moments[site.name])
-        energy = float(svd.s.pow(2).sum())
+        # ||W_c L_c||_F^2 summed over channels: the sum of all s^2 of the activation-aware
+        # SVD, without computing it (approximate will).
+        blocks = channel_blocks(site.conv.weight.detach().double().cpu(), site.conv.groups)
+        root = moment_root(moments[site.name], blocks.shape[0], blocks.shape[2])
+        energy = float((blocks @ root).pow(2).sum())
         scale = 1 / energy if energy > 0 else 1.0
         gains[site.name] = torch.full((site.conv.in_channels,), scale, dtype=torch.float64)
     return gains
