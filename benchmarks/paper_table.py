@@ -1,7 +1,8 @@
 """The GDWS paper table, measured here: for every robust checkpoint, the original, GDWS under
 several sensitivity measures at several MAC ratios, and two baselines (plain depthwise-separable
 convs, L1 filter pruning), all through the same export -> build -> benchmark -> evaluate path on
-ONNX Runtime CPU; plus a speed-only table of the full-size CIFAR architectures.
+one runtime (`--target`: ONNX Runtime CPU by default, TensorRT or PyTorch where present); plus
+a speed-only table of the full-size CIFAR architectures (ONNX Runtime CPU).
 
 Per checkpoint:
 
@@ -10,19 +11,24 @@ Per checkpoint:
    budget at each `--time-ratios` (layer costs measured at `--auto-batch`), the baselines;
 3. each model exported with `export_onnx(lowering="auto", original=model)` and built for ONNX
    Runtime; layers where the original conv ran faster ship it, and are put back in the PyTorch
-   model too, so the model attacked is the model shipped;
+   model too, so the model attacked is the model shipped. `--target trt` builds TensorRT
+   engines from the reference lowering ("gather": auto times on ONNX Runtime CPU, which says
+   nothing about TensorRT); `--target torch` runs each PyTorch model as a torch.export program;
 4. all graphs timed in one interleaved `benchmark` at batch 1 and 32 (the original is the
    reference);
 5. `evaluate_accuracy`: clean and PGD-100 accuracy on PyTorch (GDWS layers as the dense convs
    they compute: the same function, faster in PyTorch), replayed on the ONNX Runtime graphs.
    A model that ships no GDWS layer is the original and is not attacked again.
 
-Writes benchmarks/results/ort-cpu-<date>.{md,json,png} (`--out` to change).
+Writes benchmarks/results/<runtime>-<date>.{md,json,png} (`--out` to change), <runtime> being
+ort-cpu, trt-<precision> or torch-<device>-<precision>.
 
 Run (full, about 25 minutes on 2 quiet cores):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
+On a GPU machine (TensorRT FP16; or PyTorch CUDA with --target torch):
+    PYTHONPATH=. python benchmarks/paper_table.py --target trt --precision fp16
 """
 
 from __future__ import annotations
@@ -61,13 +67,14 @@ from gdws_export.harness.speed import benchmark
 from gdws_export.harness.sweep import pareto_front
 from gdws_export.lowering import export_onnx, measure_layer_costs
 from gdws_export.models import load_model
-from gdws_export.runtimes.build import build
-from gdws_export.runtimes.onnxruntime import OrtRunner
+from gdws_export.runtimes.build import TARGETS, BuildResult, build
+from gdws_export.runtimes.torch_program import export_program
 
 RESULTS = Path(__file__).parent / "results"
 CHECKPOINTS = ("fmnist_vgg16_bn_w16", "fmnist_preact_resnet18_w16", "fmnist_wrn28_4_w16")
 BATCHES = (1, 32)
 SAME_GRAPH = "original (A/A)"
+RUNTIME_NAMES = {"ort": "ONNX Runtime CPU", "trt": "TensorRT", "torch": "PyTorch"}
 
 
 def load_data(spec: str):
@@ -105,27 +112,18 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
         if variant.budget == "time":  # the timing is part of making it
             variant.seconds += costs_s
     notes = [f"light checkpoint: ratios {list(ratios)}, measures {list(measures)}"] if light else []
-    files, exports = {}, {}
+    builds, exports = {}, {}
     for variant in variants:
         clock = time.perf_counter()
-        result = export_onnx(
-            variant.model, input_shape=shape, path=workdir / f"{name}-{_stem(variant.name)}.onnx",
-            exporter="legacy", parity_inputs=x_test[:16], threads=args.threads,
-            batch=args.auto_batch, candidates=tuple(args.candidates), repeats=args.auto_repeats,
-            original=model if variant.method in ("gdws", "dws") else None,
-        )  # fmt: skip
-        built = build(result.onnx_path, target="ort", threads=args.threads)
+        builds[variant.name] = _export_and_build(
+            variant, model, workdir / f"{name}-{_stem(variant.name)}", x_test[:16], args
+        )
         exports[variant.name] = time.perf_counter() - clock
-        files[variant.name] = built.settings_path
-        variant.details["forms"] = result.forms
-        # Layers where the original conv was faster ship it: attack what ships.
-        for layer in (lay.name for lay in result.layers if lay.form == "dense"):
-            replace_module(variant.model, layer, copy.deepcopy(model.get_submodule(layer)))
         print(f"  {variant.name}: approximate {variant.seconds:.1f} s, export+build "
               f"{exports[variant.name]:.1f} s, {_lowering(variant)}", flush=True)  # fmt: skip
-    runners = {v.name: OrtRunner.from_settings(files[v.name]) for v in variants}
+    runners = {v.name: builds[v.name].runner() for v in variants}
     # The original graph again, in its own session: how far identical graphs differ here.
-    runners[SAME_GRAPH] = OrtRunner.from_settings(files[ORIGINAL])
+    runners[SAME_GRAPH] = builds[ORIGINAL].runner()
     speed = benchmark(
         runners,
         batch_sizes=BATCHES, duration_s=args.duration, warmup_s=args.warmup, reference=ORIGINAL,
@@ -140,7 +138,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     accuracy = evaluate_accuracy(
         {v.name: _evaluation_copy(v.model) for v in attacked},
         x_test[:samples], y_test[:samples], attacks=[attack],
-        engines={v.name: OrtRunner.from_settings(files[v.name]) for v in attacked},
+        engines={v.name: builds[v.name].runner() for v in attacked},
         batch_size=args.eval_batch, data=f"{args.data} test[:{samples}]",
     )  # fmt: skip
     print(f"  attacked {len(attacked)} models on {samples} images", flush=True)
@@ -163,6 +161,41 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     )  # fmt: skip
 
 
+def _export_and_build(variant: Variant, original, stem: Path, parity_inputs, args) -> BuildResult:
+    """Export one model for `args.target` and build it. With the auto lowering, layers where the
+    original conv ran faster ship it, and go back into `variant.model` too: attack what ships."""
+    shape = tuple(original.input_shape)
+    if args.target == "torch":  # no ONNX: the PyTorch model itself, as a torch.export program
+        program = export_program(variant.model, shape, stem.with_suffix(".pt2"))
+        variant.details["lowering"] = f"torch.export ({len(_gdws_layers(variant.model))} GDWS)"
+        return build(program, target="torch", precision=args.precision)
+    lowering = args.lowering or ("auto" if args.target == "ort" else "gather")
+    result = export_onnx(
+        variant.model, input_shape=shape, path=stem.with_suffix(".onnx"), exporter="legacy",
+        lowering=lowering, parity_inputs=parity_inputs, threads=args.threads,
+        batch=args.auto_batch, candidates=tuple(args.candidates), repeats=args.auto_repeats,
+        original=original if lowering == "auto" and variant.method in ("gdws", "dws") else None,
+    )  # fmt: skip
+    variant.details["forms"] = result.forms
+    for layer in (lay.name for lay in result.layers if lay.form == "dense"):
+        replace_module(variant.model, layer, copy.deepcopy(original.get_submodule(layer)))
+    if args.target == "ort":
+        return build(result.onnx_path, target="ort", precision=args.precision,
+                     threads=args.threads)  # fmt: skip
+    # The profile covers the timed batches and the accuracy replay's batch.
+    profile = (1, max(BATCHES), max(*BATCHES, args.eval_batch))
+    return build(result.onnx_path, target="trt", precision=args.precision, batch=profile)
+
+
+def runtime_label(target: str, precision: str) -> str:
+    """The runtime part of the results' file name: ort-cpu, trt-fp16, torch-cuda-fp32, ..."""
+    if target == "ort":
+        return "ort-cpu" if precision == "fp32" else f"ort-cpu-{precision}"
+    if target == "torch":
+        return f"torch-{'cuda' if torch.cuda.is_available() else 'cpu'}-{precision}"
+    return f"trt-{precision}"
+
+
 def _stem(name: str) -> str:
     return name.replace("@", "_r")
 
@@ -179,6 +212,8 @@ def _is_original(variant: Variant) -> bool:
 def _lowering(variant: Variant) -> str:
     if variant.method == ORIGINAL:
         return "original"
+    if "lowering" in variant.details:
+        return variant.details["lowering"]
     return forms_summary(variant.details.get("forms", {}))
 
 
@@ -222,9 +257,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--data", default="fashion-mnist",
         help="named dataset with train/test splits, or an .npz file (see load_data)")  # fmt: skip
     add("--ratios", nargs="+", type=float, default=[0.75, 0.5, 0.35])
-    add("--time-ratios", nargs="*", type=float, default=[0.45, 0.3],
-        help="time budgets of the gdws-time rows (primary measure, layer costs measured at "
-             "--auto-batch); none: leave them out")  # fmt: skip
+    add("--time-ratios", nargs="*", type=float, default=None,
+        help="time budgets of the gdws-time rows (primary measure, layer costs measured on "
+             "ONNX Runtime CPU at --auto-batch); default 0.45 0.3 for --target ort, none for "
+             "the others")  # fmt: skip
     add("--sensitivities", nargs="+", choices=SENSITIVITIES, default=list(SENSITIVITIES))
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
     add("--light", nargs="*", default=["fmnist_wrn28_4_w16"],
@@ -240,6 +276,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--step-size", type=float, default=0.01)
     add("--steps", type=int, default=100)
     add("--eval-batch", type=int, default=100)
+    add("--target", choices=TARGETS, default="ort",
+        help="runtime timed and replayed on: ort (ONNX Runtime CPU), trt (TensorRT, needs a "
+             "GPU), torch (PyTorch, CUDA when visible)")  # fmt: skip
+    add("--precision", choices=("fp32", "fp16"), default="fp32")
+    add("--lowering", default=None,
+        help="GDWS lowering; default auto for --target ort, gather for trt")  # fmt: skip
     add("--threads", type=int, default=2, help="ONNX Runtime and PyTorch threads")
     add("--duration", type=float, default=1.0, help="timed seconds per graph and batch")
     add("--warmup", type=float, default=0.2)
@@ -253,6 +295,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--out", type=Path, default=None, help="output stem; default results/ort-cpu-<date>")
     add("--quick", action="store_true", help="CI-sized run (see the module docstring)")
     args = parser.parse_args(argv)
+    if args.time_ratios is None:
+        args.time_ratios = [0.45, 0.3] if args.target == "ort" else []
     if args.quick:
         args.checkpoints = args.checkpoints[:1]
         args.ratios, args.sensitivities = [0.75, 0.5], ["none", "relative", "activation"]
@@ -270,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     start = time.perf_counter()
     load_before = [round(x, 2) for x in os.getloadavg()]
     date = datetime.date.today().isoformat()
-    out = args.out if args.out is not None else RESULTS / f"ort-cpu-{date}"
+    label = runtime_label(args.target, args.precision)
+    out = args.out if args.out is not None else RESULTS / f"{label}-{date}"
     data = load_data(args.data)
     checkpoints = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -288,6 +333,9 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     machine = machine_info(gpu=False)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["attack"] = checkpoints[0].attack if checkpoints else ""
+    settings["runtime"] = RUNTIME_NAMES[args.target] + (
+        f" {args.precision.upper()}" if args.precision != "fp32" else ""
+    )
     table = PaperTable(
         command="PYTHONPATH=. python " + shlex.join(
             ["benchmarks/paper_table.py", *(sys.argv[1:] if argv is None else argv)]

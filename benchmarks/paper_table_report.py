@@ -296,20 +296,22 @@ def matched_speed_verdicts(table: PaperTable) -> list[str]:
 
 def markdown(table: PaperTable, plot_name: str | None) -> str:
     s = table.settings
+    runtime = runtime_name(table)
     lines = [
-        "# GDWS paper table on ONNX Runtime CPU",
+        f"# GDWS paper table on {runtime}",
         "",
         f"Command: `{table.command}`",
         "",
         f"Machine: {table.machine.get('summary', '')}. Load average {table.load_before} before, "
         f"{table.load_after} after (2 cores; a load above 2 means other jobs shared them). "
-        f"ONNX Runtime and PyTorch {s.get('threads')} thread(s). Run took "
+        f"Runtime timed: {runtime}; ONNX Runtime and PyTorch {s.get('threads')} CPU "
+        "thread(s). Run took "
         f"{table.seconds / 60:.1f} min. Created {table.created}.",
         "",
         f"Robust accuracy: {s.get('attack')} on the first {s.get('samples')} Fashion-MNIST test "
         "images, white-box against each PyTorch model (GDWS layers evaluated as the dense convs "
         "they compute, the same function); `engine robust` replays those adversarial images on "
-        "the ONNX Runtime graph. A sample counts as robust when it is right both clean and under "
+        f"the {runtime} build. A sample counts as robust when it is right both clean and under "
         "attack. +-SE is the binomial standard error of one row; all rows use the same images "
         "and attack seed, so differences between rows are less noisy than that.",
         "",
@@ -326,11 +328,7 @@ def markdown(table: PaperTable, plot_name: str | None) -> str:
         "(`time_ratio`, the primary measure: relative when computed, each conv timed on "
         "ONNX Runtime at batch "
         f"{s.get('auto_batch')} by `measure_layer_costs`), so their ratio is a fraction of the "
-        "convs' time. Lowering: "
-        f"`export_onnx(lowering='auto', original=...)` timed at batch {s.get('auto_batch')} "
-        f"among {s.get('candidates')}; layers where the original conv is faster ship it, and the "
-        "PyTorch model attacked keeps them too. A row marked `(= original)` ships no GDWS layer "
-        "at all, so its accuracy is the original's.",
+        "convs' time. Lowering: " + lowering_text(s),
         "",
         "## The paper's numbers (" + QUOTED_LABEL + ")",
         "",
@@ -453,7 +451,7 @@ def plot(table: PaperTable, path: Path) -> Path:
             if row.target_ratio is not None:
                 axes.annotate(f"{row.target_ratio:g}", (row.fps_b32, 100 * row.robust),
                               textcoords="offset points", xytext=(4, 3), fontsize=6)  # fmt: skip
-        axes.set_xlabel("images/s, batch 32, ONNX Runtime CPU")
+        axes.set_xlabel(f"images/s, batch 32, {runtime_name(table)}")
         axes.set_ylabel("robust accuracy (%)")
         axes.set_title(f"{result.name}\n{result.attack}", fontsize=7)
         axes.grid(True, alpha=0.3)
@@ -462,6 +460,26 @@ def plot(table: PaperTable, path: Path) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def lowering_text(s: dict) -> str:
+    """How the table's models became engines, from its settings."""
+    if s.get("target") == "torch":
+        return "none: each PyTorch model runs as a torch.export program, GDWS layers included."
+    lowering = s.get("lowering") or ("auto" if s.get("target", "ort") == "ort" else "gather")
+    if lowering != "auto":
+        return f"`export_onnx(lowering='{lowering}')` for every GDWS layer."
+    return (
+        f"`export_onnx(lowering='auto', original=...)` timed on ONNX Runtime CPU at batch "
+        f"{s.get('auto_batch')} among {s.get('candidates')}; layers where the original conv is "
+        "faster ship it, and the PyTorch model attacked keeps them too. A row marked "
+        "`(= original)` ships no GDWS layer at all, so its accuracy is the original's."
+    )
+
+
+def runtime_name(table: PaperTable) -> str:
+    """The runtime the table timed ("ONNX Runtime CPU" for tables written before --target)."""
+    return table.settings.get("runtime", "ONNX Runtime CPU")
 
 
 def load(path: Path) -> PaperTable:

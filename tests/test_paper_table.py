@@ -4,11 +4,14 @@ parse, the rows are the expected ones, Pareto flags are consistent, quoted numbe
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from benchmarks import paper_table
 from benchmarks.paper_table_report import QUOTED_LABEL, load
+from gdws_export import approximate
+from gdws_export.harness.data import load_dataset
 from gdws_export.harness.sweep import pareto_front
 from gdws_export.models import save_checkpoint
 from tests._trained import SLICE, trained_lenet
@@ -81,3 +84,49 @@ def test_markdown_labels_quoted_numbers_and_gives_verdicts(quick_run):
     assert "at MAC ratio 0.5" in verdicts
     assert "--quick" in text.split("\n")[2]
     assert "![robust accuracy" in text and paths["plot"].name in text
+
+
+def test_markdown_names_the_runtime(quick_run):
+    paths, _ = quick_run
+    assert paths["markdown"].read_text().startswith("# GDWS paper table on ONNX Runtime CPU\n")
+    assert load(paths["json"]).settings["runtime"] == "ONNX Runtime CPU"
+
+
+def test_torch_target_times_and_replays_on_pytorch(tmp_path):
+    model, _, _ = trained_lenet()
+    save_checkpoint(model, tmp_path / "lenet_quick.pt")
+    argv = ["--quick", "--target", "torch", "--models-dir", str(tmp_path),
+            "--checkpoints", "lenet_quick", "--data", str(SLICE), "--threads", "1",
+            "--out", str(tmp_path / "out" / "torch")]  # fmt: skip
+    paths = paper_table.main(argv)
+    table = load(paths["json"])
+    (result,) = table.checkpoints
+    assert table.settings["runtime"] == "PyTorch" and table.settings["target"] == "torch"
+    assert paths["markdown"].read_text().startswith("# GDWS paper table on PyTorch\n")
+    assert set(result.speed["runners"]) >= {row.variant for row in result.rows}
+    assert {r["runtime"] for r in result.speed["runners"].values()} == {"torch"}
+    for row in result.rows:
+        assert row.fps_b32 > 0 and row.engine_robust is not None
+        if row.method == "gdws" and not row.same_as_original:
+            assert row.lowering.startswith("torch.export (")
+    # Without auto lowering every GDWS layer ships: no row falls back to the original.
+    assert result.row("gdws-none@0.5").conv_mac_ratio == pytest.approx(0.5, abs=0.05)
+
+
+def test_trt_target_builds_gather_graphs_with_a_profile_for_every_batch(tmp_path, monkeypatch):
+    model, _, _ = trained_lenet()
+    args = paper_table.parse_args(["--target", "trt", "--precision", "fp16"])
+    assert args.time_ratios == []  # layer costs are ONNX Runtime timings: not for TensorRT
+    calls = []
+    monkeypatch.setattr(paper_table, "build", lambda path, **kw: calls.append((path, kw)))
+    gdws, _ = approximate(model, mac_ratio=0.5, input_shape=tuple(model.input_shape))
+    variant = paper_table.Variant("gdws-none@0.5", "gdws", "none", 0.5, model=gdws)
+    x = load_dataset(SLICE)[0][:16]
+    paper_table._export_and_build(variant, model, tmp_path / "m", x, args)
+    ((path, kwargs),) = calls
+    assert Path(path).suffix == ".onnx" and Path(path).is_file()
+    # auto would time forms on ONNX Runtime CPU: TensorRT gets the reference lowering
+    assert set(variant.details["forms"].values()) == {"gather"}
+    assert kwargs == {"target": "trt", "precision": "fp16", "batch": (1, 32, 100)}
+    assert paper_table.runtime_label("trt", "fp16") == "trt-fp16"
+    assert paper_table.runtime_label("ort", "fp32") == "ort-cpu"

@@ -25,7 +25,6 @@ from gdws_export.gdws.selection import count_macs, replace_module
 from gdws_export.harness.accuracy import evaluate_accuracy
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepRow
-from gdws_export.runtimes.base import Runner
 
 ORIGINAL = "original"
 CALIBRATION_SAMPLES = 256  # images of the evaluation data that calibrate INT8 builds
@@ -110,7 +109,7 @@ def sweep(
             replace_module(models[name], layer, copy.deepcopy(model.get_submodule(layer)))
             notes.append(f"{name}: {layer} keeps its original conv (faster on the target)")
     speed = benchmark(
-        {name: _runner(files[name][1], config) for name in models},
+        {name: files[name][1].runner() for name in models},
         batch_sizes=config.batch_sizes,
         duration_s=config.duration_s,
         iterations=config.iterations,
@@ -123,7 +122,7 @@ def sweep(
         x,
         y,
         attacks=config.attacks,
-        engines={name: _runner(files[name][1], config) for name in models},
+        engines={name: files[name][1].runner() for name in models},
         square=config.square,
         batch_size=config.eval_batch_size,
         data=data_name,
@@ -222,20 +221,6 @@ def _export_and_build(module, path, input_shape, x, config, notes, *, original):
     )  # fmt: skip
     notes.extend(f"{path.name}: {warning}" for warning in result.warnings)
     return path, result, kept if original is not None else []
-
-
-def _runner(result, config: SweepConfig) -> Runner:
-    if config.target == "torch":
-        from gdws_export.runtimes.torch_runner import TorchRunner
-
-        return TorchRunner.from_settings(result.settings_path)
-    if config.target == "trt":
-        from gdws_export.runtimes.tensorrt_runner import TrtRunner
-
-        return TrtRunner(result.engine_path)
-    from gdws_export.runtimes.onnxruntime import OrtRunner
-
-    return OrtRunner.from_settings(result.settings_path)
 
 
 def _input_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int]:

@@ -18,6 +18,7 @@ import numpy as np
 
 from gdws_export.errors import GDWSExportError, ParityError
 from gdws_export.runtimes.base import Runner, TensorSpec
+from gdws_export.runtimes.build import open_runner
 
 # Bound on max |diff| / logit scale, per precision; only fp32 fails the export.
 TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 1e-1}
@@ -83,7 +84,7 @@ def check_engine(
         expected = _run(reference, inputs)
         graph_io = reference.inputs(), reference.outputs()
     try:
-        runner = _engine_runner(engine, settings, target)
+        runner = open_runner(target, engine, settings)
         runner.activate()
     except GDWSExportError as exc:
         if target != "trt":
@@ -134,20 +135,6 @@ def relocate_build(built, out: Path) -> None:
             if value and Path(value).resolve().is_relative_to(out.resolve()):
                 setattr(info, key, os.path.relpath(value, out))
         info.save(settings)
-
-
-def _engine_runner(engine: Path, settings: Path, target: str) -> Runner:
-    if target == "ort":
-        from gdws_export.runtimes.onnxruntime import OrtRunner
-
-        return OrtRunner.from_settings(settings)
-    if target == "torch":
-        from gdws_export.runtimes.torch_runner import TorchRunner
-
-        return TorchRunner.from_settings(settings)
-    from gdws_export.runtimes.tensorrt_runner import TrtRunner
-
-    return TrtRunner(engine)
 
 
 def _run(runner: Runner, inputs: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ not re-exported here, where it would shadow its own module's name.
 """
 
 from gdws_export.runtimes.base import Runner, TensorSpec
-from gdws_export.runtimes.build import BuildResult
+from gdws_export.runtimes.build import BuildResult, open_runner
 from gdws_export.runtimes.onnxruntime import OrtRunner, OrtSettings
 from gdws_export.runtimes.precision import convert_to_fp16, quantize_int8
 from gdws_export.runtimes.tensorrt import EngineInfo, build_engine
@@ -33,5 +33,6 @@ __all__ = [
     "check_trt_support",
     "convert_to_fp16",
     "export_program",
+    "open_runner",
     "quantize_int8",
 ]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from gdws_export._files import JsonRecord, atomic_output, file_sha256
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.runtimes.base import Runner
 from gdws_export.runtimes.onnx_files import load_onnx, save_onnx
 from gdws_export.runtimes.onnxruntime import OPTIMIZATION_LEVELS, OrtRunner, OrtSettings
 from gdws_export.runtimes.precision import (
@@ -37,7 +38,9 @@ from gdws_export.runtimes.precision import (
     require_calibration,
 )
 from gdws_export.runtimes.tensorrt import DEFAULT_BATCH, build_engine, import_tensorrt
+from gdws_export.runtimes.tensorrt_runner import TrtRunner
 from gdws_export.runtimes.torch_program import build_torch
+from gdws_export.runtimes.torch_runner import TorchRunner
 
 TARGETS = ("ort", "trt", "torch")
 # The options of build() that each target takes (the others must be left at None).
@@ -67,6 +70,24 @@ class BuildResult(JsonRecord):
     versions: dict[str, str]
     build_seconds: float
     warnings: list[str] = field(default_factory=list)
+
+    def runner(self) -> Runner:
+        """A runner (not yet activated) for what this build wrote."""
+        return open_runner(self.target, self.engine_path, self.settings_path)
+
+
+def open_runner(
+    target: str, engine_path: str | os.PathLike, settings_path: str | os.PathLike
+) -> Runner:
+    """A runner (not yet activated) for a built model: ONNX Runtime and PyTorch load their
+    settings file, TensorRT its engine (TensorRT itself is imported when it activates)."""
+    if target == "ort":
+        return OrtRunner.from_settings(settings_path)
+    if target == "torch":
+        return TorchRunner.from_settings(settings_path)
+    if target == "trt":
+        return TrtRunner(engine_path)
+    raise InvalidInputError(f"unknown target {target!r}; choose one of {TARGETS}")
 
 
 def build(
