@@ -84,7 +84,8 @@ def _totals(report: ApproximationReport) -> tuple[float, float]:
 
 @pytest.mark.parametrize("ratio", [0.3, 0.45, 0.6, 0.8])
 def test_budget_is_met_and_no_worse_than_the_price_alone(tiny, ratio):
-    _, report = approximate(tiny, time_ratio=ratio, layer_costs=COSTS, skip_first=False)
+    _, report = approximate(tiny, time_ratio=ratio, layer_costs=COSTS, skip_first=False,
+                            max_layer_error=1.0)  # fmt: skip
     spent, error = _totals(report)
     budget = ratio * sum(c.original for c in COSTS.values())
     assert spent <= budget + 1e-9
@@ -118,7 +119,8 @@ def test_mac_costs_give_the_mac_budget(tiny):
         for n, conv in ((n, tiny.get_submodule(n)) for n in "abc")
     }  # fmt: skip
     for ratio in (0.4, 0.6, 0.9):
-        _, by_time = approximate(tiny, time_ratio=ratio, layer_costs=costs, skip_first=False)
+        _, by_time = approximate(tiny, time_ratio=ratio, layer_costs=costs, skip_first=False,
+                                 max_layer_error=1.0)  # fmt: skip
         _, by_macs = approximate(tiny, mac_ratio=ratio, skip_first=False)
         assert [(lay.status, lay.kernels_per_channel) for lay in by_time.layers] == [
             (lay.status, lay.kernels_per_channel) for lay in by_macs.layers
@@ -194,3 +196,94 @@ def test_leftover_never_buys_a_kernel_dearer_than_the_original_conv():
     filled = approx_module._fill_leftover(options, {"a": 2, "b": 1}, budget=13.0)
     assert filled == {"a": 0, "b": 2}
     assert approx_module._spent(options, filled) == 12.0
+
+
+# max_layer_error: a cap on each layer's share of dropped error.
+
+
+def _layer_totals(model) -> dict[str, float]:
+    """Each layer's error with every kernel dropped: what the cap is a fraction of."""
+    return {n: float(error_values(channel_svd(model.get_submodule(n).weight, 1)).sum())
+            for n in COSTS}  # fmt: skip
+
+
+def _shares(report: ApproximationReport, totals: dict[str, float]) -> dict[str, float]:
+    return {lay.name: lay.weighted_error / totals[lay.name] for lay in report.layers}
+
+
+def _brute_force_capped(model, costs, budget, cap, totals) -> float:
+    per_layer = [
+        [o for o in _layer_options(model.get_submodule(n), costs[n]) if o[1] <= cap * totals[n]]
+        for n in costs
+    ]
+    best = math.inf
+    for combo in itertools.product(*per_layer):
+        if sum(o[0] for o in combo) <= budget + 1e-9:
+            best = min(best, sum(o[1] for o in combo))
+    return best
+
+
+@pytest.mark.parametrize(
+    "ratio, cap", [(0.5, 0.6), (0.6, 0.35), (0.6, 0.6), (0.7, 0.2), (0.8, 0.2), (0.8, 0.35)]
+)
+def test_cap_holds_where_the_budget_allows_and_is_optimal_under_it(tiny, ratio, cap):
+    totals = _layer_totals(tiny)
+    budget = ratio * sum(c.original for c in COSTS.values())
+    assert _brute_force_capped(tiny, COSTS, budget, cap, totals) < math.inf  # a capped choice fits
+    _, report = approximate(tiny, time_ratio=ratio, layer_costs=COSTS, skip_first=False,
+                            max_layer_error=cap)  # fmt: skip
+    spent, error = _totals(report)
+    assert spent <= budget + 1e-9
+    assert all(share <= cap + 1e-9 for share in _shares(report, totals).values())
+    # Among capped choices, nothing is better at the cost it spends.
+    assert error <= _brute_force_capped(tiny, COSTS, spent, cap, totals) + 1e-6
+    assert report.max_layer_error == cap
+
+
+@pytest.mark.parametrize("ratio, cap", [(0.5, 0.5), (0.55, 0.35), (0.7, 0.2)])
+def test_cap_spreads_error_that_the_plain_budget_concentrates(tiny, ratio, cap):
+    totals = _layer_totals(tiny)
+    kwargs = {"time_ratio": ratio, "layer_costs": COSTS, "skip_first": False}
+    _, plain = approximate(tiny, max_layer_error=1.0, **kwargs)
+    _, capped = approximate(tiny, max_layer_error=cap, **kwargs)
+    # The sum lets one layer take the error; the cap moves it to the others.
+    assert max(_shares(plain, totals).values()) > cap
+    assert max(_shares(capped, totals).values()) <= cap + 1e-9
+
+
+def test_cap_gives_way_when_no_capped_choice_fits(tiny):
+    """Soft: a budget below every capped choice is still met, with the cap exceeded."""
+    totals = _layer_totals(tiny)
+    ratio = 0.3
+    budget = ratio * sum(c.original for c in COSTS.values())
+    assert _brute_force_capped(tiny, COSTS, budget, 0.05, totals) == math.inf
+    _, report = approximate(tiny, time_ratio=ratio, layer_costs=COSTS, skip_first=False,
+                            max_layer_error=0.05)  # fmt: skip
+    assert _totals(report)[0] <= budget + 1e-9
+    assert max(_shares(report, totals).values()) > 0.05
+
+
+def test_cap_defaults(tiny):
+    """Time budgets are capped at TIME_MAX_LAYER_ERROR unless told otherwise; MAC budgets
+    are not capped, and a cap of 1 changes nothing."""
+    _, timed = approximate(tiny, time_ratio=0.5, layer_costs=COSTS, skip_first=False)
+    assert timed.max_layer_error == approx_module.TIME_MAX_LAYER_ERROR == 0.35
+    _, by_macs = approximate(tiny, mac_ratio=0.5, skip_first=False)
+    _, capped_at_one = approximate(tiny, mac_ratio=0.5, skip_first=False, max_layer_error=1.0)
+    assert by_macs.max_layer_error is None
+    assert [lay.kernels_per_channel for lay in by_macs.layers] == [
+        lay.kernels_per_channel for lay in capped_at_one.layers
+    ]
+    assert ApproximationReport.from_dict(timed.to_dict()).max_layer_error == 0.35
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"mac_ratio": 0.5, "max_layer_error": 0.0}, "max_layer_error"),
+     ({"mac_ratio": 0.5, "max_layer_error": 1.5}, "max_layer_error"),
+     ({"mac_ratio": 0.5, "max_layer_error": math.nan}, "max_layer_error"),
+     ({"beta": 0.1, "max_layer_error": 0.3}, "not beta")],
+)  # fmt: skip
+def test_bad_cap(tiny, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        approximate(tiny, skip_first=False, **kwargs)

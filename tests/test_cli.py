@@ -5,6 +5,7 @@ Runs `main([...])` in-process (fast); two subprocess runs check `python -m gdws_
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -264,12 +265,24 @@ def test_time_ratio_dry_run_times_every_layer(capsys, ckpt, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_max_layer_error_reaches_the_allocation(capsys, ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert main([ckpt, "--mac-ratio", "0.3", "--max-layer-error", "0.2", "-o", str(out)]) == 0
+    approximation = json.loads((out / "report.json").read_text())["report"]["approximation"]
+    assert approximation["max_layer_error"] == 0.2
+    capsys.readouterr()
+    assert main([ckpt, "--beta", "0.1", "--max-layer-error", "0.2", "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-layer-error caps a budget" in err[0]
+    assert not (tmp_path / "b").exists()
+
+
 def test_help_and_version(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: gdws-export [export] MODEL [options]")
     for option in ("--target", "--fp16", "--int8", "--calib", "--beta", "--mac-ratio", "--time-ratio",
-                   "--alphas", "--lowering", "--opset", "--static", "--batch", "--workspace",
+                   "--alphas", "--max-layer-error", "--lowering", "--opset", "--static", "--batch", "--workspace",
                    "--timing-cache", "--output", "--force", "--no-gdws", "--dry-run", "--seed",
                    "--triton-repo", "--trust-pickle", "--input-shape", "--mean"):  # fmt: skip
         assert option in text

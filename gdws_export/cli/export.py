@@ -147,6 +147,14 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         help="export the original model, for comparison",
     )
     gdws.add_argument(
+        "--max-layer-error",
+        type=float,
+        metavar="E",
+        help="no layer keeps more than this share of its (weighted) error under the budget, "
+        "in (0, 1]; default 0.35 with --time-ratio (a time price otherwise piles the error "
+        "into a few layers), none with --mac-ratio",
+    )
+    gdws.add_argument(
         "--alphas",
         metavar="FILE",
         help="per-channel alphas (from save_alphas or an earlier run's alphas.pt)",
@@ -329,7 +337,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
         input_shape=args.input_shape, mean=args.mean, std=args.std, target=args.target,
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
-        time_ratio=args.time_ratio,
+        time_ratio=args.time_ratio, max_layer_error=args.max_layer_error,
         alphas=args.alphas, calib=args.calib, calib_samples=args.calib_samples,
         alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, lowering=args.lowering,
         exporter=args.exporter,

@@ -59,6 +59,8 @@ class ExportConfig:
         mac_ratio: MAC budget in (0, 1] of the replaceable convs. Defaults to 0.75.
         time_ratio: time budget in (0, 1] of the replaceable convs, priced by layer costs
             measured on ONNX Runtime at `batch` and `threads` (`measure_layer_costs`).
+        max_layer_error: cap in (0, 1] on each layer's share of dropped (weighted) error under
+            a budget; None: 0.35 for `time_ratio`, no cap for `mac_ratio` (see `approximate`).
         alphas: alphas file (`save_alphas`); without it, alphas are computed on `calib`.
         calib: data for alphas, INT8 calibration and parity checks: an .npz file, an image
             folder, an IDX folder or a dataset name (`load_dataset`; named datasets and IDX
@@ -97,6 +99,7 @@ class ExportConfig:
     beta: float | None = None
     mac_ratio: float | None = None
     time_ratio: float | None = None
+    max_layer_error: float | None = None
     alphas: str | None = None
     calib: str | None = None
     calib_samples: int = DEFAULT_CALIB_SAMPLES
@@ -205,7 +208,9 @@ def _positive_int(name: str, value, *, allow_none: bool = True) -> None:
 def _check_gdws_settings(c: ExportConfig) -> None:
     if not c.gdws:
         given = [
-            n for n in ("beta", "mac_ratio", "time_ratio", "alphas") if getattr(c, n) is not None
+            n
+            for n in ("beta", "mac_ratio", "time_ratio", "max_layer_error", "alphas")
+            if getattr(c, n) is not None
         ]
         if given:
             options = ", ".join("--" + n.replace("_", "-") for n in given)
@@ -230,6 +235,17 @@ def _check_gdws_settings(c: ExportConfig) -> None:
         c.notes.append(
             f"none of --beta, --mac-ratio, --time-ratio given: mac_ratio {DEFAULT_MAC_RATIO}"
         )
+    if c.max_layer_error is not None:
+        if c.beta is not None:
+            raise InvalidInputError(
+                "--max-layer-error caps a budget (--mac-ratio or --time-ratio), not --beta"
+            )
+        if not _finite(c.max_layer_error) or not 0 < c.max_layer_error <= 1:
+            raise InvalidInputError(
+                f"--max-layer-error must be in (0, 1] (each layer's largest share of dropped "
+                f"error), got {c.max_layer_error}"
+            )
+        c.max_layer_error = float(c.max_layer_error)
     for name, what in (("mac_ratio", "MACs"), ("time_ratio", "time")):
         value = getattr(c, name)
         if value is None:

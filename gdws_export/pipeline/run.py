@@ -182,7 +182,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
             state.gdws_model, approx = approximate(
                 model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, time_ratio=cfg.time_ratio,
                 layer_costs=costs, alphas=state.alphas, input_moments=state.input_moments,
-                input_shape=shape,
+                input_shape=shape, max_layer_error=cfg.max_layer_error,
             )  # fmt: skip
         report.approximation = approx.to_dict()
         report.macs["gdws"], report.params["gdws"] = count_macs_params(state.gdws_model, shape)
