@@ -256,10 +256,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--checkpoints", nargs="+", default=list(CHECKPOINTS))
     add("--data", default="fashion-mnist",
         help="named dataset with train/test splits, or an .npz file (see load_data)")  # fmt: skip
-    add("--ratios", nargs="+", type=float, default=[0.5, 0.35, 0.25])
+    add("--ratios", nargs="+", type=float, default=[0.5, 0.4, 0.3])
     add("--time-ratios", nargs="*", type=float, default=None,
         help="time budgets of the gdws-time rows (primary measure, layer costs measured on "
-             "ONNX Runtime CPU at --auto-batch); default 0.45 0.4 for --target ort, none for "
+             "ONNX Runtime CPU at --auto-batch); default 0.5 0.45 for --target ort, none for "
              "the others")  # fmt: skip
     add("--sensitivities", nargs="+", choices=SENSITIVITIES, default=list(SENSITIVITIES))
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
@@ -296,7 +296,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--quick", action="store_true", help="CI-sized run (see the module docstring)")
     args = parser.parse_args(argv)
     if args.time_ratios is None:
-        args.time_ratios = [0.45, 0.4] if args.target == "ort" else []
+        args.time_ratios = [0.5, 0.45] if args.target == "ort" else []
     if args.quick:
         args.checkpoints = args.checkpoints[:1]
         args.ratios, args.sensitivities = [0.75, 0.5], ["none", "relative", "activation"]
