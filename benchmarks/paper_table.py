@@ -162,16 +162,17 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
 
 
 def _export_and_build(variant: Variant, original, stem: Path, parity_inputs, args) -> BuildResult:
-    """Export one model for `args.target` and build it. With the auto lowering, layers where the
+    """Export one model for `args.target` to `<stem>.onnx` (or `.pt2`) and build it. The stem
+    ends in the ratio ("..._r0.4"), so the suffix is appended, never swapped in. With the auto lowering, layers where the
     original conv ran faster ship it, and go back into `variant.model` too: attack what ships."""
     shape = tuple(original.input_shape)
     if args.target == "torch":  # no ONNX: the PyTorch model itself, as a torch.export program
-        program = export_program(variant.model, shape, stem.with_suffix(".pt2"))
+        program = export_program(variant.model, shape, Path(f"{stem}.pt2"))
         variant.details["lowering"] = f"torch.export ({len(_gdws_layers(variant.model))} GDWS)"
         return build(program, target="torch", precision=args.precision)
     lowering = args.lowering or ("auto" if args.target == "ort" else "gather")
     result = export_onnx(
-        variant.model, input_shape=shape, path=stem.with_suffix(".onnx"), exporter="legacy",
+        variant.model, input_shape=shape, path=Path(f"{stem}.onnx"), exporter="legacy",
         lowering=lowering, parity_inputs=parity_inputs, threads=args.threads,
         batch=args.auto_batch, candidates=tuple(args.candidates), repeats=args.auto_repeats,
         original=original if lowering == "auto" and variant.method in ("gdws", "dws") else None,

@@ -130,3 +130,19 @@ def test_trt_target_builds_gather_graphs_with_a_profile_for_every_batch(tmp_path
     assert kwargs == {"target": "trt", "precision": "fp16", "batch": (1, 32, 100)}
     assert paper_table.runtime_label("trt", "fp16") == "trt-fp16"
     assert paper_table.runtime_label("ort", "fp32") == "ort-cpu"
+
+
+def test_variants_whose_names_differ_after_a_dot_get_their_own_files(tmp_path):
+    """'..._r0.4' and '..._r0.3' must not both become '..._r0.onnx' (one graph timed twice)."""
+    model, _, _ = trained_lenet()
+    args = paper_table.parse_args([])
+    x = load_dataset(SLICE)[0][:16]
+    paths = set()
+    for ratio in (0.4, 0.3):
+        gdws, _ = approximate(model, mac_ratio=ratio, input_shape=tuple(model.input_shape))
+        variant = paper_table.Variant(f"gdws-none@{ratio}", "gdws", "none", ratio, model=gdws)
+        stem = tmp_path / f"lenet-{paper_table._stem(variant.name)}"
+        built = paper_table._export_and_build(variant, model, stem, x, args)
+        paths.add(built.engine_path)
+        assert Path(built.source_onnx).name == f"lenet-gdws-none_r{ratio}.onnx"
+    assert len(paths) == 2
