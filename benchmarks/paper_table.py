@@ -58,6 +58,7 @@ from benchmarks.paper_table_variants import (
     spectrum_energy,
 )
 from gdws_export.attacks import AttackConfig
+from gdws_export.errors import GDWSExportError
 from gdws_export.gdws.conv import GDWSConv2d
 from gdws_export.gdws.selection import count_macs, replace_module
 from gdws_export.harness.accuracy import evaluate_accuracy
@@ -66,8 +67,10 @@ from gdws_export.harness.machine import machine_info
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.sweep import pareto_front
 from gdws_export.lowering import export_onnx, measure_layer_costs
+from gdws_export.lowering.forms import FORMS, is_form
 from gdws_export.models import load_model
 from gdws_export.runtimes.build import TARGETS, BuildResult, build
+from gdws_export.runtimes.tensorrt import import_tensorrt
 from gdws_export.runtimes.torch_program import export_program
 
 RESULTS = Path(__file__).parent / "results"
@@ -162,9 +165,11 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
 
 
 def _export_and_build(variant: Variant, original, stem: Path, parity_inputs, args) -> BuildResult:
-    """Export one model for `args.target` to `<stem>.onnx` (or `.pt2`) and build it. The stem
-    ends in the ratio ("..._r0.4"), so the suffix is appended, never swapped in. With the auto lowering, layers where the
-    original conv ran faster ship it, and go back into `variant.model` too: attack what ships."""
+    """Export one model for `args.target` to `<stem>.onnx` (or `.pt2`) and build it.
+
+    The stem ends in the ratio ("..._r0.4"), so the suffix is appended, never swapped in. With
+    the auto lowering, layers where the original conv ran faster ship it, and go back into
+    `variant.model` too: attack what ships."""
     shape = tuple(original.input_shape)
     if args.target == "torch":  # no ONNX: the PyTorch model itself, as a torch.export program
         program = export_program(variant.model, shape, Path(f"{stem}.pt2"))
@@ -186,6 +191,19 @@ def _export_and_build(variant: Variant, original, stem: Path, parity_inputs, arg
     # The profile covers the timed batches and the accuracy replay's batch.
     profile = (1, max(BATCHES), max(*BATCHES, args.eval_batch))
     return build(result.onnx_path, target="trt", precision=args.precision, batch=profile)
+
+
+def runtime_problem(target: str, precision: str) -> str | None:
+    """Why this machine cannot run `target` at `precision`, checked before any work; None if
+    it can."""
+    if target == "trt":
+        try:
+            import_tensorrt()
+        except GDWSExportError as exc:
+            return f"--target trt: {exc}"
+    if target == "torch" and precision == "fp16" and not torch.cuda.is_available():
+        return "--target torch --precision fp16 needs a CUDA GPU (none is visible)"
+    return None
 
 
 def runtime_label(target: str, precision: str) -> str:
@@ -293,9 +311,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="full-size CIFAR architectures of the speed-only table (none: skip it)")  # fmt: skip
     add("--speed-ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75])
     add("--speed-iterations", type=int, default=3)
-    add("--out", type=Path, default=None, help="output stem; default results/ort-cpu-<date>")
+    add("--out", type=Path, default=None,
+        help="output stem; default results/<runtime>-<date> (see runtime_label)")  # fmt: skip
     add("--quick", action="store_true", help="CI-sized run (see the module docstring)")
     args = parser.parse_args(argv)
+    if args.lowering is not None and args.lowering != "auto" and not is_form(args.lowering):
+        parser.error(f"--lowering {args.lowering!r} is not auto or a lowering form {FORMS}")
     if args.time_ratios is None:
         args.time_ratios = [0.5, 0.45] if args.target == "ort" else []
     if args.quick:
@@ -311,6 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
+    problem = runtime_problem(args.target, args.precision)
+    if problem is not None:
+        raise SystemExit(f"paper_table.py: {problem}")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     load_before = [round(x, 2) for x in os.getloadavg()]

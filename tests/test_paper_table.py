@@ -146,3 +146,24 @@ def test_variants_whose_names_differ_after_a_dot_get_their_own_files(tmp_path):
         paths.add(built.engine_path)
         assert Path(built.source_onnx).name == f"lenet-gdws-none_r{ratio}.onnx"
     assert len(paths) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--lowering", "sideways"], "--lowering 'sideways' is not auto or a lowering form"),
+     (["--target", "tpu"], "invalid choice: 'tpu'")],
+)  # fmt: skip
+def test_bad_options_are_one_line_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        paper_table.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_runtime_this_machine_lacks_stops_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper_table.torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit, match="fp16 needs a CUDA GPU"):
+        paper_table.main(["--target", "torch", "--precision", "fp16", "--out", str(out)])
+    assert not list(tmp_path.iterdir())
+    assert paper_table.runtime_problem("ort", "fp32") is None
