@@ -64,14 +64,14 @@ from gdws_export.gdws.selection import count_macs, replace_module
 from gdws_export.harness.accuracy import evaluate_accuracy
 from gdws_export.harness.data import load_dataset, load_train_and_test
 from gdws_export.harness.machine import machine_info
+from gdws_export.harness.shipping import export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.sweep import pareto_front
-from gdws_export.lowering import export_onnx, measure_layer_costs
+from gdws_export.lowering import measure_layer_costs
 from gdws_export.lowering.forms import FORMS, is_form
 from gdws_export.models import load_model
-from gdws_export.runtimes.build import TARGETS, BuildResult, build
+from gdws_export.runtimes.build import TARGETS, BuildResult
 from gdws_export.runtimes.tensorrt import import_tensorrt
-from gdws_export.runtimes.torch_program import export_program
 
 RESULTS = Path(__file__).parent / "results"
 CHECKPOINTS = ("fmnist_vgg16_bn_w16", "fmnist_preact_resnet18_w16", "fmnist_wrn28_4_w16")
@@ -165,32 +165,27 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
 
 
 def _export_and_build(variant: Variant, original, stem: Path, parity_inputs, args) -> BuildResult:
-    """Export one model for `args.target` to `<stem>.onnx` (or `.pt2`) and build it.
+    """Export one model for `args.target` and build it (`harness.shipping.export_and_build`).
 
-    The stem ends in the ratio ("..._r0.4"), so the suffix is appended, never swapped in. With
-    the auto lowering, layers where the original conv ran faster ship it, and go back into
-    `variant.model` too: attack what ships."""
-    shape = tuple(original.input_shape)
-    if args.target == "torch":  # no ONNX: the PyTorch model itself, as a torch.export program
-        program = export_program(variant.model, shape, Path(f"{stem}.pt2"))
-        variant.details["lowering"] = f"torch.export ({len(_gdws_layers(variant.model))} GDWS)"
-        return build(program, target="torch", precision=args.precision)
+    With the auto lowering (`--target ort`), layers where the original conv ran faster ship
+    it, and go back into `variant.model` too: attack what ships. `--target trt` uses the
+    reference lowering ("gather"): auto times on ONNX Runtime CPU, which says nothing about
+    TensorRT."""
     lowering = args.lowering or ("auto" if args.target == "ort" else "gather")
-    result = export_onnx(
-        variant.model, input_shape=shape, path=Path(f"{stem}.onnx"), exporter="legacy",
-        lowering=lowering, parity_inputs=parity_inputs, threads=args.threads,
-        batch=args.auto_batch, candidates=tuple(args.candidates), repeats=args.auto_repeats,
+    # The TensorRT profile covers the timed batches and the accuracy replay's batch.
+    shipped = export_and_build(
+        variant.model, stem, input_shape=tuple(original.input_shape), target=args.target,
+        precision=args.precision, lowering=lowering, parity_inputs=parity_inputs,
         original=original if lowering == "auto" and variant.method in ("gdws", "dws") else None,
+        threads=args.threads, auto_batch=args.auto_batch, candidates=tuple(args.candidates),
+        repeats=args.auto_repeats, trt_batch=(1, max(BATCHES), max(*BATCHES, args.eval_batch)),
     )  # fmt: skip
-    variant.details["forms"] = result.forms
-    for layer in (lay.name for lay in result.layers if lay.form == "dense"):
-        replace_module(variant.model, layer, copy.deepcopy(original.get_submodule(layer)))
-    if args.target == "ort":
-        return build(result.onnx_path, target="ort", precision=args.precision,
-                     threads=args.threads)  # fmt: skip
-    # The profile covers the timed batches and the accuracy replay's batch.
-    profile = (1, max(BATCHES), max(*BATCHES, args.eval_batch))
-    return build(result.onnx_path, target="trt", precision=args.precision, batch=profile)
+    if args.target == "torch":
+        variant.details["lowering"] = f"torch.export ({len(_gdws_layers(variant.model))} GDWS)"
+    else:
+        variant.details["forms"] = shipped.forms
+    put_back_originals(variant.model, original, shipped.original_layers)
+    return shipped.build
 
 
 def runtime_problem(target: str, precision: str) -> str | None:

@@ -9,7 +9,6 @@ images/s), and the speed and accuracy reports behind the table.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -21,8 +20,9 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.approximate import approximate
-from gdws_export.gdws.selection import count_macs, replace_module
+from gdws_export.gdws.selection import count_macs
 from gdws_export.harness.accuracy import evaluate_accuracy
+from gdws_export.harness.shipping import Shipped, export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepRow
 
@@ -96,20 +96,25 @@ def sweep(
         models[setting.label] = gdws_model.eval()
         approximations[setting.label] = json.loads(approximation.to_json())  # JSON types
     notes: list[str] = []
-    files = {
-        name: _export_and_build(
-            m, work_dir / f"{_stem(name, config)}.onnx", input_shape, x, config, notes,
-            original=None if name == ORIGINAL else model,
-        )
-        for name, m in models.items()
-    }  # fmt: skip
-    for name, (_, _, shipped_original) in files.items():
+    files: dict[str, Shipped] = {}
+    for name, m in models.items():
+        files[name] = export_and_build(
+            m, work_dir / _stem(name, config), input_shape=input_shape, target=config.target,
+            precision=config.precision, lowering=config.lowering,
+            original=None if name == ORIGINAL else model, parity_inputs=x[:16],
+            threads=config.threads, exporter=config.exporter,
+            calibration=x[:CALIBRATION_SAMPLES].numpy() if config.precision == "int8" else None,
+            timing_cache=config.timing_cache if config.target == "trt" else None,
+        )  # fmt: skip
+        notes.extend(f"{files[name].source.name}: {w}" for w in files[name].build.warnings)
         # Layers where the original conv was faster ship it; PyTorch must attack what ships.
-        for layer in shipped_original:
-            replace_module(models[name], layer, copy.deepcopy(model.get_submodule(layer)))
-            notes.append(f"{name}: {layer} keeps its original conv (faster on the target)")
+        put_back_originals(models[name], model, files[name].original_layers)
+        notes.extend(
+            f"{name}: {layer} keeps its original conv (faster on the target)"
+            for layer in files[name].original_layers
+        )
     speed = benchmark(
-        {name: files[name][1].runner() for name in models},
+        {name: files[name].build.runner() for name in models},
         batch_sizes=config.batch_sizes,
         duration_s=config.duration_s,
         iterations=config.iterations,
@@ -122,7 +127,7 @@ def sweep(
         x,
         y,
         attacks=config.attacks,
-        engines={name: files[name][1].runner() for name in models},
+        engines={name: files[name].build.runner() for name in models},
         square=config.square,
         batch_size=config.eval_batch_size,
         data=data_name,
@@ -174,8 +179,8 @@ def _rows(models, config, speed, accuracy, approximations, files, input_shape) -
                     first.engine_accuracy if first.target == "pytorch" else first.robust_accuracy
                 ),
                 conv_mac_ratio=approximations[name]["achieved_mac_ratio"] if setting else 1.0,
-                onnx_path=os.fspath(files[name][0]),
-                engine_path=os.fspath(files[name][1].engine_path),
+                onnx_path=os.fspath(files[name].source),
+                engine_path=os.fspath(files[name].build.engine_path),
             )
         )
     for row, on_front in zip(
@@ -189,38 +194,6 @@ def _stem(name: str, config: SweepConfig) -> str:
     if name == ORIGINAL:
         return ORIGINAL
     return next(s.file_stem for s in config.settings if s.label == name)
-
-
-def _export_and_build(module, path, input_shape, x, config, notes, *, original):
-    """Export one model to ONNX and build its engine.
-
-    Returns (onnx path, BuildResult, names of the layers that ship their original conv).
-    """
-    from gdws_export.lowering import export_onnx
-    from gdws_export.runtimes.build import build
-
-    if config.target == "torch":  # no ONNX: the PyTorch model itself, as a torch.export program
-        from gdws_export.runtimes.torch_program import export_program
-
-        program = export_program(module, tuple(input_shape), path.with_suffix(".pt2"))
-        result = build(program, target="torch", precision=config.precision)
-        notes.extend(f"{program.name}: {warning}" for warning in result.warnings)
-        return program, result, []
-    exported = export_onnx(
-        module, input_shape=tuple(input_shape), path=path, lowering=config.lowering,
-        exporter=config.exporter, parity_inputs=x[:16], original=original,
-        threads=config.threads if config.target == "ort" else None,
-    )  # fmt: skip
-    kept = [layer.name for layer in exported.layers if layer.form == "dense"]
-    threads = config.threads if config.target == "ort" else None
-    calibration = x[:CALIBRATION_SAMPLES].numpy() if config.precision == "int8" else None
-    options = {"timing_cache": config.timing_cache} if config.target == "trt" else {}
-    result = build(
-        path, target=config.target, precision=config.precision, threads=threads,
-        calibration=calibration, **options,
-    )  # fmt: skip
-    notes.extend(f"{path.name}: {warning}" for warning in result.warnings)
-    return path, result, kept if original is not None else []
 
 
 def _input_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, int, int]:
