@@ -7,6 +7,8 @@ Speed and robustness are measured on the runtime that will serve the model:
 - `evaluate_accuracy(models, x, y, ...)` -> AccuracyReport: clean and white-box robust
   accuracy on PyTorch, replayed on the engines, and the Square Attack through the engines
   (accuracy.py);
+- `export_and_build(model, stem, ...)` -> Shipped: export (checked against PyTorch) and build
+  for one runtime, naming the layers that ship their original conv (shipping.py);
 - `sweep(model, config, data, ...)` -> SweepReport: all of it per GDWS setting (sweep.py);
 - `write_json` / `read_json` / `write_markdown` / `write_sweep`: report files with a versioned
   schema, written atomically (report.py, docs/report-schema.md); `plot_sweep` (plots.py).
@@ -33,6 +35,7 @@ from gdws_export.harness.report import (
     write_sweep,
 )
 from gdws_export.harness.runners import load_runner
+from gdws_export.harness.shipping import Shipped, export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.speed_report import BatchResult, LatencyStats, SpeedReport
 from gdws_export.harness.sweep import pareto_front, sweep
@@ -53,6 +56,7 @@ __all__ = [
     "MachineInfo",
     "ModelAccuracy",
     "SpeedReport",
+    "Shipped",
     "SquareConfig",
     "SweepConfig",
     "SweepReport",
@@ -60,12 +64,14 @@ __all__ = [
     "SweepSetting",
     "benchmark",
     "evaluate_accuracy",
+    "export_and_build",
     "load_dataset",
     "load_runner",
     "machine_info",
     "parse_settings",
     "pareto_front",
     "plot_sweep",
+    "put_back_originals",
     "read_json",
     "render_markdown",
     "sweep",
