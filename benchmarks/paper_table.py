@@ -23,7 +23,7 @@ Per checkpoint:
 Writes benchmarks/results/<runtime>-<date>.{md,json,png} (`--out` to change), <runtime> being
 ort-cpu, trt-<precision> or torch-<device>-<precision>.
 
-Run (full, about 25 minutes on 2 quiet cores):
+Run (full, about 22 minutes on 2 quiet cores):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
@@ -270,17 +270,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--checkpoints", nargs="+", default=list(CHECKPOINTS))
     add("--data", default="fashion-mnist",
         help="named dataset with train/test splits, or an .npz file (see load_data)")  # fmt: skip
-    add("--ratios", nargs="+", type=float, default=[0.5, 0.4, 0.3])
+    add("--ratios", nargs="+", type=float, default=[0.5, 0.35, 0.25])
     add("--time-ratios", nargs="*", type=float, default=None,
         help="time budgets of the gdws-time rows (primary measure, layer costs measured on "
-             "ONNX Runtime CPU at --auto-batch); default 0.5 0.45 for --target ort, none for "
+             "ONNX Runtime CPU at --auto-batch); default 0.5 for --target ort, none for "
              "the others")  # fmt: skip
     add("--sensitivities", nargs="+", choices=SENSITIVITIES, default=list(SENSITIVITIES))
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
     add("--light", nargs="*", default=["fmnist_wrn28_4_w16"],
         help="checkpoints measured with --light-ratios / --light-sensitivities / "
              "--samples-light, to fit the time budget")  # fmt: skip
-    add("--light-ratios", nargs="+", type=float, default=[0.5, 0.35])
+    add("--light-ratios", nargs="+", type=float, default=[0.35, 0.25])
     add("--light-sensitivities", nargs="+", choices=SENSITIVITIES,
         default=["none", "relative"])  # fmt: skip
     add("--samples", type=int, default=200, help="test images attacked per model")
@@ -313,7 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.lowering is not None and args.lowering != "auto" and not is_form(args.lowering):
         parser.error(f"--lowering {args.lowering!r} is not auto or a lowering form {FORMS}")
     if args.time_ratios is None:
-        args.time_ratios = [0.5, 0.45] if args.target == "ort" else []
+        args.time_ratios = [0.5] if args.target == "ort" else []
     if args.quick:
         args.checkpoints = args.checkpoints[:1]
         args.ratios, args.sensitivities = [0.75, 0.5], ["none", "relative", "activation"]

@@ -198,6 +198,14 @@ def spectra_table(result: CheckpointResult) -> str:
     return "\n".join(lines)
 
 
+def robust_change(original: Row, row: Row) -> str:
+    """'3.0 points lost', '0.5 points gained' or 'no change' in robust accuracy."""
+    points = round(100 * (original.robust - row.robust), 1)
+    if points == 0:
+        return "no change in robust accuracy"
+    return f"{abs(points):.1f} points {'lost' if points > 0 else 'gained'}"
+
+
 def verdicts(table: PaperTable) -> list[str]:
     """One plain-language line per target and checkpoint: met or not, and by how much."""
     lines = []
@@ -213,7 +221,7 @@ def verdicts(table: PaperTable) -> list[str]:
         if best is not None:
             text += (f"Best speed-up at <= {LOSS_TARGET_POINTS} points of robust loss: "
                      f"{best.speedup_b32:.2f}x at batch 32 ({best.variant}, "
-                     f"{100 * (original.robust - best.robust):+.1f} points lost). ")  # fmt: skip
+                     f"{robust_change(original, best)}). ")  # fmt: skip
         else:
             text += (
                 f"No approximated model stays within {LOSS_TARGET_POINTS} points of the "
@@ -223,14 +231,13 @@ def verdicts(table: PaperTable) -> list[str]:
         if at_target:
             least = min(at_target, key=lambda r: original.robust - r.robust)
             text += (
-                f"At >= {SPEEDUP_TARGET:g}x the least loss is "
-                f"{100 * (original.robust - least.robust):.1f} points ({least.variant})."
+                f"At >= {SPEEDUP_TARGET:g}x the least loss: {least.variant}, "
+                f"{robust_change(original, least)}."
             )
         elif fastest is not None:
             text += (
                 f"No row reaches {SPEEDUP_TARGET:g}x; the fastest is {fastest.variant} at "
-                f"{fastest.speedup_b32:.2f}x with "
-                f"{100 * (original.robust - fastest.robust):.1f} points lost."
+                f"{fastest.speedup_b32:.2f}x, {robust_change(original, fastest)}."
             )
         lines.append(text)
     return lines

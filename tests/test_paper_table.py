@@ -169,3 +169,14 @@ def test_a_runtime_this_machine_lacks_stops_before_any_work(tmp_path, monkeypatc
         paper_table.main(["--target", "torch", "--precision", "fp16", "--out", str(out)])
     assert not list(tmp_path.iterdir())
     assert paper_table.runtime_problem("ort", "fp32") is None
+
+
+def test_robust_change_names_losses_and_gains():
+    from types import SimpleNamespace
+
+    from benchmarks.paper_table_report import robust_change
+
+    original = SimpleNamespace(robust=0.735)
+    assert robust_change(original, SimpleNamespace(robust=0.705)) == "3.0 points lost"
+    assert robust_change(original, SimpleNamespace(robust=0.740)) == "0.5 points gained"
+    assert robust_change(original, SimpleNamespace(robust=0.735)) == "no change in robust accuracy"
