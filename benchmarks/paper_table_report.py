@@ -259,11 +259,11 @@ def sensitivity_verdicts(table: PaperTable) -> list[str]:
             parts = [f"{k} {_pct(r.robust)} % ({r.speedup_b32:.2f}x"
                      f"{', original shipped' if r.same_as_original else ''})"
                      for k, r in at.items()]  # fmt: skip
-            rivals = [at[k] for k in ("gdws-none", "l1-prune") if k in at]
+            rivals = [at[k] for k in ("gdws-none", "l1-prune", "in-prune") if k in at]
             winners = [k for k, r in at.items() if k.startswith("gdws-") and k != "gdws-none"
                        and not r.same_as_original
                        and all(r.robust > rival.robust for rival in rivals)]  # fmt: skip
-            verdict = ("weighted GDWS beating both unweighted GDWS and pruning: "
+            verdict = ("weighted GDWS beating unweighted GDWS and every pruning baseline: "
                        + (", ".join(winners) if winners else "none"))  # fmt: skip
             lines.append(f"{result.name} at MAC ratio {ratio:g}: " + "; ".join(parts)
                          + f". {verdict}.")  # fmt: skip
@@ -271,7 +271,8 @@ def sensitivity_verdicts(table: PaperTable) -> list[str]:
 
 
 def family(row: Row) -> str:
-    """The method a row belongs to: 'gdws-<measure>', 'dws', 'l1-prune' or 'original'."""
+    """The method a row belongs to: 'gdws-<measure>', 'dws', 'l1-prune', 'in-prune' or
+    'original'."""
     return row.variant.split("@")[0]
 
 
@@ -425,6 +426,7 @@ STYLE = {
     "gdws-time": ("tab:green", "D"),
     "dws": ("tab:purple", "s"),
     "l1-prune": ("tab:brown", "^"),
+    "in-prune": ("tab:pink", "v"),
 }
 
 

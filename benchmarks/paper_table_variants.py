@@ -32,7 +32,11 @@ Baselines, at the same MAC ratios:
   counted), each pruned width rounded down to a multiple of 8 (`PRUNE_MULTIPLE`): ONNX Runtime
   runs convs with other channel counts outside its blocked NCHWc layout (a 3x3 conv with 29
   channels took 2.5x the time per MAC of one with 32 here), and a deployed pruned model would
-  round its widths.
+  round its widths;
+- `in-prune`: input-channel pruning without fine-tuning (`prune_input_channels`): each
+  approximable conv reads only its strongest input channels (by share of the layer's weight
+  energy, chosen globally) until those convs keep the ratio of their MACs, as GDWS's ratio
+  counts them. It is GDWS's zero-kernel channels without the low-rank part.
 """
 
 from __future__ import annotations
@@ -51,14 +55,14 @@ from gdws_export import (
     noise_gains,
     relative_gains,
 )
-from gdws_export.baselines import depthwise_separable, prune_filters
+from gdws_export.baselines import depthwise_separable, prune_filters, prune_input_channels
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.decomposition import channel_svd
 from gdws_export.gdws.selection import count_macs, find_convs
 
 SENSITIVITIES = ("none", "paper", "calibrated", "relative", "activation")
 PRIMARY = ("relative", "activation", "calibrated")  # gdws-time, dws: the first computed
-BASELINES = ("dws", "l1-prune")
+BASELINES = ("dws", "l1-prune", "in-prune")
 ORIGINAL = "original"
 PRUNE_MULTIPLE = 8
 
@@ -68,7 +72,7 @@ class Variant:
     """One model of the table before export: what it is, how long it took to make."""
 
     name: str
-    method: str  # "original", "gdws", "dws" or "l1-prune"
+    method: str  # "original", "gdws", "dws", "l1-prune" or "in-prune"
     sensitivity: str = ""
     target_ratio: float | None = None
     model: nn.Module | None = None
@@ -199,6 +203,14 @@ def build_variants(
                         time.perf_counter() - start, report.achieved_mac_ratio,
                         {"fraction": report.fraction, "matched_whole_model_ratio": target,
                          "multiple_of": multiple})
+            )  # fmt: skip
+        if "in-prune" in baselines:
+            start = time.perf_counter()
+            pruned, report = prune_input_channels(model, mac_ratio=ratio, input_shape=shape)
+            variants.append(
+                Variant(f"in-prune@{ratio:g}", "in-prune", "", ratio, pruned,
+                        time.perf_counter() - start, report.achieved_mac_ratio,
+                        {"kept_channels": report.kept})
             )  # fmt: skip
     return variants
 

@@ -47,7 +47,7 @@ def test_rows_are_the_expected_ones(quick_run):
         "gdws-none@0.75", "gdws-relative@0.75", "gdws-activation@0.75",
         "gdws-none@0.5", "gdws-relative@0.5", "gdws-activation@0.5",
         "gdws-time@1",
-        "l1-prune@0.75", "l1-prune@0.5",
+        "l1-prune@0.75", "in-prune@0.75", "l1-prune@0.5", "in-prune@0.5",
     ]  # fmt: skip
     assert [row.budget for row in result.rows].count("time") == 1
     assert result.row("gdws-time@1").budget == "time"
@@ -57,7 +57,7 @@ def test_rows_are_the_expected_ones(quick_run):
         assert row.samples == 8 and 0 <= row.robust <= row.clean <= 1
         assert row.fps_b1 > 0 and row.fps_b32 > 0 and row.p90_ms_b1 > 0
         assert row.engine_robust is not None
-        if row.method == "l1-prune":
+        if row.method in ("l1-prune", "in-prune"):
             assert row.macs_ratio < 1 and row.lowering == "plain convs"
         if row.same_as_original:  # ships no GDWS layer: the original's accuracy
             assert (row.clean, row.robust) == (original.clean, original.robust)

@@ -1,7 +1,13 @@
 """Baselines GDWS is compared with on the same harness: plain depthwise-separable convs from
-the same SVD (`depthwise_separable`) and L1-norm filter pruning without fine-tuning
-(`prune_filters`). Torch only, like the GDWS math."""
+the same SVD (`depthwise_separable`), L1-norm filter pruning without fine-tuning
+(`prune_filters`) and input-channel pruning (`prune_input_channels`: GDWS's zero-kernel
+channels without its low-rank part). Torch only, like the GDWS math."""
 
+from gdws_export.baselines.input_channels import (
+    ChannelSubsetConv2d,
+    InputPruningReport,
+    prune_input_channels,
+)
 from gdws_export.baselines.pruning import (
     PrunedLayer,
     PruneSite,
@@ -13,6 +19,8 @@ from gdws_export.baselines.pruning import (
 from gdws_export.baselines.separable import depthwise_separable
 
 __all__ = [
+    "ChannelSubsetConv2d",
+    "InputPruningReport",
     "PruneSite",
     "PrunedLayer",
     "PruningReport",
@@ -20,4 +28,5 @@ __all__ = [
     "find_prune_sites",
     "l1_order",
     "prune_filters",
+    "prune_input_channels",
 ]
