@@ -1,8 +1,9 @@
 """The GDWS paper table, measured here: for every robust checkpoint, the original, GDWS under
-several sensitivity measures at several MAC ratios, and two baselines (plain depthwise-separable
-convs, L1 filter pruning), all through the same export -> build -> benchmark -> evaluate path on
-one runtime (`--target`: ONNX Runtime CPU by default, TensorRT or PyTorch where present); plus
-a speed-only table of the full-size CIFAR architectures (ONNX Runtime CPU).
+several sensitivity measures at several MAC ratios, and three baselines (plain
+depthwise-separable convs, L1 filter pruning, input-channel pruning), all through the same
+export -> build -> benchmark -> evaluate path on one runtime (`--target`: ONNX Runtime CPU by
+default, TensorRT or PyTorch where present); plus a speed-only table of the full-size CIFAR
+architectures (ONNX Runtime CPU).
 
 Per checkpoint:
 
@@ -23,7 +24,7 @@ Per checkpoint:
 Writes benchmarks/results/<runtime>-<date>.{md,json,png} (`--out` to change), <runtime> being
 ort-cpu, trt-<precision> or torch-<device>-<precision>.
 
-Run (full, about 22 minutes on 2 quiet cores):
+Run (full, about 24 minutes on 2 quiet cores):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
