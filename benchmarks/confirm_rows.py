@@ -49,7 +49,8 @@ def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict
                                           samples=args.calib_samples)  # fmt: skip
     variants = build_variants(model, (ratio,), sensitivities, baselines=())
     original, variant = variants[0], next(v for v in variants if v.name == variant_name)
-    table_args = paper_table.parse_args(["--threads", str(args.threads)])
+    table_args = paper_table.parse_args(["--threads", str(args.threads), "--checkpoints", name,
+                                         "--models-dir", str(args.models_dir)])  # fmt: skip
     x, y = x_test[: args.samples], y_test[: args.samples]
     attack = AttackConfig("pgd", eps=args.eps, step_size=args.step_size, steps=args.steps)
     masks, engine_masks = {}, {}
@@ -170,10 +171,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for row in args.rows:
         if ":" not in row:
             parser.error(f"row {row!r} is not checkpoint:variant")
+        name, variant = row.split(":", 1)
         try:
-            parse_variant(row.split(":", 1)[1])
+            parse_variant(variant)
         except ValueError as exc:
             parser.error(str(exc))
+        if not (args.models_dir / f"{name}.pt").is_file():
+            parser.error(f"row {row!r}: no checkpoint {args.models_dir / f'{name}.pt'}")
+    for option in ("samples", "steps", "eval_batch", "threads"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
     return args
 
 

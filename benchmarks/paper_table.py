@@ -311,6 +311,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="output stem; default results/<runtime>-<date> (see runtime_label)")  # fmt: skip
     add("--quick", action="store_true", help="CI-sized run (see the module docstring)")
     args = parser.parse_args(argv)
+    missing = [n for n in args.checkpoints if not (args.models_dir / f"{n}.pt").is_file()]
+    if missing:
+        parser.error(f"no checkpoint {missing[0]}.pt in {args.models_dir}")
     if args.lowering is not None and args.lowering != "auto" and not is_form(args.lowering):
         parser.error(f"--lowering {args.lowering!r} is not auto or a lowering form {FORMS}")
     if args.time_ratios is None:

@@ -50,3 +50,15 @@ def test_bad_rows_are_one_line_errors(row, capsys):
         confirm_rows.parse_args([row])
     assert exit_info.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--models-dir", "/nonexistent"], "no checkpoint /nonexistent/fmnist_wrn28_4_w16.pt"),
+     (["--samples", "0"], "--samples must be at least 1")],
+)  # fmt: skip
+def test_missing_checkpoints_and_empty_samples_stop_before_any_work(extra, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        confirm_rows.parse_args(["fmnist_wrn28_4_w16:gdws-none@0.25", *extra])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

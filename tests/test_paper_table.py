@@ -153,6 +153,7 @@ def test_variants_whose_names_differ_after_a_dot_get_their_own_files(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [(["--lowering", "sideways"], "--lowering 'sideways' is not auto or a lowering form"),
+     (["--checkpoints", "nope"], "no checkpoint nope.pt in"),
      (["--target", "tpu"], "invalid choice: 'tpu'")],
 )  # fmt: skip
 def test_bad_options_are_one_line_errors(capsys, argv, message):

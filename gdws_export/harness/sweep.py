@@ -104,7 +104,7 @@ def sweep(
             original=None if name == ORIGINAL else model, parity_inputs=x[:16],
             threads=config.threads, exporter=config.exporter,
             calibration=x[:CALIBRATION_SAMPLES].numpy() if config.precision == "int8" else None,
-            timing_cache=config.timing_cache if config.target == "trt" else None,
+            timing_cache=config.timing_cache,  # SweepConfig allows it with trt only
         )  # fmt: skip
         notes.extend(f"{files[name].source.name}: {w}" for w in files[name].build.warnings)
         # Layers where the original conv was faster ship it; PyTorch must attack what ships.
