@@ -33,8 +33,8 @@ import torch
 from benchmarks import paper_table
 from benchmarks.paper_table_variants import SENSITIVITIES, build_variants, compute_sensitivities
 from gdws_export._files import atomic_write_text
-from gdws_export.attacks import AttackConfig, run_attack
-from gdws_export.harness.accuracy import predict_batched
+from gdws_export.attacks import AttackConfig
+from gdws_export.harness.accuracy import attack_batched, predict_batched
 from gdws_export.harness.machine import machine_info
 from gdws_export.models import load_model
 
@@ -55,14 +55,14 @@ def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict
     attack = AttackConfig("pgd", eps=args.eps, step_size=args.step_size, steps=args.steps)
     masks, engine_masks = {}, {}
     for v in (original, variant):
-        build = paper_table._export_and_build(v, model, workdir / f"{name}-{v.name}", x[:16],
-                                              table_args)  # fmt: skip
+        build = paper_table.export_variant(v, model, workdir / f"{name}-{v.name}", x[:16],
+                                           table_args)  # fmt: skip
         masks[v.name], engine_masks[v.name] = _robust_masks(v.model, build.runner(), x, y, attack,
                                                             args.eval_batch)  # fmt: skip
     return {
         "checkpoint": name,
         "variant": variant_name,
-        "lowering": paper_table._lowering(variant),
+        "lowering": paper_table.lowering_summary(variant),
         "samples": len(y),
         "attack": attack.describe(),
         "pytorch": paired(masks[original.name], masks[variant.name]),
@@ -82,13 +82,12 @@ def parse_variant(name: str) -> tuple[str, float]:
 
 def _robust_masks(model, runner, x, y, attack, batch):
     """Per image: robust on PyTorch (clean and adversarial correct), and on the engine (the same
-    adversarial images replayed). Batches as `evaluate_accuracy` cuts them, so the random starts
-    match the paper table's."""
-    model.eval()
+    adversarial images replayed). The model is attacked as the paper table attacks it (its
+    evaluation copy, in `evaluate_accuracy`'s batches), so the two see the same images."""
+    model = paper_table.evaluation_copy(model)
     with torch.no_grad():
         clean = model(x).argmax(1) == y
-    x_adv = torch.cat([run_attack(model, x[i : i + batch], y[i : i + batch], attack)
-                       for i in range(0, len(y), batch)])  # fmt: skip
+    x_adv = attack_batched(model, x, y, attack, batch)
     with torch.no_grad():
         robust = clean & (model(x_adv).argmax(1) == y)
     with runner:

@@ -119,12 +119,12 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     builds, exports = {}, {}
     for variant in variants:
         clock = time.perf_counter()
-        builds[variant.name] = _export_and_build(
+        builds[variant.name] = export_variant(
             variant, model, workdir / f"{name}-{_stem(variant.name)}", x_test[:16], args
         )
         exports[variant.name] = time.perf_counter() - clock
         print(f"  {variant.name}: approximate {variant.seconds:.1f} s, export+build "
-              f"{exports[variant.name]:.1f} s, {_lowering(variant)}", flush=True)  # fmt: skip
+              f"{exports[variant.name]:.1f} s, {lowering_summary(variant)}", flush=True)  # fmt: skip
     runners = {v.name: builds[v.name].runner() for v in variants}
     # The original graph again, in its own session: how far identical graphs differ here.
     runners[SAME_GRAPH] = builds[ORIGINAL].runner()
@@ -140,7 +140,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     samples = args.samples_light if light else args.samples
     torch.manual_seed(0)
     accuracy = evaluate_accuracy(
-        {v.name: _evaluation_copy(v.model) for v in attacked},
+        {v.name: evaluation_copy(v.model) for v in attacked},
         x_test[:samples], y_test[:samples], attacks=[attack],
         engines={v.name: builds[v.name].runner() for v in attacked},
         batch_size=args.eval_batch, data=f"{args.data} test[:{samples}]",
@@ -165,7 +165,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     )  # fmt: skip
 
 
-def _export_and_build(variant: Variant, original, stem: Path, parity_inputs, args) -> BuildResult:
+def export_variant(variant: Variant, original, stem: Path, parity_inputs, args) -> BuildResult:
     """Export one model for `args.target` and build it (`harness.shipping.export_and_build`).
 
     With the auto lowering (`--target ort`), layers where the original conv ran faster ship
@@ -224,7 +224,7 @@ def _is_original(variant: Variant) -> bool:
     return variant.method in ("gdws", "dws") and not _gdws_layers(variant.model)
 
 
-def _lowering(variant: Variant) -> str:
+def lowering_summary(variant: Variant) -> str:
     if variant.method == ORIGINAL:
         return "original"
     if "lowering" in variant.details:
@@ -232,7 +232,7 @@ def _lowering(variant: Variant) -> str:
     return forms_summary(variant.details.get("forms", {}))
 
 
-def _evaluation_copy(model: torch.nn.Module) -> torch.nn.Module:
+def evaluation_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The same function for PyTorch evaluation: GDWS layers as dense convs, channels-last."""
     copied = copy.deepcopy(model).eval()
     for layer in _gdws_layers(copied):
@@ -252,7 +252,8 @@ def _row(variant, original, shape, speed, accuracy, export_s, same) -> Row:
         target_ratio=variant.target_ratio, budget=variant.budget,
         conv_mac_ratio=variant.conv_mac_ratio, macs=macs,
         macs_ratio=macs / count_macs(original, shape),
-        params=sum(p.numel() for p in variant.model.parameters()), lowering=_lowering(variant),
+        params=sum(p.numel() for p in variant.model.parameters()),
+        lowering=lowering_summary(variant),
         fps_b1=1e3 / b1.latency.median_ms, fps_b32=32e3 / b32.latency.median_ms,
         speedup_b1=speed.speedup(variant.name, 1), speedup_b32=speed.speedup(variant.name, 32),
         p90_ms_b1=b1.latency.p90_ms, p90_ms_b32=b32.latency.p90_ms,

@@ -123,7 +123,7 @@ def test_trt_target_builds_gather_graphs_with_a_profile_for_every_batch(tmp_path
     gdws, _ = approximate(model, mac_ratio=0.5, input_shape=tuple(model.input_shape))
     variant = paper_table.Variant("gdws-none@0.5", "gdws", "none", 0.5, model=gdws)
     x = load_dataset(SLICE)[0][:16]
-    paper_table._export_and_build(variant, model, tmp_path / "m", x, args)
+    paper_table.export_variant(variant, model, tmp_path / "m", x, args)
     ((path, kwargs),) = calls
     assert Path(path).suffix == ".onnx" and Path(path).is_file()
     # auto would time forms on ONNX Runtime CPU: TensorRT gets the reference lowering
@@ -144,7 +144,7 @@ def test_variants_whose_names_differ_after_a_dot_get_their_own_files(tmp_path):
         gdws, _ = approximate(model, mac_ratio=ratio, input_shape=tuple(model.input_shape))
         variant = paper_table.Variant(f"gdws-none@{ratio}", "gdws", "none", ratio, model=gdws)
         stem = tmp_path / f"lenet-{paper_table._stem(variant.name)}"
-        built = paper_table._export_and_build(variant, model, stem, x, args)
+        built = paper_table.export_variant(variant, model, stem, x, args)
         paths.add(built.engine_path)
         assert Path(built.source_onnx).name == f"lenet-gdws-none_r{ratio}.onnx"
     assert len(paths) == 2

@@ -254,6 +254,20 @@ def predict_batched(runner: Runner, x: np.ndarray, batch_size: int) -> np.ndarra
     return np.concatenate(outputs)
 
 
+def attack_batched(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AttackConfig, batch_size: int
+) -> torch.Tensor:
+    """Adversarial images for all of x, attacked `batch_size` at a time as `evaluate_accuracy`
+    does (each batch draws its own random start from the attack's seed, so the same batching
+    gives the same images)."""
+    return torch.cat(
+        [
+            run_attack(model, x[i : i + batch_size], y[i : i + batch_size], config)
+            for i in range(0, len(y), batch_size)
+        ]
+    )
+
+
 def check_engine_input(runner: Runner, image_shape: tuple[int, ...], name: str) -> None:
     """Raise InvalidInputError unless an active runner takes images of `image_shape`."""
     specs = runner.inputs()
@@ -302,12 +316,7 @@ def _evaluate_model(
         result.engine_clean_accuracy = _mean(engine_clean)
         result.engine = describe_runner(engine)
     for config in attacks:
-        x_adv = torch.cat(
-            [
-                run_attack(model, x[i : i + batch_size], y[i : i + batch_size], config)
-                for i in range(0, len(y), batch_size)
-            ]
-        )
+        x_adv = attack_batched(model, x, y, config, batch_size)
         adv_pred = _torch_predict(model, x_adv, batch_size).argmax(1)
         attack = AttackResult(
             attack=config.name,
