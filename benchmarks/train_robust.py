@@ -45,7 +45,7 @@ from benchmarks.robust_training import (
 from gdws_export.models import save_checkpoint
 
 
-def command_line(config: TrainConfig, name: str) -> str:
+def command_line(config: TrainConfig, name: str, weights_dtype: str = "float32") -> str:
     """A command that repeats this run: every setting spelled out."""
     args = ["--arch", config.arch, "--width", str(config.width), "--dataset", config.dataset]
     args += ["--eps", f"{config.resolved_eps:g}", "--attack", config.attack]
@@ -60,6 +60,8 @@ def command_line(config: TrainConfig, name: str) -> str:
     args += ["--val-samples", str(config.val_samples), "--seed", str(config.seed)]
     if name != config.default_name():
         args += ["--name", name]
+    if weights_dtype != "float32":
+        args += ["--weights-dtype", weights_dtype]
     return "PYTHONPATH=. nice -n 10 python benchmarks/train_robust.py " + shlex.join(args)
 
 
@@ -73,6 +75,7 @@ def save_trained(
     device: str,
     threads: int,
     notes: str = "",
+    weights_dtype: str = "float32",
 ) -> Path:
     """Save the selected epoch's weights (`select_epoch`) to `out_dir/<name>.pt` and write its
     card's data and training sections (measurements come from `evaluate_checkpoint`)."""
@@ -114,7 +117,8 @@ def save_trained(
         "threads": threads,
         "cpu_seconds": round(state["cpu_seconds"], 1),
         "wall_seconds": round(state["wall_seconds"], 1),
-        "command": command_line(config, name),
+        "weights_stored_as": weights_dtype,
+        "command": command_line(config, name, weights_dtype),
         "config": dataclasses.asdict(config),
         "history": state["history"],
     }
@@ -122,6 +126,7 @@ def save_trained(
     save_checkpoint(
         model,
         path,
+        weights_dtype=getattr(torch, weights_dtype),
         data=data_section,
         training={k: v for k, v in training.items() if k != "history"},
     )
@@ -162,6 +167,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--fresh", action="store_true", help="discard a saved state")
+    parser.add_argument(
+        "--weights-dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="dtype of the saved weights (float16: half the file; measured as stored)",
+    )
     parser.add_argument("--skip-eval", action="store_true", help="do not measure at the end")
     args = parser.parse_args()
 
@@ -198,6 +209,7 @@ def main() -> None:
         device=args.device,
         threads=args.threads,
         notes=args.notes,
+        weights_dtype=args.weights_dtype,
     )
     print(f"saved {path} (epoch {select_epoch(state)[0]} of {config.epochs})", file=sys.stderr)
     if not args.skip_eval:

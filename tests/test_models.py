@@ -199,6 +199,28 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
 
 
+def test_half_precision_storage_halves_the_file_and_loads_the_rounded_weights(tmp_path):
+    model = small_model("vgg16_bn", num_classes=4, mean=[0.5] * 3, std=[0.25] * 3)
+    model.train()
+    model(torch.rand(8, 3, 32, 32))  # BatchNorm running stats off their init values
+    model.eval()
+    full = save_checkpoint(model, tmp_path / "full.pt")
+    half = save_checkpoint(model, tmp_path / "half.pt", weights_dtype=torch.float16)
+    stored = read_checkpoint(half).state_dict
+    assert stored["classifier.weight"].dtype == torch.float16
+    assert stored["features.1.num_batches_tracked"].dtype == torch.int64  # integers as they are
+    assert 0.45 < half.stat().st_size / full.stat().st_size < 0.6
+
+    restored = load_model(half)
+    for key, value in restored.state_dict().items():
+        expected = model.state_dict()[key]
+        assert value.dtype == expected.dtype  # cast back to the model's float32
+        if value.is_floating_point():
+            torch.testing.assert_close(value, expected.half().float(), rtol=0, atol=0)
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(restored(x), model(x), rtol=1e-2, atol=1e-2)
+
+
 def test_save_overwrites_and_refuses_bad_metadata(tmp_path):
     path = tmp_path / "sub" / "net.pt"
     save_checkpoint(small_model(), path, note="first")

@@ -132,6 +132,21 @@ def test_saved_checkpoint_and_card(data, tmp_path):
     assert (tmp_path / "models" / "README.md").read_text().count("tiny") >= 2
 
 
+def test_half_precision_checkpoint_is_saved_rounded_and_says_so(data, tmp_path):
+    state = train(CONFIG, data, tmp_path / "state.pt", progress=False)
+    path = train_robust.save_trained(
+        CONFIG, state, data, tmp_path / "models", "tiny", device="cpu", threads=1,
+        weights_dtype="float16",
+    )  # fmt: skip
+    _, weights = select_epoch(state)
+    for key, value in load_model(path).state_dict().items():
+        expected = weights[key].half().float() if weights[key].is_floating_point() else weights[key]
+        assert torch.equal(value, expected), key
+    training = json.loads((tmp_path / "models" / "tiny.json").read_text())["training"]
+    assert training["weights_stored_as"] == "float16"
+    assert training["command"].endswith("--name tiny --weights-dtype float16")
+
+
 def test_select_epoch_keeps_the_last_unless_robustness_collapsed():
     def state(robust):
         history = [{"epoch": i + 1, "val_robust": r} for i, r in enumerate(robust)]

@@ -200,7 +200,13 @@ def load_state_dict_checked(
     model.load_state_dict(dict(state_dict))
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: Any) -> Path:
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    weights_dtype: torch.dtype | None = None,
+    **metadata: Any,
+) -> Path:
     """Save a model made by `create_model` in the project's format, atomically.
 
     The file holds the weights, the architecture name and its `arch_kwargs`, so `load_model`
@@ -210,6 +216,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: 
     Args:
         model: a model from `create_model` (it carries `arch_name` and `arch_kwargs`).
         path: where to write, conventionally `<name>.pt`.
+        weights_dtype: store the floating-point tensors in this dtype (e.g. torch.float16,
+            half the file); `load_model` casts them back to the model's dtype. Default: as
+            they are.
         **metadata: JSON-serializable facts to keep with the weights (dataset, accuracy,
             training settings); `load_checkpoint` returns them.
 
@@ -238,7 +247,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: 
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {
+            k: _stored(v.detach().cpu(), weights_dtype) for k, v in model.state_dict().items()
+        },
         "metadata": metadata,
     }
     # Serialized in memory: torch.save names the archive after the file it writes, so saving
@@ -246,6 +257,13 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **metadata: 
     buffer = io.BytesIO()
     torch.save(contents, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _stored(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """The tensor as saved: floating-point ones in `dtype` when given, others as they are."""
+    if dtype is None or not tensor.is_floating_point():
+        return tensor
+    return tensor.to(dtype)
 
 
 def _check_arch(model: nn.Module, contents: Checkpoint) -> None:
