@@ -8,6 +8,7 @@ Example:
     >>> model = gx.create_model("preact_resnet18")
     >>> alphas = gx.noise_gains(model, (images, labels), samples=1000)      # doctest: +SKIP
     >>> gdws_model, report = gx.approximate(model, mac_ratio=0.5, alphas=alphas)
+    >>> gdws_model, _ = gx.refit_pointwise(gdws_model, model, (images, labels))  # doctest: +SKIP
     >>> costs = gx.measure_layer_costs(model, (3, 32, 32), batch=32)  # ONNX Runtime timings
     >>> fast_model, report = gx.approximate(model, time_ratio=0.5, layer_costs=costs)
 """
@@ -28,6 +29,7 @@ from gdws_export.gdws.approximate import (
 )
 from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.conv import GDWSConv2d
+from gdws_export.gdws.refit import RefitReport, refit_pointwise
 from gdws_export.gdws.sensitivity import load_alphas, load_input_moments, noise_gains, save_alphas
 from gdws_export.models import create_model, list_models, load_model
 
@@ -72,6 +74,7 @@ __all__ = [
     "MissingDependencyError",
     "ParityError",
     "ParityReport",
+    "RefitReport",
     "UnsupportedModelError",
     "activation_gains",
     "approximate",
@@ -89,6 +92,7 @@ __all__ = [
     "measure_layer_costs",
     "noise_gains",
     "read_metadata",
+    "refit_pointwise",
     "relative_gains",
     "run_export",
     "save_alphas",

@@ -193,9 +193,14 @@ class GDWSConv2d(nn.Module):
         return self.depthwise.out_channels * (kh * kw + self.out_channels // self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.kernel_outputs(x))
+
+    def kernel_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The GDW stage's output: one channel per kernel (padding kernels included), the
+        features the 1x1 conv combines."""
         if self._gather:
             x = x.index_select(1, self.channel_index)
-        return self.pointwise(self.depthwise(x))
+        return self.depthwise(x)
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
