@@ -44,10 +44,13 @@ def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict
     images; per-image agreement and the paired difference."""
     x_train, y_train, x_test, y_test = data
     model = load_model(args.models_dir / f"{name}.pt").eval()
-    measure, ratio = parse_variant(variant_name)
+    measure, refit, ratio = parse_variant(variant_name)
     sensitivities = compute_sensitivities(model, (x_train, y_train), (measure,), eps=args.eps,
                                           samples=args.calib_samples)  # fmt: skip
-    variants = build_variants(model, (ratio,), sensitivities, baselines=())
+    calibration = (x_train[: args.calib_samples], y_train[: args.calib_samples])
+    variants = build_variants(model, (ratio,), sensitivities, baselines=(),
+                              refit=(measure,) if refit else (), refit_data=calibration,
+                              eps=args.eps)  # fmt: skip
     original, variant = variants[0], next(v for v in variants if v.name == variant_name)
     table_args = paper_table.parse_args(["--threads", str(args.threads), "--checkpoints", name,
                                          "--models-dir", str(args.models_dir)])  # fmt: skip
@@ -70,14 +73,16 @@ def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict
     }
 
 
-def parse_variant(name: str) -> tuple[str, float]:
-    """(measure, MAC ratio) of a GDWS row name such as "gdws-calibrated@0.25"."""
-    match = re.fullmatch(r"gdws-([a-z]+)@([0-9.]+)", name)
+def parse_variant(name: str) -> tuple[str, bool, float]:
+    """(measure, refit, MAC ratio) of a GDWS row name such as "gdws-calibrated@0.25" or
+    "gdws-relative+refit@0.25"."""
+    match = re.fullmatch(r"gdws-([a-z]+)(\+refit)?@([0-9.]+)", name)
     if match is None or match.group(1) not in SENSITIVITIES:
         raise ValueError(
-            f"variant {name!r} is not gdws-<measure>@<mac ratio> with a measure of {SENSITIVITIES}"
+            f"variant {name!r} is not gdws-<measure>[+refit]@<mac ratio> with a measure of "
+            f"{SENSITIVITIES}"
         )
-    return match.group(1), float(match.group(2))
+    return match.group(1), match.group(2) is not None, float(match.group(3))
 
 
 def _robust_masks(model, runner, x, y, attack, batch):

@@ -8,7 +8,8 @@ architectures (ONNX Runtime CPU).
 Per checkpoint:
 
 1. sensitivities (`paper_table_variants.compute_sensitivities`) on training images;
-2. the models (`build_variants`): GDWS with each measure at each `--ratios`, GDWS on a time
+2. the models (`build_variants`): GDWS with each measure at each `--ratios` (for the measures
+   in `--refit` also with the 1x1 convs refit on the same training images), GDWS on a time
    budget at each `--time-ratios` (layer costs measured at `--auto-batch`), the baselines;
 3. each model exported with `export_onnx(lowering="auto", original=model)` and built for ONNX
    Runtime; layers where the original conv ran faster ship it, and are put back in the PyTorch
@@ -109,9 +110,11 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
         clock = time.perf_counter()
         costs = measure_layer_costs(model, shape, batch=args.auto_batch, threads=args.threads)
         costs_s = time.perf_counter() - clock
+    calibration = (x_train[: args.calib_samples], y_train[: args.calib_samples])
     variants = build_variants(model, ratios, sensitivities, baselines=tuple(args.baselines),
                               baseline_ratios=ratios, time_ratios=tuple(args.time_ratios),
-                              layer_costs=costs)  # fmt: skip
+                              layer_costs=costs, refit=tuple(args.refit),
+                              refit_data=calibration, eps=args.eps)  # fmt: skip
     for variant in variants:
         if variant.budget == "time":  # the timing is part of making it
             variant.seconds += costs_s
@@ -278,6 +281,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "ONNX Runtime CPU at --auto-batch); default 0.5 for --target ort, none for "
              "the others")  # fmt: skip
     add("--sensitivities", nargs="+", choices=SENSITIVITIES, default=list(SENSITIVITIES))
+    add("--refit", nargs="*", choices=SENSITIVITIES, default=["none", "relative"],
+        help="measures whose GDWS rows also appear with their 1x1 convs refit on the "
+             "calibration images (gdws-<measure>+refit rows; none: no such rows)")  # fmt: skip
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
     add("--light", nargs="*", default=["fmnist_wrn28_4_w16"],
         help="checkpoints measured with --light-ratios / --light-sensitivities / "
@@ -322,6 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.checkpoints = args.checkpoints[:1]
         args.ratios, args.sensitivities = [0.75, 0.5], ["none", "relative", "activation"]
+        args.refit = ["relative"]
         args.time_ratios = [1.0]
         args.baselines, args.light = ["l1-prune", "in-prune"], []
         args.samples, args.calib_samples, args.steps = 8, 16, 2

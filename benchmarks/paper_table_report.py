@@ -261,10 +261,15 @@ def sensitivity_verdicts(table: PaperTable) -> list[str]:
                      for k, r in at.items()]  # fmt: skip
             rivals = [at[k] for k in ("gdws-none", "l1-prune", "in-prune") if k in at]
             winners = [k for k, r in at.items() if k.startswith("gdws-") and k != "gdws-none"
-                       and not r.same_as_original
+                       and not k.endswith("+refit") and not r.same_as_original
                        and all(r.robust > rival.robust for rival in rivals)]  # fmt: skip
             verdict = ("weighted GDWS beating unweighted GDWS and every pruning baseline: "
                        + (", ".join(winners) if winners else "none"))  # fmt: skip
+            refits = [f"{k} {100 * (r.robust - at[k.removesuffix('+refit')].robust):+.1f} points"
+                      for k, r in at.items()
+                      if k.endswith("+refit") and k.removesuffix("+refit") in at]  # fmt: skip
+            if refits:
+                verdict += "; 1x1 refit against the same model unrefit: " + ", ".join(refits)
             lines.append(f"{result.name} at MAC ratio {ratio:g}: " + "; ".join(parts)
                          + f". {verdict}.")  # fmt: skip
     return lines
@@ -423,6 +428,11 @@ STYLE = {
     "gdws-calibrated": ("tab:blue", "o"),
     "gdws-relative": ("tab:cyan", "o"),
     "gdws-activation": ("tab:olive", "o"),
+    "gdws-none+refit": ("tab:gray", "P"),
+    "gdws-relative+refit": ("tab:cyan", "P"),
+    "gdws-activation+refit": ("tab:olive", "P"),
+    "gdws-calibrated+refit": ("tab:blue", "P"),
+    "gdws-paper+refit": ("tab:orange", "P"),
     "gdws-time": ("tab:green", "D"),
     "dws": ("tab:purple", "s"),
     "l1-prune": ("tab:brown", "^"),

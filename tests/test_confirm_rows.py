@@ -30,21 +30,28 @@ def test_paired_counts_and_standard_error():
 def test_confirm_a_row_end_to_end(tmp_path):
     model, _, _ = trained_lenet()
     save_checkpoint(model, tmp_path / "lenet_quick.pt")
-    argv = ["lenet_quick:gdws-none@0.5", "--models-dir", str(tmp_path), "--data", str(SLICE),
+    argv = ["lenet_quick:gdws-none+refit@0.5", "--models-dir", str(tmp_path), "--data", str(SLICE),
             "--samples", "40", "--steps", "2", "--calib-samples", "16", "--threads", "1",
             "--out", str(tmp_path / "confirm")]  # fmt: skip
     paths = confirm_rows.main(argv)
     (row,) = json.loads(paths["json"].read_text())["rows"]
     p = row["pytorch"]
-    assert row["samples"] == 40 and row["variant"] == "gdws-none@0.5"
+    assert row["samples"] == 40 and row["variant"] == "gdws-none+refit@0.5"
     assert p["both"] + p["only_original"] + p["only_variant"] + p["neither"] == 40
     assert p["original"] == (p["both"] + p["only_original"]) / 40
     # The engine replays the same adversarial images: it agrees with PyTorch up to float noise.
     assert abs(row["engine"]["original"] - p["original"]) <= 0.05
-    assert "lenet_quick | gdws-none@0.5" in paths["markdown"].read_text()
+    assert "lenet_quick | gdws-none+refit@0.5" in paths["markdown"].read_text()
 
 
-@pytest.mark.parametrize("row", ["no-colon", "lenet:l1-prune@0.5", "lenet:gdws-magic@0.5"])
+def test_row_names_parse_with_and_without_refit():
+    assert confirm_rows.parse_variant("gdws-calibrated@0.25") == ("calibrated", False, 0.25)
+    assert confirm_rows.parse_variant("gdws-relative+refit@0.3") == ("relative", True, 0.3)
+
+
+@pytest.mark.parametrize(
+    "row", ["no-colon", "lenet:l1-prune@0.5", "lenet:gdws-magic@0.5", "lenet:gdws-none+x@0.5"]
+)
 def test_bad_rows_are_one_line_errors(row, capsys):
     with pytest.raises(SystemExit) as exit_info:
         confirm_rows.parse_args([row])

@@ -44,8 +44,9 @@ def test_rows_are_the_expected_ones(quick_run):
     variants = [row.variant for row in result.rows]
     assert variants == [
         "original",
-        "gdws-none@0.75", "gdws-relative@0.75", "gdws-activation@0.75",
-        "gdws-none@0.5", "gdws-relative@0.5", "gdws-activation@0.5",
+        "gdws-none@0.75", "gdws-relative@0.75", "gdws-relative+refit@0.75",
+        "gdws-activation@0.75",
+        "gdws-none@0.5", "gdws-relative@0.5", "gdws-relative+refit@0.5", "gdws-activation@0.5",
         "gdws-time@1",
         "l1-prune@0.75", "in-prune@0.75", "l1-prune@0.5", "in-prune@0.5",
     ]  # fmt: skip
@@ -62,6 +63,12 @@ def test_rows_are_the_expected_ones(quick_run):
         if row.same_as_original:  # ships no GDWS layer: the original's accuracy
             assert (row.clean, row.robust) == (original.clean, original.robust)
             assert row.macs == original.macs
+    for ratio in ("0.75", "0.5"):  # the refit keeps the kernels: the same MAC budget spent
+        refit, plain = (
+            result.row(f"gdws-relative+refit@{ratio}"),
+            result.row(f"gdws-relative@{ratio}"),
+        )
+        assert refit.conv_mac_ratio == plain.conv_mac_ratio and refit.sensitivity == "relative"
     assert set(result.noise_floor) == {"b1", "b32"}
     assert result.spectra and all(0 < s["top1"] <= s["top2"] <= 1 for s in result.spectra)
 
