@@ -80,6 +80,8 @@ def test_defaults_are_resolved_in_one_place(ckpt):
         ({"triton_repo": "r", "triton_name": "a/b"}, "--triton-name"),
         ({"target": "torch", "precision": "int8", "calib": "x.npz"}, "not --int8"),
         ({"target": "torch", "triton_repo": "r"}, "use --target trt or ort"),
+        ({"refit": True}, "--refit needs calibration data"),
+        ({"refit": True, "gdws": False, "calib": "x.npz"}, "--refit refits GDWS layers"),
     ],
 )
 def test_bad_settings_are_invalid_input(ckpt, kwargs, message):
@@ -288,6 +290,29 @@ def test_relative_alphas_need_no_data(ckpt, tmp_path):
     expected = relative_gains(load_model(ckpt))
     assert set(saved) == set(expected) == {"features.3"}
     torch.testing.assert_close(saved["features.3"], expected["features.3"])
+
+
+def test_refit_is_on_with_calibration_data_and_lowers_the_error(ckpt, tmp_path):
+    assert ExportConfig(ckpt, calib="x.npz").resolved().refit is True
+    assert ExportConfig(ckpt).resolved().refit is False
+    assert ExportConfig(ckpt, calib="x.npz", refit=False).resolved().refit is False
+    calib = files.calib_npz(tmp_path, n=16)
+    runs = {}
+    for refit in (True, False):
+        runs[refit] = run_export(_config(ckpt, tmp_path / f"out-{refit}", calib=str(calib),
+                                         mac_ratio=0.3, refit=refit))  # fmt: skip
+    refit = runs[True].refit
+    assert refit["inputs"] == 32  # clean and PGD images
+    assert [layer["name"] for layer in refit["layers"]] == ["features.3"]
+    assert refit["layers"][0]["error_after"] < refit["layers"][0]["error_before"]
+    assert runs[False].refit is None
+    # Same kernels and MACs; the refit model is closer to the original on the parity inputs.
+    assert runs[True].macs == runs[False].macs
+    closer = runs[True].parity["approximation"]["max_abs_diff"]
+    assert closer < runs[False].parity["approximation"]["max_abs_diff"]
+    assert "## 1x1 refit" in (tmp_path / "out-True" / "report.md").read_text()
+    assert "refit" in runs[True].timings and "refit" not in runs[False].timings
+    assert ExportReport.load(tmp_path / "out-True" / "report.json").refit == refit
 
 
 def test_calibration_labels_must_fit_the_model(ckpt, tmp_path):

@@ -190,6 +190,14 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         "measured on adversarial inputs) or noise-gains (the paper's alphas)",
     )
 
+    gdws.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="refit each GDWS layer's 1x1 conv by least squares to the original conv's outputs "
+        "on --calib data (clean and PGD images); default: on when --calib is given",
+    )
+
 
 def _export_options(parser: argparse.ArgumentParser) -> None:
     """The "ONNX export" options."""
@@ -339,7 +347,8 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
         time_ratio=args.time_ratio, max_layer_error=args.max_layer_error,
         alphas=args.alphas, calib=args.calib, calib_samples=args.calib_samples,
-        alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, lowering=args.lowering,
+        alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, refit=args.refit,
+        lowering=args.lowering,
         exporter=args.exporter,
         opset=args.opset, dynamic_batch=args.dynamic_batch, batch=args.batch,
         workspace_mib=args.workspace_mib, timing_cache=args.timing_cache, threads=args.threads,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -56,6 +56,9 @@ class RefitReport:
     inputs: int
     ridge: float
     layers: list[RefitLayer]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
     def table(self) -> str:
         lines = [f"1x1 refit on {self.inputs} calibration inputs (ridge {self.ridge:g})",
@@ -122,7 +125,7 @@ def refit_pointwise(
                                   seed, param))  # fmt: skip
         x = torch.cat(images)
         layers = []
-        for name in _forward_order(refit, names, x[:1]):
+        for name in _forward_order(refit, names, x[:batch_size]):
             layer = refit.get_submodule(name)
             stats = _moments(refit, layer, original, convs[name], x, batch_size)
             layers.append(_solve(name, layer, stats, ridge))

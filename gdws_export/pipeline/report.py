@@ -14,6 +14,8 @@ bumps `schema_version`. The fields of "report":
 - `model`: file, kind, architecture, input shape, normalization, alphas, classes, loader notes.
 - `approximation`: `ApproximationReport.to_dict()`, per-layer status, kernels, MACs, params,
   weighted error; null with `--no-gdws`.
+- `refit`: `RefitReport.to_dict()` when the 1x1 convs were refit on the calibration data
+  (inputs, ridge, per layer the relative output error before and after), else null.
 - `exports`: "original" and "gdws": the lowering's `ExportResult.to_dict()` (forms, timings).
 - `build`: `BuildResult.to_dict()`, paths relative to the output directory.
 - `parity`: `ParityReport` dicts: "onnx_original" and "onnx_gdws" (ONNX vs PyTorch), "engine"
@@ -52,6 +54,7 @@ class ExportReport:
     settings: dict[str, Any]
     model: dict[str, Any]
     approximation: dict[str, Any] | None = None
+    refit: dict[str, Any] | None = None
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)
     build: dict[str, Any] | None = None
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -180,6 +183,21 @@ class ExportReport:
             lines += [f"- Triton model: `{self.triton['model_dir']}` ({self.triton['platform']})"]
         if self.approximation:
             lines += ["", "## Layers", "", self.plan_table()]
+        if self.refit:
+            lines += [
+                "",
+                "## 1x1 refit",
+                "",
+                f"Each GDWS layer's 1x1 conv refit to the original conv's outputs on "
+                f"{self.refit['inputs']} calibration inputs (clean and PGD), ridge "
+                f"{self.refit['ridge']:g}; relative output error of each layer, in the "
+                "approximated model:",
+                "",
+                "| layer | kernels | error before | error after |",
+                "|---|---:|---:|---:|",
+            ]
+            lines += [f"| {r['name']} | {r['kernels']} | {r['error_before']:.4f} "
+                      f"| {r['error_after']:.4f} |" for r in self.refit["layers"]]  # fmt: skip
         if self.parity:
             lines += ["", "## Parity", "", "| check | max abs diff | relative | top-1 agreement "
                       "| inputs | passed |", "|---|---:|---:|---:|---:|---|"]  # fmt: skip

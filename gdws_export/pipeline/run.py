@@ -25,6 +25,7 @@ from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.activations import activation_gains, input_moments, relative_gains
 from gdws_export.gdws.approximate import approximate
 from gdws_export.gdws.calibration import calibrated_gains
+from gdws_export.gdws.refit import refit_pointwise
 from gdws_export.gdws.selection import replace_module
 from gdws_export.gdws.sensitivity import (
     load_alphas,
@@ -52,6 +53,7 @@ STAGES = {
     "alphas": "computing alphas",
     "layer_costs": "timing every replaceable conv",
     "approximate": "replacing convs by GDWS convs",
+    "refit": "refitting the 1x1 convs on the calibration data",
     "export_original": "exporting the original ONNX graph",
     "export_gdws": "exporting the GDWS ONNX graph",
     "export_program": "saving the torch.export program",
@@ -184,6 +186,15 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
                 layer_costs=costs, alphas=state.alphas, input_moments=state.input_moments,
                 input_shape=shape, max_layer_error=cfg.max_layer_error,
             )  # fmt: skip
+        if cfg.refit and approx.replaced:
+            x, y = state.data
+            with clock("refit", f" ({len(x)} samples, clean and PGD)"):
+                state.gdws_model, refit = refit_pointwise(
+                    state.gdws_model, model, (x, y), eps=cfg.alpha_eps,
+                    step_size=cfg.alpha_eps / 4, samples=len(x), seed=cfg.seed,
+                    batch_size=state.loaded.fixed_batch or 64,
+                )  # fmt: skip
+            report.refit = refit.to_dict()
         report.approximation = approx.to_dict()
         report.macs["gdws"], report.params["gdws"] = count_macs_params(state.gdws_model, shape)
         report.parity["approximation"] = _approximation_figures(model, state.gdws_model, state, cfg)
