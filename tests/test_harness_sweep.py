@@ -281,3 +281,27 @@ def test_torch_target_sweep_runs_on_the_cpu(checkpoint_and_data, tmp_path):
     assert all(row.engine_path.endswith(".pt2") for row in report.rows)
     for row in report.rows:  # the torch runner runs the same model PyTorch attacked
         assert row.engine_robust_accuracy == row.robust_accuracy
+
+
+def test_refit_sweep_ships_the_refit_models(checkpoint_and_data, tmp_path):
+    from gdws_export import approximate, load_model, refit_pointwise
+    from gdws_export.harness.sweep import sweep
+    from gdws_export.runtimes import OrtRunner
+
+    checkpoint, _ = checkpoint_and_data
+    model = load_model(checkpoint)
+    _, x, y = trained_lenet()
+    calibration, evaluation = (x[100:160], y[100:160]), (x[:40], y[:40])  # disjoint images
+    config = SweepConfig(
+        parse_settings(mac_ratios=[0.3]), threads=1, lowering="gather", exporter="legacy",
+        attacks=(AttackConfig(eps=0.05, steps=2),), batch_sizes=(4,), duration_s=None,
+        iterations=3, warmup_s=0.0,
+    )  # fmt: skip
+    report = sweep(model, config, evaluation, work_dir=tmp_path, refit_data=calibration)
+    assert any("refit on 60 calibration images" in note for note in report.notes)
+    expected, _ = refit_pointwise(approximate(model, mac_ratio=0.3)[0], model, calibration,
+                                  eps=0.05, step_size=0.0125, samples=60)  # fmt: skip
+    with OrtRunner(report.row("mac_ratio=0.3").onnx_path, threads=1) as runner:
+        shipped = runner.predict(x[:8].numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(shipped, expected(x[:8]).numpy(), rtol=1e-4, atol=1e-4)

@@ -64,6 +64,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="alphas file (save_alphas, or an export's alphas.pt); default: relative alphas "
         "from the weights, as gdws-export's default --sensitivity",
     )  # fmt: skip
+    parser.add_argument(
+        "--calib", metavar="DATA",
+        help="calibration images (not the evaluation data; train split of a named dataset): "
+        "every GDWS model's 1x1 convs are refit on them, clean and PGD at --eps, as "
+        "gdws-export --calib does; default: no refit",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calib-samples", type=int, default=512, metavar="N",
+        help="samples of --calib used (default 512)",
+    )  # fmt: skip
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write")
     parser.add_argument("--target", choices=("ort", "trt", "torch"), default="ort")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
@@ -127,9 +137,15 @@ def run(args: argparse.Namespace) -> int:
         alphas, moments = load_alphas(args.alphas), load_input_moments(args.alphas)
     else:
         alphas, moments = relative_gains(model), None
+    calibration = None
+    if args.calib is not None:
+        calibration = load_dataset(
+            args.calib, split="train", limit=args.calib_samples, num_classes=num_classes,
+            input_shape=getattr(model, "input_shape", None),
+        )  # fmt: skip
     report = sweep(
         model, config, (x, y), work_dir=args.output_dir / "models", alphas=alphas,
-        input_moments=moments,
+        input_moments=moments, refit_data=calibration,
         data_name=_describe_data(args.data, args.split, len(y)),
     )  # fmt: skip
     paths = write_sweep(report, args.output_dir)
@@ -143,6 +159,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The SweepConfig the command line asks for (validated)."""
     if args.square_queries < 0:
         raise InvalidInputError(f"--square-queries must be >= 0, got {args.square_queries}")
+    if args.calib_samples < 1:
+        raise InvalidInputError(f"--calib-samples must be >= 1, got {args.calib_samples}")
     duration = args.duration
     if duration is None and args.iterations is None:
         duration = DEFAULT_DURATION_S

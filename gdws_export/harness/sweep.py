@@ -20,6 +20,7 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.approximate import approximate
+from gdws_export.gdws.refit import refit_pointwise
 from gdws_export.gdws.selection import count_macs
 from gdws_export.harness.accuracy import evaluate_accuracy
 from gdws_export.harness.shipping import Shipped, export_and_build, put_back_originals
@@ -51,6 +52,7 @@ def sweep(
     work_dir: str | os.PathLike,
     alphas: dict[str, torch.Tensor] | None = None,
     input_moments: dict[str, torch.Tensor] | None = None,
+    refit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     data_name: str = "",
 ) -> SweepReport:
     """Approximate, export, build, benchmark and attack the model at every setting.
@@ -62,6 +64,9 @@ def sweep(
         work_dir: where the ONNX files and engines go (`original.onnx`, `beta_0.01.onnx`...).
         alphas: per-layer sensitivities for `approximate` (None: unweighted).
         input_moments: activation-aware input moments for `approximate` (None: the paper's SVD).
+        refit_data: (x, y) calibration images, not the evaluation data: every GDWS model's 1x1
+            convs are refit on them (`refit_pointwise`, clean and PGD images at the first
+            attack's radius and norm). None: no refit.
         data_name: description of the data for the report.
 
     Returns:
@@ -93,9 +98,18 @@ def sweep(
             time_ratio=setting.time_ratio, layer_costs=costs if setting.time_ratio else None,
             alphas=alphas, input_moments=input_moments, input_shape=input_shape,
         )  # fmt: skip
+        if refit_data is not None and approximation.replaced:
+            attack = config.attacks[0] if config.attacks else None
+            eps = attack.eps if attack is not None else 8 / 255
+            gdws_model, _ = refit_pointwise(
+                gdws_model, model, refit_data, eps=eps, step_size=eps / 4,
+                norm=attack.norm if attack is not None else "linf", samples=len(refit_data[0]),
+            )  # fmt: skip
         models[setting.label] = gdws_model.eval()
         approximations[setting.label] = json.loads(approximation.to_json())  # JSON types
     notes: list[str] = []
+    if refit_data is not None:
+        notes.append(f"1x1 convs refit on {len(refit_data[0])} calibration images (clean and PGD)")
     files: dict[str, Shipped] = {}
     for name, m in models.items():
         files[name] = export_and_build(
