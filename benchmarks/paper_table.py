@@ -25,7 +25,7 @@ Per checkpoint:
 Writes benchmarks/results/<runtime>-<date>.{md,json,png} (`--out` to change), <runtime> being
 ort-cpu, trt-<precision> or torch-<device>-<precision>.
 
-Run (full, about 24 minutes on 2 quiet cores):
+Run (full, about 29 minutes on 2 quiet cores):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
