@@ -81,3 +81,43 @@ def test_real_timings_cover_every_candidate(model):
         assert all(v > 0 for k, v in timing.median_ms.items() if not k.startswith("fold"))
         assert timing.form == min(timing.median_ms, key=timing.median_ms.get)
         assert len(timed) + len(timing.notes) == 7  # skipped folds say why
+
+
+def test_choice_goes_by_the_fastest_round(model, monkeypatch):
+    # Load only adds time: a burst over two of gather's three rounds (median 9 ms) must not
+    # hide that it ran 5 ms, faster than the original conv's steady 7 ms.
+    rounds = {"dense": [7, 7, 7], "gather": [9, 5, 9]}
+
+    def fake(graphs, repeats):
+        for key, graph in graphs.items():
+            graph.samples = [ms / 1e3 for ms in rounds[key]]
+
+    monkeypatch.setattr(auto, "time_interleaved", fake)
+    monkeypatch.setattr(auto, "timing_graph", _no_graph)
+    sites, _ = find_fold_sites(model)
+    choices = auto.choose_forms(
+        model, torch.rand(1, 3, 16, 16), sites=sites, candidates=("dense", "gather"), repeats=3
+    )
+    for timing in choices.values():
+        assert timing.form == "gather"
+        assert timing.median_ms == pytest.approx({"dense": 7.0, "gather": 9.0})
+        assert timing.fastest_ms == pytest.approx({"dense": 7.0, "gather": 5.0})
+
+
+def test_network_check_goes_by_the_fastest_round(model, monkeypatch):
+    import gdws_export.lowering.pipeline as pipeline
+
+    # [median, p90, fastest]: the per-layer plan's median is hit by a burst, its best round
+    # is the fastest of the three plans.
+    times = {"auto": (5.0, 5.5, 2.5), "gather": (3.5, 3.6, 3.0), "dense": (6.0, 6.1, 5.9)}
+    monkeypatch.setattr(
+        pipeline, "time_networks", lambda models, *a, **k: {m: times[m] for m in models}
+    )
+    forms = {name: "slots" for name in gdws_layers(model)}
+    sites, _ = find_fold_sites(model)
+    chosen, network = pipeline._check_network(
+        model, forms, torch.rand(1, 3, 16, 16), sites=sites, originals={}, align=8,
+        batch=1, threads=1, repeats=3,
+    )  # fmt: skip
+    assert network["plan"] == "auto" and chosen == forms
+    assert network["gather"] == [3.5, 3.6, 3.0]
