@@ -46,6 +46,7 @@ from benchmarks._common import spectral_weights
 from gdws_export import approximate, create_model
 from gdws_export.gdws.selection import count_macs
 from gdws_export.lowering import export_onnx, measure_layer_costs
+from gdws_export.lowering.auto import fastest_form
 from gdws_export.runtimes import OrtRunner
 
 RESULTS = Path(__file__).parent / "results"
@@ -209,7 +210,7 @@ def _choice(layer: dict) -> str:
     """The form `auto` picked for a layer: by the fastest round (results written before that
     existed: by the median)."""
     timed = layer.get("fastest_ms") or layer["median_ms"]
-    return min(timed, key=timed.get) if timed else layer["form"]
+    return fastest_form(timed) if timed else layer["form"]
 
 
 def _counts(forms) -> str:

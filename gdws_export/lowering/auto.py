@@ -117,7 +117,7 @@ def choose_forms(
             median[form] = sum(sign * graphs[k].percentile_ms(50) for k, sign in terms)
             p90[form] = sum(sign * graphs[k].percentile_ms(90) for k, sign in terms)
             fastest[form] = sum(sign * graphs[k].fastest_ms() for k, sign in terms)
-        best = min(fastest, key=lambda f: (fastest[f], f != "dense"))
+        best = fastest_form(fastest)
         choices[name] = LayerTiming(best, median, p90, notes, fastest)
         if fold_slots(best) is not None:  # the producer, decided later, now has more outputs
             site = sites[name]
@@ -131,6 +131,12 @@ def choose_forms(
     for name in layers.keys() - set(order):
         choices[name] = LayerTiming("gather", {}, {}, ["not called in the forward; not timed"])
     return choices
+
+
+def fastest_form(milliseconds: dict[str, float]) -> str:
+    """The candidate (a form, or a whole-model plan) with the least time; a tie keeps the
+    original conv ("dense")."""
+    return min(milliseconds, key=lambda f: (milliseconds[f], f != "dense"))
 
 
 def _fold_note(name: str, sites: dict, slots: int, gdws: GDWSConv2d) -> str:
@@ -159,4 +165,4 @@ def _add_producer_graphs(graphs, site, layers, model, index, form, shapes, align
         graphs["producer"] = timing_graph(as_shipped(producer), in_shape, threads)
 
 
-__all__ = ["DEFAULT_CANDIDATES", "LayerTiming", "choose_forms"]
+__all__ = ["DEFAULT_CANDIDATES", "LayerTiming", "choose_forms", "fastest_form"]

@@ -15,7 +15,7 @@ from torch import nn
 from gdws_export._files import atomic_output
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.conv import GDWSConv2d, conv_macs_per_pixel
-from gdws_export.lowering.auto import DEFAULT_CANDIDATES, choose_forms
+from gdws_export.lowering.auto import DEFAULT_CANDIDATES, choose_forms, fastest_form
 from gdws_export.lowering.export import EXPORTERS, export_model
 from gdws_export.lowering.fold import find_fold_sites
 from gdws_export.lowering.forms import fold_slots, is_form
@@ -266,7 +266,7 @@ def _check_network(model, forms, example, *, sites, originals, align, batch, thr
         for key, plan in plans.items()
     }
     times = time_networks(models, example, batch=batch, threads=threads, repeats=repeats)
-    best = min(times, key=lambda k: (times[k][2], k != "dense"))  # fastest round decides
+    best = fastest_form({k: fastest for k, (_, _, fastest) in times.items()})
     return plans[best], {"plan": best, **{k: list(v) for k, v in times.items()}}
 
 
