@@ -192,6 +192,7 @@ def test_parity_failure(capsys, ckpt, tmp_path, monkeypatch):
         (["--beta", "1", "--mac-ratio", "0.5"], "not allowed with argument"),
         (["--arch-kwargs", "[1]"], "not a JSON object"),
         (["--alpha-eps", "8/0"], "not a number"),
+        (["--calib-samples", "64"], "--calib-samples needs --calib"),
     ],
 )
 def test_usage_errors_are_one_line(capsys, ckpt, argv, phrase):

@@ -196,6 +196,7 @@ def test_cli_refuses_bad_attack_settings(checkpoint_and_data, tmp_path):
     checkpoint, data = checkpoint_and_data
     assert "eps" in _cli_error(checkpoint, data, tmp_path, "--eps", "-0.1")
     assert "steps" in _cli_error(checkpoint, data, tmp_path, "--steps", 0)
+    assert "needs --calib" in _cli_error(checkpoint, data, tmp_path, "--calib-samples", 64)
 
 
 def test_cli_refuses_an_unreadable_image(checkpoint_and_data, tmp_path):

@@ -8,6 +8,7 @@ import sys
 from fractions import Fraction
 from typing import TextIO
 
+from gdws_export.errors import InvalidInputError
 from gdws_export.pipeline.config import (
     DEFAULT_ALPHA_EPS,
     DEFAULT_CALIB_SAMPLES,
@@ -169,7 +170,7 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
     gdws.add_argument(
         "--calib-samples",
         type=int,
-        default=DEFAULT_CALIB_SAMPLES,
+        default=None,
         metavar="N",
         help=f"samples of --calib used (default {DEFAULT_CALIB_SAMPLES})",
     )
@@ -340,13 +341,16 @@ def _general_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
     """The ExportConfig for parsed arguments (validated later by `resolved()`)."""
+    if args.calib_samples is not None and args.calib is None:
+        raise InvalidInputError("--calib-samples needs --calib (the data it counts samples of)")
+    calib_samples = DEFAULT_CALIB_SAMPLES if args.calib_samples is None else args.calib_samples
     return ExportConfig(
         model=args.model, output=args.output, arch=args.arch, num_classes=args.num_classes,
         arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
         input_shape=args.input_shape, mean=args.mean, std=args.std, target=args.target,
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
         time_ratio=args.time_ratio, max_layer_error=args.max_layer_error,
-        alphas=args.alphas, calib=args.calib, calib_samples=args.calib_samples,
+        alphas=args.alphas, calib=args.calib, calib_samples=calib_samples,
         alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, refit=args.refit,
         lowering=args.lowering,
         exporter=args.exporter,
@@ -378,8 +382,6 @@ def _tty(stream: TextIO) -> bool:
 
 
 def _shape(text: str) -> tuple[int, ...]:
-    from gdws_export.errors import InvalidInputError
-
     try:
         return parse_input_shape(text)
     except InvalidInputError as exc:

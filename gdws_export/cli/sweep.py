@@ -26,6 +26,7 @@ from gdws_export.harness.speed_report import (
 )
 from gdws_export.harness.sweep import sweep
 from gdws_export.harness.sweep_report import SweepConfig, parse_settings
+from gdws_export.pipeline.config import DEFAULT_CALIB_SAMPLES
 
 NAME = "sweep"
 
@@ -71,8 +72,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "gdws-export --calib does; default: no refit",
     )  # fmt: skip
     parser.add_argument(
-        "--calib-samples", type=int, default=512, metavar="N",
-        help="samples of --calib used (default 512)",
+        "--calib-samples", type=int, default=None, metavar="N",
+        help=f"samples of --calib used (default {DEFAULT_CALIB_SAMPLES})",
     )  # fmt: skip
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write")
     parser.add_argument("--target", choices=("ort", "trt", "torch"), default="ort")
@@ -140,8 +141,8 @@ def run(args: argparse.Namespace) -> int:
     calibration = None
     if args.calib is not None:
         calibration = load_dataset(
-            args.calib, split="train", limit=args.calib_samples, num_classes=num_classes,
-            input_shape=getattr(model, "input_shape", None),
+            args.calib, split="train", limit=args.calib_samples or DEFAULT_CALIB_SAMPLES,
+            num_classes=num_classes, input_shape=getattr(model, "input_shape", None),
         )  # fmt: skip
     report = sweep(
         model, config, (x, y), work_dir=args.output_dir / "models", alphas=alphas,
@@ -159,7 +160,9 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The SweepConfig the command line asks for (validated)."""
     if args.square_queries < 0:
         raise InvalidInputError(f"--square-queries must be >= 0, got {args.square_queries}")
-    if args.calib_samples < 1:
+    if args.calib_samples is not None and args.calib is None:
+        raise InvalidInputError("--calib-samples needs --calib (the data it counts samples of)")
+    if args.calib_samples is not None and args.calib_samples < 1:
         raise InvalidInputError(f"--calib-samples must be >= 1, got {args.calib_samples}")
     duration = args.duration
     if duration is None and args.iterations is None:
