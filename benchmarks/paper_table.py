@@ -281,10 +281,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "ONNX Runtime CPU at --auto-batch); default 0.5 for --target ort, none for "
              "the others")  # fmt: skip
     add("--sensitivities", nargs="+", choices=SENSITIVITIES, default=list(SENSITIVITIES))
-    add("--refit", nargs="*", choices=SENSITIVITIES, default=["relative"],
+    add("--refit", nargs="*", choices=SENSITIVITIES, default=["none", "relative"],
         help="measures whose GDWS rows also appear with their 1x1 convs refit on the "
              "calibration images (gdws-<measure>+refit rows; none given: no such rows; "
-             "the default, the default measure only, keeps the run within 30 minutes)")  # fmt: skip
+             "default: the project's default with the refit, unweighted, and relative, the "
+             "default without it)")  # fmt: skip
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
     add("--light", nargs="*", default=["fmnist_wrn28_4_w16"],
         help="checkpoints measured with --light-ratios / --light-sensitivities / "

@@ -333,8 +333,9 @@ def markdown(table: PaperTable, plot_name: str | None) -> str:
         "latency; speed-up = original's median latency / this graph's.",
         "",
         f"Sensitivities on {s.get('calib_samples')} training images (PGD-10, eps "
-        f"{s.get('eps')}): none = unweighted, paper = noise gains, calibrated = KL-calibrated "
-        "per-layer scales, relative = per-layer 1/||W||^2 (the project default), activation = "
+        f"{s.get('eps')}): none = unweighted (the project default with the 1x1 refit), paper = "
+        "noise gains, calibrated = KL-calibrated per-layer scales, relative = per-layer "
+        "1/||W||^2 (the project default without the refit), activation = "
         "activation-aware SVD (each channel's SVD in the metric of its input patches on clean "
         "and PGD images, layers traded by relative output error). Budgets: every gdws-<measure> "
         "row spends a MAC budget (`mac_ratio`); gdws-time rows spend a time budget "

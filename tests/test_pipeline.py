@@ -298,9 +298,9 @@ def test_refit_is_on_with_calibration_data_and_lowers_the_error(ckpt, tmp_path):
     assert ExportConfig(ckpt, calib="x.npz", refit=False).resolved().refit is False
     calib = files.calib_npz(tmp_path, n=16)
     runs = {}
-    for refit in (True, False):
+    for refit in (True, False):  # one sensitivity: the default differs with and without refit
         runs[refit] = run_export(_config(ckpt, tmp_path / f"out-{refit}", calib=str(calib),
-                                         mac_ratio=0.3, refit=refit))  # fmt: skip
+                                         mac_ratio=0.3, refit=refit, sensitivity="relative"))  # fmt: skip
     refit = runs[True].refit
     assert refit["inputs"] == 32  # clean and PGD images
     assert [layer["name"] for layer in refit["layers"]] == ["features.3"]
@@ -313,6 +313,28 @@ def test_refit_is_on_with_calibration_data_and_lowers_the_error(ckpt, tmp_path):
     assert "## 1x1 refit" in (tmp_path / "out-True" / "report.md").read_text()
     assert "refit" in runs[True].timings and "refit" not in runs[False].timings
     assert ExportReport.load(tmp_path / "out-True" / "report.json").refit == refit
+
+
+def test_default_sensitivity_is_unweighted_with_refit_and_relative_without(ckpt, tmp_path):
+    from gdws_export import approximate, load_model
+
+    assert ExportConfig(ckpt, calib="x.npz").resolved().sensitivity == "none"
+    assert ExportConfig(ckpt, calib="x.npz", refit=False).resolved().sensitivity == "relative"
+    assert ExportConfig(ckpt).resolved().sensitivity == "relative"
+    assert ExportConfig(ckpt, calib="x.npz", sensitivity="relative").resolved().sensitivity == (
+        "relative"
+    )
+    calib = files.calib_npz(tmp_path, n=8)
+    report = run_export(_config(ckpt, tmp_path / "out", calib=str(calib), mac_ratio=0.3,
+                                dry_run=True))  # fmt: skip
+    assert report.model["alphas"].startswith("none (unweighted")
+    assert not report.approximation["weighted"]
+    # The plan is unweighted GDWS's: the kernels approximate(alphas=None) picks.
+    _, plain = approximate(load_model(ckpt), mac_ratio=0.3)
+    planned = report.approximation["layers"]
+    assert {row["name"]: row["kernels"] for row in planned if row["status"] == "gdws"} == {
+        layer.name: layer.kernels for layer in plain.replaced
+    }
 
 
 def test_calibration_labels_must_fit_the_model(ckpt, tmp_path):

@@ -184,11 +184,12 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
     gdws.add_argument(
         "--sensitivity",
         choices=SENSITIVITIES,
-        default="relative",
-        help="how errors are weighed: relative (default: each layer's error relative to its "
-        "weight energy, no data), or on --calib data: activation (activation-aware SVD in the "
-        "metric of each conv's inputs on clean and PGD images), calibrated (per-layer scales "
-        "measured on adversarial inputs) or noise-gains (the paper's alphas)",
+        default=None,
+        help="how errors are weighed: none (unweighted) or relative (each layer's error "
+        "relative to its weight energy), both without data, or on --calib data: activation "
+        "(activation-aware SVD in the metric of each conv's inputs on clean and PGD images), "
+        "calibrated (per-layer scales measured on adversarial inputs) or noise-gains (the "
+        "paper's alphas); default: none with the 1x1 refit, relative without",
     )
 
     gdws.add_argument(

@@ -62,8 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--limit", type=int, help="use the first N samples")
     parser.add_argument(
         "--alphas", type=Path,
-        help="alphas file (save_alphas, or an export's alphas.pt); default: relative alphas "
-        "from the weights, as gdws-export's default --sensitivity",
+        help="alphas file (save_alphas, or an export's alphas.pt); default: as gdws-export's "
+        "default --sensitivity, relative alphas from the weights, or none (unweighted) with "
+        "--calib (the 1x1 refit)",
     )  # fmt: skip
     parser.add_argument(
         "--calib", metavar="DATA",
@@ -136,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.alphas is not None:
         alphas, moments = load_alphas(args.alphas), load_input_moments(args.alphas)
-    else:
-        alphas, moments = relative_gains(model), None
+    else:  # gdws-export's default --sensitivity: unweighted with the refit, else relative
+        alphas, moments = (None if args.calib else relative_gains(model)), None
     calibration = None
     if args.calib is not None:
         calibration = load_dataset(

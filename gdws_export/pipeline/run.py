@@ -349,6 +349,8 @@ def _alphas(cfg: ExportConfig, state: _State, clock, show_bars: bool) -> str:
             state.input_moments = match_alpha_names(moments, state.model, cfg.alphas)
             return f"file {cfg.alphas} (activation-aware)"
         return f"file {cfg.alphas}"
+    if cfg.sensitivity == "none":
+        return "none (unweighted, --sensitivity none)"
     if cfg.sensitivity == "relative":  # from the weights alone: no data needed
         with clock("alphas", " (relative: per-layer 1/||W||^2)"):
             state.alphas = relative_gains(state.model)
