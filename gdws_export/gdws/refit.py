@@ -18,6 +18,11 @@ right), as in `input_moments`. Nothing is trained: one linear solve per layer an
 lambda is `ridge` times the mean diagonal of the features' second moment: it keeps the solve
 well-posed when a layer has more kernels than calibration pixels (small late-stage maps).
 
+A layer keeps its weights where the solution would not lower its output error on the
+calibration inputs: layers `approximate` left exact (all kernels kept) would otherwise only
+pick up the ridge's shrinkage, and on a robust PreActResNet-18 at MAC ratio 0.35 (most layers
+exact) that error cost 3 points of PGD accuracy, against none with the guard.
+
 Cost: per GDWS layer, one forward pass of both models over the calibration images, each
 stopped at that layer, and one (G/groups + 1)-sized solve per group.
 """
@@ -41,12 +46,14 @@ DEFAULT_RIDGE = 1e-3
 @dataclass(frozen=True)
 class RefitLayer:
     """One refit layer: relative output error sum ||y_hat - y||^2 / sum ||y||^2 on the
-    calibration inputs, with the 1x1 weights it had and with the refit ones."""
+    calibration inputs, with the 1x1 weights it had and with the ones it ends with;
+    `changed` is False where the solve would not have lowered the error (weights kept)."""
 
     name: str
     kernels: int
     error_before: float
     error_after: float
+    changed: bool = True
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,9 @@ class RefitReport:
         lines = [f"1x1 refit on {self.inputs} calibration inputs (ridge {self.ridge:g})",
                  f"{'layer':<32} {'kernels':>8} {'error before':>13} {'after':>9}"]  # fmt: skip
         for layer in self.layers:
+            kept = "" if layer.changed else "  (kept: no lower)"
             lines.append(f"{layer.name:<32} {layer.kernels:>8} {layer.error_before:>13.4f} "
-                         f"{layer.error_after:>9.4f}")  # fmt: skip
+                         f"{layer.error_after:>9.4f}{kept}")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -244,10 +252,12 @@ def _solve(name: str, layer: GDWSConv2d, stats: _Moments, ridge: float) -> Refit
     solution = torch.linalg.lstsq(stats.zz + penalty, stats.yz.transpose(1, 2),
                                   driver="gelsd").solution.transpose(1, 2)  # fmt: skip
     before, after = _error(current, stats), _error(solution, stats)
+    energy = float(stats.yy.sum()) or 1.0
+    if after >= before:  # module docstring: never make a layer worse
+        return RefitLayer(name, layer.kernels, before / energy, before / energy, changed=False)
     pw.weight.copy_(solution[:, :, :per_group].reshape(pw.weight.shape).to(pw.weight))
     if pw.bias is not None:
         pw.bias.copy_(solution[:, :, per_group].reshape(-1).to(pw.bias))
-    energy = float(stats.yy.sum()) or 1.0
     return RefitLayer(name, layer.kernels, before / energy, after / energy)
 
 
