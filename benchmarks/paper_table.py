@@ -25,7 +25,8 @@ Per checkpoint:
 Writes benchmarks/results/<runtime>-<date>.{md,json,png} (`--out` to change), <runtime> being
 ort-cpu, trt-<precision> or torch-<device>-<precision>.
 
-Run (full, about 29 minutes on 2 quiet cores):
+Run (full: 27 minutes on the 2-core AMD machine of the 2026-12-02 results, 41 on the slower
+Intel machine of 2026-12-03 with refit rows for two measures):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
@@ -281,11 +282,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "ONNX Runtime CPU at --auto-batch); default 0.5 for --target ort, none for "
              "the others")  # fmt: skip
     add("--sensitivities", nargs="+", choices=SENSITIVITIES, default=list(SENSITIVITIES))
-    add("--refit", nargs="*", choices=SENSITIVITIES, default=["none", "relative"],
+    add("--refit", nargs="*", choices=SENSITIVITIES, default=["none"],
         help="measures whose GDWS rows also appear with their 1x1 convs refit on the "
              "calibration images (gdws-<measure>+refit rows; none given: no such rows; "
-             "default: the project's default with the refit, unweighted, and relative, the "
-             "default without it)")  # fmt: skip
+             "default: the project's default measure with the refit (unweighted) only, to "
+             "keep the run near 30 minutes; the 2026-12-03 results add relative)")  # fmt: skip
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
     add("--light", nargs="*", default=["fmnist_wrn28_4_w16"],
         help="checkpoints measured with --light-ratios / --light-sensitivities / "
