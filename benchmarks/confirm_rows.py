@@ -85,16 +85,22 @@ def parse_variant(name: str) -> tuple[str, bool, float]:
     return match.group(1), match.group(2) is not None, float(match.group(3))
 
 
-def _robust_masks(model, runner, x, y, attack, batch):
-    """Per image: robust on PyTorch (clean and adversarial correct), and on the engine (the same
-    adversarial images replayed). The model is attacked as the paper table attacks it (its
-    evaluation copy, in `evaluate_accuracy`'s batches), so the two see the same images."""
+def pytorch_robust(model, x, y, attack, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per image: clean and adversarial both correct, the adversarial images) on PyTorch. The
+    model is attacked as the paper table attacks it (its evaluation copy, in
+    `evaluate_accuracy`'s batches), so both see the same images."""
     model = paper_table.evaluation_copy(model)
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     x_adv = attack_batched(model, x, y, attack, batch)
     with torch.no_grad():
-        robust = clean & (model(x_adv).argmax(1) == y)
+        return clean & (model(x_adv).argmax(1) == y), x_adv
+
+
+def _robust_masks(model, runner, x, y, attack, batch):
+    """Per image: robust on PyTorch (`pytorch_robust`), and on the engine (the same adversarial
+    images replayed)."""
+    robust, x_adv = pytorch_robust(model, x, y, attack, batch)
     with runner:
         engine_clean = torch.from_numpy(predict_batched(runner, x.numpy(), batch)).argmax(1) == y
         engine_adv = torch.from_numpy(predict_batched(runner, x_adv.numpy(), batch)).argmax(1)

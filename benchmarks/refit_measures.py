@@ -4,9 +4,10 @@ on the same test images so that their difference has a paired standard error.
 
 Only PyTorch: the models are the GDWS models as `approximate` and the refit leave them, every
 layer GDWS (no lowering, no original convs put back), so the comparison is of the allocation
-alone. White-box PGD against each model (`--steps`, default 20: this compares two models
-with each other, not with a published number). This is the measurement behind the default
-`--sensitivity` with the refit (`pipeline.config`).
+alone. Robust = clean and adversarial both correct, as in `confirm_rows.pytorch_robust`
+(white-box PGD against each model's dense evaluation copy; `--steps`, default 20: this
+compares two models with each other, not with a published number). This is the measurement
+behind the default `--sensitivity` with the refit (`pipeline.config`).
 
 Run (about 12 minutes on 2 cores):
     PYTHONPATH=. python benchmarks/refit_measures.py \\
@@ -26,12 +27,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.confirm_rows import paired
+from benchmarks.confirm_rows import paired, pytorch_robust
 from benchmarks.paper_table import load_data
 from gdws_export import approximate, refit_pointwise, relative_gains
 from gdws_export._files import atomic_write_text
 from gdws_export.attacks import AttackConfig
-from gdws_export.harness.accuracy import attack_batched
 from gdws_export.harness.machine import machine_info
 from gdws_export.models import load_model
 
@@ -45,7 +45,7 @@ def compare(name: str, ratios: list[float], data, args) -> list[dict]:
     x, y = x_test[: args.samples], y_test[: args.samples]
     calibration = (x_train[: args.calib_samples], y_train[: args.calib_samples])
     attack = AttackConfig("pgd", eps=args.eps, step_size=args.eps / 4, steps=args.steps)
-    original = _robust(model, x, y, attack, args.eval_batch)
+    original, _ = pytorch_robust(model, x, y, attack, args.eval_batch)
     alphas = {"none": None, "relative": relative_gains(model)}
     rows = []
     for ratio in ratios:
@@ -55,7 +55,7 @@ def compare(name: str, ratios: list[float], data, args) -> list[dict]:
                                   input_shape=tuple(model.input_shape))  # fmt: skip
             refit, _ = refit_pointwise(gdws, model, calibration, eps=args.eps,
                                        step_size=args.eps / 4, samples=len(calibration[0]))  # fmt: skip
-            masks[measure] = _robust(refit, x, y, attack, args.eval_batch)
+            masks[measure], _ = pytorch_robust(refit, x, y, attack, args.eval_batch)
         row = {
             "checkpoint": name,
             "mac_ratio": ratio,
@@ -69,15 +69,6 @@ def compare(name: str, ratios: list[float], data, args) -> list[dict]:
         print(f"{name}@{ratio:g}: none+refit minus relative+refit {d['difference_points']:+.1f} "
               f"+- {d['se_points']:.1f} points", flush=True)  # fmt: skip
     return rows
-
-
-def _robust(model, x, y, attack: AttackConfig, batch: int) -> torch.Tensor:
-    model.eval()
-    adversarial = attack_batched(model, x, y, attack, batch)
-    with torch.no_grad():
-        predictions = torch.cat([model(adversarial[i : i + batch]).argmax(1)
-                                 for i in range(0, len(y), batch)])  # fmt: skip
-    return predictions == y
 
 
 def render(rows: list[dict], command: str, machine: str) -> str:

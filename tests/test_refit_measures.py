@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks import refit_measures
+from benchmarks import confirm_rows, refit_measures
 from gdws_export import approximate, refit_pointwise
 from gdws_export.models import save_checkpoint
 from tests._trained import SLICE, trained_lenet
@@ -34,7 +34,7 @@ def test_compare_two_measures_end_to_end(tmp_path):
     refit, _ = refit_pointwise(gdws, loaded, (x_train[:16], y_train[:16]), eps=0.1,
                                step_size=0.025, samples=16)  # fmt: skip
     attack = refit_measures.AttackConfig("pgd", eps=0.1, step_size=0.025, steps=2)
-    mask = refit_measures._robust(refit, x_test[:40], y_test[:40], attack, 250)
+    mask, _ = confirm_rows.pytorch_robust(refit, x_test[:40], y_test[:40], attack, 250)
     assert none["variant"] == pytest.approx(float(mask.float().mean()))
     assert "| lenet_quick | 0.5 | 40 |" in paths["md"].read_text()
 
