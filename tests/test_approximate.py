@@ -128,6 +128,46 @@ def test_mac_ratio_spends_the_budget_on_the_best_error_per_mac(net):
     assert float(torch.cat(kept).min()) >= float(torch.cat(dropped).max()) * (1 - 1e-9)
 
 
+@pytest.mark.parametrize("align", [4, 8])
+def test_aligned_mac_budget_counts_the_padding(net, align):
+    """With `align` the MAC budget holds for the kernels the lowering runs (each layer's count
+    padded to a multiple of `align`; conv3 has 2 groups, padded alike), and every layer fills
+    its last block with real kernels."""
+    ratio = 0.3
+    _, report = approximate(net, mac_ratio=ratio, align=align)
+    assert report.replaced
+    padded = 0
+    for layer in report.layers:
+        if layer.status == "original":
+            padded += layer.macs_after
+        if layer.status != "gdws":
+            continue
+        kernels = math.ceil(layer.kernels / align) * align
+        padded += layer.macs_after // layer.kernels * kernels
+        assert layer.kernels % align == 0 or layer.kernels == layer.full_rank_kernels, layer
+    assert padded <= ratio * report.macs_before
+
+
+@pytest.mark.parametrize("beta", [2.0, 8.0, 20.0])
+def test_aligned_beta_adds_the_next_best_kernels(net, beta):
+    """With `beta`, a plain conv keeps LEGO's kernels plus the next-best ones up to a multiple
+    of `align`: the error bound still holds, and every channel keeps at least as many."""
+    _, plain = approximate(net, beta=beta)
+    _, aligned = approximate(net, beta=beta, align=8)
+    by_name = {layer.name: layer for layer in plain.layers}
+    checked = 0
+    for layer in aligned.replaced:
+        assert layer.weighted_error <= beta
+        before = by_name[layer.name]
+        if layer.groups == 1 and before.status == "gdws":
+            assert layer.kernels % 8 == 0 or layer.kernels == layer.full_rank_kernels
+            after_counts = torch.tensor(layer.kernels_per_channel)
+            assert (after_counts >= torch.tensor(before.kernels_per_channel)).all()
+            assert layer.weighted_error <= before.weighted_error
+            checked += 1
+    assert checked
+
+
 def test_too_small_mac_ratio_says_so(net):
     with pytest.raises(ValueError, match="too small"):
         approximate(net, mac_ratio=1e-4)
@@ -182,7 +222,8 @@ def test_model_without_approximable_convs_comes_back_unchanged():
      ({"beta": 1.0, "alphas": {"conv1": torch.ones(3), "conv2": torch.ones(32), "conv3": torch.ones(32)}}, "conv1"),
      ({"beta": 1.0, "alphas": {"conv1": -torch.ones(16), "conv2": torch.ones(32), "conv3": torch.ones(32)}}, "negative"),
      ({"beta": 1.0, "alphas": {"nope": torch.ones(3)}}, "not a conv of this model"),
-     ({"beta": 1.0, "include": ["nothing"]}, "matches no conv")],
+     ({"beta": 1.0, "include": ["nothing"]}, "matches no conv"),
+     ({"beta": 1.0, "align": 0}, "align"), ({"beta": 1.0, "align": 2.0}, "align")],
 )  # fmt: skip
 def test_bad_input_is_a_value_error(net, kwargs, message):
     with pytest.raises(ValueError, match=message):

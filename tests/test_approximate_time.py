@@ -48,9 +48,12 @@ COSTS = {
 }
 
 
-def _layer_options(conv: nn.Conv2d, cost: LayerCost) -> list[tuple[float, float, list[int]]]:
+def _layer_options(
+    conv: nn.Conv2d, cost: LayerCost, align: int = 1
+) -> list[tuple[float, float, list[int]]]:
     """Every (cost, error, counts) a layer can take, written out independently of the
-    implementation: the original conv, the best G kernels for each G, S kernels per channel."""
+    implementation: the original conv, the best G kernels for each G (paid as G rounded up to
+    a multiple of `align`, as the lowering pads them), S kernels per channel."""
     values = error_values(channel_svd(conv.weight, conv.groups)).double()
     channels, rank = values.shape
     options = [(cost.original, 0.0, [])]
@@ -60,7 +63,8 @@ def _layer_options(conv: nn.Conv2d, cost: LayerCost) -> list[tuple[float, float,
         for _, c in flat[:g]:
             counts[c] += 1
         error = float(values.sum()) - sum(v for v, _ in flat[:g])
-        options.append((cost.fixed + cost.per_kernel * g, error, counts))
+        paid = math.ceil(g / align) * align
+        options.append((cost.fixed + cost.per_kernel * paid, error, counts))
     if cost.per_slot is not None:
         for s in range(1, rank + 1):
             error = float(values[:, s:].sum())
@@ -68,8 +72,8 @@ def _layer_options(conv: nn.Conv2d, cost: LayerCost) -> list[tuple[float, float,
     return options
 
 
-def _brute_force(model, costs, budget) -> float:
-    per_layer = [_layer_options(model.get_submodule(n), costs[n]) for n in costs]
+def _brute_force(model, costs, budget, align: int = 1) -> float:
+    per_layer = [_layer_options(model.get_submodule(n), costs[n], align) for n in costs]
     best = math.inf
     for combo in itertools.product(*per_layer):
         if sum(o[0] for o in combo) <= budget + 1e-9:
@@ -106,6 +110,23 @@ def test_price_choice_is_optimal_for_its_own_cost(tiny):
         spent = approx_module._spent(options, choice)
         error = sum(float(options[n].error[k]) for n, k in choice.items())
         assert error == pytest.approx(_brute_force(tiny, COSTS, spent), abs=1e-6)
+
+
+@pytest.mark.parametrize("align", [2, 4])
+@pytest.mark.parametrize("ratio", [0.55, 0.7, 0.85])
+def test_aligned_budget_is_optimal_with_padding_priced(tiny, ratio, align):
+    """With `align`, G kernels cost what the lowering runs (G padded to a multiple of
+    `align`): the budget holds in those costs, nothing at that cost has less error, and every
+    layer fills its last block (or keeps all its kernels)."""
+    costs = {n: LayerCost(c.original, c.fixed, c.per_kernel) for n, c in COSTS.items()}
+    _, report = approximate(tiny, time_ratio=ratio, layer_costs=costs, skip_first=False,
+                            max_layer_error=1.0, align=align)  # fmt: skip
+    spent, error = _totals(report)
+    assert spent <= ratio * sum(c.original for c in costs.values()) + 1e-9
+    assert error <= _brute_force(tiny, costs, spent, align) + 1e-6
+    assert report.replaced
+    for layer in report.replaced:
+        assert layer.kernels % align == 0 or layer.kernels == layer.full_rank_kernels, layer
 
 
 def test_mac_costs_give_the_mac_budget(tiny):

@@ -29,6 +29,10 @@ buys the next-best kernels, in that order, until the next one does not fit. Alph
 different layers must be on a comparable scale for this to be meaningful; with alphas=None
 every layer is weighted by its plain squared Frobenius error.
 
+`align` prices kernels the way the lowering runs them: it pads each layer's kernel count to a
+multiple of 8 or 16 with zero kernels, so G kernels cost what ceil(G / align) * align do, and
+the budget fills that room with real kernels instead (same time, less error).
+
 With `beta` or `mac_ratio`, a layer where GDWS would cost at least as many MACs as the original
 conv keeps the original, and the report says so; with `time_ratio` the measured costs decide.
 
@@ -248,6 +252,7 @@ def approximate(
     exclude: Sequence[str] | None = None,
     input_shape: Sequence[int] | None = None,
     max_layer_error: float | None = None,
+    align: int = 1,
 ) -> tuple[nn.Module, ApproximationReport]:
     """Replace the KxK convs of `model` by GDWS convs; the input model is left untouched.
 
@@ -274,6 +279,12 @@ def approximate(
             than this share of its weighted error (see the module docstring; soft where the
             budget cannot be met otherwise). None: `TIME_MAX_LAYER_ERROR` (0.35) for a time
             budget, no cap for a MAC budget; 1 turns the cap off.
+        align: the lowering pads each GDWS layer's kernel count to a multiple of `align`
+            with zero kernels (ONNX Runtime's blocked layout needs 8 or 16, see
+            `gdws_export.lowering`); real kernels can fill that room at no cost in time.
+            Budgets price G kernels as G rounded up to such a multiple (a grouped conv: its
+            per-group count, as the lowering pads it), so they buy whole blocks; with `beta`,
+            a plain conv's next-best kernels fill its last block. 1: every kernel priced alone.
 
     Returns:
         (new model, report). The new model is in the same train/eval mode as the input.
@@ -301,6 +312,8 @@ def approximate(
         max_layer_error = _check_ratio(max_layer_error, "max_layer_error")
     elif time_ratio is not None:
         max_layer_error = TIME_MAX_LAYER_ERROR
+    if isinstance(align, bool) or not isinstance(align, int) or align < 1:
+        raise InvalidInputError(f"align must be a positive int, got {align!r}")
     input_shape = _resolve_input_shape(model, input_shape, required=mac_ratio is not None)
 
     sites = find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
@@ -323,11 +336,14 @@ def approximate(
     elif mac_ratio is not None:
         costs = {s.name: _mac_cost(s.conv, pixels[s.name]) for s in candidates}
     if beta is not None:
-        counts = {name: lego(v, beta) for name, v in values.items()}
+        counts = {
+            s.name: _aligned_counts(s.conv, values[s.name], lego(values[s.name], beta), align)
+            for s in candidates
+        }
     elif candidates:
         ratio = mac_ratio if mac_ratio is not None else time_ratio
         counts, keep_original, spent = _allocate_budget(
-            candidates, values, costs, ratio, max_layer_error
+            candidates, values, costs, ratio, max_layer_error, align
         )
 
     new_model = copy.deepcopy(model)
@@ -407,7 +423,12 @@ def _replace(
 
 
 def _allocate_budget(
-    candidates, values, costs: Mapping[str, LayerCost], ratio: float, cap: float | None = None
+    candidates,
+    values,
+    costs: Mapping[str, LayerCost],
+    ratio: float,
+    cap: float | None = None,
+    align: int = 1,
 ) -> tuple[dict[str, torch.Tensor], set[str], dict[str, float]]:
     """Kernel counts of every candidate layer under the global budget (module docstring),
     the layers that keep their original conv, and what each layer's choice costs.
@@ -416,13 +437,16 @@ def _allocate_budget(
     more kernel in every group (the best remaining one of each), because a grouped PW conv
     pads all groups to the largest one, so uneven groups would cost for nothing.
     """
-    options = {s.name: _options(s.conv, values[s.name], costs[s.name], cap) for s in candidates}
+    options = {
+        s.name: _options(s.conv, values[s.name], costs[s.name], cap, align) for s in candidates
+    }
     budget = ratio * sum(costs[s.name].original for s in candidates)
     cheapest = sum(float(opt.cost.min()) for opt in options.values())
     if cheapest > budget * (1 + 1e-12):
         raise InvalidInputError(
-            f"the budget ratio {ratio} is too small: the cheapest choice for every layer (one "
-            f"kernel, or the original conv where that costs less) needs "
+            f"the budget ratio {ratio} is too small: the cheapest choice for every layer ("
+            f"{'one kernel' if align == 1 else f'{align} kernels (align)'}, or the original "
+            f"conv where that costs less) needs "
             f"{cheapest / (budget / ratio):.4f} of the cost"
         )
     choice = _lagrangian_choice(options, budget)
@@ -460,17 +484,24 @@ class _Options:
 
 
 def _options(
-    conv: nn.Conv2d, values: torch.Tensor, cost: LayerCost, cap: float | None = None
+    conv: nn.Conv2d,
+    values: torch.Tensor,
+    cost: LayerCost,
+    cap: float | None = None,
+    align: int = 1,
 ) -> _Options:
     """A layer's options; with `cap`, error beyond cap * (the error of dropping everything)
-    is priced at `_OVER_CAP_PENALTY` per unit, so the budget takes it only when it must."""
+    is priced at `_OVER_CAP_PENALTY` per unit, so the budget takes it only when it must.
+    G kernels are priced as G rounded up to a multiple of `align` (`_unit_step`)."""
     gains = _unit_gains(conv, values).double()
     total = float(values.double().sum())
     units = torch.arange(1, len(gains) + 1)
     unit_cost = cost.per_kernel * conv.groups
+    step = _unit_step(conv, align)
+    paid = -(-units // step) * step  # the lowering runs the padding kernels too
     kind = ["original"] + ["units"] * len(gains)
     amount = [torch.zeros(1, dtype=torch.long), units]
-    costs = [torch.tensor([cost.original]), cost.fixed + unit_cost * units.double()]
+    costs = [torch.tensor([cost.original]), cost.fixed + unit_cost * paid.double()]
     errors = [torch.zeros(1), (total - torch.cumsum(gains, 0)).clamp_min(0)]
     if cost.slot_fixed is not None and cost.per_slot is not None:
         slots = torch.arange(1, values.shape[1] + 1)
@@ -561,6 +592,21 @@ def _mac_cost(conv: nn.Conv2d, pixels: int) -> LayerCost:
     kh, kw = conv.kernel_size
     per_kernel = (kh * kw + conv.out_channels // conv.groups) * pixels
     return LayerCost(float(conv_macs_per_pixel(conv) * pixels), 0.0, float(per_kernel))
+
+
+def _unit_step(conv: nn.Conv2d, align: int) -> int:
+    """Units (kernels per group) bought together so that the layer's kernel count is a
+    multiple of `align`: the lowering pads every group alike up to such a count."""
+    return align // math.gcd(align, conv.groups)
+
+
+def _aligned_counts(conv: nn.Conv2d, values: torch.Tensor, counts: torch.Tensor, align: int):
+    """`counts` (of a plain conv) with the next-best kernels added (MEGO order) up to a
+    multiple of `align` kernels in all, as far as there are kernels that remove error."""
+    total = int(counts.sum())
+    if align == 1 or conv.groups != 1 or total % align == 0:
+        return counts
+    return mego(values, min(-(-total // align) * align, values.numel()))
 
 
 def _unit_gains(conv: nn.Conv2d, values: torch.Tensor) -> torch.Tensor:
