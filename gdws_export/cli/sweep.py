@@ -141,8 +141,9 @@ def run(args: argparse.Namespace) -> int:
         alphas, moments = (None if args.calib else relative_gains(model)), None
     calibration = None
     if args.calib is not None:
+        samples = DEFAULT_CALIB_SAMPLES if args.calib_samples is None else args.calib_samples
         calibration = load_dataset(
-            args.calib, split="train", limit=args.calib_samples or DEFAULT_CALIB_SAMPLES,
+            args.calib, split="train", limit=samples,
             num_classes=num_classes, input_shape=getattr(model, "input_shape", None),
         )  # fmt: skip
     report = sweep(

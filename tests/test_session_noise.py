@@ -1,0 +1,37 @@
+"""benchmarks/session_noise.py on a small LeNet: one row per checkpoint, every thread count's
+trials with their own sessions, and the summary drawn from those trials (no speed asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import session_noise
+from tests import _model_files as files
+
+
+def test_trials_and_summary_end_to_end(tmp_path):
+    files.checkpoint(tmp_path, name="lenet_small.pt")
+    argv = ["lenet_small", "--models-dir", str(tmp_path), "--mac-ratio", "0.5",
+            "--threads", "1", "2", "--trials", "2", "--batch", "4", "--duration", "0.05",
+            "--out", str(tmp_path / "noise")]  # fmt: skip
+    paths = session_noise.main(argv)
+    (row,) = json.loads(paths["json"].read_text())["rows"]
+    assert row["checkpoint"] == "lenet_small" and row["mac_ratio"] == 0.5
+    assert set(row["threads"]) == {"1", "2"}
+    for result in row["threads"].values():
+        trials = result["trials"]
+        assert len(trials) == 2
+        for trial in trials:
+            assert trial["speedup"] == pytest.approx(trial["original_ms"] / trial["gdws_ms"])
+        speedups = sorted(t["speedup"] for t in trials)
+        assert result["speedup_min"] == speedups[0] and result["speedup_max"] == speedups[-1]
+    text = paths["markdown"].read_text()
+    assert text.count("| lenet_small |") == 2 and "session_noise.py lenet_small" in text
+
+
+def test_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        session_noise.parse_args(["nothere", "--models-dir", str(tmp_path)])
+    assert "no checkpoint" in capsys.readouterr().err
