@@ -195,3 +195,28 @@ def test_inputs_are_left_untouched_and_bad_inputs_named():
         refit_pointwise(gdws, model, (x, y), attack=None, samples=8, ridge=-1.0)
     with pytest.raises(InvalidInputError, match="attack"):
         refit_pointwise(gdws, model, (x, y), attack="fgsm", samples=8)
+    for bad in (0.0, -1.0, True):
+        with pytest.raises(InvalidInputError, match="eps_scale"):
+            refit_pointwise(gdws, model, (x, y), samples=8, eps_scale=bad)
+
+
+def test_calibration_attack_runs_at_eps_scale_times_the_threat_model():
+    """eps_scale multiplies the calibration PGD's radius and step: the same refit as asking for
+    that attack directly with eps_scale 1, and a different one from eps_scale 1 at eps."""
+    model = _net()
+    x, y = _images()
+    gdws, _ = approximate(model, mac_ratio=0.3, input_shape=(1, 10, 10))
+    common = dict(samples=12, steps=3, seed=5)
+    scaled, report = refit_pointwise(gdws, model, (x, y), eps=0.05, step_size=0.02, **common)
+    direct, _ = refit_pointwise(gdws, model, (x, y), eps=0.1, step_size=0.04, eps_scale=1,
+                                **common)  # fmt: skip
+    plain, _ = refit_pointwise(gdws, model, (x, y), eps=0.05, step_size=0.02, eps_scale=1,
+                               **common)  # fmt: skip
+    assert report.attack_eps == pytest.approx(0.1)
+    weights = {k: m.conv1.pointwise.weight for k, m in
+               (("scaled", scaled), ("direct", direct), ("plain", plain))}  # fmt: skip
+    assert torch.equal(weights["scaled"], weights["direct"])
+    assert not torch.allclose(weights["scaled"], weights["plain"])
+    assert "PGD at eps 0.1" in report.table()
+    _, clean = refit_pointwise(gdws, model, (x, y), attack=None, samples=8)
+    assert clean.attack_eps is None

@@ -69,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--calib", metavar="DATA",
         help="calibration images (not the evaluation data; train split of a named dataset): "
-        "every GDWS model's 1x1 convs are refit on them, clean and PGD at --eps, as "
+        "every GDWS model's 1x1 convs are refit on them, clean and PGD at twice --eps, as "
         "gdws-export --calib does; default: no refit",
     )  # fmt: skip
     parser.add_argument(

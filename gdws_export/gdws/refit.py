@@ -15,6 +15,13 @@ kernel counts and every lowering form stay as `approximate` chose them. Calibrat
 are clean images plus PGD images against the original (the inputs a robust model must keep
 right), as in `input_moments`. Nothing is trained: one linear solve per layer and group.
 
+The PGD images are made at `eps_scale` (2) times the threat model's eps. An attack on the
+approximated model finds other adversarial images than one on the original, and a fit over
+the wider neighbourhood covers more of them: on the robust width-16 VGG-16 at MAC ratio 0.25
+(PGD-100 on 1000 test images, every layer GDWS), calibrating at 1.5x, 2x and 3x the eps kept
+0.5 to 0.6 points more robust accuracy than at 1x (1.25x: none more); on PreActResNet-18 at
+0.2 it made no difference (-0.2 at 1.5x).
+
 lambda is `ridge` times the mean diagonal of the features' second moment: it keeps the solve
 well-posed when a layer has more kernels than calibration pixels (small late-stage maps).
 
@@ -41,6 +48,7 @@ from gdws_export.gdws.calibration import _check_attack, _inputs
 from gdws_export.gdws.conv import GDWSConv2d
 
 DEFAULT_RIDGE = 1e-3
+DEFAULT_EPS_SCALE = 2.0  # calibration attack radius over the threat model's (module docstring)
 
 
 @dataclass(frozen=True)
@@ -63,12 +71,14 @@ class RefitReport:
     inputs: int
     ridge: float
     layers: list[RefitLayer]
+    attack_eps: float | None = None  # the calibration PGD's radius; None: clean images only
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def table(self) -> str:
-        lines = [f"1x1 refit on {self.inputs} calibration inputs (ridge {self.ridge:g})",
+        attack = "" if self.attack_eps is None else f", PGD at eps {self.attack_eps:g}"
+        lines = [f"1x1 refit on {self.inputs} calibration inputs (ridge {self.ridge:g}{attack})",
                  f"{'layer':<32} {'kernels':>8} {'error before':>13} {'after':>9}"]  # fmt: skip
         for layer in self.layers:
             kept = "" if layer.changed else "  (kept: no lower)"
@@ -91,6 +101,7 @@ def refit_pointwise(
     batch_size: int = 128,
     ridge: float = DEFAULT_RIDGE,
     seed: int = 0,
+    eps_scale: float = DEFAULT_EPS_SCALE,
 ) -> tuple[nn.Module, RefitReport]:
     """Refit every GDWS layer's 1x1 conv, in forward order (module docstring); the input
     models are left untouched.
@@ -99,12 +110,14 @@ def refit_pointwise(
         model: a GDWS model from `approximate` (GDWSConv2d layers where `original` has convs).
         original: the model it approximates, taking [0, 1] images.
         data: (images, labels) tensors or an iterable of such batches; the first `samples`.
-        attack, eps, steps, step_size, norm: the PGD attack against `original` whose images
-            join the clean ones (attack=None: clean images only). Defaults as in `noise_gains`.
+        attack, eps, steps, step_size, norm: the threat model's PGD attack; its images against
+            `original`, made at `eps_scale` times eps and step_size, join the clean ones
+            (attack=None: clean images only). Defaults as in `noise_gains`.
         samples: calibration images (twice as many inputs with the attack).
         batch_size: images per forward pass.
         ridge: relative Tikhonov weight (module docstring); 0 for plain least squares.
         seed: seeds the attack's random start.
+        eps_scale: > 0; the calibration attack's radius over `eps` (module docstring).
 
     Returns:
         (the refit model, a RefitReport with each layer's output error before and after).
@@ -117,6 +130,10 @@ def refit_pointwise(
     _check_attack(attack)
     if not (isinstance(ridge, int | float) and ridge >= 0):
         raise InvalidInputError(f"ridge must be a number >= 0, got {ridge!r}")
+    if isinstance(eps_scale, bool) or not (isinstance(eps_scale, int | float) and eps_scale > 0):
+        raise InvalidInputError(f"eps_scale must be a number > 0, got {eps_scale!r}")
+    calib_eps = eps * eps_scale
+    calib_step = None if step_size is None else step_size * eps_scale
     refit = copy.deepcopy(model)
     names = [name for name, module in refit.named_modules() if isinstance(module, GDWSConv2d)]
     if not names:
@@ -129,8 +146,8 @@ def refit_pointwise(
     try:
         images = [_inputs(original, data, None, eps, steps, step_size, norm, samples, seed, param)]
         if attack == "pgd":
-            images.append(_inputs(original, data, attack, eps, steps, step_size, norm, samples,
-                                  seed, param))  # fmt: skip
+            images.append(_inputs(original, data, attack, calib_eps, steps, calib_step, norm,
+                                  samples, seed, param))  # fmt: skip
         x = torch.cat(images)
         layers = []
         for name in _forward_order(refit, names, x[:batch_size]):
@@ -140,7 +157,8 @@ def refit_pointwise(
     finally:
         refit.train(modes[0])
         original.train(modes[1])
-    return refit, RefitReport(inputs=len(x), ridge=float(ridge), layers=layers)
+    attack_eps = float(calib_eps) if attack == "pgd" else None
+    return refit, RefitReport(len(x), float(ridge), layers, attack_eps)
 
 
 class _Stop(Exception):

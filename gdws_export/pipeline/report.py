@@ -189,7 +189,7 @@ class ExportReport:
                 "## 1x1 refit",
                 "",
                 f"Each GDWS layer's 1x1 conv refit to the original conv's outputs on "
-                f"{self.refit['inputs']} calibration inputs (clean and PGD), ridge "
+                f"{self.refit['inputs']} calibration inputs ({_refit_inputs(self.refit)}), ridge "
                 f"{self.refit['ridge']:g}; relative output error of each layer, in the "
                 "approximated model:",
                 "",
@@ -245,3 +245,9 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def _refit_inputs(refit: dict) -> str:
+    """'clean and PGD at eps 0.2' (reports written before the field existed: no eps)."""
+    eps = refit.get("attack_eps")
+    return "clean and PGD" + ("" if eps is None else f" at eps {eps:g}")
