@@ -349,7 +349,7 @@ def main() -> None:
     data["seconds"] = time.perf_counter() - start
     data["rows"] = [row for config in data["configs"] for row in summarize(config)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = args.out.with_suffix(".json"), args.out.with_suffix(".md")
+    json_path, md_path = Path(f"{args.out}.json"), Path(f"{args.out}.md")
     json_path.write_text(json.dumps(data, indent=2))
     notes = args.notes.read_text() if args.notes and args.notes.exists() else ""
     write_markdown(md_path, data, notes)

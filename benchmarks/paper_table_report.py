@@ -144,10 +144,11 @@ class PaperTable:
 
 
 def write_results(table: PaperTable, stem: Path) -> dict[str, Path]:
-    """Write `<stem>.json`, `<stem>.png` and `<stem>.md` (atomically, the Markdown last)."""
+    """Write `<stem>.json`, `<stem>.png` and `<stem>.md` (atomically, the Markdown last). The
+    suffixes are appended: a stem like "run-0.25" keeps its ratio."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": stem.with_suffix(".json"), "plot": stem.with_suffix(".png"),
-             "markdown": stem.with_suffix(".md")}  # fmt: skip
+    paths = {"json": Path(f"{stem}.json"), "plot": Path(f"{stem}.png"),
+             "markdown": Path(f"{stem}.md")}  # fmt: skip
     atomic_write_text(paths["json"], json.dumps(table.to_dict(), indent=1, allow_nan=False) + "\n")
     plot(table, paths["plot"])
     atomic_write_text(paths["markdown"], markdown(table, paths["plot"].name))

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         sys.argv[1:] if argv is None else argv
     )
     machine = machine_info(gpu=False).summary()
-    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md")}
+    paths = {"json": Path(f"{stem}.json"), "md": Path(f"{stem}.md")}  # a dotted stem keeps its dots
     atomic_write_text(paths["json"], json.dumps({"command": command, "rows": rows}, indent=1))
     atomic_write_text(paths["md"], render(rows, command, machine))
     print(f"wrote {paths['json']}, {paths['md']}")

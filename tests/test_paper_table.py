@@ -105,8 +105,9 @@ def test_torch_target_times_and_replays_on_pytorch(tmp_path):
     save_checkpoint(model, tmp_path / "lenet_quick.pt")
     argv = ["--quick", "--target", "torch", "--models-dir", str(tmp_path),
             "--checkpoints", "lenet_quick", "--data", str(SLICE), "--threads", "1",
-            "--out", str(tmp_path / "out" / "torch")]  # fmt: skip
+            "--out", str(tmp_path / "out" / "torch-0.5")]  # fmt: skip
     paths = paper_table.main(argv)
+    assert paths["json"].name == "torch-0.5.json"  # the stem's dot is kept, not a suffix
     table = load(paths["json"])
     (result,) = table.checkpoints
     assert table.settings["runtime"] == "PyTorch" and table.settings["target"] == "torch"

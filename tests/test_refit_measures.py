@@ -18,8 +18,9 @@ def test_compare_two_measures_end_to_end(tmp_path):
     save_checkpoint(model, tmp_path / "lenet_quick.pt")
     argv = ["lenet_quick:0.5", "--models-dir", str(tmp_path), "--data", str(SLICE),
             "--samples", "40", "--steps", "2", "--calib-samples", "16", "--threads", "1",
-            "--out", str(tmp_path / "measures")]  # fmt: skip
+            "--out", str(tmp_path / "measures-0.5")]  # fmt: skip
     paths = refit_measures.main(argv)
+    assert paths["md"].name == "measures-0.5.md"  # the stem's dot is kept, not a suffix
     (row,) = json.loads(paths["json"].read_text())["rows"]
     assert row["mac_ratio"] == 0.5 and row["samples"] == 40
     d, none, relative = row["none_against_relative"], row["none+refit"], row["relative+refit"]
