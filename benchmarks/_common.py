@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shlex
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
+
+from gdws_export._files import atomic_write_text
 
 
 @torch.no_grad()
@@ -48,3 +55,20 @@ def forms_summary(forms: dict[str, str]) -> str:
         counts[form] = counts.get(form, 0) + 1
     return ", ".join(f"{'original conv' if f == 'dense' else f} x{n}"
                      for f, n in sorted(counts.items()))  # fmt: skip
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command that reproduces a run of `benchmarks/<script>` with `argv` (None: this
+    process's own arguments), as the results files record it."""
+    args = sys.argv[1:] if argv is None else argv
+    return "PYTHONPATH=. python " + shlex.join([f"benchmarks/{script}", *args])
+
+
+def write_json_and_markdown(stem: str | Path, data: dict, markdown: str) -> tuple[Path, Path]:
+    """`<stem>.json` (`data`) and `<stem>.md`, each written atomically; the suffixes are
+    appended, so a stem like "run-0.25" keeps its ratio."""
+    json_path, md_path = Path(f"{stem}.json"), Path(f"{stem}.md")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
+    atomic_write_text(md_path, markdown)
+    return json_path, md_path

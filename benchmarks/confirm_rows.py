@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import re
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 from benchmarks import paper_table
+from benchmarks._common import command_line, write_json_and_markdown
 from benchmarks.paper_table_variants import SENSITIVITIES, build_variants, compute_sensitivities
-from gdws_export._files import atomic_write_text
 from gdws_export.attacks import AttackConfig
 from gdws_export.harness.accuracy import attack_batched, predict_batched
 from gdws_export.harness.machine import machine_info
@@ -208,15 +205,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                   f"({p['difference_points']:+.1f} +- {p['se_points']:.1f})", flush=True)  # fmt: skip
     date = datetime.date.today().isoformat()
     out = args.out or paper_table.RESULTS / f"ort-cpu-{date}-confirm"
-    command = "PYTHONPATH=. python " + shlex.join(
-        ["benchmarks/confirm_rows.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    command = command_line("confirm_rows.py", argv)
     machine = machine_info(gpu=False).summary()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": Path(f"{out}.json"), "markdown": Path(f"{out}.md")}
-    atomic_write_text(paths["json"], json.dumps(
-        {"command": command, "machine": machine, "rows": rows}, indent=1) + "\n")  # fmt: skip
-    atomic_write_text(paths["markdown"], render(rows, command, machine))
+    json_path, md_path = write_json_and_markdown(
+        out, {"command": command, "machine": machine, "rows": rows}, render(rows, command, machine)
+    )
+    paths = {"json": json_path, "markdown": md_path}
     print(f"wrote {paths['json']}, {paths['markdown']}")
     return paths
 

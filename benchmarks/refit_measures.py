@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import shlex
-import sys
 from pathlib import Path
 
 import torch
 
+from benchmarks._common import command_line, write_json_and_markdown
 from benchmarks.confirm_rows import paired, pytorch_robust
 from benchmarks.paper_table import load_data
 from gdws_export import approximate, refit_pointwise, relative_gains
-from gdws_export._files import atomic_write_text
 from gdws_export.attacks import AttackConfig
 from gdws_export.harness.machine import machine_info
 from gdws_export.models import load_model
@@ -132,13 +129,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     stem = args.out or Path(__file__).parent / "results" / (
         f"refit-measures-{datetime.date.today().isoformat()}"
     )
-    command = "PYTHONPATH=. python benchmarks/refit_measures.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = command_line("refit_measures.py", argv)
     machine = machine_info(gpu=False).summary()
-    paths = {"json": Path(f"{stem}.json"), "md": Path(f"{stem}.md")}  # a dotted stem keeps its dots
-    atomic_write_text(paths["json"], json.dumps({"command": command, "rows": rows}, indent=1))
-    atomic_write_text(paths["md"], render(rows, command, machine))
+    json_path, md_path = write_json_and_markdown(
+        stem, {"command": command, "rows": rows}, render(rows, command, machine)
+    )
+    paths = {"json": json_path, "md": md_path}
     print(f"wrote {paths['json']}, {paths['md']}")
     return paths
 

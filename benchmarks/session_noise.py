@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import shlex
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
+from benchmarks._common import command_line, write_json_and_markdown
 from gdws_export import approximate
-from gdws_export._files import atomic_write_text
 from gdws_export.harness.machine import machine_info
 from gdws_export.harness.speed import benchmark
 from gdws_export.lowering import export_onnx
@@ -116,6 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.checkpoints:
         if not (args.models_dir / f"{name}.pt").is_file():
             parser.error(f"no checkpoint {args.models_dir / f'{name}.pt'}")
+    if not 0 < args.mac_ratio <= 1:
+        parser.error(f"--mac-ratio must be in (0, 1], got {args.mac_ratio}")
     if min(args.threads) < 1 or args.trials < 1 or args.batch < 1 or args.duration <= 0:
         parser.error("--threads, --trials and --batch must be at least 1, --duration above 0")
     return args
@@ -127,15 +126,13 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure(name, args, Path(tmp)) for name in args.checkpoints]
     out = args.out or RESULTS / f"session-noise-{datetime.date.today().isoformat()}"
-    command = "PYTHONPATH=. python " + shlex.join(
-        ["benchmarks/session_noise.py", *(sys.argv[1:] if argv is None else argv)]
-    )
+    command = command_line("session_noise.py", argv)
     machine = machine_info(gpu=False).summary()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": Path(f"{out}.json"), "markdown": Path(f"{out}.md")}
-    atomic_write_text(paths["json"], json.dumps(
-        {"command": command, "machine": machine, "rows": rows}, indent=1) + "\n")  # fmt: skip
-    atomic_write_text(paths["markdown"], render(rows, command, machine, args))
+    json_path, md_path = write_json_and_markdown(
+        out, {"command": command, "machine": machine, "rows": rows},
+        render(rows, command, machine, args),
+    )  # fmt: skip
+    paths = {"json": json_path, "markdown": md_path}
     print(f"wrote {paths['json']}, {paths['markdown']}")
     return paths
 

@@ -35,3 +35,13 @@ def test_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         session_noise.parse_args(["nothere", "--models-dir", str(tmp_path)])
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "option", [["--mac-ratio", "0"], ["--mac-ratio", "1.5"], ["--trials", "0"]]
+)
+def test_bad_settings_are_usage_errors(tmp_path, capsys, option):
+    files.checkpoint(tmp_path, name="lenet_small.pt")
+    with pytest.raises(SystemExit):
+        session_noise.parse_args(["lenet_small", "--models-dir", str(tmp_path), *option])
+    assert option[0] in capsys.readouterr().err
