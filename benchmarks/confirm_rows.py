@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import re
+import os
 import tempfile
 from pathlib import Path
 
@@ -29,7 +29,7 @@ import torch
 
 from benchmarks import paper_table
 from benchmarks._common import command_line, write_json_and_markdown
-from benchmarks.paper_table_variants import SENSITIVITIES, build_variants, compute_sensitivities
+from benchmarks.paper_table_variants import build_variants, compute_sensitivities, parse_variant
 from gdws_export.attacks import AttackConfig
 from gdws_export.harness.accuracy import attack_batched, predict_batched
 from gdws_export.harness.machine import machine_info
@@ -68,18 +68,6 @@ def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict
         "pytorch": paired(masks[original.name], masks[variant.name]),
         "engine": paired(engine_masks[original.name], engine_masks[variant.name]),
     }
-
-
-def parse_variant(name: str) -> tuple[str, bool, float]:
-    """(measure, refit, MAC ratio) of a GDWS row name such as "gdws-calibrated@0.25" or
-    "gdws-relative+refit@0.25"."""
-    match = re.fullmatch(r"gdws-([a-z]+)(\+refit)?@([0-9.]+)", name)
-    if match is None or match.group(1) not in SENSITIVITIES:
-        raise ValueError(
-            f"variant {name!r} is not gdws-<measure>[+refit]@<mac ratio> with a measure of "
-            f"{SENSITIVITIES}"
-        )
-    return match.group(1), match.group(2) is not None, float(match.group(3))
 
 
 def pytorch_robust(model, x, y, attack, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +158,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--step-size", type=float, default=0.01)
     add("--steps", type=int, default=100)
     add("--eval-batch", type=int, default=100)
-    add("--threads", type=int, default=2)
+    add("--threads", type=int, default=1,
+        help="ONNX Runtime intra-op threads of the auto lowering and the replay (the "
+             "table's default)")  # fmt: skip
+    add("--torch-threads", type=int, default=os.cpu_count() or 1,
+        help="PyTorch threads of the sensitivities, refit and attacks")  # fmt: skip
     add(
         "--out", type=Path, default=None, help="output stem; default results/ort-cpu-<date>-confirm"
     )
@@ -185,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(str(exc))
         if not (args.models_dir / f"{name}.pt").is_file():
             parser.error(f"row {row!r}: no checkpoint {args.models_dir / f'{name}.pt'}")
-    for option in ("samples", "steps", "eval_batch", "threads"):
+    for option in ("samples", "steps", "eval_batch", "threads", "torch_threads"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
     return args
@@ -193,7 +185,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.torch_threads)
     data = paper_table.load_data(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         rows = []

@@ -307,7 +307,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--precision", choices=("fp32", "fp16"), default="fp32")
     add("--lowering", default=None,
         help="GDWS lowering; default auto for --target ort, gather for trt")  # fmt: skip
-    add("--threads", type=int, default=2, help="ONNX Runtime and PyTorch threads")
+    add("--threads", type=int, default=1,
+        help="ONNX Runtime intra-op threads of every session: timing, auto lowering, layer "
+             "costs, replay (default 1, one session per core: at 2 threads the same graphs' "
+             "speed-up moved 0.8x-1.8x between fresh sessions, see session-noise-2026-12-03)")  # fmt: skip
+    add("--torch-threads", type=int, default=os.cpu_count() or 1,
+        help="PyTorch threads: sensitivities, approximation, refit, attacks (default: all "
+             "cores)")  # fmt: skip
     add("--duration", type=float, default=1.0, help="timed seconds per graph and batch")
     add("--warmup", type=float, default=0.2)
     add("--auto-batch", type=int, default=32, help="batch auto lowering times at")
@@ -326,6 +332,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"no checkpoint {missing[0]}.pt in {args.models_dir}")
     if args.lowering is not None and args.lowering != "auto" and not is_form(args.lowering):
         parser.error(f"--lowering {args.lowering!r} is not auto or a lowering form {FORMS}")
+    if args.threads < 1 or args.torch_threads < 1:
+        parser.error("--threads and --torch-threads must be at least 1")
     if args.time_ratios is None:
         args.time_ratios = [0.5] if args.target == "ort" else []
     if args.quick:
@@ -345,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     problem = runtime_problem(args.target, args.precision)
     if problem is not None:
         raise SystemExit(f"paper_table.py: {problem}")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.torch_threads)
     start = time.perf_counter()
     load_before = [round(x, 2) for x in os.getloadavg()]
     date = datetime.date.today().isoformat()

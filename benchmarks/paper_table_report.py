@@ -9,12 +9,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.paper_table_variants import parse_variant
 from gdws_export._files import atomic_write_bytes, atomic_write_text
 from gdws_export._optional import require
 
 SCHEMA = "gdws-export/paper-table/1"
 LOSS_TARGET_POINTS = 0.5
 SPEEDUP_TARGET = 2.0
+CONFIRM_SAMPLES = 1000  # confirm_rows.py's default: a "met" on fewer images is provisional
 RUNTIME_TARGET_MIN = 30.0
 SPEED_FLOORS = (1.25, 1.5, 2.0)  # batch-32 speed-ups the matched-speed comparison uses
 
@@ -218,11 +220,18 @@ def verdicts(table: PaperTable) -> list[str]:
         best = max(within, key=lambda r: r.speedup_b32, default=None)
         met = best is not None and best.speedup_b32 >= SPEEDUP_TARGET
         fastest = max(faster, key=lambda r: r.speedup_b32, default=None)
-        text = f"**{result.name}: {'met' if met else 'not met'}.** "
+        confirmed = met and original.samples >= CONFIRM_SAMPLES
+        status = "met" if confirmed else f"met on {original.samples} images, unconfirmed"
+        text = f"**{result.name}: {status if met else 'not met'}.** "
         if best is not None:
             text += (f"Best speed-up at <= {LOSS_TARGET_POINTS} points of robust loss: "
                      f"{best.speedup_b32:.2f}x at batch 32 ({best.variant}, "
                      f"{robust_change(original, best)}). ")  # fmt: skip
+        if met and not confirmed:
+            text += (f"A row's robust accuracy on {original.samples} images has a standard "
+                     f"error of {original.robust_se_points:.1f} points: confirm it on "
+                     f"{CONFIRM_SAMPLES} images{confirm_hint(result.name, best.variant)} "
+                     "before claiming it. ")  # fmt: skip
         else:
             text += (
                 f"No approximated model stays within {LOSS_TARGET_POINTS} points of the "
@@ -242,6 +251,16 @@ def verdicts(table: PaperTable) -> list[str]:
             )
         lines.append(text)
     return lines
+
+
+def confirm_hint(checkpoint: str, variant: str) -> str:
+    """' with `<confirm_rows command>`' for the rows confirm_rows.py rebuilds (GDWS on a MAC
+    budget), '' for the others."""
+    try:
+        parse_variant(variant)
+    except ValueError:
+        return ""
+    return f" with `PYTHONPATH=. python benchmarks/confirm_rows.py {checkpoint}:{variant}`"
 
 
 def sensitivity_verdicts(table: PaperTable) -> list[str]:
@@ -318,8 +337,7 @@ def markdown(table: PaperTable, plot_name: str | None) -> str:
         "",
         f"Machine: {table.machine.get('summary', '')}. Load average {table.load_before} before, "
         f"{table.load_after} after (2 cores; a load above 2 means other jobs shared them). "
-        f"Runtime timed: {runtime}; ONNX Runtime and PyTorch {s.get('threads')} CPU "
-        "thread(s). Run took "
+        f"Runtime timed: {runtime}; {thread_text(s)}. Run took "
         f"{table.seconds / 60:.1f} min. Created {table.created}.",
         "",
         f"Robust accuracy: {s.get('attack')} on the first {s.get('samples')} Fashion-MNIST test "
@@ -496,6 +514,15 @@ def lowering_text(s: dict) -> str:
         "faster ship it, and the PyTorch model attacked keeps them too. A row marked "
         "`(= original)` ships no GDWS layer at all, so its accuracy is the original's."
     )
+
+
+def thread_text(settings: dict) -> str:
+    """The thread counts of a run; before --torch-threads one count set both."""
+    threads, torch_threads = settings.get("threads"), settings.get("torch_threads")
+    if torch_threads is None:
+        return f"ONNX Runtime and PyTorch {threads} CPU thread(s)"
+    return (f"ONNX Runtime {threads} intra-op thread(s) per session, PyTorch (attacks, "
+            f"sensitivities) {torch_threads}")  # fmt: skip
 
 
 def runtime_name(table: PaperTable) -> str:

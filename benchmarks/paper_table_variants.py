@@ -45,6 +45,7 @@ Baselines, at the same MAC ratios:
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -70,6 +71,18 @@ PRIMARY = ("relative", "activation", "calibrated")  # gdws-time, dws: the first 
 BASELINES = ("dws", "l1-prune", "in-prune")
 ORIGINAL = "original"
 PRUNE_MULTIPLE = 8
+
+
+def parse_variant(name: str) -> tuple[str, bool, float]:
+    """(measure, refit, MAC ratio) of a GDWS row name such as "gdws-calibrated@0.25" or
+    "gdws-relative+refit@0.25"."""
+    match = re.fullmatch(r"gdws-([a-z]+)(\+refit)?@([0-9.]+)", name)
+    if match is None or match.group(1) not in SENSITIVITIES:
+        raise ValueError(
+            f"variant {name!r} is not gdws-<measure>[+refit]@<mac ratio> with a measure of "
+            f"{SENSITIVITIES}"
+        )
+    return match.group(1), match.group(2) is not None, float(match.group(3))
 
 
 @dataclass

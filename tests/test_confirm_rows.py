@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmarks import confirm_rows
+from benchmarks.paper_table_variants import parse_variant
 from gdws_export.models import save_checkpoint
 from tests._trained import SLICE, trained_lenet
 
@@ -45,8 +46,8 @@ def test_confirm_a_row_end_to_end(tmp_path):
 
 
 def test_row_names_parse_with_and_without_refit():
-    assert confirm_rows.parse_variant("gdws-calibrated@0.25") == ("calibrated", False, 0.25)
-    assert confirm_rows.parse_variant("gdws-relative+refit@0.3") == ("relative", True, 0.3)
+    assert parse_variant("gdws-calibrated@0.25") == ("calibrated", False, 0.25)
+    assert parse_variant("gdws-relative+refit@0.3") == ("relative", True, 0.3)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import paper_table
-from benchmarks.paper_table_report import QUOTED_LABEL, load
+from benchmarks.paper_table_report import QUOTED_LABEL, load, verdicts
 from gdws_export import approximate
 from gdws_export.harness.data import load_dataset
 from gdws_export.harness.sweep import pareto_front
@@ -162,7 +162,8 @@ def test_variants_whose_names_differ_after_a_dot_get_their_own_files(tmp_path):
     ("argv", "message"),
     [(["--lowering", "sideways"], "--lowering 'sideways' is not auto or a lowering form"),
      (["--checkpoints", "nope"], "no checkpoint nope.pt in"),
-     (["--target", "tpu"], "invalid choice: 'tpu'")],
+     (["--target", "tpu"], "invalid choice: 'tpu'"),
+     (["--torch-threads", "0"], "--threads and --torch-threads must be at least 1")],
 )  # fmt: skip
 def test_bad_options_are_one_line_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -189,3 +190,39 @@ def test_robust_change_names_losses_and_gains():
     assert robust_change(original, SimpleNamespace(robust=0.705)) == "3.0 points lost"
     assert robust_change(original, SimpleNamespace(robust=0.740)) == "0.5 points gained"
     assert robust_change(original, SimpleNamespace(robust=0.735)) == "no change in robust accuracy"
+
+
+def test_ort_and_torch_threads_are_separate_settings(quick_run):
+    args = paper_table.parse_args(["--threads", "1", "--torch-threads", "2"])
+    assert (args.threads, args.torch_threads) == (1, 2)
+    paths, _ = quick_run
+    settings = load(paths["json"]).settings
+    text = paths["markdown"].read_text()
+    assert settings["threads"] == 1
+    assert (f"ONNX Runtime 1 intra-op thread(s) per session, PyTorch (attacks, sensitivities) "
+            f"{settings['torch_threads']}") in text  # fmt: skip
+
+
+def _meet_target_with(table, variant: str, samples: int):
+    """The table with `variant` made 3x faster at no robust loss, every row on `samples`."""
+    (result,) = table.checkpoints
+    original = result.row("original")
+    for row in result.rows:
+        row.samples = samples
+        if row.variant != "original":
+            row.speedup_b32, row.robust = 1.0, 0.0
+    chosen = result.row(variant)
+    chosen.speedup_b32, chosen.robust, chosen.same_as_original = 3.0, original.robust, False
+    return table
+
+
+def test_a_verdict_met_on_the_table_images_is_unconfirmed_until_1000(quick_run):
+    paths, _ = quick_run
+    (line,) = verdicts(_meet_target_with(load(paths["json"]), "gdws-none@0.5", 8))
+    assert line.startswith("**lenet_quick: met on 8 images, unconfirmed.**")
+    assert "`PYTHONPATH=. python benchmarks/confirm_rows.py lenet_quick:gdws-none@0.5`" in line
+    (line,) = verdicts(_meet_target_with(load(paths["json"]), "gdws-none@0.5", 1000))
+    assert line.startswith("**lenet_quick: met.**") and "confirm_rows" not in line
+    # confirm_rows.py rebuilds GDWS rows on a MAC budget only: no command for the others.
+    (line,) = verdicts(_meet_target_with(load(paths["json"]), "gdws-time@1", 8))
+    assert "unconfirmed" in line and "confirm_rows" not in line
