@@ -227,11 +227,11 @@ def verdicts(table: PaperTable) -> list[str]:
             text += (f"Best speed-up at <= {LOSS_TARGET_POINTS} points of robust loss: "
                      f"{best.speedup_b32:.2f}x at batch 32 ({best.variant}, "
                      f"{robust_change(original, best)}). ")  # fmt: skip
-        if met and not confirmed:
-            text += (f"A row's robust accuracy on {original.samples} images has a standard "
-                     f"error of {original.robust_se_points:.1f} points: confirm it on "
-                     f"{CONFIRM_SAMPLES} images{confirm_hint(result.name, best.variant)} "
-                     "before claiming it. ")  # fmt: skip
+            if met and not confirmed:
+                text += (f"A row's robust accuracy on {original.samples} images has a "
+                         f"standard error of {original.robust_se_points:.1f} points: confirm "
+                         f"it on {CONFIRM_SAMPLES} images"
+                         f"{confirm_hint(result.name, best.variant)} before claiming it. ")  # fmt: skip
         else:
             text += (
                 f"No approximated model stays within {LOSS_TARGET_POINTS} points of the "

@@ -221,8 +221,16 @@ def test_a_verdict_met_on_the_table_images_is_unconfirmed_until_1000(quick_run):
     (line,) = verdicts(_meet_target_with(load(paths["json"]), "gdws-none@0.5", 8))
     assert line.startswith("**lenet_quick: met on 8 images, unconfirmed.**")
     assert "`PYTHONPATH=. python benchmarks/confirm_rows.py lenet_quick:gdws-none@0.5`" in line
+    assert "No approximated model stays within" not in line
     (line,) = verdicts(_meet_target_with(load(paths["json"]), "gdws-none@0.5", 1000))
     assert line.startswith("**lenet_quick: met.**") and "confirm_rows" not in line
+    assert "No approximated model stays within" not in line
     # confirm_rows.py rebuilds GDWS rows on a MAC budget only: no command for the others.
     (line,) = verdicts(_meet_target_with(load(paths["json"]), "gdws-time@1", 8))
     assert "unconfirmed" in line and "confirm_rows" not in line
+    # Nothing within the loss target: said so, and nothing to confirm.
+    table = _meet_target_with(load(paths["json"]), "gdws-none@0.5", 8)
+    table.checkpoints[0].row("gdws-none@0.5").robust = 0.0
+    (line,) = verdicts(table)
+    assert line.startswith("**lenet_quick: not met.** No approximated model stays within")
+    assert "confirm" not in line
