@@ -25,8 +25,15 @@ Per checkpoint:
 Writes benchmarks/results/<runtime>-<date>.{md,json,png} (`--out` to change), <runtime> being
 ort-cpu, trt-<precision> or torch-<device>-<precision>.
 
-Run (full: 27 minutes on the 2-core AMD machine of the 2026-12-02 results, 41 on the slower
-Intel machine of 2026-12-03 with refit rows for two measures):
+Threads: every ONNX Runtime session (timing, auto lowering, layer costs, replay) runs
+`--threads` intra-op threads, 1 by default: on the 2-vCPU machines here two-thread sessions of
+the same GDWS graph ran 0.8x to 1.8x the original's speed from one fresh session to the next
+(results/session-noise-2026-12-03.md), one-thread sessions within a few %, and one session per
+core is how a small CPU serves batch-32 throughput. PyTorch (sensitivities, refit, attacks)
+uses `--torch-threads`, all cores by default.
+
+Run (full: 32 minutes on the 2-core AMD machine of results/ort-cpu-2026-12-03-amd-full-1-thread;
+27 to 41 minutes on the machines of the earlier, 2-thread results):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
