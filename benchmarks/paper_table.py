@@ -32,8 +32,8 @@ the same GDWS graph ran 0.8x to 1.8x the original's speed from one fresh session
 core is how a small CPU serves batch-32 throughput. PyTorch (sensitivities, refit, attacks)
 uses `--torch-threads`, all cores by default.
 
-Run (full: 32 minutes on the 2-core AMD machine of results/ort-cpu-2026-12-03-amd-full-1-thread;
-27 to 41 minutes on the machines of the earlier, 2-thread results):
+Run (full: 29.4 minutes on the 2-core AMD machine of results/ort-cpu-2026-12-03-amd-full-1-thread-v2;
+27 to 41 minutes on the machines of the earlier results, which had other defaults):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
