@@ -170,6 +170,16 @@ def test_layer_whose_gdws_form_costs_more_keeps_its_conv(tiny):
     assert isinstance(new.b, nn.Conv2d)
 
 
+def test_budget_of_one_fits_when_every_conv_is_cheaper_than_its_gdws_form(tiny):
+    """Costs that float32 cannot hold exactly (as measured ones are): keeping every original
+    conv costs exactly the budget at time_ratio 1 and must not be refused by rounding."""
+    costs = {n: LayerCost(0.017662364067897823 + 1e-4 * i, 0.0195840672768999, 4.9e-05)
+             for i, n in enumerate(COSTS)}  # fmt: skip
+    new, report = approximate(tiny, time_ratio=1.0, layer_costs=costs, skip_first=False)
+    assert all(layer.status == "original" for layer in report.layers)
+    assert all(isinstance(getattr(new, n), nn.Conv2d) for n in COSTS)
+
+
 def test_report_round_trips_and_shows_costs(tiny):
     _, report = approximate(tiny, time_ratio=0.5, layer_costs=COSTS, skip_first=False)
     assert ApproximationReport.from_dict(report.to_dict()).to_dict() == report.to_dict()

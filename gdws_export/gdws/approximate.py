@@ -501,7 +501,10 @@ def _options(
     paid = -(-units // step) * step  # the lowering runs the padding kernels too
     kind = ["original"] + ["units"] * len(gains)
     amount = [torch.zeros(1, dtype=torch.long), units]
-    costs = [torch.tensor([cost.original]), cost.fixed + unit_cost * paid.double()]
+    costs = [
+        torch.tensor([cost.original], dtype=torch.float64),
+        cost.fixed + unit_cost * paid.double(),
+    ]
     errors = [torch.zeros(1), (total - torch.cumsum(gains, 0)).clamp_min(0)]
     if cost.slot_fixed is not None and cost.per_slot is not None:
         slots = torch.arange(1, values.shape[1] + 1)
