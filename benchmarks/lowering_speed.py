@@ -33,8 +33,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._common import spectral_weights
+from benchmarks._common import command_line, spectral_weights
 from gdws_export import approximate, create_model
 from gdws_export.gdws.selection import count_macs
 from gdws_export.lowering import export_onnx, measure_layer_costs
@@ -326,7 +324,7 @@ def main() -> None:
 
     start = time.perf_counter()
     data = {
-        "command": "PYTHONPATH=. python " + shlex.join(["benchmarks/lowering_speed.py", *sys.argv[1:]]),
+        "command": command_line("lowering_speed.py", None),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,

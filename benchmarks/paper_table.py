@@ -47,15 +47,13 @@ import argparse
 import copy
 import datetime
 import os
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks._common import forms_summary
+from benchmarks._common import command_line, forms_summary
 from benchmarks.paper_table_report import CheckpointResult, PaperTable, Row, write_results
 from benchmarks.paper_table_speed import speed_only_table
 from benchmarks.paper_table_variants import (
@@ -390,9 +388,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         f" {args.precision.upper()}" if args.precision != "fp32" else ""
     )
     table = PaperTable(
-        command="PYTHONPATH=. python " + shlex.join(
-            ["benchmarks/paper_table.py", *(sys.argv[1:] if argv is None else argv)]
-        ),
+        command=command_line("paper_table.py", argv),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         machine={"summary": machine.summary(), **machine.to_dict()}, load_before=load_before,
         load_after=[round(x, 2) for x in os.getloadavg()], settings=settings,
