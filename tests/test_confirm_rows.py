@@ -63,7 +63,8 @@ def test_bad_rows_are_one_line_errors(row, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [(["--models-dir", "/nonexistent"], "no checkpoint /nonexistent/fmnist_wrn28_4_w16.pt"),
-     (["--samples", "0"], "--samples must be at least 1")],
+     (["--samples", "0"], "--samples must be at least 1"),
+     (["--torch-threads", "0"], "--torch-threads must be at least 1")],
 )  # fmt: skip
 def test_missing_checkpoints_and_empty_samples_stop_before_any_work(extra, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
