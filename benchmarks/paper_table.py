@@ -44,7 +44,6 @@ On a GPU machine (TensorRT FP16; or PyTorch CUDA with --target torch):
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import os
 import tempfile
@@ -68,7 +67,7 @@ from benchmarks.paper_table_variants import (
 from gdws_export.attacks import AttackConfig
 from gdws_export.errors import GDWSExportError
 from gdws_export.gdws.conv import GDWSConv2d
-from gdws_export.gdws.selection import count_macs, replace_module
+from gdws_export.gdws.selection import count_macs, dense_copy
 from gdws_export.harness.accuracy import evaluate_accuracy
 from gdws_export.harness.data import load_dataset, load_train_and_test
 from gdws_export.harness.machine import machine_info
@@ -243,9 +242,7 @@ def lowering_summary(variant: Variant) -> str:
 
 def evaluation_copy(model: torch.nn.Module) -> torch.nn.Module:
     """The same function for PyTorch evaluation: GDWS layers as dense convs, channels-last."""
-    copied = copy.deepcopy(model).eval()
-    for layer in _gdws_layers(copied):
-        replace_module(copied, layer, copied.get_submodule(layer).to_dense())
+    copied = dense_copy(model).eval()
     for parameter in copied.parameters():
         parameter.requires_grad_(False)  # the attacks need input gradients only
     return copied.to(memory_format=torch.channels_last)

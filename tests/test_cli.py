@@ -193,6 +193,9 @@ def test_parity_failure(capsys, ckpt, tmp_path, monkeypatch):
         (["--arch-kwargs", "[1]"], "not a JSON object"),
         (["--alpha-eps", "8/0"], "not a number"),
         (["--calib-samples", "64"], "--calib-samples needs --calib"),
+        (["--held-out-samples", "64"], "--held-out-samples needs --calib"),
+        (["--calib", "x.npz", "--held-out-samples", "0"], "--held-out-samples must be a positive"),
+        (["--calib", "x.npz", "--beta", "0.1", "--sensitivity", "auto"], "use --mac-ratio or"),
     ],
 )
 def test_usage_errors_are_one_line(capsys, ckpt, argv, phrase):

@@ -33,6 +33,34 @@ def test_project_checkpoint_needs_no_arch(tmp_path):
     assert _same_outputs(loaded.module, files.lenet(), files.images(3))
 
 
+@pytest.mark.parametrize(
+    ("training", "eps"),
+    [
+        ({"eps": 0.1, "norm": "linf"}, 0.1),
+        ({"eps": 0.05}, 0.05),  # L-inf unless the metadata says otherwise
+        ({"eps": 0.5, "norm": "l2"}, None),
+        ({"eps": "8/255"}, None),
+        ({"eps": True}, None),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_checkpoint_records_the_eps_it_was_trained_at(tmp_path, training, eps):
+    from gdws_export.models import save_checkpoint
+
+    metadata = {} if training is None else {"training": training}
+    path = save_checkpoint(files.lenet(), tmp_path / "robust.pt", **metadata)
+    assert load_model_file(path).trained_eps == eps
+    bare = load_model_file(files.state_dict_file(tmp_path), arch="lenet",
+                           arch_kwargs={"width": 4}, input_shape=files.SHAPE)  # fmt: skip
+    assert bare.trained_eps is None  # a state_dict records no training
+
+
+def test_bundled_checkpoints_record_their_threat_model():
+    loaded = load_model_file("fmnist_vgg16_bn_w16")
+    assert loaded.trained_eps == 0.1 and loaded.to_dict()["trained_eps"] == 0.1
+
+
 @pytest.mark.parametrize("wrap_key", [None, "state_dict", "model_state_dict", "net"])
 def test_state_dict_with_arch(tmp_path, wrap_key):
     path = files.state_dict_file(tmp_path, wrap_key)

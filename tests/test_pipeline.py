@@ -77,6 +77,10 @@ def test_defaults_are_resolved_in_one_place(ckpt):
         ({"mean": (0.5,), "std": (0.0,)}, "--std positive"),
         ({"lowering": "sideways"}, "--lowering 'sideways' is unknown"),
         ({"calib_samples": 0}, "--calib-samples must be a positive integer"),
+        ({"calib": "x.npz", "held_out_samples": 0}, "--held-out-samples must be a positive"),
+        ({"sensitivity": "auto"}, "--sensitivity auto judges .* pass --calib DATA"),
+        ({"sensitivity": "auto", "calib": "x.npz", "beta": 0.1}, "use --mac-ratio or"),
+        ({"sensitivity": "auto", "calib": "x.npz", "alphas": "a.pt"}, "give one"),
         ({"triton_repo": "r", "triton_name": "a/b"}, "--triton-name"),
         ({"target": "torch", "precision": "int8", "calib": "x.npz"}, "not --int8"),
         ({"target": "torch", "triton_repo": "r"}, "use --target trt or ort"),
@@ -315,19 +319,28 @@ def test_refit_is_on_with_calibration_data_and_lowers_the_error(ckpt, tmp_path):
     assert ExportReport.load(tmp_path / "out-True" / "report.json").refit == refit
 
 
-def test_default_sensitivity_is_unweighted_with_refit_and_relative_without(ckpt, tmp_path):
+def test_default_sensitivity_is_auto_with_refit_and_relative_without(ckpt, tmp_path):
     from gdws_export import approximate, load_model
 
-    assert ExportConfig(ckpt, calib="x.npz").resolved().sensitivity == "none"
-    assert ExportConfig(ckpt, calib="x.npz", refit=False).resolved().sensitivity == "relative"
+    auto = ExportConfig(ckpt, calib="x.npz").resolved()
+    assert (auto.sensitivity, auto.calib_samples, auto.held_out_samples) == ("auto", 256, 256)
+    # Under beta the measures would buy different MACs; a file gives the alphas itself.
+    assert ExportConfig(ckpt, calib="x.npz", beta=0.1).resolved().sensitivity == "none"
+    assert ExportConfig(ckpt, calib="x.npz", alphas="a.pt").resolved().sensitivity == "none"
+    unrefit = ExportConfig(ckpt, calib="x.npz", refit=False).resolved()
+    assert (unrefit.sensitivity, unrefit.calib_samples) == ("relative", 512)
     assert ExportConfig(ckpt).resolved().sensitivity == "relative"
     assert ExportConfig(ckpt, calib="x.npz", sensitivity="relative").resolved().sensitivity == (
         "relative"
     )
+    # 8 calibration images: none left to judge the measures on, so auto ships the first
+    # candidate (unweighted) and says why.
     calib = files.calib_npz(tmp_path, n=8)
     report = run_export(_config(ckpt, tmp_path / "out", calib=str(calib), mac_ratio=0.3,
                                 dry_run=True))  # fmt: skip
     assert report.model["alphas"].startswith("none (unweighted")
+    assert report.sensitivity_choice is None
+    assert any("too few to judge the measures" in w for w in report.warnings)
     assert not report.approximation["weighted"]
     # The plan is unweighted GDWS's: the kernels approximate(alphas=None) picks.
     _, plain = approximate(load_model(ckpt), mac_ratio=0.3)
@@ -335,6 +348,26 @@ def test_default_sensitivity_is_unweighted_with_refit_and_relative_without(ckpt,
     assert {row["name"]: row["kernels"] for row in planned if row["status"] == "gdws"} == {
         layer.name: layer.kernels for layer in plain.replaced
     }
+
+
+def test_alpha_eps_defaults_to_the_checkpoints_training_eps(tmp_path):
+    from gdws_export.models import save_checkpoint
+
+    robust = save_checkpoint(files.lenet(), tmp_path / "robust.pt",
+                             training={"eps": 0.05, "norm": "linf"})  # fmt: skip
+    plain = files.checkpoint(tmp_path)
+    calib = files.calib_npz(tmp_path, n=8)
+    runs = {}
+    for name, path in (("robust", robust), ("plain", plain)):
+        runs[name] = run_export(_config(str(path), tmp_path / name, calib=str(calib),
+                                        mac_ratio=0.3, dry_run=True))  # fmt: skip
+    assert runs["robust"].settings["alpha_eps"] == 0.05
+    assert runs["robust"].refit["attack_eps"] == pytest.approx(0.1)  # the refit's 2x radius
+    assert "--alpha-eps 0.05: the checkpoint's training eps" in runs["robust"].settings["notes"]
+    assert runs["plain"].settings["alpha_eps"] == pytest.approx(8 / 255)
+    given = run_export(_config(str(robust), tmp_path / "given", calib=str(calib), mac_ratio=0.3,
+                               alpha_eps=0.02, dry_run=True))  # fmt: skip
+    assert given.settings["alpha_eps"] == 0.02
 
 
 def test_calibration_labels_must_fit_the_model(ckpt, tmp_path):
@@ -384,6 +417,15 @@ def test_program_with_a_fixed_batch_is_exported_static(tmp_path):
     graph = onnx.load(tmp_path / "out" / "gdws.onnx").graph
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
     assert report.parity["engine"]["passed"]
+
+
+def test_auto_sensitivity_on_a_program_with_a_fixed_batch(tmp_path):
+    path = files.export_file(tmp_path, batch=1)
+    calib = files.calib_npz(tmp_path, n=72)  # 8 fit, 64 judge
+    report = run_export(_config(str(path), tmp_path / "out", calib=str(calib), calib_samples=8,
+                                mac_ratio=0.3, dry_run=True))  # fmt: skip
+    choice = report.sensitivity_choice
+    assert choice["held_out"] == 64 and len(choice["trials"]) == 3
 
 
 def test_model_without_conv_is_unsupported(tmp_path):

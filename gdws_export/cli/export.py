@@ -10,8 +10,9 @@ from typing import TextIO
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.pipeline.config import (
-    DEFAULT_ALPHA_EPS,
+    AUTO_CALIB_SAMPLES,
     DEFAULT_CALIB_SAMPLES,
+    DEFAULT_HELD_OUT,
     DEFAULT_MAC_RATIO,
     EXPORTERS,
     SENSITIVITIES,
@@ -40,8 +41,11 @@ How much to approximate: --beta B (the paper's per-layer error bound), --mac-rat
 replaceable convs keep at most R of their MACs) or --time-ratio T (they keep at most T of
 their time, measured layer by layer on ONNX Runtime at --batch and --threads, which puts the
 kernels where they buy speed); with none, --mac-ratio {DEFAULT_MAC_RATIO}.
-Channels are weighted by alphas from --alphas FILE, or computed on --calib DATA (PGD on up to
-{DEFAULT_CALIB_SAMPLES} samples); with neither, all channels weigh the same.
+With --calib DATA the 1x1 convs are refit on it, and --sensitivity auto (the default then)
+builds the model with each of the none, relative and calibrated alphas and ships the one that
+keeps the most held-out --calib images right under PGD (the first {AUTO_CALIB_SAMPLES} images
+fit, the next {DEFAULT_HELD_OUT} judge); without data, alphas come from --alphas FILE or the
+weights.
 
 Outputs in the output directory: original.onnx, gdws.onnx, the engine with its settings
 (gdws.<precision>.engine for TensorRT, gdws.<precision>.ort.onnx for ONNX Runtime, gdws.pt2
@@ -172,14 +176,25 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help=f"samples of --calib used (default {DEFAULT_CALIB_SAMPLES})",
+        help=f"samples of --calib used for alphas, the refit and INT8 calibration (default "
+        f"{DEFAULT_CALIB_SAMPLES}; {AUTO_CALIB_SAMPLES} with --sensitivity auto)",
+    )
+    gdws.add_argument(
+        "--held-out-samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --sensitivity auto: images of --calib after the first --calib-samples that "
+        f"judge the measures (default {DEFAULT_HELD_OUT})",
     )
     gdws.add_argument(
         "--alpha-eps",
         type=_fraction,
-        default=DEFAULT_ALPHA_EPS,
+        default=None,
         metavar="EPS",
-        help="L-inf radius of the PGD attack alphas average over (default 8/255)",
+        help="L-inf radius of the PGD attacks on --calib data (alphas, the refit, --sensitivity "
+        "auto); default: the eps a gdws-export checkpoint was adversarially trained at, else "
+        "8/255",
     )
     gdws.add_argument(
         "--sensitivity",
@@ -189,7 +204,9 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         "relative to its weight energy), both without data, or on --calib data: activation "
         "(activation-aware SVD in the metric of each conv's inputs on clean and PGD images), "
         "calibrated (per-layer scales measured on adversarial inputs) or noise-gains (the "
-        "paper's alphas); default: none with the 1x1 refit, relative without",
+        "paper's alphas), or auto (each of none, relative and calibrated, the most robust "
+        "on held-out --calib images ships); default: auto with the 1x1 refit (none under "
+        "--beta or --alphas), relative without",
     )
 
     gdws.add_argument(
@@ -342,16 +359,19 @@ def _general_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
     """The ExportConfig for parsed arguments (validated later by `resolved()`)."""
-    if args.calib_samples is not None and args.calib is None:
-        raise InvalidInputError("--calib-samples needs --calib (the data it counts samples of)")
-    calib_samples = DEFAULT_CALIB_SAMPLES if args.calib_samples is None else args.calib_samples
+    for option, value in (("--calib-samples", args.calib_samples),
+                          ("--held-out-samples", args.held_out_samples)):  # fmt: skip
+        if value is not None and args.calib is None:
+            raise InvalidInputError(f"{option} needs --calib (the data it counts samples of)")
+    held_out = DEFAULT_HELD_OUT if args.held_out_samples is None else args.held_out_samples
     return ExportConfig(
         model=args.model, output=args.output, arch=args.arch, num_classes=args.num_classes,
         arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
         input_shape=args.input_shape, mean=args.mean, std=args.std, target=args.target,
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
         time_ratio=args.time_ratio, max_layer_error=args.max_layer_error,
-        alphas=args.alphas, calib=args.calib, calib_samples=calib_samples,
+        alphas=args.alphas, calib=args.calib, calib_samples=args.calib_samples,
+        held_out_samples=held_out,
         alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, refit=args.refit,
         lowering=args.lowering,
         exporter=args.exporter,

@@ -81,10 +81,11 @@ def input_moments(
         return hook
 
     try:
-        images = [_inputs(model, data, None, eps, steps, step_size, norm, samples, seed, param)]
+        images = [_inputs(model, data, None, eps, steps, step_size, norm, samples, seed, param,
+                          batch_size)]  # fmt: skip
         if attack == "pgd":
             images.append(_inputs(model, data, attack, eps, steps, step_size, norm, samples,
-                                  seed, param))  # fmt: skip
+                                  seed, param, batch_size))  # fmt: skip
         # Hooks only now, so the attack's own forward passes are not counted.
         handles = [s.conv.register_forward_hook(record(s.name, s.conv)) for s in sites]
         try:

@@ -83,7 +83,8 @@ def calibrated_gains(
     was_training = model.training
     model.eval()
     try:
-        inputs = _inputs(model, data, attack, eps, steps, step_size, norm, samples, seed, param)
+        inputs = _inputs(model, data, attack, eps, steps, step_size, norm, samples, seed, param,
+                         batch_size)  # fmt: skip
         reference = _log_probs(model, inputs, batch_size)
         gains = {}
         for site in sites:
@@ -126,12 +127,15 @@ def _approximable_sites(model, skip_first, include, exclude) -> list:
     return sites
 
 
-def _inputs(model, data, attack, eps, steps, step_size, norm, samples, seed, param):
+def _inputs(model, data, attack, eps, steps, step_size, norm, samples, seed, param,
+            batch_size=128):  # fmt: skip
+    """The first `samples` images of `data`, attacked when `attack` is "pgd", in batches of
+    `batch_size` (a program exported with a fixed batch takes no other)."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise InvalidInputError(f"samples must be a positive int, got {samples!r}")
     generator = torch.Generator(device=param.device).manual_seed(seed)
     batches = []
-    for x, y in _batches(data, samples, batch_size=128):
+    for x, y in _batches(data, samples, batch_size=batch_size):
         x, y = x.to(param.device, param.dtype), y.to(param.device)
         if attack == "pgd":
             from gdws_export.attacks import pgd

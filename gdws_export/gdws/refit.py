@@ -144,10 +144,11 @@ def refit_pointwise(
     refit.eval()
     original.eval()
     try:
-        images = [_inputs(original, data, None, eps, steps, step_size, norm, samples, seed, param)]
+        images = [_inputs(original, data, None, eps, steps, step_size, norm, samples, seed, param,
+                          batch_size)]  # fmt: skip
         if attack == "pgd":
             images.append(_inputs(original, data, attack, calib_eps, steps, calib_step, norm,
-                                  samples, seed, param))  # fmt: skip
+                                  samples, seed, param, batch_size))  # fmt: skip
         x = torch.cat(images)
         layers = []
         for name in _forward_order(refit, names, x[:batch_size]):

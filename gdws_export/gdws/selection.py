@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -132,6 +133,16 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def dense_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every GDWS conv replaced by the dense conv it computes: the same
+    function, which PyTorch runs (and attacks) faster than the depthwise + 1x1 pair."""
+    copied = copy.deepcopy(model)
+    names = [n for n, m in copied.named_modules() if isinstance(m, GDWSConv2d)]
+    for name in names:
+        replace_module(copied, name, copied.get_submodule(name).to_dense())
+    return copied
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:

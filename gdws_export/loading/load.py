@@ -65,6 +65,8 @@ class LoadedModel:
         arch: the registered architecture, when one was built.
         arch_kwargs: its keyword arguments.
         fixed_batch: the batch size a program was exported with when its batch axis is static.
+        trained_eps: the L-inf radius a gdws-export checkpoint records it was adversarially
+            trained at (its metadata's training eps and norm), else None.
         notes: what the loader decided, one line each, for the report.
     """
 
@@ -75,6 +77,7 @@ class LoadedModel:
     arch: str | None = None
     arch_kwargs: dict[str, Any] | None = None
     fixed_batch: int | None = None
+    trained_eps: float | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +89,7 @@ class LoadedModel:
             "arch": self.arch,
             "arch_kwargs": self.arch_kwargs,
             "fixed_batch": self.fixed_batch,
+            "trained_eps": self.trained_eps,
             "notes": list(self.notes),
         }
 
@@ -282,8 +286,19 @@ def _from_project_checkpoint(contents, arch, kwargs, shape) -> LoadedModel:
     loaded = _registry_loaded(
         model, "checkpoint", file, [f"gdws-export checkpoint of '{contents.arch}'"]
     )
+    loaded.trained_eps = _trained_linf_eps(contents.metadata)
     _check_shape_agrees(loaded, shape)
     return loaded
+
+
+def _trained_linf_eps(metadata: Mapping[str, Any]) -> float | None:
+    """The L-inf eps of the adversarial training a checkpoint's metadata records, or None."""
+    training = metadata.get("training") if isinstance(metadata, Mapping) else None
+    if not isinstance(training, Mapping) or training.get("norm", "linf") != "linf":
+        return None
+    eps = training.get("eps")
+    valid = isinstance(eps, int | float) and not isinstance(eps, bool) and 0 < eps < 1
+    return float(eps) if valid else None
 
 
 def _create(arch: str, kwargs: dict[str, Any], shape) -> nn.Module:

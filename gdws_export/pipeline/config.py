@@ -16,11 +16,15 @@ The CLI maps each option to one field; a sweep builds configs directly. Defaults
 - alphas: from `alphas` (a file), else by `sensitivity`: "none" (unweighted) or "relative"
   (`relative_gains`, each layer's error relative to its weight energy), both from the weights
   alone, or on `calib` data "activation" (activation-aware SVD), "calibrated"
-  (`calibrated_gains`) or "noise-gains" (the paper's); without `calib` those are unweighted.
-  The default follows `refit`: "none" with refit, "relative" without. Each kept the most
-  robust accuracy at matched MACs in benchmarks/results in its setting: without refit,
-  relative; with refit, unweighted (VGG-16 about 1 point more than relative at MAC ratios
-  0.25 to 0.35, PreActResNet-18 the same), as the refit repairs what relative alphas protect.
+  (`calibrated_gains`) or "noise-gains" (the paper's); without `calib` those are unweighted;
+  or "auto": the model built with each of none, relative and calibrated, the one that keeps
+  the most held-out calibration images right under PGD ships (`pipeline.measure_choice`).
+  The default follows `refit`: "auto" with refit under a MAC or time budget (no one measure
+  was best on every bundled model with the refit: unweighted on VGG-16, calibrated on
+  PreActResNet-18), "none" with refit under `beta` or an `alphas` file, "relative" without
+  refit (it kept the most robust accuracy at matched MACs without the refit);
+- `calib_samples`: 512, or 256 with "auto", which judges the measures on the next
+  `held_out_samples` (256) images of `calib`.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_MAC_RATIO = 0.75
 DEFAULT_CALIB_SAMPLES = 512
+AUTO_CALIB_SAMPLES = 256  # with --sensitivity auto, which holds out the next images
+DEFAULT_HELD_OUT = 256  # images `auto` judges the measures on: a 2-point gap is 5 of them
 DEFAULT_ALPHA_EPS = 8 / 255
-SENSITIVITIES = ("none", "relative", "activation", "calibrated", "noise-gains")
+SENSITIVITIES = ("auto", "none", "relative", "activation", "calibrated", "noise-gains")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -71,11 +77,19 @@ class ExportConfig:
         calib: data for alphas, INT8 calibration and parity checks: an .npz file, an image
             folder, an IDX folder or a dataset name (`load_dataset`; named datasets and IDX
             folders use their train split).
-        calib_samples: samples of `calib` used. Defaults to 512.
-        alpha_eps: L-inf radius of the PGD attack that alphas are averaged over (8/255).
+        calib_samples: samples of `calib` used for alphas, the refit and INT8 calibration.
+            Defaults to 512, or 256 with sensitivity "auto".
+        held_out_samples: with sensitivity "auto", how many images of `calib` after the first
+            `calib_samples` judge the measures (256).
+        alpha_eps: L-inf radius of the PGD attacks of the alphas, the refit and "auto". None:
+            the eps a gdws-export checkpoint records it was adversarially trained at, else
+            8/255 (resolved once the model is loaded, in `run_export`).
         sensitivity: "none" (unweighted) or "relative", from the weights alone, or computed
-            on `calib`: "activation", "calibrated" or "noise-gains" (the paper's). None: "none"
-            with refit, "relative" without (module docstring).
+            on `calib`: "activation", "calibrated" or "noise-gains" (the paper's); "auto"
+            builds the model with each of none, relative and calibrated and ships the one
+            most robust on held-out `calib` images (`pipeline.measure_choice`). None: "auto"
+            with refit under a budget, "none" with refit otherwise, "relative" without refit
+            (module docstring).
         refit: refit each GDWS layer's 1x1 conv on `calib` (`refit_pointwise`). None: on
             when `calib` is given.
         lowering: "auto" or one lowering form for every GDWS layer.
@@ -111,8 +125,9 @@ class ExportConfig:
     max_layer_error: float | None = None
     alphas: str | None = None
     calib: str | None = None
-    calib_samples: int = DEFAULT_CALIB_SAMPLES
-    alpha_eps: float = DEFAULT_ALPHA_EPS
+    calib_samples: int | None = None
+    held_out_samples: int = DEFAULT_HELD_OUT
+    alpha_eps: float | None = None
     sensitivity: str | None = None
     refit: bool | None = None
     lowering: str = "auto"
@@ -145,19 +160,20 @@ class ExportConfig:
         _choice("exporter", c.exporter, EXPORTERS)
         _check_gdws_settings(c)
         _check_refit(c)
-        if c.sensitivity is None:
-            c.sensitivity = "none" if c.refit else "relative"
-        _choice("sensitivity", c.sensitivity, SENSITIVITIES)
+        _check_sensitivity(c)
         _check_shape_and_batch(c)
         _check_normalization(c)
         _check_target_options(c)
         _check_lowering(c.lowering)
-        for name in ("calib_samples", "threads", "opset", "workspace_mib", "num_classes"):
-            _positive_int(name, getattr(c, name), allow_none=name != "calib_samples")
-        if not (isinstance(c.alpha_eps, (int, float)) and math.isfinite(c.alpha_eps)):
-            raise InvalidInputError(f"--alpha-eps must be a number, got {c.alpha_eps!r}")
-        if c.alpha_eps <= 0:
-            raise InvalidInputError(f"--alpha-eps must be > 0, got {c.alpha_eps}")
+        for name in ("calib_samples", "held_out_samples", "threads", "opset", "workspace_mib",
+                     "num_classes"):  # fmt: skip
+            _positive_int(name, getattr(c, name),
+                          allow_none=name not in ("calib_samples", "held_out_samples"))  # fmt: skip
+        if c.alpha_eps is not None:
+            if not (isinstance(c.alpha_eps, (int, float)) and math.isfinite(c.alpha_eps)):
+                raise InvalidInputError(f"--alpha-eps must be a number, got {c.alpha_eps!r}")
+            if c.alpha_eps <= 0:
+                raise InvalidInputError(f"--alpha-eps must be > 0, got {c.alpha_eps}")
         if c.output is None:
             c.output = f"{Path(c.model).stem}-{c.target}-{c.precision}"
         if c.triton_repo is not None:
@@ -269,6 +285,31 @@ def _check_gdws_settings(c: ExportConfig) -> None:
                 f"convs' {what} to keep), got {value}"
             )
         setattr(c, name, float(value))
+
+
+def _check_sensitivity(c: ExportConfig) -> None:
+    """Resolve the default measure (module docstring) and `calib_samples`; check "auto"."""
+    if c.sensitivity is None:
+        comparable = c.beta is None and c.alphas is None  # same budget, measures not given
+        c.sensitivity = ("auto" if comparable else "none") if c.refit else "relative"
+    _choice("sensitivity", c.sensitivity, SENSITIVITIES)
+    if c.sensitivity == "auto" and c.gdws:
+        if c.calib is None:
+            raise InvalidInputError(
+                "--sensitivity auto judges the measures on held-out --calib images: pass "
+                "--calib DATA"
+            )
+        if c.beta is not None:
+            raise InvalidInputError(
+                "--sensitivity auto compares measures at one budget, and under --beta each "
+                "measure keeps a different number of kernels: use --mac-ratio or --time-ratio"
+            )
+        if c.alphas is not None:
+            raise InvalidInputError(
+                "--alphas gives the alphas, --sensitivity auto would choose them: give one"
+            )
+    if c.calib_samples is None:
+        c.calib_samples = AUTO_CALIB_SAMPLES if c.sensitivity == "auto" else DEFAULT_CALIB_SAMPLES
 
 
 def _check_refit(c: ExportConfig) -> None:

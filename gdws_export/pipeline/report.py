@@ -14,6 +14,9 @@ bumps `schema_version`. The fields of "report":
 - `model`: file, kind, architecture, input shape, normalization, alphas, classes, loader notes.
 - `approximation`: `ApproximationReport.to_dict()`, per-layer status, kernels, MACs, params,
   weighted error; null with `--no-gdws`.
+- `sensitivity_choice`: with `--sensitivity auto`, `MeasureChoice.to_dict()`: the held-out
+  images and attack, each candidate measure's clean and robust accuracy on them and build
+  time, and the measure chosen; else null.
 - `refit`: `RefitReport.to_dict()` when the 1x1 convs were refit on the calibration data
   (inputs, ridge, per layer the relative output error before and after), else null.
 - `exports`: "original" and "gdws": the lowering's `ExportResult.to_dict()` (forms, timings).
@@ -55,6 +58,7 @@ class ExportReport:
     model: dict[str, Any]
     approximation: dict[str, Any] | None = None
     refit: dict[str, Any] | None = None
+    sensitivity_choice: dict[str, Any] | None = None
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)
     build: dict[str, Any] | None = None
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -183,6 +187,8 @@ class ExportReport:
             lines += [f"- Triton model: `{self.triton['model_dir']}` ({self.triton['platform']})"]
         if self.approximation:
             lines += ["", "## Layers", "", self.plan_table()]
+        if self.sensitivity_choice:
+            lines += ["", "## Sensitivity choice", "", _choice_text(self.sensitivity_choice)]
         if self.refit:
             lines += [
                 "",
@@ -245,6 +251,19 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON-serializable")
+
+
+def _choice_text(choice: dict) -> str:
+    """The `--sensitivity auto` section: how the measures were judged, and each one's result."""
+    from gdws_export.pipeline.measure_choice import MeasureChoice
+
+    c = MeasureChoice.from_dict(choice)
+    return (
+        f"`--sensitivity auto` built the GDWS model with each measure below (same budget and "
+        f"refit) and attacked it on {c.held_out} held-out calibration images ({c.attack}); "
+        f"the one that kept the most images right clean and under attack ships: "
+        f"**{c.chosen}**.\n\n{c.table()}"
+    )
 
 
 def _refit_inputs(refit: dict) -> str:

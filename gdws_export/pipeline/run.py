@@ -14,6 +14,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,9 +24,9 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.activations import activation_gains, input_moments, relative_gains
-from gdws_export.gdws.approximate import approximate
+from gdws_export.gdws.approximate import ApproximationReport, approximate
 from gdws_export.gdws.calibration import calibrated_gains
-from gdws_export.gdws.refit import refit_pointwise
+from gdws_export.gdws.refit import RefitReport, refit_pointwise
 from gdws_export.gdws.selection import replace_module
 from gdws_export.gdws.sensitivity import (
     load_alphas,
@@ -34,8 +35,15 @@ from gdws_export.gdws.sensitivity import (
     save_alphas,
 )
 from gdws_export.loading import LoadedModel, load_model_file
-from gdws_export.pipeline.config import ExportConfig
+from gdws_export.pipeline.config import DEFAULT_ALPHA_EPS, ExportConfig
 from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
+from gdws_export.pipeline.measure_choice import (
+    AUTO_MEASURES,
+    MIN_HELD_OUT,
+    SELECTION_STEPS,
+    choose_measure,
+    selection_attack,
+)
 from gdws_export.pipeline.model import (
     check_forward,
     check_replaceable,
@@ -54,6 +62,7 @@ STAGES = {
     "layer_costs": "timing every replaceable conv",
     "approximate": "replacing convs by GDWS convs",
     "refit": "refitting the 1x1 convs on the calibration data",
+    "choose": "choosing the sensitivity on held-out calibration images",
     "export_original": "exporting the original ONNX graph",
     "export_gdws": "exporting the GDWS ONNX graph",
     "export_program": "saving the torch.export program",
@@ -124,6 +133,29 @@ def run_export(
     return report
 
 
+@dataclass
+class _Alphas:
+    """One measure's alphas: values (None: unweighted), input moments (activation-aware
+    only), whether they were computed here (then saved as alphas.pt), and their source."""
+
+    measure: str
+    alphas: dict[str, torch.Tensor] | None
+    moments: dict[str, torch.Tensor] | None
+    computed: bool
+    source: str
+
+
+@dataclass
+class _Candidate:
+    """The GDWS model built with one measure's alphas (refit when asked)."""
+
+    alphas: _Alphas
+    model: nn.Module
+    approximation: ApproximationReport
+    refit: RefitReport | None
+    seconds: float
+
+
 class _State:
     """What the stages hand to each other (models, data, alphas)."""
 
@@ -131,9 +163,8 @@ class _State:
         self.loaded, self.model, self.shape = loaded, model, shape
         self.gdws_model: nn.Module | None = None
         self.data: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.alphas: dict[str, torch.Tensor] | None = None
-        self.input_moments: dict[str, torch.Tensor] | None = None  # activation-aware only
-        self.alphas_computed = False
+        self.held_out: tuple[torch.Tensor, torch.Tensor] | None = None  # sensitivity "auto"
+        self.alphas: _Alphas | None = None
         self.engine: EngineCheck | None = None
 
 
@@ -144,13 +175,17 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
             cfg.model, arch=cfg.arch, num_classes=cfg.num_classes, arch_kwargs=cfg.arch_kwargs,
             trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape,
         )  # fmt: skip
+    if cfg.alpha_eps is None:  # the threat model the checkpoint was trained for, if it says
+        cfg.alpha_eps = loaded.trained_eps or DEFAULT_ALPHA_EPS
+        if cfg.calib is not None:  # only the attacks on calibration data use it
+            source = "the checkpoint's training eps" if loaded.trained_eps else "the default"
+            cfg.notes.append(f"--alpha-eps {cfg.alpha_eps:.4g}: {source}")
     model, shape, normalization = prepare_model(loaded, cfg)
     state = _State(loaded, model, shape)
     classes = check_forward(model, shape, loaded.fixed_batch)
     if cfg.calib is not None:
         with clock("data"):
-            state.data = _calibration_data(cfg, shape, classes)
-    alphas_source = _alphas(cfg, state, clock, show_bars)
+            state.data, state.held_out = _calibration_data(cfg, shape, classes)
     report = ExportReport(
         tool_version=_tool_version(),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -160,7 +195,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
             **loaded.to_dict(),
             "input_shape": list(shape),
             "normalization": normalization,
-            "alphas": alphas_source,
+            "alphas": "not used (--no-gdws)",
             "classes": classes,
         },
         versions=_versions(),
@@ -180,26 +215,63 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
                     f"--time-ratio priced the layers by ONNX Runtime CPU timings, not on the "
                     f"{cfg.target} target: check the engine's speed with `gdws-export bench`"
                 )
-        with clock("approximate"):
-            state.gdws_model, approx = approximate(
-                model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, time_ratio=cfg.time_ratio,
-                layer_costs=costs, alphas=state.alphas, input_moments=state.input_moments,
-                input_shape=shape, max_layer_error=cfg.max_layer_error,
-            )  # fmt: skip
-        if cfg.refit and approx.replaced:
-            x, y = state.data
-            with clock("refit", f" ({len(x)} samples, clean and PGD)"):
-                state.gdws_model, refit = refit_pointwise(
-                    state.gdws_model, model, (x, y), eps=cfg.alpha_eps,
-                    step_size=cfg.alpha_eps / 4, samples=len(x), seed=cfg.seed,
-                    batch_size=state.loaded.fixed_batch or 64,
-                )  # fmt: skip
-            report.refit = refit.to_dict()
-        report.approximation = approx.to_dict()
+        measures = AUTO_MEASURES if cfg.sensitivity == "auto" else (cfg.sensitivity,)
+        built = {m: _build(cfg, m, state, costs, clock, show_bars) for m in measures}
+        chosen = _choose(cfg, built, state, report, clock) if len(built) > 1 else measures[0]
+        candidate = built[chosen]
+        state.gdws_model, state.alphas = candidate.model, candidate.alphas
+        report.model["alphas"] = candidate.alphas.source
+        if candidate.refit is not None:
+            report.refit = candidate.refit.to_dict()
+        report.approximation = candidate.approximation.to_dict()
         report.macs["gdws"], report.params["gdws"] = count_macs_params(state.gdws_model, shape)
         report.parity["approximation"] = _approximation_figures(model, state.gdws_model, state, cfg)
     report.timings = dict(clock.timings)
     return report, state
+
+
+def _build(cfg: ExportConfig, measure: str, state: _State, costs, clock, show_bars) -> _Candidate:
+    """The GDWS model with `measure`'s alphas, refit when the config says so."""
+    start = time.perf_counter()
+    alphas = _alphas(cfg, measure, state, clock, show_bars)
+    which = f" ({measure} alphas)" if cfg.sensitivity == "auto" else ""
+    with clock("approximate", which):
+        model, approx = approximate(
+            state.model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, time_ratio=cfg.time_ratio,
+            layer_costs=costs, alphas=alphas.alphas, input_moments=alphas.moments,
+            input_shape=state.shape, max_layer_error=cfg.max_layer_error,
+        )  # fmt: skip
+    refit = None
+    if cfg.refit and approx.replaced:
+        x, y = state.data
+        with clock("refit", f"{which} ({len(x)} samples, clean and PGD)"):
+            model, refit = refit_pointwise(
+                model, state.model, (x, y), eps=cfg.alpha_eps, step_size=cfg.alpha_eps / 4,
+                samples=len(x), seed=cfg.seed, batch_size=state.loaded.fixed_batch or 64,
+            )  # fmt: skip
+    return _Candidate(alphas, model, approx, refit, time.perf_counter() - start)
+
+
+def _choose(cfg: ExportConfig, built: dict[str, _Candidate], state: _State, report, clock) -> str:
+    """`--sensitivity auto`: the measure whose model is most robust on the held-out images."""
+    first = next(iter(built))
+    x, y = state.held_out
+    if len(x) < MIN_HELD_OUT:
+        report.warnings.append(
+            f"--sensitivity auto: --calib has {len(x)} images after the first --calib-samples "
+            f"({cfg.calib_samples}), too few to judge the measures (at least {MIN_HELD_OUT}); "
+            f"shipped {first}, the first candidate: pass more images or a smaller --calib-samples"
+        )
+        return first
+    with clock("choose", f" ({len(x)} images, PGD-{SELECTION_STEPS})"):
+        choice = choose_measure(
+            {m: c.model for m, c in built.items()}, x, y,
+            selection_attack(cfg.alpha_eps, seed=cfg.seed),
+            build_seconds={m: c.seconds for m, c in built.items()},
+            batch_size=state.loaded.fixed_batch or 128,
+        )  # fmt: skip
+    report.sensitivity_choice = choice.to_dict()
+    return choice.chosen
 
 
 def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock) -> None:
@@ -219,14 +291,14 @@ def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock
         profile = (1, cfg.batch, cfg.batch) if cfg.batch else DEFAULT_BATCH
     inputs = _parity_inputs(state, cfg.seed)
     source = _export_graphs(cfg, report, state, out, clock, dynamic, batch, inputs)
-    if state.alphas_computed:
+    if state.alphas is not None and state.alphas.computed:
         measured = (
             {}
             if state.data is None
             else dict(data=cfg.calib, samples=len(state.data[0]), eps=cfg.alpha_eps, seed=cfg.seed)
         )
-        save_alphas(state.alphas, out / "alphas.pt", input_moments=state.input_moments,
-                    sensitivity=cfg.sensitivity, **measured)  # fmt: skip
+        save_alphas(state.alphas.alphas, out / "alphas.pt", input_moments=state.alphas.moments,
+                    sensitivity=state.alphas.measure, **measured)  # fmt: skip
         report.files["alphas"] = "alphas.pt"
     _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, profile, inputs)
 
@@ -327,54 +399,60 @@ def _take_export(report: ExportReport, role: str, result, out: Path) -> None:
 
 
 def _calibration_data(cfg: ExportConfig, shape, classes: int):
+    """(calibration images, labels) and, for sensitivity "auto", the held-out ones after
+    them (else None)."""
     from gdws_export.harness.data import load_dataset
 
-    x, y = load_dataset(cfg.calib, split="train", limit=cfg.calib_samples, input_shape=shape)
+    held_out = cfg.held_out_samples if cfg.sensitivity == "auto" and cfg.gdws else 0
+    limit = cfg.calib_samples + held_out
+    x, y = load_dataset(cfg.calib, split="train", limit=limit, input_shape=shape)
     if len(y) and int(y.max()) >= classes:
         raise InvalidInputError(
             f"--calib {cfg.calib} has label {int(y.max())} but the model has {classes} outputs; "
             "pass data of the model's task"
         )
-    return x, y
+    n = cfg.calib_samples
+    if not held_out:
+        return (x, y), None
+    return (x[:n], y[:n]), (x[n:], y[n:])
 
 
-def _alphas(cfg: ExportConfig, state: _State, clock, show_bars: bool) -> str:
-    """Fill state.alphas; returns where they came from, for the report."""
-    if not cfg.gdws:
-        return "not used (--no-gdws)"
+def _alphas(cfg: ExportConfig, measure: str, state: _State, clock, show_bars: bool) -> _Alphas:
+    """`measure`'s alphas (or the --alphas file's), with where they came from."""
     if cfg.alphas is not None:
-        state.alphas = match_alpha_names(load_alphas(cfg.alphas), state.model, cfg.alphas)
+        alphas = match_alpha_names(load_alphas(cfg.alphas), state.model, cfg.alphas)
         moments = load_input_moments(cfg.alphas)
         if moments is not None:
-            state.input_moments = match_alpha_names(moments, state.model, cfg.alphas)
-            return f"file {cfg.alphas} (activation-aware)"
-        return f"file {cfg.alphas}"
-    if cfg.sensitivity == "none":
-        return "none (unweighted, --sensitivity none)"
-    if cfg.sensitivity == "relative":  # from the weights alone: no data needed
+            moments = match_alpha_names(moments, state.model, cfg.alphas)
+            return _Alphas(measure, alphas, moments, False, f"file {cfg.alphas} (activation-aware)")
+        return _Alphas(measure, alphas, None, False, f"file {cfg.alphas}")
+    chosen = " (chosen by --sensitivity auto)" if cfg.sensitivity == "auto" else ""
+    if measure == "none":
+        how = "chosen by --sensitivity auto" if chosen else "--sensitivity none"
+        return _Alphas(measure, None, None, False, f"none (unweighted, {how})")
+    if measure == "relative":  # from the weights alone: no data needed
         with clock("alphas", " (relative: per-layer 1/||W||^2)"):
-            state.alphas = relative_gains(state.model)
-        state.alphas_computed = True
-        return "relative (per-layer 1/||W||^2 of the weights, no data)"
+            alphas = relative_gains(state.model)
+        source = f"relative (per-layer 1/||W||^2 of the weights, no data){chosen}"
+        return _Alphas(measure, alphas, None, True, source)
     if state.data is None:
-        return (f"none (unweighted; --sensitivity {cfg.sensitivity} needs --calib data, or pass "
-                "--alphas)")  # fmt: skip
+        return _Alphas("none", None, None, False,
+                       f"none (unweighted; --sensitivity {measure} needs --calib data, or pass "
+                       "--alphas)")  # fmt: skip
     x, y = state.data
     common = dict(samples=len(x), eps=cfg.alpha_eps, step_size=cfg.alpha_eps / 4, seed=cfg.seed,
                   batch_size=state.loaded.fixed_batch or 64)  # fmt: skip
-    with clock("alphas", f" ({cfg.sensitivity}, PGD on {len(x)} calibration samples)"):
-        if cfg.sensitivity == "activation":
-            state.input_moments = input_moments(state.model, (x, y), **common)
-            state.alphas = activation_gains(state.model, state.input_moments)
-        elif cfg.sensitivity == "calibrated":
-            state.alphas = calibrated_gains(state.model, (x, y), **common)
+    moments = None
+    with clock("alphas", f" ({measure}, PGD on {len(x)} calibration samples)"):
+        if measure == "activation":
+            moments = input_moments(state.model, (x, y), **common)
+            alphas = activation_gains(state.model, moments)
+        elif measure == "calibrated":
+            alphas = calibrated_gains(state.model, (x, y), **common)
         else:
-            state.alphas = noise_gains(state.model, (x, y), progress=show_bars, **common)
-    state.alphas_computed = True
-    return (
-        f"{cfg.sensitivity}, computed on {cfg.calib} ({len(x)} samples, PGD eps "
-        f"{cfg.alpha_eps:.4g})"
-    )
+            alphas = noise_gains(state.model, (x, y), progress=show_bars, **common)
+    source = f"{measure}, computed on {cfg.calib} ({len(x)} samples, PGD eps {cfg.alpha_eps:.4g})"
+    return _Alphas(measure, alphas, moments, True, source + chosen)
 
 
 def _parity_inputs(state: _State, seed: int) -> np.ndarray:
@@ -412,7 +490,8 @@ class _Clock:
         start = time.perf_counter()
         yield
         seconds = time.perf_counter() - start
-        self.timings[stage] = round(seconds, 3)
+        # a stage run once per candidate measure ("auto") adds up
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 3)
         if self.progress:
             self.progress(stage, label, seconds)
 
