@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gdws_export import approximate, refit_pointwise, relative_gains
+from gdws_export import approximate, calibrated_gains, refit_pointwise
 from gdws_export.attacks import run_attack
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.sensitivity import load_alphas
@@ -89,20 +89,22 @@ def test_auto_ships_the_measure_it_chose(lenet_and_calib, tmp_path, monkeypatch)
     path, calib = lenet_and_calib
     judged = {}
 
-    def choose_relative(models, x, y, attack, **kwargs):
+    def choose_calibrated(models, x, y, attack, **kwargs):
         judged.update(models=list(models), images=len(x))
-        return MeasureChoice("relative", len(x), attack.describe(), [])
+        return MeasureChoice("calibrated", len(x), attack.describe(), [])
 
-    monkeypatch.setattr(run, "choose_measure", choose_relative)
+    monkeypatch.setattr(run, "choose_measure", choose_calibrated)
     report = run_export(_auto(path, calib, tmp_path / "out"))
     assert judged == {"models": list(AUTO_MEASURES), "images": 64}
-    assert report.model["alphas"].startswith("relative") and "auto" in report.model["alphas"]
-    # What ships is relative's model: its kernels, refit on the 32 fit images only.
+    assert report.model["alphas"].startswith("calibrated") and "auto" in report.model["alphas"]
+    # What ships is calibrated's model: alphas, kernels and refit all from the 32 fit images.
     model, _, _ = trained_lenet()
-    gdws, plan = approximate(model, mac_ratio=0.3, alphas=relative_gains(model))
+    x, y = fashion_slice()
+    alphas = calibrated_gains(model, (x[:32], y[:32]), samples=32, eps=EPS, step_size=EPS / 4,
+                              batch_size=64)  # fmt: skip
+    gdws, plan = approximate(model, mac_ratio=0.3, alphas=alphas)
     kernels = {r["name"]: r["kernels"] for r in report.approximation["layers"] if r["kernels"]}
     assert kernels == {layer.name: layer.kernels for layer in plan.replaced}
-    x, y = fashion_slice()
     _, refit = refit_pointwise(gdws, model, (x[:32], y[:32]), eps=EPS, step_size=EPS / 4,
                                samples=32, batch_size=64)  # fmt: skip
     assert report.refit == refit.to_dict()

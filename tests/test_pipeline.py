@@ -20,6 +20,7 @@ import torch
 from gdws_export.errors import InvalidInputError, ParityError, UnsupportedModelError
 from gdws_export.pipeline import ExportConfig, ExportReport, run_export
 from gdws_export.pipeline.config import DEFAULT_MAC_RATIO, parse_input_shape
+from gdws_export.pipeline.measure_choice import AUTO_MEASURES
 from gdws_export.runtimes import OrtRunner
 from gdws_export.runtimes.onnxruntime import OrtSettings
 from tests import _model_files as files
@@ -425,7 +426,7 @@ def test_auto_sensitivity_on_a_program_with_a_fixed_batch(tmp_path):
     report = run_export(_config(str(path), tmp_path / "out", calib=str(calib), calib_samples=8,
                                 mac_ratio=0.3, dry_run=True))  # fmt: skip
     choice = report.sensitivity_choice
-    assert choice["held_out"] == 64 and len(choice["trials"]) == 3
+    assert choice["held_out"] == 64 and len(choice["trials"]) == len(AUTO_MEASURES)
 
 
 def test_model_without_conv_is_unsupported(tmp_path):

@@ -42,7 +42,7 @@ replaceable convs keep at most R of their MACs) or --time-ratio T (they keep at 
 their time, measured layer by layer on ONNX Runtime at --batch and --threads, which puts the
 kernels where they buy speed); with none, --mac-ratio {DEFAULT_MAC_RATIO}.
 With --calib DATA the 1x1 convs are refit on it, and --sensitivity auto (the default then)
-builds the model with each of the none, relative and calibrated alphas and ships the one that
+builds the model with each of the none and calibrated alphas and ships the one that
 keeps the most held-out --calib images right under PGD (the first {AUTO_CALIB_SAMPLES} images
 fit, the next {DEFAULT_HELD_OUT} judge); without data, alphas come from --alphas FILE or the
 weights.
@@ -204,7 +204,7 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         "relative to its weight energy), both without data, or on --calib data: activation "
         "(activation-aware SVD in the metric of each conv's inputs on clean and PGD images), "
         "calibrated (per-layer scales measured on adversarial inputs) or noise-gains (the "
-        "paper's alphas), or auto (each of none, relative and calibrated, the most robust "
+        "paper's alphas), or auto (each of none and calibrated, the more robust "
         "on held-out --calib images ships); default: auto with the 1x1 refit (none under "
         "--beta or --alphas), relative without",
     )
