@@ -62,6 +62,7 @@ from benchmarks.paper_table_variants import (
     Variant,
     build_variants,
     compute_sensitivities,
+    export_default_choices,
     spectrum_energy,
 )
 from gdws_export.attacks import AttackConfig
@@ -123,6 +124,9 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     for variant in variants:
         if variant.budget == "time":  # the timing is part of making it
             variant.seconds += costs_s
+    held_out = slice(args.calib_samples, args.calib_samples + args.held_out_samples)
+    defaults = export_default_choices(variants, ratios, (x_train[held_out], y_train[held_out]),
+                                      args.eps)  # fmt: skip
     notes = [f"light checkpoint: ratios {list(ratios)}, measures {list(measures)}"] if light else []
     builds, exports = {}, {}
     for variant in variants:
@@ -169,7 +173,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
         sensitivity_seconds={k: round(v.seconds, 2) for k, v in sensitivities.items()},
         spectra=spectrum_energy(model), rows=rows, speed=speed.to_dict(),
         accuracy=accuracy.to_dict(), notes=notes, noise_floor=floor,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, export_defaults=defaults,
     )  # fmt: skip
 
 
@@ -303,7 +307,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["none", "relative"])  # fmt: skip
     add("--samples", type=int, default=200, help="test images attacked per model")
     add("--samples-light", type=int, default=100)
-    add("--calib-samples", type=int, default=256, help="training images for the sensitivities")
+    add("--calib-samples", type=int, default=256,
+        help="training images for the sensitivities and the refit")  # fmt: skip
+    add("--held-out-samples", type=int, default=256,
+        help="the training images after those that judge the export's default choice of "
+             "measure (--sensitivity auto) among the refit rows")  # fmt: skip
     add("--eps", type=float, default=0.1)
     add("--step-size", type=float, default=0.01)
     add("--steps", type=int, default=100)
@@ -341,13 +349,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--lowering {args.lowering!r} is not auto or a lowering form {FORMS}")
     if args.threads < 1 or args.torch_threads < 1:
         parser.error("--threads and --torch-threads must be at least 1")
+    if args.calib_samples < 1 or args.held_out_samples < 1:
+        parser.error("--calib-samples and --held-out-samples must be at least 1")
     if args.quick:
         args.checkpoints = args.checkpoints[:1]
-        args.ratios, args.sensitivities = [0.75, 0.5], ["none", "relative", "activation"]
-        args.refit = ["relative"]
+        args.ratios = [0.75, 0.5]
+        args.sensitivities = ["none", "relative", "activation", "calibrated"]
+        args.refit = ["none", "calibrated"]  # the export default's candidates
         args.time_ratios = [1.0]
         args.baselines, args.light = ["l1-prune", "in-prune"], []
-        args.samples, args.calib_samples, args.steps = 8, 16, 2
+        args.samples, args.calib_samples, args.held_out_samples, args.steps = 8, 16, 32, 2
         args.duration, args.warmup, args.auto_repeats = 0.05, 0.0, 1
         args.candidates, args.speed_only = ["dense", "gather"], []
     return args

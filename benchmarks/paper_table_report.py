@@ -12,6 +12,7 @@ from pathlib import Path
 from benchmarks.paper_table_variants import parse_variant
 from gdws_export._files import atomic_write_bytes, atomic_write_text
 from gdws_export._optional import require
+from gdws_export.pipeline.measure_choice import MeasureChoice
 
 SCHEMA = "gdws-export/paper-table/1"
 LOSS_TARGET_POINTS = 0.5
@@ -90,6 +91,8 @@ class CheckpointResult:
     notes: list[str] = field(default_factory=list)
     noise_floor: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    # per MAC ratio: the +refit row gdws-export's default would ship (export_default_choices)
+    export_defaults: list[dict] = field(default_factory=list)
 
     def row(self, variant: str) -> Row:
         return next(r for r in self.rows if r.variant == variant)
@@ -253,6 +256,40 @@ def verdicts(table: PaperTable) -> list[str]:
     return lines
 
 
+def export_default_verdicts(table: PaperTable) -> list[str]:
+    """Per checkpoint and MAC ratio: the row `gdws-export --calib` would ship by default, how
+    its candidates did on the held-out images, and that row's speed and accuracy here."""
+    lines = []
+    for result in table.checkpoints:
+        original = result.row("original")
+        for chosen in result.export_defaults:
+            choice = MeasureChoice.from_dict(chosen["choice"])
+            row = result.row(chosen["variant"])
+            judged = ", ".join(f"{t.measure} {100 * t.robust:.1f} %" for t in choice.trials)
+            lines.append(
+                f"{result.name} at MAC ratio {chosen['ratio']:g}: {row.variant} (held-out "
+                f"robust: {judged}); here {row.speedup_b32:.2f}x at batch 32, "
+                f"{robust_change(original, row)}."
+            )
+    return lines
+
+
+def export_default_section(table: PaperTable) -> list[str]:
+    """The Markdown lines of `export_default_verdicts` (none for tables without them)."""
+    lines = export_default_verdicts(table)
+    if not lines:
+        return []
+    return [
+        "What `gdws-export --calib DATA` ships by default (`--sensitivity auto`: each "
+        "candidate measure's refit model attacked with PGD-10 on "
+        f"{table.settings.get('held_out_samples')} training images after the calibration "
+        "ones, the most robust kept):",
+        "",
+        *(f"- {line}" for line in lines),
+        "",
+    ]
+
+
 def confirm_hint(checkpoint: str, variant: str) -> str:
     """' with `<confirm_rows command>`' for the rows confirm_rows.py rebuilds (GDWS on a MAC
     budget), '' for the others."""
@@ -376,6 +413,7 @@ def markdown(table: PaperTable, plot_name: str | None) -> str:
         "",
         *(f"- {line}" for line in verdicts(table)),
         "",
+        *export_default_section(table),
         "Alpha-weighted GDWS against unweighted GDWS and L1 pruning at the same MAC ratio "
         "(robust %, speed-up at batch 32):",
         "",

@@ -65,6 +65,7 @@ from gdws_export.baselines import depthwise_separable, prune_filters, prune_inpu
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.decomposition import channel_svd
 from gdws_export.gdws.selection import count_macs, find_convs
+from gdws_export.pipeline.measure_choice import AUTO_MEASURES, choose_measure, selection_attack
 
 SENSITIVITIES = ("none", "paper", "calibrated", "relative", "activation")
 PRIMARY = ("relative", "activation", "calibrated")  # gdws-time, dws: the first computed
@@ -247,6 +248,29 @@ def build_variants(
                         {"kept_channels": report.kept})
             )  # fmt: skip
     return variants
+
+
+def export_default_choices(
+    variants: list[Variant],
+    ratios: tuple[float, ...],
+    held_out: tuple[torch.Tensor, torch.Tensor],
+    eps: float,
+) -> list[dict]:
+    """Per MAC ratio, the `+refit` row `gdws-export`'s default (`--sensitivity auto`) would
+    ship: its candidates' refit rows (`AUTO_MEASURES`) judged as the export judges them, on
+    held-out training images (`choose_measure`), before any lowering. Ratios without every
+    candidate's refit row are left out."""
+    by_name = {v.name: v for v in variants}
+    choices = []
+    for ratio in ratios:
+        names = {m: f"gdws-{m}+refit@{ratio:g}" for m in AUTO_MEASURES}
+        if not all(n in by_name for n in names.values()):
+            continue
+        choice = choose_measure({m: by_name[n].model for m, n in names.items()}, *held_out,
+                                selection_attack(eps))  # fmt: skip
+        choices.append({"ratio": ratio, "variant": names[choice.chosen],
+                        "choice": choice.to_dict()})  # fmt: skip
+    return choices
 
 
 def spectrum_energy(model: nn.Module, top: tuple[int, ...] = (1, 2, 3)) -> list[dict]:

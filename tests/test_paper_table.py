@@ -14,6 +14,7 @@ from gdws_export import approximate
 from gdws_export.harness.data import load_dataset
 from gdws_export.harness.sweep import pareto_front
 from gdws_export.models import save_checkpoint
+from gdws_export.pipeline.measure_choice import AUTO_MEASURES, MeasureChoice
 from gdws_export.runtimes import build as build_module
 from tests._trained import SLICE, trained_lenet
 
@@ -44,9 +45,10 @@ def test_rows_are_the_expected_ones(quick_run):
     variants = [row.variant for row in result.rows]
     assert variants == [
         "original",
-        "gdws-none@0.75", "gdws-relative@0.75", "gdws-relative+refit@0.75",
-        "gdws-activation@0.75",
-        "gdws-none@0.5", "gdws-relative@0.5", "gdws-relative+refit@0.5", "gdws-activation@0.5",
+        "gdws-none@0.75", "gdws-none+refit@0.75", "gdws-relative@0.75",
+        "gdws-activation@0.75", "gdws-calibrated@0.75", "gdws-calibrated+refit@0.75",
+        "gdws-none@0.5", "gdws-none+refit@0.5", "gdws-relative@0.5", "gdws-activation@0.5",
+        "gdws-calibrated@0.5", "gdws-calibrated+refit@0.5",
         "gdws-time@1",
         "l1-prune@0.75", "in-prune@0.75", "l1-prune@0.5", "in-prune@0.5",
     ]  # fmt: skip
@@ -65,12 +67,29 @@ def test_rows_are_the_expected_ones(quick_run):
             assert row.macs == original.macs
     for ratio in ("0.75", "0.5"):  # the refit keeps the kernels: the same MAC budget spent
         refit, plain = (
-            result.row(f"gdws-relative+refit@{ratio}"),
-            result.row(f"gdws-relative@{ratio}"),
+            result.row(f"gdws-calibrated+refit@{ratio}"),
+            result.row(f"gdws-calibrated@{ratio}"),
         )
-        assert refit.conv_mac_ratio == plain.conv_mac_ratio and refit.sensitivity == "relative"
+        assert refit.conv_mac_ratio == plain.conv_mac_ratio and refit.sensitivity == "calibrated"
     assert set(result.noise_floor) == {"b1", "b32"}
     assert result.spectra and all(0 < s["top1"] <= s["top2"] <= 1 for s in result.spectra)
+
+
+def test_the_export_default_is_judged_per_ratio(quick_run):
+    paths, _ = quick_run
+    table = load(paths["json"])
+    (result,) = table.checkpoints
+    assert [d["ratio"] for d in result.export_defaults] == [0.75, 0.5]
+    for default in result.export_defaults:
+        choice = MeasureChoice.from_dict(default["choice"])
+        assert [t.measure for t in choice.trials] == list(AUTO_MEASURES)
+        assert choice.held_out == table.settings["held_out_samples"] == 32
+        best = max(t.robust for t in choice.trials)
+        assert choice.chosen == next(t.measure for t in choice.trials if t.robust == best)
+        assert default["variant"] == f"gdws-{choice.chosen}+refit@{default['ratio']:g}"
+    text = paths["markdown"].read_text()
+    assert "What `gdws-export --calib DATA` ships by default" in text
+    assert f"lenet_quick at MAC ratio 0.5: {result.export_defaults[1]['variant']}" in text
 
 
 def test_pareto_flags_are_consistent(quick_run):
