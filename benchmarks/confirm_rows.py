@@ -22,6 +22,7 @@ import argparse
 import datetime
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -29,25 +30,40 @@ import torch
 
 from benchmarks import paper_table
 from benchmarks._common import command_line, write_json_and_markdown
-from benchmarks.paper_table_variants import build_variants, compute_sensitivities, parse_variant
+from benchmarks.paper_table_variants import (
+    build_variants,
+    compute_sensitivities,
+    export_default_choices,
+    parse_variant,
+)
 from gdws_export.attacks import AttackConfig
 from gdws_export.harness.accuracy import attack_batched, predict_batched
+from gdws_export.harness.data import load_dataset
 from gdws_export.harness.machine import machine_info
 from gdws_export.models import load_model
+from gdws_export.pipeline.measure_choice import AUTO_MEASURES
 
 
 def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict:
     """Rebuild `variant_name` of checkpoint `name`, attack it and the original on the same
-    images; per-image agreement and the paired difference."""
+    images; per-image agreement and the paired difference. A `gdws-auto+refit@<ratio>` row is
+    the refit row gdws-export's default would ship (`export_default_choices`)."""
     x_train, y_train, x_test, y_test = data
     model = load_model(args.models_dir / f"{name}.pt").eval()
-    measure, refit, ratio = parse_variant(variant_name)
-    sensitivities = compute_sensitivities(model, (x_train, y_train), (measure,), eps=args.eps,
+    measure, refit, ratio = parse_row(variant_name)
+    measures = AUTO_MEASURES if measure == "auto" else (measure,)
+    sensitivities = compute_sensitivities(model, (x_train, y_train), measures, eps=args.eps,
                                           samples=args.calib_samples)  # fmt: skip
     calibration = (x_train[: args.calib_samples], y_train[: args.calib_samples])
     variants = build_variants(model, (ratio,), sensitivities, baselines=(),
-                              refit=(measure,) if refit else (), refit_data=calibration,
+                              refit=measures if refit else (), refit_data=calibration,
                               eps=args.eps)  # fmt: skip
+    chosen = None
+    if measure == "auto":
+        held_out = slice(args.calib_samples, args.calib_samples + args.held_out_samples)
+        (chosen,) = export_default_choices(variants, (ratio,),
+                                           (x_train[held_out], y_train[held_out]), args.eps)  # fmt: skip
+        variant_name = chosen["variant"]
     original, variant = variants[0], next(v for v in variants if v.name == variant_name)
     table_args = paper_table.parse_args(["--threads", str(args.threads), "--checkpoints", name,
                                          "--models-dir", str(args.models_dir)])  # fmt: skip
@@ -61,7 +77,8 @@ def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict
                                                             args.eval_batch)  # fmt: skip
     return {
         "checkpoint": name,
-        "variant": variant_name,
+        "variant": variant_name if chosen is None else f"{variant_name} (auto)",
+        "export_default": chosen,
         "lowering": paper_table.lowering_summary(variant),
         "samples": len(y),
         "attack": attack.describe(),
@@ -80,6 +97,12 @@ def pytorch_robust(model, x, y, attack, batch) -> tuple[torch.Tensor, torch.Tens
     x_adv = attack_batched(model, x, y, attack, batch)
     with torch.no_grad():
         return clean & (model(x_adv).argmax(1) == y), x_adv
+
+
+def parse_row(name: str) -> tuple[str, bool, float]:
+    """`parse_variant`, plus "gdws-auto+refit@<ratio>" (measure "auto")."""
+    match = re.fullmatch(r"gdws-auto\+refit@([0-9.]+)", name)
+    return ("auto", True, float(match.group(1))) if match else parse_variant(name)
 
 
 def _robust_masks(model, runner, x, y, attack, batch):
@@ -154,6 +177,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--data", default="fashion-mnist")
     add("--samples", type=int, default=1000, help="test images attacked per model")
     add("--calib-samples", type=int, default=256)
+    add("--held-out-samples", type=int, default=256,
+        help="training images after the calibration ones that judge gdws-auto+refit rows")  # fmt: skip
+    add("--calib", type=Path, default=None,
+        help="an .npz of calibration images (e.g. models/fashion_mnist_calib_512.npz, as the "
+             "README's export commands use) instead of the training split of --data")  # fmt: skip
     add("--eps", type=float, default=0.1)
     add("--step-size", type=float, default=0.01)
     add("--steps", type=int, default=100)
@@ -172,12 +200,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"row {row!r} is not checkpoint:variant")
         name, variant = row.split(":", 1)
         try:
-            parse_variant(variant)
+            parse_row(variant)
         except ValueError as exc:
             parser.error(str(exc))
         if not (args.models_dir / f"{name}.pt").is_file():
             parser.error(f"row {row!r}: no checkpoint {args.models_dir / f'{name}.pt'}")
-    for option in ("samples", "steps", "eval_batch", "threads", "torch_threads"):
+    if args.calib is not None and not args.calib.is_file():
+        parser.error(f"--calib {args.calib}: no such file")
+    for option in ("samples", "steps", "eval_batch", "threads", "torch_threads", "calib_samples",
+                   "held_out_samples"):  # fmt: skip
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
     return args
@@ -187,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
     torch.set_num_threads(args.torch_threads)
     data = paper_table.load_data(args.data)
+    if args.calib is not None:  # calibrate on the file, evaluate on --data's test split
+        data = (*load_dataset(args.calib), *data[2:])
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for spec in args.rows:

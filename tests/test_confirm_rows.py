@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from benchmarks import confirm_rows
 from benchmarks.paper_table_variants import parse_variant
+from gdws_export.harness.data import load_dataset
 from gdws_export.models import save_checkpoint
+from gdws_export.pipeline.measure_choice import AUTO_MEASURES, MeasureChoice
 from tests._trained import SLICE, trained_lenet
 
 
@@ -45,14 +48,37 @@ def test_confirm_a_row_end_to_end(tmp_path):
     assert "lenet_quick | gdws-none+refit@0.5" in paths["markdown"].read_text()
 
 
+def test_confirm_the_export_default_calibrated_on_a_file(tmp_path):
+    model, _, _ = trained_lenet()
+    save_checkpoint(model, tmp_path / "lenet_quick.pt")
+    x, y = load_dataset(SLICE)
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=x[500:548].numpy(), y=y[500:548].numpy())  # 16 fit + 32 judge
+    argv = ["lenet_quick:gdws-auto+refit@0.5", "--models-dir", str(tmp_path), "--data", str(SLICE),
+            "--calib", str(calib), "--samples", "40", "--steps", "2", "--calib-samples", "16",
+            "--held-out-samples", "32", "--threads", "1", "--out", str(tmp_path / "confirm")]  # fmt: skip
+    paths = confirm_rows.main(argv)
+    (row,) = json.loads(paths["json"].read_text())["rows"]
+    default = row["export_default"]
+    choice = MeasureChoice.from_dict(default["choice"])
+    assert [t.measure for t in choice.trials] == list(AUTO_MEASURES) and choice.held_out == 32
+    assert default["variant"] == f"gdws-{choice.chosen}+refit@0.5"
+    assert row["variant"] == f"{default['variant']} (auto)"
+    assert row["pytorch"]["both"] + row["pytorch"]["neither"] <= 40
+
+
 def test_row_names_parse_with_and_without_refit():
     assert parse_variant("gdws-calibrated@0.25") == ("calibrated", False, 0.25)
     assert parse_variant("gdws-relative+refit@0.3") == ("relative", True, 0.3)
+    assert confirm_rows.parse_row("gdws-auto+refit@0.2") == ("auto", True, 0.2)
+    assert confirm_rows.parse_row("gdws-none@0.2") == ("none", False, 0.2)
 
 
 @pytest.mark.parametrize(
-    "row", ["no-colon", "lenet:l1-prune@0.5", "lenet:gdws-magic@0.5", "lenet:gdws-none+x@0.5"]
-)
+    "row",
+    ["no-colon", "lenet:l1-prune@0.5", "lenet:gdws-magic@0.5", "lenet:gdws-none+x@0.5",
+     "lenet:gdws-auto@0.5"],  # auto chooses among refit rows only
+)  # fmt: skip
 def test_bad_rows_are_one_line_errors(row, capsys):
     with pytest.raises(SystemExit) as exit_info:
         confirm_rows.parse_args([row])
@@ -64,7 +90,9 @@ def test_bad_rows_are_one_line_errors(row, capsys):
     ("extra", "message"),
     [(["--models-dir", "/nonexistent"], "no checkpoint /nonexistent/fmnist_wrn28_4_w16.pt"),
      (["--samples", "0"], "--samples must be at least 1"),
-     (["--torch-threads", "0"], "--torch-threads must be at least 1")],
+     (["--torch-threads", "0"], "--torch-threads must be at least 1"),
+     (["--held-out-samples", "0"], "--held-out-samples must be at least 1"),
+     (["--calib", "/nonexistent.npz"], "--calib /nonexistent.npz: no such file")],
 )  # fmt: skip
 def test_missing_checkpoints_and_empty_samples_stop_before_any_work(extra, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
