@@ -32,8 +32,13 @@ the same GDWS graph ran 0.8x to 1.8x the original's speed from one fresh session
 core is how a small CPU serves batch-32 throughput. PyTorch (sensitivities, refit, attacks)
 uses `--torch-threads`, all cores by default.
 
-Run (full: 29.4 minutes on the 2-core AMD machine of results/ort-cpu-2026-12-03-amd-full-1-thread-v2;
-27 to 41 minutes on the machines of the earlier results, which had other defaults):
+Per MAC ratio the table also names the refit row `gdws-export --calib`'s default
+(`--sensitivity auto`) would ship, chosen as the export chooses it on the `--held-out-samples`
+training images after the calibration ones (`export_default_choices`).
+
+Run (full: 35.8 minutes on the 2-core Intel machine of results/ort-cpu-2026-12-05-intel, with
+the export's lowering candidates; 29.4 minutes on the AMD machine of
+results/ort-cpu-2026-12-03-amd-full-1-thread-v2 with three candidates, 32.6 on the Intel one):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
@@ -76,6 +81,7 @@ from gdws_export.harness.shipping import export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.sweep import pareto_front
 from gdws_export.lowering import measure_layer_costs
+from gdws_export.lowering.auto import DEFAULT_CANDIDATES
 from gdws_export.lowering.forms import FORMS, is_form
 from gdws_export.models import load_model
 from gdws_export.runtimes.build import TARGETS, BuildResult
@@ -332,7 +338,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--duration", type=float, default=1.0, help="timed seconds per graph and batch")
     add("--warmup", type=float, default=0.2)
     add("--auto-batch", type=int, default=32, help="batch auto lowering times at")
-    add("--candidates", nargs="+", default=["dense", "gather", "fold-2"])
+    add("--candidates", nargs="+", default=list(DEFAULT_CANDIDATES),
+        help="forms the auto lowering times; default: the export's own (gdws-export ships "
+             "what they choose), %(default)s")  # fmt: skip
     add("--auto-repeats", type=int, default=3)
     add("--speed-only", nargs="*", default=["vgg16_bn", "preact_resnet18", "resnet18", "wrn28_4"],
         help="full-size CIFAR architectures of the speed-only table (none: skip it)")  # fmt: skip
