@@ -42,10 +42,9 @@ replaceable convs keep at most R of their MACs) or --time-ratio T (they keep at 
 their time, measured layer by layer on ONNX Runtime at --batch and --threads, which puts the
 kernels where they buy speed); with none, --mac-ratio {DEFAULT_MAC_RATIO}.
 With --calib DATA the 1x1 convs are refit on it, and --sensitivity auto (the default then)
-builds the model with each of the none and calibrated alphas and ships the one that
-keeps the most held-out --calib images right under PGD (the first {AUTO_CALIB_SAMPLES} images
-fit, the next {DEFAULT_HELD_OUT} judge); without data, alphas come from --alphas FILE or the
-weights.
+builds the model with each of the none and calibrated alphas and ships the one that keeps
+the most held-out --calib images right under PGD (the first {AUTO_CALIB_SAMPLES} images fit,
+the next {DEFAULT_HELD_OUT} judge); without data, alphas come from --alphas FILE or the weights.
 
 Outputs in the output directory: original.onnx, gdws.onnx, the engine with its settings
 (gdws.<precision>.engine for TensorRT, gdws.<precision>.ort.onnx for ONNX Runtime, gdws.pt2
