@@ -45,3 +45,26 @@ def test_bad_settings_are_usage_errors(tmp_path, capsys, option):
     with pytest.raises(SystemExit):
         session_noise.parse_args(["lenet_small", "--models-dir", str(tmp_path), *option])
     assert option[0] in capsys.readouterr().err
+
+
+def test_auto_lowering_exports_again_per_trial(tmp_path, monkeypatch):
+    files.checkpoint(tmp_path, name="lenet_small.pt")
+    calls = []
+    real = session_noise.export_onnx
+
+    def counting(module, **kwargs):
+        calls.append(kwargs["lowering"])
+        return real(module, **kwargs)
+
+    monkeypatch.setattr(session_noise, "export_onnx", counting)
+    argv = ["lenet_small", "--models-dir", str(tmp_path), "--mac-ratio", "0.5", "--lowering",
+            "auto", "--threads", "1", "--trials", "2", "--batch", "4", "--duration", "0.05",
+            "--out", str(tmp_path / "noise")]  # fmt: skip
+    paths = session_noise.main(argv)
+    assert calls == ["gather", "gather", "auto", "auto"]  # both graphs once, then per trial
+    (row,) = json.loads(paths["json"].read_text())["rows"]
+    trials = row["threads"]["1"]["trials"]
+    assert row["lowering"] == "auto" and all(t["forms"] and t["forms"] != "gather" for t in trials)
+    text = paths["markdown"].read_text()
+    assert "auto lowering exported again for each trial" in text
+    assert text.count("lenet_small, 1 thread(s), trial") == 2
