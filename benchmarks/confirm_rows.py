@@ -40,8 +40,8 @@ from gdws_export.attacks import AttackConfig
 from gdws_export.harness.accuracy import attack_batched, predict_batched
 from gdws_export.harness.data import load_dataset
 from gdws_export.harness.machine import machine_info
+from gdws_export.harness.measure_choice import AUTO_MEASURES
 from gdws_export.models import load_model
-from gdws_export.pipeline.measure_choice import AUTO_MEASURES
 
 
 def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 from benchmarks.paper_table_variants import parse_variant
 from gdws_export._files import atomic_write_bytes, atomic_write_text
 from gdws_export._optional import require
-from gdws_export.pipeline.measure_choice import MeasureChoice
+from gdws_export.harness.measure_choice import MeasureChoice
 
 SCHEMA = "gdws-export/paper-table/1"
 LOSS_TARGET_POINTS = 0.5

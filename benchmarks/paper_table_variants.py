@@ -65,7 +65,7 @@ from gdws_export.baselines import depthwise_separable, prune_filters, prune_inpu
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.decomposition import channel_svd
 from gdws_export.gdws.selection import count_macs, find_convs
-from gdws_export.pipeline.measure_choice import AUTO_MEASURES, choose_measure, selection_attack
+from gdws_export.harness.measure_choice import AUTO_MEASURES, choose_measure, selection_attack
 
 SENSITIVITIES = ("none", "paper", "calibrated", "relative", "activation")
 PRIMARY = ("relative", "activation", "calibrated")  # gdws-time, dws: the first computed

@@ -13,8 +13,8 @@ import torch
 from benchmarks import confirm_rows
 from benchmarks.paper_table_variants import parse_variant
 from gdws_export.harness.data import load_dataset
+from gdws_export.harness.measure_choice import AUTO_MEASURES, MeasureChoice
 from gdws_export.models import save_checkpoint
-from gdws_export.pipeline.measure_choice import AUTO_MEASURES, MeasureChoice
 from tests._trained import SLICE, trained_lenet
 
 

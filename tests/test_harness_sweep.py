@@ -5,6 +5,8 @@ Small samples (100 images, PGD-5, 30 timed runs) keep the whole sweep to a few s
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 
 import numpy as np
@@ -196,6 +198,9 @@ def test_cli_refuses_bad_attack_settings(checkpoint_and_data, tmp_path):
     checkpoint, data = checkpoint_and_data
     assert "eps" in _cli_error(checkpoint, data, tmp_path, "--eps", "-0.1")
     assert "steps" in _cli_error(checkpoint, data, tmp_path, "--steps", 0)
+    assert "--held-out-samples must be >= 0" in _cli_error(
+        checkpoint, data, tmp_path, "--held-out-samples", -1
+    )
     assert "needs --calib" in _cli_error(checkpoint, data, tmp_path, "--calib-samples", 64)
 
 
@@ -306,3 +311,95 @@ def test_refit_sweep_ships_the_refit_models(checkpoint_and_data, tmp_path):
         shipped = runner.predict(x[:8].numpy())
     with torch.no_grad():
         np.testing.assert_allclose(shipped, expected(x[:8]).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_sweep_with_measures_ships_the_one_most_robust_on_held_out_images(
+    checkpoint_and_data, tmp_path, monkeypatch
+):
+    """gdws-export's --sensitivity auto per MAC budget: every candidate built (refit
+    included), judged by `choose_measure` on the held-out images only, and the chosen one's
+    model is the one exported, timed and attacked."""
+    from gdws_export import approximate, load_model, refit_pointwise
+    from gdws_export.gdws.activations import relative_gains
+    from gdws_export.harness.measure_choice import choose_measure
+    from gdws_export.runtimes import OrtRunner
+
+    checkpoint, _ = checkpoint_and_data
+    model = load_model(checkpoint)
+    _, x, y = trained_lenet()
+    calibration, held_out, evaluation = (x[100:140], y[100:140]), (x[140:180], y[140:180]), (
+        x[:40], y[:40])  # fmt: skip
+    measures = {"none": None, "relative": relative_gains(model)}
+    judged = []
+
+    def spy(models, xh, yh, attack, **kwargs):
+        judged.append((list(models), xh, attack))
+        choice = choose_measure(models, xh, yh, attack, **kwargs)
+        # the second candidate, so that shipping it shows the choice was followed
+        return dataclasses.replace(choice, chosen="relative")
+
+    # the package exports the function `sweep` under the module's name
+    sweep_module = importlib.import_module("gdws_export.harness.sweep")
+    monkeypatch.setattr(sweep_module, "choose_measure", spy)
+    config = SweepConfig(
+        parse_settings(mac_ratios=[0.3]), threads=1, lowering="gather", exporter="legacy",
+        attacks=(AttackConfig(eps=0.05, steps=2),), batch_sizes=(4,), duration_s=None,
+        iterations=3, warmup_s=0.0,
+    )  # fmt: skip
+    report = sweep_module.sweep(model, config, evaluation, work_dir=tmp_path,
+                                refit_data=calibration, measures=measures, held_out=held_out)  # fmt: skip
+    ((names, xh, attack),) = judged
+    assert names == ["none", "relative"] and torch.equal(xh, held_out[0])
+    assert attack.steps == 10 and attack.eps == 0.05  # PGD-10 at the sweep's eps
+    choice = report.approximations["mac_ratio=0.3"]["sensitivity_choice"]
+    assert choice["chosen"] == "relative" and choice["held_out"] == 40
+    assert [t["measure"] for t in choice["trials"]] == ["none", "relative"]
+    assert any(n.startswith("mac_ratio=0.3: shipped relative alphas") for n in report.notes)
+    gdws, _ = approximate(model, mac_ratio=0.3, alphas=measures["relative"])
+    expected, _ = refit_pointwise(gdws, model, calibration, eps=0.05, step_size=0.0125,
+                                  samples=40)  # fmt: skip
+    with OrtRunner(report.row("mac_ratio=0.3").onnx_path, threads=1) as runner:
+        shipped = runner.predict(x[:8].numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(shipped, expected(x[:8]).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_sweep_measures_need_held_out_images_and_no_alphas(checkpoint_and_data, tmp_path):
+    from gdws_export import load_model
+    from gdws_export.harness.sweep import sweep
+
+    checkpoint, _ = checkpoint_and_data
+    model = load_model(checkpoint)
+    _, x, y = trained_lenet()
+    config = SweepConfig(parse_settings(mac_ratios=[0.3]), threads=1)
+    for kwargs in ({"measures": {"none": None}},
+                   {"measures": {"none": None}, "held_out": (x[:8], y[:8]), "alphas": {}},
+                   {"measures": {}, "held_out": (x[:8], y[:8])}):  # fmt: skip
+        with pytest.raises(InvalidInputError, match="measures"):
+            sweep(model, config, (x[:8], y[:8]), work_dir=tmp_path, **kwargs)
+
+
+def test_cli_sweep_with_calib_chooses_the_measure_per_mac_ratio(tmp_path):
+    """`gdws-export sweep --calib`: as gdws-export's default, unweighted and calibrated
+    alphas are built and judged on the --calib images after the --calib-samples ones;
+    --held-out-samples 0 turns the choice off."""
+    model, x, y = trained_lenet()
+    checkpoint = save_checkpoint(model, tmp_path / "lenet.pt")
+    data, calib = tmp_path / "eval.npz", tmp_path / "calib.npz"
+    np.savez(data, x=x[:30].numpy(), y=y[:30].numpy())
+    np.savez(calib, x=x[30:200].numpy(), y=y[30:200].numpy())
+    common = [checkpoint, "--mac-ratios", 0.3, "--data", data, "--calib", calib,
+              "--calib-samples", 32, "--threads", 1, "--lowering", "gather", "--exporter",
+              "legacy", "--eps", "0.05", "--steps", 2, "--batch-sizes", 4, "--iterations", 3,
+              "--warmup", 0]  # fmt: skip
+    assert run_command(sweep_command, [*common, "--held-out-samples", 100,
+                                       "--output-dir", tmp_path / "auto"]) == 0  # fmt: skip
+    report = read_json(tmp_path / "auto" / "sweep.json")
+    choice = report.approximations["mac_ratio=0.3"]["sensitivity_choice"]
+    assert choice["held_out"] == 100 and choice["chosen"] in ("none", "calibrated")
+    assert [t["measure"] for t in choice["trials"]] == ["none", "calibrated"]
+    assert any("refit on 32 calibration images" in n for n in report.notes)
+    assert run_command(sweep_command, [*common, "--held-out-samples", 0,
+                                       "--output-dir", tmp_path / "off"]) == 0  # fmt: skip
+    report = read_json(tmp_path / "off" / "sweep.json")
+    assert "sensitivity_choice" not in report.approximations["mac_ratio=0.3"]

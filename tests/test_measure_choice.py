@@ -10,14 +10,14 @@ from gdws_export import approximate, calibrated_gains, refit_pointwise
 from gdws_export.attacks import run_attack
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.sensitivity import load_alphas
-from gdws_export.models import save_checkpoint
-from gdws_export.pipeline import ExportConfig, ExportReport, run_export
-from gdws_export.pipeline.measure_choice import (
+from gdws_export.harness.measure_choice import (
     AUTO_MEASURES,
     MeasureChoice,
     choose_measure,
     selection_attack,
 )
+from gdws_export.models import save_checkpoint
+from gdws_export.pipeline import ExportConfig, ExportReport, run_export
 from tests._trained import fashion_slice, trained_lenet
 
 EPS = 0.03  # the width-8 LeNet keeps some accuracy under it

@@ -12,9 +12,9 @@ from benchmarks import paper_table
 from benchmarks.paper_table_report import QUOTED_LABEL, load, verdicts
 from gdws_export import approximate
 from gdws_export.harness.data import load_dataset
+from gdws_export.harness.measure_choice import AUTO_MEASURES, MeasureChoice
 from gdws_export.harness.sweep import pareto_front
 from gdws_export.models import save_checkpoint
-from gdws_export.pipeline.measure_choice import AUTO_MEASURES, MeasureChoice
 from gdws_export.runtimes import build as build_module
 from tests._trained import SLICE, trained_lenet
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from gdws_export.errors import InvalidInputError, ParityError, UnsupportedModelError
+from gdws_export.harness.measure_choice import AUTO_MEASURES
 from gdws_export.pipeline import ExportConfig, ExportReport, run_export
 from gdws_export.pipeline.config import DEFAULT_MAC_RATIO, parse_input_shape
-from gdws_export.pipeline.measure_choice import AUTO_MEASURES
 from gdws_export.runtimes import OrtRunner
 from gdws_export.runtimes.onnxruntime import OrtSettings
 from tests import _model_files as files

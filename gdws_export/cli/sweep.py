@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from gdws_export.attacks import AttackConfig
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.accuracy import DEFAULT_BATCH_SIZE, SquareConfig
+from gdws_export.harness.measure_choice import MIN_HELD_OUT
 from gdws_export.harness.report import write_sweep
 from gdws_export.harness.speed_report import (
     DEFAULT_BATCH_SIZES,
@@ -26,7 +28,7 @@ from gdws_export.harness.speed_report import (
 )
 from gdws_export.harness.sweep import sweep
 from gdws_export.harness.sweep_report import SweepConfig, parse_settings
-from gdws_export.pipeline.config import DEFAULT_CALIB_SAMPLES
+from gdws_export.pipeline.config import AUTO_CALIB_SAMPLES, DEFAULT_CALIB_SAMPLES, DEFAULT_HELD_OUT
 
 NAME = "sweep"
 
@@ -63,8 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--alphas", type=Path,
         help="alphas file (save_alphas, or an export's alphas.pt); default: as gdws-export's "
-        "default --sensitivity, relative alphas from the weights, or none (unweighted) with "
-        "--calib (the 1x1 refit)",
+        "default --sensitivity: with --calib, auto (see --held-out-samples), else relative "
+        "alphas from the weights",
     )  # fmt: skip
     parser.add_argument(
         "--calib", metavar="DATA",
@@ -74,7 +76,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     parser.add_argument(
         "--calib-samples", type=int, default=None, metavar="N",
-        help=f"samples of --calib used (default {DEFAULT_CALIB_SAMPLES})",
+        help=f"samples of --calib used to calibrate and refit (default {AUTO_CALIB_SAMPLES} "
+        f"when --held-out-samples follow them, else {DEFAULT_CALIB_SAMPLES})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--held-out-samples", type=int, default=DEFAULT_HELD_OUT, metavar="N",
+        help="with --calib and no --alphas, gdws-export's --sensitivity auto per MAC or time "
+        "budget: the model is built with unweighted and with calibrated alphas, refit "
+        "included, and the more robust on these --calib images after the --calib-samples "
+        f"ones (PGD-10 at --eps) ships (default {DEFAULT_HELD_OUT}; 0: unweighted, no choice)",
     )  # fmt: skip
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write")
     parser.add_argument("--target", choices=("ort", "trt", "torch"), default="ort")
@@ -124,6 +134,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Load the model and data, run the sweep, write sweep.json / .md / .png."""
     from gdws_export.gdws.activations import relative_gains
+    from gdws_export.gdws.calibration import calibrated_gains
     from gdws_export.gdws.sensitivity import load_alphas, load_input_moments
     from gdws_export.harness.data import load_dataset
     from gdws_export.models import load_model
@@ -135,20 +146,37 @@ def run(args: argparse.Namespace) -> int:
         args.data, split=args.split, limit=args.limit, num_classes=num_classes,
         input_shape=getattr(model, "input_shape", None),
     )  # fmt: skip
-    if args.alphas is not None:
-        alphas, moments = load_alphas(args.alphas), load_input_moments(args.alphas)
-    else:  # gdws-export's default --sensitivity: unweighted with the refit, else relative
-        alphas, moments = (None if args.calib else relative_gains(model)), None
-    calibration = None
+    choose = (args.calib is not None and args.alphas is None and args.held_out_samples > 0
+              and any(s.beta is None for s in config.settings))  # fmt: skip
+    calibration = held_out = None
     if args.calib is not None:
-        samples = DEFAULT_CALIB_SAMPLES if args.calib_samples is None else args.calib_samples
-        calibration = load_dataset(
-            args.calib, split="train", limit=samples,
+        samples = args.calib_samples or (AUTO_CALIB_SAMPLES if choose else DEFAULT_CALIB_SAMPLES)
+        x_calib, y_calib = load_dataset(
+            args.calib, split="train", limit=samples + (args.held_out_samples if choose else 0),
             num_classes=num_classes, input_shape=getattr(model, "input_shape", None),
         )  # fmt: skip
+        calibration = (x_calib[:samples], y_calib[:samples])
+        held_out = (x_calib[samples:], y_calib[samples:])
+        if choose and len(held_out[1]) < MIN_HELD_OUT:  # as gdws-export: unweighted, warned
+            print(f"gdws-export: warning: --calib {args.calib} has {len(held_out[1])} images "
+                  f"after the first {samples}, too few to judge the measures (at least "
+                  f"{MIN_HELD_OUT}); every model is unweighted", file=sys.stderr)  # fmt: skip
+            choose = False
+    alphas = moments = measures = None
+    if args.alphas is not None:
+        alphas, moments = load_alphas(args.alphas), load_input_moments(args.alphas)
+    elif choose:  # gdws-export's default --sensitivity auto
+        x_fit, y_fit = calibration
+        measures = {"none": None, "calibrated": calibrated_gains(
+            model, (x_fit, y_fit), eps=args.eps, step_size=args.eps / 4, samples=len(y_fit),
+            norm=args.norm, seed=args.seed,
+        )}  # fmt: skip
+    elif args.calib is None:  # without the refit, gdws-export's default is relative
+        alphas = relative_gains(model)
     report = sweep(
         model, config, (x, y), work_dir=args.output_dir / "models", alphas=alphas,
-        input_moments=moments, refit_data=calibration,
+        input_moments=moments, refit_data=calibration, measures=measures,
+        held_out=held_out if measures else None,
         data_name=_describe_data(args.data, args.split, len(y)),
     )  # fmt: skip
     paths = write_sweep(report, args.output_dir)
@@ -166,6 +194,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         raise InvalidInputError("--calib-samples needs --calib (the data it counts samples of)")
     if args.calib_samples is not None and args.calib_samples < 1:
         raise InvalidInputError(f"--calib-samples must be >= 1, got {args.calib_samples}")
+    if args.held_out_samples < 0:
+        raise InvalidInputError(f"--held-out-samples must be >= 0, got {args.held_out_samples}")
     duration = args.duration
     if duration is None and args.iterations is None:
         duration = DEFAULT_DURATION_S

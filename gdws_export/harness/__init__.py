@@ -9,6 +9,8 @@ Speed and robustness are measured on the runtime that will serve the model:
   (accuracy.py);
 - `export_and_build(model, stem, ...)` -> Shipped: export (checked against PyTorch) and build
   for one runtime, naming the layers that ship their original conv (shipping.py);
+- `choose_measure(models, x, y, attack)` -> MeasureChoice: the candidate GDWS model most
+  robust on held-out images (`--sensitivity auto`, measure_choice.py);
 - `sweep(model, config, data, ...)` -> SweepReport: all of it per GDWS setting (sweep.py);
 - `write_json` / `read_json` / `write_markdown` / `write_sweep`: report files with a versioned
   schema, written atomically (report.py, docs/report-schema.md); `plot_sweep` (plots.py).

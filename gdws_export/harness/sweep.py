@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from gdws_export.gdws.approximate import approximate
 from gdws_export.gdws.refit import refit_pointwise
 from gdws_export.gdws.selection import count_macs
 from gdws_export.harness.accuracy import evaluate_accuracy
+from gdws_export.harness.measure_choice import choose_measure, selection_attack
 from gdws_export.harness.shipping import Shipped, export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepRow
@@ -53,6 +54,8 @@ def sweep(
     alphas: dict[str, torch.Tensor] | None = None,
     input_moments: dict[str, torch.Tensor] | None = None,
     refit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    measures: Mapping[str, Mapping[str, torch.Tensor] | None] | None = None,
+    held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
     data_name: str = "",
 ) -> SweepReport:
     """Approximate, export, build, benchmark and attack the model at every setting.
@@ -67,6 +70,12 @@ def sweep(
         refit_data: (x, y) calibration images, not the evaluation data: every GDWS model's 1x1
             convs are refit on them (`refit_pointwise`, clean and PGD images at the first
             attack's radius and norm). None: no refit.
+        measures: instead of `alphas`, candidate alphas by measure name (None: unweighted),
+            for `gdws-export`'s `--sensitivity auto`: at every MAC or time budget each
+            candidate's model is built (refit included) and the most robust on `held_out`
+            ships (`choose_measure`, PGD-10 at the first attack's eps). Beta settings take the
+            first candidate (the measures would buy different MACs there).
+        held_out: (x, y) images judging `measures`, used for nothing else.
         data_name: description of the data for the report.
 
     Returns:
@@ -81,6 +90,12 @@ def sweep(
     start = time.perf_counter()
     x, y = data
     input_shape = _input_shape(model, x)
+    if measures is not None and (alphas is not None or held_out is None or not measures):
+        raise InvalidInputError("sweep: give measures (at least one) with held_out, and no alphas")
+    candidates = dict(measures) if measures is not None else {"": alphas}
+    attack = config.attacks[0] if config.attacks else None
+    eps = attack.eps if attack is not None else 8 / 255
+    norm = attack.norm if attack is not None else "linf"
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     models: dict[str, nn.Module] = {ORIGINAL: model}
@@ -92,24 +107,44 @@ def sweep(
         # Priced at the batch the sweep ranks throughput by (its largest).
         costs = measure_layer_costs(model, input_shape, batch=max(config.batch_sizes),
                                     threads=config.threads)  # fmt: skip
-    for setting in config.settings:
-        gdws_model, approximation = approximate(
-            model, beta=setting.beta, mac_ratio=setting.mac_ratio,
-            time_ratio=setting.time_ratio, layer_costs=costs if setting.time_ratio else None,
-            alphas=alphas, input_moments=input_moments, input_shape=input_shape,
-        )  # fmt: skip
-        if refit_data is not None and approximation.replaced:
-            attack = config.attacks[0] if config.attacks else None
-            eps = attack.eps if attack is not None else 8 / 255
-            gdws_model, _ = refit_pointwise(
-                gdws_model, model, refit_data, eps=eps, step_size=eps / 4,
-                norm=attack.norm if attack is not None else "linf", samples=len(refit_data[0]),
-            )  # fmt: skip
-        models[setting.label] = gdws_model.eval()
-        approximations[setting.label] = json.loads(approximation.to_json())  # JSON types
     notes: list[str] = []
+    for setting in config.settings:
+        built = {}
+        for measure, measure_alphas in candidates.items():
+            if setting.beta is not None and built:
+                break  # a beta buys different MACs per measure: nothing to compare
+            clock = time.perf_counter()
+            gdws_model, approximation = approximate(
+                model, beta=setting.beta, mac_ratio=setting.mac_ratio,
+                time_ratio=setting.time_ratio, layer_costs=costs if setting.time_ratio else None,
+                alphas=measure_alphas, input_moments=input_moments, input_shape=input_shape,
+            )  # fmt: skip
+            if refit_data is not None and approximation.replaced:
+                gdws_model, _ = refit_pointwise(
+                    gdws_model, model, refit_data, eps=eps, step_size=eps / 4, norm=norm,
+                    samples=len(refit_data[0]),
+                )  # fmt: skip
+            built[measure] = (gdws_model.eval(), approximation, time.perf_counter() - clock)
+        chosen = next(iter(built))
+        summary = json.loads(built[chosen][1].to_json())  # JSON types
+        if len(built) > 1:
+            choice = choose_measure(
+                {m: b[0] for m, b in built.items()}, *held_out, selection_attack(eps, norm=norm),
+                build_seconds={m: b[2] for m, b in built.items()},
+            )  # fmt: skip
+            chosen = choice.chosen
+            summary = {**json.loads(built[chosen][1].to_json()),
+                       "sensitivity_choice": choice.to_dict()}  # fmt: skip
+            held = ", ".join(f"{t.measure} {100 * t.robust:.1f} %" for t in choice.trials)
+            notes.append(f"{setting.label}: shipped {chosen} alphas, the most robust on "
+                         f"{choice.held_out} held-out images ({held})")  # fmt: skip
+        elif measures is not None:
+            notes.append(f"{setting.label}: {chosen} alphas (a beta budget; no choice)")
+        models[setting.label] = built[chosen][0]
+        approximations[setting.label] = summary
     if refit_data is not None:
-        notes.append(f"1x1 convs refit on {len(refit_data[0])} calibration images (clean and PGD)")
+        notes.insert(0, f"1x1 convs refit on {len(refit_data[0])} calibration images (clean "
+                        "and PGD)")  # fmt: skip
     files: dict[str, Shipped] = {}
     for name, m in models.items():
         files[name] = export_and_build(

@@ -18,7 +18,7 @@ The CLI maps each option to one field; a sweep builds configs directly. Defaults
   alone, or on `calib` data "activation" (activation-aware SVD), "calibrated"
   (`calibrated_gains`) or "noise-gains" (the paper's); without `calib` those are unweighted;
   or "auto": the model built with each of none and calibrated, the one that keeps
-  the most held-out calibration images right under PGD ships (`pipeline.measure_choice`).
+  the most held-out calibration images right under PGD ships (`harness.measure_choice`).
   The default follows `refit`: "auto" with refit under a MAC or time budget (no one measure
   was best on every bundled model with the refit: unweighted on VGG-16, calibrated on
   PreActResNet-18), "none" with refit under `beta` or an `alphas` file, "relative" without
@@ -87,7 +87,7 @@ class ExportConfig:
         sensitivity: "none" (unweighted) or "relative", from the weights alone, or computed
             on `calib`: "activation", "calibrated" or "noise-gains" (the paper's); "auto"
             builds the model with each of none and calibrated and ships the one
-            most robust on held-out `calib` images (`pipeline.measure_choice`). None: "auto"
+            most robust on held-out `calib` images (`harness.measure_choice`). None: "auto"
             with refit under a budget, "none" with refit otherwise, "relative" without refit
             (module docstring).
         refit: refit each GDWS layer's 1x1 conv on `calib` (`refit_pointwise`). None: on

@@ -255,7 +255,7 @@ def _jsonable(value: Any) -> Any:
 
 def _choice_text(choice: dict) -> str:
     """The `--sensitivity auto` section: how the measures were judged, and each one's result."""
-    from gdws_export.pipeline.measure_choice import MeasureChoice
+    from gdws_export.harness.measure_choice import MeasureChoice
 
     c = MeasureChoice.from_dict(choice)
     return (

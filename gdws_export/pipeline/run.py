@@ -34,16 +34,16 @@ from gdws_export.gdws.sensitivity import (
     noise_gains,
     save_alphas,
 )
-from gdws_export.loading import LoadedModel, load_model_file
-from gdws_export.pipeline.config import DEFAULT_ALPHA_EPS, ExportConfig
-from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
-from gdws_export.pipeline.measure_choice import (
+from gdws_export.harness.measure_choice import (
     AUTO_MEASURES,
     MIN_HELD_OUT,
     SELECTION_STEPS,
     choose_measure,
     selection_attack,
 )
+from gdws_export.loading import LoadedModel, load_model_file
+from gdws_export.pipeline.config import DEFAULT_ALPHA_EPS, ExportConfig
+from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
 from gdws_export.pipeline.model import (
     check_forward,
     check_replaceable,

@@ -71,9 +71,10 @@ class MeasureChoice:
         return "\n".join(lines)
 
 
-def selection_attack(eps: float, seed: int = 0) -> AttackConfig:
-    """The attack candidates are judged by: PGD-10, L-inf, at the threat model's eps."""
-    return AttackConfig("pgd", eps=eps, step_size=eps / 4, steps=SELECTION_STEPS, seed=seed)
+def selection_attack(eps: float, seed: int = 0, norm: str = "linf") -> AttackConfig:
+    """The attack candidates are judged by: PGD-10 at the threat model's eps and norm."""
+    return AttackConfig("pgd", norm=norm, eps=eps, step_size=eps / 4, steps=SELECTION_STEPS,
+                        seed=seed)  # fmt: skip
 
 
 def choose_measure(
