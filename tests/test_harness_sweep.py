@@ -403,3 +403,28 @@ def test_cli_sweep_with_calib_chooses_the_measure_per_mac_ratio(tmp_path):
                                        "--output-dir", tmp_path / "off"]) == 0  # fmt: skip
     report = read_json(tmp_path / "off" / "sweep.json")
     assert "sensitivity_choice" not in report.approximations["mac_ratio=0.3"]
+
+
+def test_sweep_times_the_auto_lowering_at_its_largest_batch(checkpoint_and_data, tmp_path,
+                                                            monkeypatch):  # fmt: skip
+    """The table ranks throughput at the largest batch size, so `auto` picks forms there."""
+    from gdws_export import load_model
+
+    sweep_module = importlib.import_module("gdws_export.harness.sweep")
+    batches = []
+    real = sweep_module.export_and_build
+
+    def spy(model, stem, **kwargs):
+        batches.append(kwargs["auto_batch"])
+        return real(model, stem, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "export_and_build", spy)
+    checkpoint, _ = checkpoint_and_data
+    _, x, y = trained_lenet()
+    config = SweepConfig(
+        parse_settings(mac_ratios=[0.5]), threads=1, exporter="legacy",
+        attacks=(AttackConfig(eps=0.05, steps=1),), batch_sizes=(1, 4), duration_s=None,
+        iterations=2, warmup_s=0.0,
+    )  # fmt: skip
+    sweep_module.sweep(load_model(checkpoint), config, (x[:8], y[:8]), work_dir=tmp_path)
+    assert batches == [4, 4]  # the original and the GDWS model

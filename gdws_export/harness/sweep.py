@@ -152,6 +152,7 @@ def sweep(
             precision=config.precision, lowering=config.lowering,
             original=None if name == ORIGINAL else model, parity_inputs=x[:16],
             threads=config.threads, exporter=config.exporter,
+            auto_batch=max(config.batch_sizes),  # forms timed where throughput is ranked
             calibration=x[:CALIBRATION_SAMPLES].numpy() if config.precision == "int8" else None,
             timing_cache=config.timing_cache,  # SweepConfig allows it with trt only
         )  # fmt: skip

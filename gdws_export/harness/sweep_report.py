@@ -73,8 +73,9 @@ class SweepConfig:
         settings: the GDWS settings to try.
         target, precision, threads: passed to `runtimes.build` ("ort", "trt" or "torch"; "fp32",
             "fp16" or "int8"; ONNX Runtime threads).
-        lowering: the ONNX lowering ("auto" times the forms per layer; where the original
-            conv is fastest it ships, and the GDWS model PyTorch attacks keeps it too).
+        lowering: the ONNX lowering ("auto" times the forms per layer at the largest of
+            `batch_sizes`, where the table ranks throughput; where the original conv is
+            fastest it ships, and the GDWS model PyTorch attacks keeps it too).
         exporter: the torch.onnx exporter, "dynamo" or "legacy".
         timing_cache: TensorRT timing cache file (read and updated).
         attacks: white-box attacks on PyTorch, replayed on the engines; the first is the one
