@@ -65,7 +65,7 @@ def measure(name: str, args: argparse.Namespace, workdir: Path) -> dict:
             if args.lowering == "auto":  # a fresh choice of forms per trial
                 result = export_onnx(gdws, input_shape=shape, path=paths["gdws"], lowering="auto",
                                      original=model, exporter="legacy", batch=args.batch,
-                                     threads=threads)  # fmt: skip
+                                     threads=threads, repeats=args.auto_repeats)  # fmt: skip
                 forms = forms_summary({layer.name: layer.form for layer in result.layers})
             runners = {key: OrtRunner(path, threads=threads) for key, path in paths.items()}
             report = benchmark(runners, batch_sizes=(args.batch,), duration_s=args.duration,
@@ -134,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--batch", type=int, default=32)
     add("--lowering", choices=tuple(LOWERINGS), default="gather",
         help="gather: one fixed graph; auto: exported again per trial, as shipped")  # fmt: skip
+    add("--auto-repeats", type=int, default=7,
+        help="timing rounds of each auto choice (export_onnx's repeats, default 7)")  # fmt: skip
     add("--duration", type=float, default=1.0, help="timed seconds per graph and trial")
     add("--out", type=Path, default=None, help="output stem; default results/session-noise-<date>")
     args = parser.parse_args(argv)
@@ -142,8 +144,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"no checkpoint {args.models_dir / f'{name}.pt'}")
     if not 0 < args.mac_ratio <= 1:
         parser.error(f"--mac-ratio must be in (0, 1], got {args.mac_ratio}")
-    if min(args.threads) < 1 or args.trials < 1 or args.batch < 1 or args.duration <= 0:
-        parser.error("--threads, --trials and --batch must be at least 1, --duration above 0")
+    if min(args.threads) < 1 or min(args.trials, args.batch, args.auto_repeats) < 1:
+        parser.error("--threads, --trials, --batch and --auto-repeats must be at least 1")
+    if args.duration <= 0:
+        parser.error("--duration must be above 0")
     return args
 
 

@@ -38,7 +38,14 @@ def test_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "option", [["--mac-ratio", "0"], ["--mac-ratio", "1.5"], ["--trials", "0"]]
+    "option",
+    [
+        ["--mac-ratio", "0"],
+        ["--mac-ratio", "1.5"],
+        ["--trials", "0"],
+        ["--auto-repeats", "0"],
+        ["--duration", "0"],
+    ],
 )
 def test_bad_settings_are_usage_errors(tmp_path, capsys, option):
     files.checkpoint(tmp_path, name="lenet_small.pt")
