@@ -405,6 +405,25 @@ def test_cli_sweep_with_calib_chooses_the_measure_per_mac_ratio(tmp_path):
     assert "sensitivity_choice" not in report.approximations["mac_ratio=0.3"]
 
 
+def test_cli_sweep_with_too_few_held_out_images_warns_and_stays_unweighted(tmp_path, capsys):
+    model, x, y = trained_lenet()
+    checkpoint = save_checkpoint(model, tmp_path / "lenet.pt")
+    data, calib = tmp_path / "eval.npz", tmp_path / "calib.npz"
+    np.savez(data, x=x[:30].numpy(), y=y[:30].numpy())
+    np.savez(calib, x=x[30:102].numpy(), y=y[30:102].numpy())  # 32 fit, 40 left: below 64
+    code = run_command(sweep_command, [
+        checkpoint, "--mac-ratios", 0.3, "--data", data, "--calib", calib, "--calib-samples", 32,
+        "--threads", 1, "--lowering", "gather", "--exporter", "legacy", "--eps", "0.05",
+        "--steps", 2, "--batch-sizes", 4, "--iterations", 3, "--warmup", 0,
+        "--output-dir", tmp_path / "out"])  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "has 40 images after the first 32, too few to judge the measures" in err
+    report = read_json(tmp_path / "out" / "sweep.json")
+    assert "sensitivity_choice" not in report.approximations["mac_ratio=0.3"]
+    assert any("refit on 32 calibration images" in n for n in report.notes)
+
+
 def test_sweep_times_the_auto_lowering_at_its_largest_batch(checkpoint_and_data, tmp_path,
                                                             monkeypatch):  # fmt: skip
     """The table ranks throughput at the largest batch size, so `auto` picks forms there."""

@@ -156,12 +156,13 @@ def run(args: argparse.Namespace) -> int:
             num_classes=num_classes, input_shape=getattr(model, "input_shape", None),
         )  # fmt: skip
         calibration = (x_calib[:samples], y_calib[:samples])
-        held_out = (x_calib[samples:], y_calib[samples:])
+        if choose:
+            held_out = (x_calib[samples:], y_calib[samples:])
         if choose and len(held_out[1]) < MIN_HELD_OUT:  # as gdws-export: unweighted, warned
             print(f"gdws-export: warning: --calib {args.calib} has {len(held_out[1])} images "
                   f"after the first {samples}, too few to judge the measures (at least "
                   f"{MIN_HELD_OUT}); every model is unweighted", file=sys.stderr)  # fmt: skip
-            choose = False
+            choose, held_out = False, None
     alphas = moments = measures = None
     if args.alphas is not None:
         alphas, moments = load_alphas(args.alphas), load_input_moments(args.alphas)
@@ -175,8 +176,7 @@ def run(args: argparse.Namespace) -> int:
         alphas = relative_gains(model)
     report = sweep(
         model, config, (x, y), work_dir=args.output_dir / "models", alphas=alphas,
-        input_moments=moments, refit_data=calibration, measures=measures,
-        held_out=held_out if measures else None,
+        input_moments=moments, refit_data=calibration, measures=measures, held_out=held_out,
         data_name=_describe_data(args.data, args.split, len(y)),
     )  # fmt: skip
     paths = write_sweep(report, args.output_dir)

@@ -108,6 +108,8 @@ def sweep(
         costs = measure_layer_costs(model, input_shape, batch=max(config.batch_sizes),
                                     threads=config.threads)  # fmt: skip
     notes: list[str] = []
+    if refit_data is not None:
+        notes.append(f"1x1 convs refit on {len(refit_data[0])} calibration images (clean and PGD)")
     for setting in config.settings:
         built = {}
         for measure, measure_alphas in candidates.items():
@@ -125,26 +127,22 @@ def sweep(
                     samples=len(refit_data[0]),
                 )  # fmt: skip
             built[measure] = (gdws_model.eval(), approximation, time.perf_counter() - clock)
-        chosen = next(iter(built))
-        summary = json.loads(built[chosen][1].to_json())  # JSON types
+        chosen, choice = next(iter(built)), None
         if len(built) > 1:
             choice = choose_measure(
                 {m: b[0] for m, b in built.items()}, *held_out, selection_attack(eps, norm=norm),
                 build_seconds={m: b[2] for m, b in built.items()},
             )  # fmt: skip
             chosen = choice.chosen
-            summary = {**json.loads(built[chosen][1].to_json()),
-                       "sensitivity_choice": choice.to_dict()}  # fmt: skip
             held = ", ".join(f"{t.measure} {100 * t.robust:.1f} %" for t in choice.trials)
             notes.append(f"{setting.label}: shipped {chosen} alphas, the most robust on "
                          f"{choice.held_out} held-out images ({held})")  # fmt: skip
         elif measures is not None:
             notes.append(f"{setting.label}: {chosen} alphas (a beta budget; no choice)")
         models[setting.label] = built[chosen][0]
-        approximations[setting.label] = summary
-    if refit_data is not None:
-        notes.insert(0, f"1x1 convs refit on {len(refit_data[0])} calibration images (clean "
-                        "and PGD)")  # fmt: skip
+        approximations[setting.label] = json.loads(built[chosen][1].to_json())  # JSON types
+        if choice is not None:
+            approximations[setting.label]["sensitivity_choice"] = choice.to_dict()
     files: dict[str, Shipped] = {}
     for name, m in models.items():
         files[name] = export_and_build(
