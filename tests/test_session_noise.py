@@ -68,7 +68,7 @@ def test_auto_lowering_exports_again_per_trial(tmp_path, monkeypatch):
             "auto", "--threads", "1", "--trials", "2", "--batch", "4", "--duration", "0.05",
             "--out", str(tmp_path / "noise")]  # fmt: skip
     paths = session_noise.main(argv)
-    assert calls == ["gather", "gather", "auto", "auto"]  # both graphs once, then per trial
+    assert calls == ["gather", "auto", "auto"]  # the original once, GDWS once per trial
     (row,) = json.loads(paths["json"].read_text())["rows"]
     trials = row["threads"]["1"]["trials"]
     assert row["lowering"] == "auto" and all(t["forms"] and t["forms"] != "gather" for t in trials)
