@@ -10,7 +10,9 @@ Per checkpoint:
 1. sensitivities (`paper_table_variants.compute_sensitivities`) on training images;
 2. the models (`build_variants`): GDWS with each measure at each `--ratios` (for the measures
    in `--refit` also with the 1x1 convs refit on the same training images), GDWS on a time
-   budget at each `--time-ratios` (layer costs measured at `--auto-batch`), the baselines;
+   budget at each `--time-ratios` (layer costs measured at `--auto-batch`), the baselines at
+   the smallest ratio (`--all-baseline-ratios`: at each); `--light` checkpoints at their own
+   ratio with the export default's measures and fewer images (`checkpoint_plan`);
 3. each model exported with `export_onnx(lowering="auto", original=model)` and built for ONNX
    Runtime; layers where the original conv ran faster ship it, and are put back in the PyTorch
    model too, so the model attacked is the model shipped. `--target trt` builds TensorRT
@@ -36,10 +38,15 @@ Per MAC ratio the table also names the refit row `gdws-export --calib`'s default
 (`--sensitivity auto`) would ship, chosen as the export chooses it on the `--held-out-samples`
 training images after the calibration ones (`export_default_choices`).
 
-Run (full: 31.0 minutes on the 2-core Intel machine of
-results/ort-cpu-2026-12-06-intel-vgg32-default, in a slow phase of it: four checkpoints, ratios
-0.25 and 0.2, the export's lowering candidates; the three checkpoints without the width-32
-VGG-16 took 25.7 minutes there):
+A verdict met on fewer than 1000 images is provisional; the committed `confirm_rows.py`
+results for the same row (benchmarks/results/*confirm*.json) settle it, and
+`paper_table_report.py <table>.json` re-reads them into a table written before they existed.
+
+Run (full: 27.8 minutes on the 2-core Intel machine of
+results/ort-cpu-2026-12-06-intel-preact24, in a quiet phase of it: five checkpoints, ratios
+0.25 and 0.2 on the width-16 VGG-16 and PreActResNet-18, one ratio on the three light ones,
+the baselines at the smallest ratio; a slow phase of the same machine has taken a third
+longer):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
@@ -54,12 +61,20 @@ import datetime
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from benchmarks._common import command_line, forms_summary
-from benchmarks.paper_table_report import CheckpointResult, PaperTable, Row, write_results
+from benchmarks.paper_table_report import (
+    RESULTS,
+    CheckpointResult,
+    PaperTable,
+    Row,
+    collect_confirmations,
+    write_results,
+)
 from benchmarks.paper_table_speed import speed_only_table
 from benchmarks.paper_table_variants import (
     BASELINES,
@@ -88,13 +103,17 @@ from gdws_export.models import load_model
 from gdws_export.runtimes.build import TARGETS, BuildResult
 from gdws_export.runtimes.tensorrt import import_tensorrt
 
-RESULTS = Path(__file__).parent / "results"
 CHECKPOINTS = (
     "fmnist_vgg16_bn_w16",
     "fmnist_preact_resnet18_w16",
     "fmnist_vgg16_bn_w32",
+    "fmnist_preact_resnet18_w24",
     "fmnist_wrn28_4_w16",
 )
+# Measured at one ratio, the export default's measures and fewer images, to fit the time
+# budget (NAME@R: at ratio R, else --light-ratios): the wider nets at the ratio where they
+# pass 2x on ONNX Runtime CPU.
+LIGHT = ("fmnist_vgg16_bn_w32", "fmnist_preact_resnet18_w24@0.2", "fmnist_wrn28_4_w16")
 BATCHES = (1, 32)
 SAME_GRAPH = "original (A/A)"
 RUNTIME_NAMES = {"ort": "ONNX Runtime CPU", "trt": "TensorRT", "torch": "PyTorch"}
@@ -117,12 +136,11 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     model = load_model(path).eval()
     shape = tuple(model.input_shape)
     name = path.stem
-    light = name in args.light
-    measures = tuple(args.light_sensitivities if light else args.sensitivities)
-    print(f"{name}: sensitivities {measures}", flush=True)
-    sensitivities = compute_sensitivities(model, (x_train, y_train), measures, eps=args.eps,
+    plan = checkpoint_plan(name, args)
+    print(f"{name}: sensitivities {plan.measures}", flush=True)
+    sensitivities = compute_sensitivities(model, (x_train, y_train), plan.measures, eps=args.eps,
                                           samples=args.calib_samples)  # fmt: skip
-    ratios = tuple(args.light_ratios if light else args.ratios)
+    ratios = plan.ratios
     costs, costs_s = None, 0.0
     if args.time_ratios:
         clock = time.perf_counter()
@@ -130,16 +148,19 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
         costs_s = time.perf_counter() - clock
     calibration = (x_train[: args.calib_samples], y_train[: args.calib_samples])
     variants = build_variants(model, ratios, sensitivities, baselines=tuple(args.baselines),
-                              baseline_ratios=ratios, time_ratios=tuple(args.time_ratios),
-                              layer_costs=costs, refit=tuple(args.refit),
-                              refit_data=calibration, eps=args.eps)  # fmt: skip
+                              baseline_ratios=plan.baseline_ratios,
+                              time_ratios=tuple(args.time_ratios), layer_costs=costs,
+                              refit=tuple(args.refit), refit_data=calibration,
+                              eps=args.eps)  # fmt: skip
     for variant in variants:
         if variant.budget == "time":  # the timing is part of making it
             variant.seconds += costs_s
     held_out = slice(args.calib_samples, args.calib_samples + args.held_out_samples)
     defaults = export_default_choices(variants, ratios, (x_train[held_out], y_train[held_out]),
                                       args.eps)  # fmt: skip
-    notes = [f"light checkpoint: ratios {list(ratios)}, measures {list(measures)}"] if light else []
+    notes = [f"baselines at MAC ratio {', '.join(f'{r:g}' for r in plan.baseline_ratios)}"]
+    if plan.light:
+        notes.insert(0, f"light checkpoint: ratios {list(ratios)}, measures {list(plan.measures)}")
     builds, exports = {}, {}
     for variant in variants:
         clock = time.perf_counter()
@@ -161,7 +182,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     same = {v.name for v in variants if v.name != ORIGINAL and _is_original(v)}
     attacked = [v for v in variants if v.name not in same]
     attack = AttackConfig("pgd", eps=args.eps, step_size=args.step_size, steps=args.steps)
-    samples = args.samples_light if light else args.samples
+    samples = plan.samples
     torch.manual_seed(0)
     accuracy = evaluate_accuracy(
         {v.name: evaluation_copy(v.model) for v in attacked},
@@ -187,6 +208,46 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
         accuracy=accuracy.to_dict(), notes=notes, noise_floor=floor,
         seconds=time.perf_counter() - start, export_defaults=defaults,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """What one checkpoint is measured with."""
+
+    light: bool
+    ratios: tuple[float, ...]
+    measures: tuple[str, ...]
+    baseline_ratios: tuple[float, ...]
+    samples: int
+
+
+def checkpoint_plan(name: str, args: argparse.Namespace) -> CheckpointPlan:
+    """Full checkpoints: --ratios, --sensitivities, --samples; --light ones: their own ratios
+    (`NAME@R,R`) or --light-ratios, --light-sensitivities, --samples-light. The baselines run
+    at the smallest ratio only (the fastest, where the 2x target lies), unless
+    --all-baseline-ratios."""
+    light = name in args.light
+    if light:
+        ratios = tuple(args.light[name] or args.light_ratios)
+        measures, samples = tuple(args.light_sensitivities), args.samples_light
+    else:
+        ratios, measures, samples = tuple(args.ratios), tuple(args.sensitivities), args.samples
+    baseline_ratios = ratios if args.all_baseline_ratios else (min(ratios),)
+    return CheckpointPlan(light, ratios, measures, baseline_ratios, samples)
+
+
+def _light_entry(text: str) -> tuple[str, tuple[float, ...]]:
+    """`NAME` or `NAME@R,R` (the ratios this light checkpoint is measured at)."""
+    name, _, ratios = text.partition("@")
+    try:
+        values = tuple(float(r) for r in ratios.split(",")) if ratios else ()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME or NAME@RATIO[,RATIO]") from None
+    if not name or any(not 0 < r <= 1 for r in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME or NAME@RATIO[,RATIO] (0 < RATIO <= 1)"
+        )
+    return name, values
 
 
 def export_variant(variant: Variant, original, stem: Path, parity_inputs, args) -> BuildResult:
@@ -305,24 +366,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--sensitivities", nargs="+", choices=SENSITIVITIES,
         default=["none", "paper", "calibrated"],
         help="measures of the gdws-<measure> rows (relative and activation also exist; left "
-             "out by default to keep the run within 30 minutes; relative is on the --light "
-             "checkpoints)")  # fmt: skip
+             "out by default to keep the run within 30 minutes: they led no comparison)")  # fmt: skip
     add("--refit", nargs="*", choices=SENSITIVITIES, default=["none", "calibrated"],
         help="measures whose GDWS rows also appear with their 1x1 convs refit on the "
              "calibration images (gdws-<measure>+refit rows; none given: no such rows); "
              "default: none (the export's default with the refit, best on VGG-16) and "
              "calibrated (best on PreActResNet-18)")  # fmt: skip
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
-    add("--light", nargs="*", default=["fmnist_vgg16_bn_w32", "fmnist_wrn28_4_w16"],
-        help="checkpoints measured with --light-ratios / --light-sensitivities / "
-             "--samples-light, to fit the time budget (the width-32 VGG-16 costs 4x the MACs "
-             "of the width-16 one per attacked image)")  # fmt: skip
+    add("--all-baseline-ratios", action="store_true",
+        help="baselines at every ratio of a checkpoint, not only at its smallest")  # fmt: skip
+    add("--light", nargs="*", type=_light_entry, default=list(map(_light_entry, LIGHT)),
+        help="checkpoints measured with --light-sensitivities / --samples-light at their own "
+             "ratios (NAME@R,R) or --light-ratios, to fit the time budget (the width-32 "
+             f"VGG-16 costs 4x the MACs of the width-16 one per attacked image); default "
+             f"{' '.join(LIGHT)}")  # fmt: skip
     add("--light-ratios", nargs="+", type=float, default=[0.25],
-        help="ratios of the --light checkpoints (0.25: where WRN-28-4 and the width-32 "
-             "VGG-16 reach 2x)")  # fmt: skip
-    add("--light-sensitivities", nargs="+", choices=SENSITIVITIES, default=["none", "relative"],
-        help="measures of the --light checkpoints: the export's defaults with and without "
-             "calibration data")  # fmt: skip
+        help="ratios of the --light checkpoints named without their own")  # fmt: skip
+    add("--light-sensitivities", nargs="+", choices=SENSITIVITIES, default=["none", "calibrated"],
+        help="measures of the --light checkpoints: by default the candidates of the export's "
+             "--sensitivity auto, so the table names what the export ships there too")  # fmt: skip
     add("--samples", type=int, default=200, help="test images attacked per model")
     add("--samples-light", type=int, default=100)
     add("--calib-samples", type=int, default=256,
@@ -358,10 +420,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="full-size CIFAR architectures of the speed-only table (none: skip it)")  # fmt: skip
     add("--speed-ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75])
     add("--speed-iterations", type=int, default=3)
+    add("--speed-auto-repeats", type=int, default=1,
+        help="the auto lowering's timing rounds in the speed-only table (its exports took 7 "
+             "of the 31 minutes of results/ort-cpu-2026-12-06-intel-vgg32-default at 3)")  # fmt: skip
     add("--out", type=Path, default=None,
         help="output stem; default results/<runtime>-<date> (see runtime_label)")  # fmt: skip
     add("--quick", action="store_true", help="CI-sized run (see the module docstring)")
     args = parser.parse_args(argv)
+    args.light = dict(args.light)
     missing = [n for n in args.checkpoints if not (args.models_dir / f"{n}.pt").is_file()]
     if missing:
         parser.error(f"no checkpoint {missing[0]}.pt in {args.models_dir}")
@@ -377,7 +443,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sensitivities = ["none", "relative", "activation", "calibrated"]
         args.refit = ["none", "calibrated"]  # the export default's candidates
         args.time_ratios = [1.0]
-        args.baselines, args.light = ["l1-prune", "in-prune"], []
+        args.baselines, args.light = ["l1-prune", "in-prune"], {}
         args.samples, args.calib_samples, args.held_out_samples, args.steps = 8, 16, 32, 2
         args.duration, args.warmup, args.auto_repeats = 0.05, 0.0, 1
         args.candidates, args.speed_only = ["dense", "gather"], []
@@ -407,11 +473,14 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
             speed_rows, speed_settings = speed_only_table(
                 args.speed_only, args.speed_ratios, threads=args.threads,
                 iterations=args.speed_iterations, candidates=tuple(args.candidates),
-                repeats=args.auto_repeats, auto_batch=args.auto_batch, workdir=Path(tmp),
+                repeats=args.speed_auto_repeats, auto_batch=args.auto_batch, workdir=Path(tmp),
             )  # fmt: skip
     machine = machine_info(gpu=False)
+    # Committed confirm_rows.py results (ONNX Runtime replays) settle provisional verdicts.
+    attack = checkpoints[0].attack if checkpoints else ""
+    confirmations = collect_confirmations(RESULTS, attack) if args.target == "ort" else []
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    settings["attack"] = checkpoints[0].attack if checkpoints else ""
+    settings["attack"] = attack
     settings["runtime"] = RUNTIME_NAMES[args.target] + (
         f" {args.precision.upper()}" if args.precision != "fp32" else ""
     )
@@ -421,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         machine={"summary": machine.summary(), **machine.to_dict()}, load_before=load_before,
         load_after=[round(x, 2) for x in os.getloadavg()], settings=settings,
         checkpoints=checkpoints, speed_only=speed_rows, speed_only_settings=speed_settings,
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, confirmations=confirmations,
     )  # fmt: skip
     paths = write_results(table, out)
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {table.seconds / 60:.1f} min")
