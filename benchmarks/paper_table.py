@@ -45,8 +45,8 @@ results for the same row (benchmarks/results/*confirm*.json) settle it, and
 Run (full: 27.8 minutes on the 2-core Intel machine of
 results/ort-cpu-2026-12-06-intel-preact24, in a quiet phase of it: five checkpoints, ratios
 0.25 and 0.2 on the width-16 VGG-16 and PreActResNet-18, one ratio on the three light ones,
-the baselines at the smallest ratio; a slow phase of the same machine has taken a third
-longer):
+the baselines at the smallest ratio; the same command took 32.0 minutes an hour later,
+results/ort-cpu-2026-12-06-intel-preact24-rerun, in a slower phase of the machine):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
