@@ -72,7 +72,7 @@ from benchmarks.paper_table_report import (
     CheckpointResult,
     PaperTable,
     Row,
-    collect_confirmations,
+    confirmations_for,
     write_results,
 )
 from benchmarks.paper_table_speed import speed_only_table
@@ -435,6 +435,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--lowering {args.lowering!r} is not auto or a lowering form {FORMS}")
     if args.threads < 1 or args.torch_threads < 1:
         parser.error("--threads and --torch-threads must be at least 1")
+    if args.auto_repeats < 1 or args.speed_auto_repeats < 1:
+        parser.error("--auto-repeats and --speed-auto-repeats must be at least 1")
     if args.calib_samples < 1 or args.held_out_samples < 1:
         parser.error("--calib-samples and --held-out-samples must be at least 1")
     if args.quick:
@@ -476,9 +478,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                 repeats=args.speed_auto_repeats, auto_batch=args.auto_batch, workdir=Path(tmp),
             )  # fmt: skip
     machine = machine_info(gpu=False)
-    # Committed confirm_rows.py results (ONNX Runtime replays) settle provisional verdicts.
     attack = checkpoints[0].attack if checkpoints else ""
-    confirmations = collect_confirmations(RESULTS, attack) if args.target == "ort" else []
+    confirmations = confirmations_for(args.target, attack)  # settle provisional verdicts
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings["attack"] = attack
     settings["runtime"] = RUNTIME_NAMES[args.target] + (

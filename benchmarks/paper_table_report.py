@@ -139,18 +139,25 @@ def collect_confirmations(folder: Path, attack: str) -> list[Confirmation]:
     found = []
     for path in sorted(Path(folder).glob("*confirm*.json")):
         for row in json.loads(path.read_text()).get("rows", []):
-            replay = row.get("engine")
+            replay, chosen = row.get("engine"), row.get("export_default")
             if row.get("attack") != attack or not replay:
                 continue
             found.append(
                 Confirmation(
                     file=path.with_suffix(".md").name, checkpoint=row["checkpoint"],
-                    variant=row["variant"].removesuffix(" (auto)"), samples=row["samples"],
+                    variant=chosen["variant"] if chosen else row["variant"],
+                    samples=row["samples"],
                     difference_points=replay["difference_points"],
                     ci95_points=list(replay["ci95_points"]),
                 )
             )  # fmt: skip
     return found
+
+
+def confirmations_for(target: str, attack: str, folder: Path = RESULTS) -> list[Confirmation]:
+    """The committed confirmations a table timed on `target` may cite: confirm_rows.py replays
+    on ONNX Runtime only, so none for the other runtimes."""
+    return collect_confirmations(folder, attack) if target == "ort" else []
 
 
 @dataclass
@@ -671,8 +678,10 @@ def refresh_confirmations(path: Path, folder: Path = RESULTS) -> dict[str, Path]
     now in `folder`: what was measured stays as it was, only the verdicts' confirmations
     change, and the Markdown says when they were re-read."""
     table = load(path)
-    ort = table.settings.get("target", "ort") == "ort"  # confirm_rows.py replays on ORT only
-    table.confirmations = collect_confirmations(folder, table.settings["attack"]) if ort else []
+    settings = table.settings
+    table.confirmations = confirmations_for(
+        settings.get("target", "ort"), settings["attack"], folder
+    )
     now = datetime.datetime.now(datetime.timezone.utc)
     table.confirmations_refreshed = now.isoformat(timespec="seconds")
     return write_results(table, Path(path).with_suffix(""))

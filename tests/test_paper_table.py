@@ -14,6 +14,7 @@ from benchmarks.paper_table_report import (
     QUOTED_LABEL,
     PaperTable,
     collect_confirmations,
+    confirmations_for,
     load,
     refresh_confirmations,
     verdicts,
@@ -224,7 +225,8 @@ def test_the_default_checkpoints_and_light_ones_exist():
      (["--lowering", "sideways"], "--lowering 'sideways' is not auto or a lowering form"),
      (["--checkpoints", "nope"], "no checkpoint nope.pt in"),
      (["--target", "tpu"], "invalid choice: 'tpu'"),
-     (["--torch-threads", "0"], "--threads and --torch-threads must be at least 1")],
+     (["--torch-threads", "0"], "--threads and --torch-threads must be at least 1"),
+     (["--speed-auto-repeats", "0"], "--auto-repeats and --speed-auto-repeats must be at least 1")],
 )  # fmt: skip
 def test_bad_options_are_one_line_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -297,8 +299,13 @@ def test_a_verdict_met_on_the_table_images_is_unconfirmed_until_1000(quick_run):
     assert "confirm" not in line
 
 
-def _confirm_file(path, checkpoint, variant, differences, attack):
-    rows = [{"checkpoint": checkpoint, "variant": variant, "samples": 1000, "attack": attack,
+def _confirm_file(path, checkpoint, variant, differences, attack, export_default=False):
+    """A confirm_rows.py JSON; an export-default row is named `<variant> (auto)` there, with
+    the row it chose under export_default."""
+    chosen = {"variant": variant} if export_default else None
+    name = f"{variant} (auto)" if export_default else variant
+    rows = [{"checkpoint": checkpoint, "variant": name, "export_default": chosen,
+             "samples": 1000, "attack": attack,
              "engine": {"difference_points": d, "ci95_points": [d - 0.9, d + 0.9]}}
             for d in differences]  # fmt: skip
     rows.append({**rows[0], "attack": "another attack", "engine": {**rows[0]["engine"],
@@ -318,13 +325,20 @@ def test_committed_confirmations_settle_a_provisional_verdict(quick_run, tmp_pat
     )
     table.confirmations = collect_confirmations(tmp_path, attack)
     assert [c.difference_points for c in table.confirmations] == [-0.4, -3.0]  # same attack only
+    assert confirmations_for("ort", attack, tmp_path) == table.confirmations
+    assert confirmations_for("trt", attack, tmp_path) == []  # confirm_rows.py replays on ORT
     (line,) = verdicts(table)
     assert line.startswith("**lenet_quick: met, confirmed on 1000 images.**")
     assert "-0.4 points on the engine" in line and "ort-cpu-a-confirm.md" in line
     assert "within the target" in line and "before claiming it" not in line
     # Two runs: the worse one decides, and a loss past 0.5 points leaves it unconfirmed.
     _confirm_file(
-        tmp_path / "ort-cpu-c-confirm.json", "lenet_quick", "gdws-none@0.5 (auto)", [-0.6], attack
+        tmp_path / "ort-cpu-c-confirm.json",
+        "lenet_quick",
+        "gdws-none@0.5",
+        [-0.6],
+        attack,
+        export_default=True,
     )
     table.confirmations = collect_confirmations(tmp_path, attack)
     (line,) = verdicts(table)
