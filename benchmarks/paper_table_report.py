@@ -687,7 +687,15 @@ def refresh_confirmations(path: Path, folder: Path = RESULTS) -> dict[str, Path]
     return write_results(table, Path(path).with_suffix(""))
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description=refresh_confirmations.__doc__.splitlines()[0])
     parser.add_argument("table", type=Path, help="a paper table's .json")
-    refresh_confirmations(parser.parse_args().table)
+    path = parser.parse_args(argv).table
+    try:
+        return refresh_confirmations(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # missing, not JSON, not a table
+        raise SystemExit(f"paper_table_report.py: {path}: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import paper_table
+from benchmarks import paper_table, paper_table_report
 from benchmarks.paper_table_report import (
     QUOTED_LABEL,
     PaperTable,
@@ -369,3 +369,19 @@ def test_refreshing_confirmations_rewrites_only_the_verdicts(quick_run, tmp_path
     text = written["markdown"].read_text()
     assert "**lenet_quick: met, confirmed on 1000 images.**" in text
     assert "Confirmations re-read on" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [(None, "No such file"), ("{not json", "Expecting property name"),
+     ("{}", "not a paper table")],
+)  # fmt: skip
+def test_refreshing_a_file_that_is_no_table_is_a_one_line_error(tmp_path, text, message):
+    path = tmp_path / "table.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        paper_table_report.main([str(path)])
+    assert str(exit_info.value).startswith(f"paper_table_report.py: {path}: ")
+    assert message in str(exit_info.value) and "\n" not in str(exit_info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if text is None else ["table.json"])
