@@ -38,6 +38,7 @@ from benchmarks.paper_table_variants import (
 )
 from gdws_export.attacks import AttackConfig
 from gdws_export.harness.accuracy import attack_batched, predict_batched
+from gdws_export.harness.attack_copy import attack_copy
 from gdws_export.harness.data import load_dataset
 from gdws_export.harness.machine import machine_info
 from gdws_export.harness.measure_choice import AUTO_MEASURES
@@ -89,9 +90,9 @@ def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict
 
 def pytorch_robust(model, x, y, attack, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(per image: clean and adversarial both correct, the adversarial images) on PyTorch. The
-    model is attacked as the paper table attacks it (its evaluation copy, in
+    model is attacked as the paper table attacks it (its `attack_copy`, in
     `evaluate_accuracy`'s batches), so both see the same images."""
-    model = paper_table.evaluation_copy(model)
+    model = attack_copy(model)
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     x_adv = attack_batched(model, x, y, attack, batch)

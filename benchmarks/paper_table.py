@@ -10,9 +10,10 @@ Per checkpoint:
 1. sensitivities (`paper_table_variants.compute_sensitivities`) on training images;
 2. the models (`build_variants`): GDWS with each measure at each `--ratios` (for the measures
    in `--refit` also with the 1x1 convs refit on the same training images), GDWS on a time
-   budget at each `--time-ratios` (layer costs measured at `--auto-batch`), the baselines at
-   the smallest ratio (`--all-baseline-ratios`: at each); `--light` checkpoints at their own
-   ratio with the export default's measures and fewer images (`checkpoint_plan`);
+   budget at each `--time-ratios` (layer costs measured at `--auto-batch`); the comparison
+   rows (the baselines, and the weighted measures without the refit) at the smallest ratio
+   only (`--all-comparison-ratios`: at each); `--light` checkpoints at their own ratio with
+   the export default's measures and fewer images (`checkpoint_plan`);
 3. each model exported with `export_onnx(lowering="auto", original=model)` and built for ONNX
    Runtime; layers where the original conv ran faster ship it, and are put back in the PyTorch
    model too, so the model attacked is the model shipped. `--target trt` builds TensorRT
@@ -20,8 +21,9 @@ Per checkpoint:
    nothing about TensorRT); `--target torch` runs each PyTorch model as a torch.export program;
 4. all graphs timed in one interleaved `benchmark` at batch 1 and 32 (the original is the
    reference);
-5. `evaluate_accuracy`: clean and PGD-100 accuracy on PyTorch (GDWS layers as the dense convs
-   they compute: the same function, faster in PyTorch), replayed on the ONNX Runtime graphs.
+5. `evaluate_accuracy`: clean and PGD-100 accuracy on PyTorch (each model's `attack_copy`:
+   GDWS layers as the dense convs they compute, BatchNorms folded into the convs before them;
+   the same function, faster to attack), replayed on the ONNX Runtime graphs.
    A model that ships no GDWS layer is the original and is not attacked again.
 
 Writes benchmarks/results/<runtime>-<date>.{md,json,png} (`--out` to change), <runtime> being
@@ -89,8 +91,9 @@ from benchmarks.paper_table_variants import (
 from gdws_export.attacks import AttackConfig
 from gdws_export.errors import GDWSExportError
 from gdws_export.gdws.conv import GDWSConv2d
-from gdws_export.gdws.selection import count_macs, dense_copy
+from gdws_export.gdws.selection import count_macs
 from gdws_export.harness.accuracy import evaluate_accuracy
+from gdws_export.harness.attack_copy import attack_copy
 from gdws_export.harness.data import load_dataset, load_train_and_test
 from gdws_export.harness.machine import machine_info
 from gdws_export.harness.shipping import export_and_build, put_back_originals
@@ -148,7 +151,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
         costs_s = time.perf_counter() - clock
     calibration = (x_train[: args.calib_samples], y_train[: args.calib_samples])
     variants = build_variants(model, ratios, sensitivities, baselines=tuple(args.baselines),
-                              baseline_ratios=plan.baseline_ratios,
+                              comparison_ratios=plan.comparison_ratios,
                               time_ratios=tuple(args.time_ratios), layer_costs=costs,
                               refit=tuple(args.refit), refit_data=calibration,
                               eps=args.eps)  # fmt: skip
@@ -158,7 +161,10 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     held_out = slice(args.calib_samples, args.calib_samples + args.held_out_samples)
     defaults = export_default_choices(variants, ratios, (x_train[held_out], y_train[held_out]),
                                       args.eps)  # fmt: skip
-    notes = [f"baselines at MAC ratio {', '.join(f'{r:g}' for r in plan.baseline_ratios)}"]
+    notes = [
+        "comparison rows (baselines, weighted GDWS without the refit) at MAC ratio "
+        + ", ".join(f"{r:g}" for r in plan.comparison_ratios)
+    ]
     if plan.light:
         notes.insert(0, f"light checkpoint: ratios {list(ratios)}, measures {list(plan.measures)}")
     builds, exports = {}, {}
@@ -185,7 +191,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     samples = plan.samples
     torch.manual_seed(0)
     accuracy = evaluate_accuracy(
-        {v.name: evaluation_copy(v.model) for v in attacked},
+        {v.name: attack_copy(v.model) for v in attacked},
         x_test[:samples], y_test[:samples], attacks=[attack],
         engines={v.name: builds[v.name].runner() for v in attacked},
         batch_size=args.eval_batch, data=f"{args.data} test[:{samples}]",
@@ -217,23 +223,23 @@ class CheckpointPlan:
     light: bool
     ratios: tuple[float, ...]
     measures: tuple[str, ...]
-    baseline_ratios: tuple[float, ...]
+    comparison_ratios: tuple[float, ...]
     samples: int
 
 
 def checkpoint_plan(name: str, args: argparse.Namespace) -> CheckpointPlan:
     """Full checkpoints: --ratios, --sensitivities, --samples; --light ones: their own ratios
-    (`NAME@R,R`) or --light-ratios, --light-sensitivities, --samples-light. The baselines run
-    at the smallest ratio only (the fastest, where the 2x target lies), unless
-    --all-baseline-ratios."""
+    (`NAME@R,R`) or --light-ratios, --light-sensitivities, --samples-light. The comparison rows
+    (baselines, weighted GDWS without the refit: `build_variants`) run at the smallest ratio
+    only (the fastest, where the 2x target lies), unless --all-comparison-ratios."""
     light = name in args.light
     if light:
         ratios = tuple(args.light[name] or args.light_ratios)
         measures, samples = tuple(args.light_sensitivities), args.samples_light
     else:
         ratios, measures, samples = tuple(args.ratios), tuple(args.sensitivities), args.samples
-    baseline_ratios = ratios if args.all_baseline_ratios else (min(ratios),)
-    return CheckpointPlan(light, ratios, measures, baseline_ratios, samples)
+    comparison_ratios = ratios if args.all_comparison_ratios else (min(ratios),)
+    return CheckpointPlan(light, ratios, measures, comparison_ratios, samples)
 
 
 def _light_entry(text: str) -> tuple[str, tuple[float, ...]]:
@@ -317,14 +323,6 @@ def lowering_summary(variant: Variant) -> str:
     return forms_summary(variant.details.get("forms", {}))
 
 
-def evaluation_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """The same function for PyTorch evaluation: GDWS layers as dense convs, channels-last."""
-    copied = dense_copy(model).eval()
-    for parameter in copied.parameters():
-        parameter.requires_grad_(False)  # the attacks need input gradients only
-    return copied.to(memory_format=torch.channels_last)
-
-
 def _row(variant, original, shape, speed, accuracy, export_s, same) -> Row:
     source = accuracy.model(ORIGINAL if same else variant.name)
     attack = source.attacks[0]
@@ -373,8 +371,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "default: none (the export's default with the refit, best on VGG-16) and "
              "calibrated (best on PreActResNet-18)")  # fmt: skip
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
-    add("--all-baseline-ratios", action="store_true",
-        help="baselines at every ratio of a checkpoint, not only at its smallest")  # fmt: skip
+    add("--all-comparison-ratios", action="store_true",
+        help="the comparison rows (baselines, weighted GDWS without the refit) at every ratio "
+             "of a checkpoint, not only at its smallest")  # fmt: skip
     add("--light", nargs="*", type=_light_entry, default=list(map(_light_entry, LIGHT)),
         help="checkpoints measured with --light-sensitivities / --samples-light at their own "
              "ratios (NAME@R,R) or --light-ratios, to fit the time budget (the width-32 "

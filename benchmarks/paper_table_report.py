@@ -401,14 +401,16 @@ def sensitivity_verdicts(table: PaperTable) -> list[str]:
                      f"{', original shipped' if r.same_as_original else ''})"
                      for k, r in at.items()]  # fmt: skip
             rivals = [at[k] for k in ("gdws-none", "l1-prune", "in-prune") if k in at]
-            winners = [k for k, r in at.items() if k.startswith("gdws-") and k != "gdws-none"
-                       and not k.endswith("+refit") and not r.same_as_original
-                       and all(r.robust > rival.robust for rival in rivals)]  # fmt: skip
+            weighted = [k for k in at if k.startswith("gdws-") and k != "gdws-none"
+                        and not k.endswith("+refit")]  # fmt: skip
+            winners = [k for k in weighted if not at[k].same_as_original
+                       and all(at[k].robust > rival.robust for rival in rivals)]  # fmt: skip
             against = ("unweighted GDWS and every pruning baseline"
                        if any(k in at for k in ("l1-prune", "in-prune"))
                        else "unweighted GDWS (no pruning baseline at this ratio)")  # fmt: skip
             verdict = (f"weighted GDWS beating {against}: "
-                       + (", ".join(winners) if winners else "none"))  # fmt: skip
+                       + (", ".join(winners) if winners else "none") if weighted
+                       else "no weighted GDWS without the refit at this ratio")  # fmt: skip
             refits = [f"{k} {100 * (r.robust - at[k.removesuffix('+refit')].robust):+.1f} points"
                       for k, r in at.items()
                       if k.endswith("+refit") and k.removesuffix("+refit") in at]  # fmt: skip

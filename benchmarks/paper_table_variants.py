@@ -68,6 +68,7 @@ from gdws_export.gdws.selection import count_macs, find_convs
 from gdws_export.harness.measure_choice import AUTO_MEASURES, choose_measure, selection_attack
 
 SENSITIVITIES = ("none", "paper", "calibrated", "relative", "activation")
+UNWEIGHTED = "none"
 PRIMARY = ("relative", "activation", "calibrated")  # gdws-time, dws: the first computed
 BASELINES = ("dws", "l1-prune", "in-prune")
 ORIGINAL = "original"
@@ -155,7 +156,7 @@ def build_variants(
     sensitivities: dict[str, Sensitivity],
     *,
     baselines: tuple[str, ...] = BASELINES,
-    baseline_ratios: tuple[float, ...] | None = None,
+    comparison_ratios: tuple[float, ...] | None = None,
     time_ratios: tuple[float, ...] = (),
     layer_costs: dict | None = None,
     refit: tuple[str, ...] = (),
@@ -165,23 +166,33 @@ def build_variants(
     """The original, GDWS under every measure at every ratio (and, for the measures in
     `refit`, the same model with its 1x1 convs refit on `refit_data`: `gdws-<measure>+refit`),
     `gdws-time` at `time_ratios` (needs `layer_costs`; the primary measure), then the
-    baselines."""
+    baselines.
+
+    The comparison rows, the baselines and the weighted measures' GDWS without the refit,
+    are built at `comparison_ratios` only (None: at every ratio); unweighted GDWS (`none`)
+    and the refit rows at every ratio."""
     variants = [Variant(ORIGINAL, "original", model=model)]
     shape = tuple(model.input_shape)
     total = count_macs(model, shape)
     primary = primary_measure(sensitivities)
+    if comparison_ratios is None:
+        comparison_ratios = tuple(ratios)
     matched: dict[float, float] = {}  # ratio -> whole-model MAC ratio of the primary's GDWS
     for ratio in ratios:
         for measure, sens in sensitivities.items():
+            shown = measure == UNWEIGHTED or ratio in comparison_ratios
+            if not shown and measure not in refit:
+                continue
             start = time.perf_counter()
             gdws, report = approximate(model, mac_ratio=ratio, alphas=sens.alphas,
                                        input_moments=sens.moments, input_shape=shape)  # fmt: skip
             seconds = time.perf_counter() - start
-            variants.append(
-                Variant(f"gdws-{measure}@{ratio:g}", "gdws", measure, ratio, gdws.eval(),
-                        seconds, report.achieved_mac_ratio,
-                        {"kernels": {lay.name: lay.kernels for lay in report.replaced}})
-            )  # fmt: skip
+            if shown:
+                variants.append(
+                    Variant(f"gdws-{measure}@{ratio:g}", "gdws", measure, ratio, gdws.eval(),
+                            seconds, report.achieved_mac_ratio,
+                            {"kernels": {lay.name: lay.kernels for lay in report.replaced}})
+                )  # fmt: skip
             if measure == primary or ratio not in matched:
                 matched[ratio] = count_macs(gdws, shape) / total
             if measure in refit and report.replaced:
@@ -212,7 +223,7 @@ def build_variants(
                     {"kernels": {lay.name: lay.kernels for lay in report.replaced},
                      "predicted_time_ratio": report.predicted_time_ratio}, budget="time")
         )  # fmt: skip
-    for ratio in baseline_ratios if baseline_ratios is not None else ratios:
+    for ratio in comparison_ratios:
         if "dws" in baselines:
             start = time.perf_counter()
             dws, report = depthwise_separable(model, mac_ratio=ratio, alphas=alphas,

@@ -55,12 +55,13 @@ def test_rows_are_the_expected_ones(quick_run):
     variants = [row.variant for row in result.rows]
     assert variants == [
         "original",
-        "gdws-none@0.75", "gdws-none+refit@0.75", "gdws-relative@0.75",
-        "gdws-activation@0.75", "gdws-calibrated@0.75", "gdws-calibrated+refit@0.75",
+        # unweighted GDWS and the refit rows at every ratio
+        "gdws-none@0.75", "gdws-none+refit@0.75", "gdws-calibrated+refit@0.75",
+        # the comparison rows at the smallest ratio only: weighted GDWS unrefit, baselines
         "gdws-none@0.5", "gdws-none+refit@0.5", "gdws-relative@0.5", "gdws-activation@0.5",
         "gdws-calibrated@0.5", "gdws-calibrated+refit@0.5",
         "gdws-time@1",
-        "l1-prune@0.5", "in-prune@0.5",  # the baselines at the smallest ratio only
+        "l1-prune@0.5", "in-prune@0.5",
     ]  # fmt: skip
     assert [row.budget for row in result.rows].count("time") == 1
     assert result.row("gdws-time@1").budget == "time"
@@ -75,12 +76,14 @@ def test_rows_are_the_expected_ones(quick_run):
         if row.same_as_original:  # ships no GDWS layer: the original's accuracy
             assert (row.clean, row.robust) == (original.clean, original.robust)
             assert row.macs == original.macs
-    for ratio in ("0.75", "0.5"):  # the refit keeps the kernels: the same MAC budget spent
+    # The refit keeps the kernels: the same MAC budget spent.
+    for measure, ratio in (("none", "0.75"), ("none", "0.5"), ("calibrated", "0.5")):
         refit, plain = (
-            result.row(f"gdws-calibrated+refit@{ratio}"),
-            result.row(f"gdws-calibrated@{ratio}"),
+            result.row(f"gdws-{measure}+refit@{ratio}"),
+            result.row(f"gdws-{measure}@{ratio}"),
         )
-        assert refit.conv_mac_ratio == plain.conv_mac_ratio and refit.sensitivity == "calibrated"
+        assert refit.conv_mac_ratio == plain.conv_mac_ratio and refit.sensitivity == measure
+    assert result.row("gdws-calibrated+refit@0.75").sensitivity == "calibrated"
     assert set(result.noise_floor) == {"b1", "b32"}
     assert result.spectra and all(0 < s["top1"] <= s["top2"] <= 1 for s in result.spectra)
 
@@ -120,14 +123,24 @@ def test_markdown_labels_quoted_numbers_and_gives_verdicts(quick_run):
     # met, met on 8 images (unconfirmed) or not met: the timings of a tiny LeNet decide
     assert re.search(r"\*\*lenet_quick: (not met|met[^*]*)\.\*\*", verdicts)
     assert "at MAC ratio 0.5" in verdicts
-    # the baselines run at the smallest ratio only: the comparison at 0.75 says it lacks them
-    comparisons = [line for line in verdicts.splitlines() if "weighted GDWS beating" in line]
+    # the comparison rows run at the smallest ratio only: the comparison at 0.75 says so
+    comparisons = [line for line in verdicts.splitlines() if "weighted GDWS" in line]
     (at_075,) = [line for line in comparisons if "lenet_quick at MAC ratio 0.75:" in line]
     (at_05,) = [line for line in comparisons if "lenet_quick at MAC ratio 0.5:" in line]
-    assert "unweighted GDWS (no pruning baseline at this ratio):" in at_075
+    assert "no weighted GDWS without the refit at this ratio" in at_075
     assert "unweighted GDWS and every pruning baseline:" in at_05 and "l1-prune" in at_05
     assert "--quick" in text.split("\n")[2]
     assert "![robust accuracy" in text and paths["plot"].name in text
+
+
+def test_a_comparison_without_pruning_baselines_says_so(quick_run):
+    paths, _ = quick_run
+    table = load(paths["json"])
+    (result,) = table.checkpoints
+    result.rows = [r for r in result.rows if r.method not in ("l1-prune", "in-prune")]
+    (at_05,) = [line for line in paper_table_report.sensitivity_verdicts(table)
+                if line.startswith("lenet_quick at MAC ratio 0.5:")]  # fmt: skip
+    assert "weighted GDWS beating unweighted GDWS (no pruning baseline at this ratio):" in at_05
 
 
 def test_markdown_names_the_runtime(quick_run):
@@ -203,14 +216,14 @@ def test_each_checkpoint_gets_its_plan(tmp_path):
     args = paper_table.parse_args(argv)
     full, light, own = (paper_table.checkpoint_plan(n, args) for n in ("full", "light", "own"))
     assert (full.light, full.ratios, full.measures) == (False, (0.25, 0.2), ("none", "paper"))
-    assert (full.baseline_ratios, full.samples) == ((0.2,), args.samples)
-    assert (light.light, light.ratios, light.baseline_ratios) == (True, (0.4,), (0.4,))
+    assert (full.comparison_ratios, full.samples) == ((0.2,), args.samples)
+    assert (light.light, light.ratios, light.comparison_ratios) == (True, (0.4,), (0.4,))
     assert (light.measures, light.samples) == (("none",), args.samples_light)
-    assert (own.ratios, own.baseline_ratios) == ((0.3, 0.2), (0.2,))
+    assert (own.ratios, own.comparison_ratios) == ((0.3, 0.2), (0.2,))
     every = paper_table.checkpoint_plan(
-        "full", paper_table.parse_args([*argv, "--all-baseline-ratios"])
+        "full", paper_table.parse_args([*argv, "--all-comparison-ratios"])
     )
-    assert every.baseline_ratios == (0.25, 0.2)
+    assert every.comparison_ratios == (0.25, 0.2)
 
 
 def test_the_default_checkpoints_and_light_ones_exist():

@@ -6,7 +6,8 @@ Speed and robustness are measured on the runtime that will serve the model:
   runners interleaved (speed.py); `machine_info()` records the machine (machine.py);
 - `evaluate_accuracy(models, x, y, ...)` -> AccuracyReport: clean and white-box robust
   accuracy on PyTorch, replayed on the engines, and the Square Attack through the engines
-  (accuracy.py);
+  (accuracy.py); `attack_copy(model)`: the same function, faster to attack in PyTorch
+  (GDWS convs as dense ones, BatchNorms folded; attack_copy.py);
 - `export_and_build(model, stem, ...)` -> Shipped: export (checked against PyTorch) and build
   for one runtime, naming the layers that ship their original conv (shipping.py);
 - `choose_measure(models, x, y, attack)` -> MeasureChoice: the candidate GDWS model most
@@ -25,6 +26,7 @@ from gdws_export.harness.accuracy import (
     SquareConfig,
     evaluate_accuracy,
 )
+from gdws_export.harness.attack_copy import attack_copy
 from gdws_export.harness.data import load_dataset
 from gdws_export.harness.machine import MachineInfo, machine_info
 from gdws_export.harness.plots import plot_sweep
@@ -64,6 +66,7 @@ __all__ = [
     "SweepReport",
     "SweepRow",
     "SweepSetting",
+    "attack_copy",
     "benchmark",
     "evaluate_accuracy",
     "export_and_build",

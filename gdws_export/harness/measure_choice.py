@@ -23,7 +23,7 @@ from torch import nn
 
 from gdws_export.attacks import AttackConfig
 from gdws_export.errors import InvalidInputError
-from gdws_export.gdws.selection import dense_copy
+from gdws_export.harness.attack_copy import attack_copy
 
 # Candidates, in order of preference on a tie: unweighted first (the default with the refit
 # before `auto`, best on VGG-16), then calibrated (best on PreActResNet-18). Relative alphas
@@ -115,7 +115,7 @@ def choose_measure(
     trials = []
     for measure, model in models.items():
         start = time.perf_counter()
-        judged = dense_copy(model).eval()  # the same function, attacked faster
+        judged = attack_copy(model)  # the same function, attacked faster
         clean = torch.zeros(len(x), dtype=torch.bool)
         robust = torch.zeros(len(x), dtype=torch.bool)
         for i in range(0, len(x), batch_size):
