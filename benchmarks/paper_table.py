@@ -11,9 +11,9 @@ Per checkpoint:
 2. the models (`build_variants`): GDWS with each measure at each `--ratios` (for the measures
    in `--refit` also with the 1x1 convs refit on the same training images), GDWS on a time
    budget at each `--time-ratios` (layer costs measured at `--auto-batch`); the comparison
-   rows (the baselines, and the weighted measures without the refit) at the smallest ratio
-   only (`--all-comparison-ratios`: at each); `--light` checkpoints at their own ratio with
-   the export default's measures and fewer images (`checkpoint_plan`);
+   rows (each measure without the refit, the baselines) at the smallest ratio only, the refit
+   rows at every ratio (`--all-comparison-ratios`: everything at each); `--light` checkpoints
+   at their own ratio with the export default's measures and fewer images (`checkpoint_plan`);
 3. each model exported with `export_onnx(lowering="auto", original=model)` and built for ONNX
    Runtime; layers where the original conv ran faster ship it, and are put back in the PyTorch
    model too, so the model attacked is the model shipped. `--target trt` builds TensorRT
@@ -162,7 +162,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
     defaults = export_default_choices(variants, ratios, (x_train[held_out], y_train[held_out]),
                                       args.eps)  # fmt: skip
     notes = [
-        "comparison rows (baselines, weighted GDWS without the refit) at MAC ratio "
+        "comparison rows (GDWS without the refit, baselines) at MAC ratio "
         + ", ".join(f"{r:g}" for r in plan.comparison_ratios)
     ]
     if plan.light:
@@ -230,8 +230,8 @@ class CheckpointPlan:
 def checkpoint_plan(name: str, args: argparse.Namespace) -> CheckpointPlan:
     """Full checkpoints: --ratios, --sensitivities, --samples; --light ones: their own ratios
     (`NAME@R,R`) or --light-ratios, --light-sensitivities, --samples-light. The comparison rows
-    (baselines, weighted GDWS without the refit: `build_variants`) run at the smallest ratio
-    only (the fastest, where the 2x target lies), unless --all-comparison-ratios."""
+    (GDWS without the refit, baselines: `build_variants`) run at the smallest ratio only (the
+    fastest, where the 2x target lies), unless --all-comparison-ratios."""
     light = name in args.light
     if light:
         ratios = tuple(args.light[name] or args.light_ratios)
@@ -372,8 +372,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "calibrated (best on PreActResNet-18)")  # fmt: skip
     add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
     add("--all-comparison-ratios", action="store_true",
-        help="the comparison rows (baselines, weighted GDWS without the refit) at every ratio "
-             "of a checkpoint, not only at its smallest")  # fmt: skip
+        help="the comparison rows (GDWS without the refit, baselines) at every ratio of a "
+             "checkpoint, not only at its smallest (the refit rows run at every ratio)")  # fmt: skip
     add("--light", nargs="*", type=_light_entry, default=list(map(_light_entry, LIGHT)),
         help="checkpoints measured with --light-sensitivities / --samples-light at their own "
              "ratios (NAME@R,R) or --light-ratios, to fit the time budget (the width-32 "

@@ -395,11 +395,13 @@ def sensitivity_verdicts(table: PaperTable) -> list[str]:
                         reverse=True)  # fmt: skip
         for ratio in ratios:
             at = {r.variant.split("@")[0]: r for r in by_macs if r.target_ratio == ratio}
-            if "gdws-none" not in at:
-                continue
             parts = [f"{k} {_pct(r.robust)} % ({r.speedup_b32:.2f}x"
                      f"{', original shipped' if r.same_as_original else ''})"
                      for k, r in at.items()]  # fmt: skip
+            if "gdws-none" not in at:  # refit rows only (paper_table.checkpoint_plan)
+                lines.append(f"{result.name} at MAC ratio {ratio:g}: " + "; ".join(parts)
+                             + ". No comparison rows at this ratio.")  # fmt: skip
+                continue
             rivals = [at[k] for k in ("gdws-none", "l1-prune", "in-prune") if k in at]
             weighted = [k for k in at if k.startswith("gdws-") and k != "gdws-none"
                         and not k.endswith("+refit")]  # fmt: skip

@@ -68,7 +68,6 @@ from gdws_export.gdws.selection import count_macs, find_convs
 from gdws_export.harness.measure_choice import AUTO_MEASURES, choose_measure, selection_attack
 
 SENSITIVITIES = ("none", "paper", "calibrated", "relative", "activation")
-UNWEIGHTED = "none"
 PRIMARY = ("relative", "activation", "calibrated")  # gdws-time, dws: the first computed
 BASELINES = ("dws", "l1-prune", "in-prune")
 ORIGINAL = "original"
@@ -168,9 +167,9 @@ def build_variants(
     `gdws-time` at `time_ratios` (needs `layer_costs`; the primary measure), then the
     baselines.
 
-    The comparison rows, the baselines and the weighted measures' GDWS without the refit,
-    are built at `comparison_ratios` only (None: at every ratio); unweighted GDWS (`none`)
-    and the refit rows at every ratio."""
+    At ratios not in `comparison_ratios` (None: every ratio is one) only the refit rows are
+    built: the rows the export ships. The comparisons (each measure without the refit against
+    the others and the baselines) run at `comparison_ratios`."""
     variants = [Variant(ORIGINAL, "original", model=model)]
     shape = tuple(model.input_shape)
     total = count_macs(model, shape)
@@ -180,7 +179,7 @@ def build_variants(
     matched: dict[float, float] = {}  # ratio -> whole-model MAC ratio of the primary's GDWS
     for ratio in ratios:
         for measure, sens in sensitivities.items():
-            shown = measure == UNWEIGHTED or ratio in comparison_ratios
+            shown = ratio in comparison_ratios
             if not shown and measure not in refit:
                 continue
             start = time.perf_counter()

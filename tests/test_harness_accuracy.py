@@ -11,9 +11,14 @@ import pytest
 import torch
 from _trained import export_legacy, trained_lenet
 
-from gdws_export.attacks import AttackConfig
+from gdws_export.attacks import AttackConfig, run_attack
 from gdws_export.errors import InvalidInputError
-from gdws_export.harness.accuracy import SquareConfig, evaluate_accuracy, predict_batched
+from gdws_export.harness.accuracy import (
+    SquareConfig,
+    attack_batched,
+    evaluate_accuracy,
+    predict_batched,
+)
 from gdws_export.runtimes import OrtRunner
 from gdws_export.runtimes.base import Runner, TensorSpec
 
@@ -41,6 +46,24 @@ def test_clean_accuracy_matches_a_direct_count(lenet):
     assert report.model("lenet").clean_accuracy == pytest.approx(expected)
     assert expected > 0.7  # the fixture really learned
     assert report.samples == 200 and report.model("lenet").attacks == []
+
+
+def test_only_the_images_right_clean_are_attacked(lenet):
+    model, x, y, _ = lenet
+    config = AttackConfig("pgd", eps=0.05, steps=3, seed=0)
+    with torch.no_grad():
+        right = model(x).argmax(1) == y
+    assert 0 < int((~right).sum()) < len(y)  # both kinds present
+
+    x_adv = attack_batched(model, x, y, config, batch_size=64)
+
+    assert torch.equal(x_adv[~right], x[~right])  # wrong already: left as they are
+    # the right ones as attacked directly, 64 at a time in their own order
+    xr, yr = x[right], y[right]
+    expected = torch.cat([run_attack(model, xr[i : i + 64], yr[i : i + 64], config)
+                          for i in range(0, len(yr), 64)])  # fmt: skip
+    assert torch.equal(x_adv[right], expected)
+    assert not torch.equal(expected, xr) and (expected - xr).abs().max() <= 0.05 + 1e-6
 
 
 def test_zero_eps_reproduces_clean_accuracy_on_pytorch_and_engine(lenet):

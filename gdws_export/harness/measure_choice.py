@@ -23,6 +23,7 @@ from torch import nn
 
 from gdws_export.attacks import AttackConfig
 from gdws_export.errors import InvalidInputError
+from gdws_export.harness.accuracy import attack_batched, predict_torch
 from gdws_export.harness.attack_copy import attack_copy
 
 # Candidates, in order of preference on a tie: unweighted first (the default with the refit
@@ -110,21 +111,13 @@ def choose_measure(
             f"choose_measure: {len(x)} images and {len(y)} labels; give as many labels as "
             "images, at least one"
         )
-    from gdws_export.attacks import run_attack
-
     trials = []
     for measure, model in models.items():
         start = time.perf_counter()
         judged = attack_copy(model)  # the same function, attacked faster
-        clean = torch.zeros(len(x), dtype=torch.bool)
-        robust = torch.zeros(len(x), dtype=torch.bool)
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-            x_adv = run_attack(judged, xb, yb, attack)
-            with torch.no_grad():
-                right = judged(xb).argmax(1) == yb
-                clean[i : i + batch_size] = right
-                robust[i : i + batch_size] = right & (judged(x_adv).argmax(1) == yb)
+        x_adv = attack_batched(judged, x, y, attack, batch_size)
+        clean = predict_torch(judged, x, batch_size).argmax(1) == y
+        robust = clean & (predict_torch(judged, x_adv, batch_size).argmax(1) == y)
         trials.append(
             MeasureTrial(measure, float(clean.float().mean()), float(robust.float().mean()),
                          float((build_seconds or {}).get(measure, 0.0)),
