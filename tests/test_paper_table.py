@@ -345,7 +345,7 @@ def test_committed_confirmations_settle_a_provisional_verdict(quick_run, tmp_pat
     assert line.startswith("**lenet_quick: met, confirmed on 1000 images.**")
     assert "-0.4 points on the engine" in line and "ort-cpu-a-confirm.md" in line
     assert "within the target" in line and "before claiming it" not in line
-    # Two runs: the worse one decides, and a loss past 0.5 points leaves it unconfirmed.
+    # Two runs: the worse one decides, and a loss past 0.5 points means the row misses it.
     _confirm_file(
         tmp_path / "ort-cpu-c-confirm.json",
         "lenet_quick",
@@ -356,13 +356,30 @@ def test_committed_confirmations_settle_a_provisional_verdict(quick_run, tmp_pat
     )
     table.confirmations = collect_confirmations(tmp_path, attack)
     (line,) = verdicts(table)
-    assert line.startswith("**lenet_quick: met on 8 images, unconfirmed.**")
+    assert line.startswith("**lenet_quick: not met.** No approximated model stays within")
     assert "in 2 runs, the worst: -0.6 points" in line and "outside the target" in line
     # The confirmations travel with the table's JSON.
     assert (
         PaperTable.from_dict(json.loads(json.dumps(table.to_dict()))).confirmations
         == table.confirmations
     )
+
+
+def test_a_confirmation_decides_over_the_few_table_images(quick_run, tmp_path):
+    """3 points lost on the table's 8 images, 0.2 on 1000 in confirm_rows.py: the 1000 decide."""
+    paths, _ = quick_run
+    table = _meet_target_with(load(paths["json"]), "gdws-none@0.5", 8)
+    result = table.checkpoints[0]
+    result.row("gdws-none@0.5").robust = result.row("original").robust - 0.03
+    (line,) = verdicts(table)
+    assert line.startswith("**lenet_quick: not met.**")
+    attack = result.attack
+    _confirm_file(tmp_path / "x-confirm.json", "lenet_quick", "gdws-none@0.5", [-0.2], attack)
+    table.confirmations = collect_confirmations(tmp_path, attack)
+    (line,) = verdicts(table)
+    assert line.startswith("**lenet_quick: met, confirmed on 1000 images.**")
+    assert "3.0 points lost on these 8 images; its confirmation decides" in line
+    assert "-0.2 points on the engine" in line and "within the target" in line
 
 
 def test_refreshing_confirmations_rewrites_only_the_verdicts(quick_run, tmp_path):
