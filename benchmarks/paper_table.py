@@ -23,7 +23,8 @@ Per checkpoint:
    reference);
 5. `evaluate_accuracy`: clean and PGD-100 accuracy on PyTorch (each model's `attack_copy`:
    GDWS layers as the dense convs they compute, BatchNorms folded into the convs before them;
-   the same function, faster to attack), replayed on the ONNX Runtime graphs.
+   the same function, faster to attack; images it gets wrong clean are not attacked, they
+   cannot count as robust), replayed on the ONNX Runtime graphs.
    A model that ships no GDWS layer is the original and is not attacked again.
 
 Writes benchmarks/results/<runtime>-<date>.{md,json,png} (`--out` to change), <runtime> being
@@ -40,15 +41,15 @@ Per MAC ratio the table also names the refit row `gdws-export --calib`'s default
 (`--sensitivity auto`) would ship, chosen as the export chooses it on the `--held-out-samples`
 training images after the calibration ones (`export_default_choices`).
 
-A verdict met on fewer than 1000 images is provisional; the committed `confirm_rows.py`
-results for the same row (benchmarks/results/*confirm*.json) settle it, and
-`paper_table_report.py <table>.json` re-reads them into a table written before they existed.
+A row with committed `confirm_rows.py` results (benchmarks/results/*confirm*.json: the same
+attack on 1000 images, paired) is judged by them, the worst run, rather than by this table's
+100 or 200 images; a verdict met without one is provisional. `paper_table_report.py
+<table>.json` re-reads them into a table written before they existed.
 
-Run (full: 27.8 minutes on the 2-core Intel machine of
-results/ort-cpu-2026-12-06-intel-preact24, in a quiet phase of it: five checkpoints, ratios
-0.25 and 0.2 on the width-16 VGG-16 and PreActResNet-18, one ratio on the three light ones,
-the baselines at the smallest ratio; the same command took 32.0 minutes an hour later,
-results/ort-cpu-2026-12-06-intel-preact24-rerun, in a slower phase of the machine):
+Run (full: 21.0 and 22.1 minutes in two runs on the 2-core Intel machine of
+results/ort-cpu-2026-12-06-intel-attack-copy and its -rerun: five checkpoints, ratios 0.25
+and 0.2 on the width-16 VGG-16 and PreActResNet-18, one ratio on the three light ones, the
+comparison rows at the smallest ratio; this machine's slow phases add up to 15 %):
     PYTHONPATH=. python benchmarks/paper_table.py
 CI-sized (one checkpoint, tiny samples, short timings; about a minute):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
