@@ -56,9 +56,10 @@ def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict
     sensitivities = compute_sensitivities(model, (x_train, y_train), measures, eps=args.eps,
                                           samples=args.calib_samples)  # fmt: skip
     calibration = (x_train[: args.calib_samples], y_train[: args.calib_samples])
+    exclude = args.keep_exact.get(name, ())
     variants = build_variants(model, (ratio,), sensitivities, baselines=(),
                               refit=measures if refit else (), refit_data=calibration,
-                              eps=args.eps)  # fmt: skip
+                              eps=args.eps, exclude=exclude)  # fmt: skip
     chosen = None
     if measure == "auto":
         held_out = slice(args.calib_samples, args.calib_samples + args.held_out_samples)
@@ -79,6 +80,7 @@ def confirm_row(name: str, variant_name: str, data, args, workdir: Path) -> dict
     return {
         "checkpoint": name,
         "variant": variant_name if chosen is None else f"{variant_name} (auto)",
+        "kept_exact": list(exclude),
         "export_default": chosen,
         "lowering": paper_table.lowering_summary(variant),
         "samples": len(y),
@@ -160,8 +162,10 @@ def render(rows: list[dict], command: str, machine: str) -> str:
     for r in rows:
         p, e = r["pytorch"], r["engine"]
         low, high = p["ci95_points"]
+        kept = r.get("kept_exact")
+        variant = f"{r['variant']}, {', '.join(kept)} exact" if kept else r["variant"]
         lines.append(
-            f"| {r['checkpoint']} | {r['variant']} | {r['lowering']} | {r['samples']} | "
+            f"| {r['checkpoint']} | {variant} | {r['lowering']} | {r['samples']} | "
             f"{100 * p['original']:.1f} | {100 * p['variant']:.1f} | "
             f"{p['difference_points']:+.1f} ({low:+.1f} to {high:+.1f}) | "
             f"{p['only_original']} / {p['only_variant']} | "
@@ -183,6 +187,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--calib", type=Path, default=None,
         help="an .npz of calibration images (e.g. models/fashion_mnist_calib_512.npz, as the "
              "README's export commands use) instead of the training split of --data")  # fmt: skip
+    add("--keep-exact", nargs="*", type=paper_table.keep_exact_entry,
+        default=list(map(paper_table.keep_exact_entry, paper_table.KEEP_EXACT)),
+        help="NAME:LAYER[,LAYER]: convs kept exact, as the paper table's option (NAME: for "
+             f"none); default {' '.join(paper_table.KEEP_EXACT)}")  # fmt: skip
     add("--eps", type=float, default=0.1)
     add("--step-size", type=float, default=0.01)
     add("--steps", type=int, default=100)
@@ -212,6 +220,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "held_out_samples"):  # fmt: skip
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    args.keep_exact = dict(args.keep_exact)
     return args
 
 

@@ -92,7 +92,7 @@ from benchmarks.paper_table_variants import (
 from gdws_export.attacks import AttackConfig
 from gdws_export.errors import GDWSExportError
 from gdws_export.gdws.conv import GDWSConv2d
-from gdws_export.gdws.selection import count_macs
+from gdws_export.gdws.selection import count_macs, find_convs
 from gdws_export.harness.accuracy import evaluate_accuracy
 from gdws_export.harness.attack_copy import attack_copy
 from gdws_export.harness.data import load_dataset, load_train_and_test
@@ -118,6 +118,11 @@ CHECKPOINTS = (
 # budget (NAME@R: at ratio R, else --light-ratios): the wider nets at the ratio where they
 # pass 2x on ONNX Runtime CPU.
 LIGHT = ("fmnist_vgg16_bn_w32", "fmnist_preact_resnet18_w24@0.2", "fmnist_wrn28_4_w16")
+# Convs kept exact (`approximate(exclude=...)`), NAME:LAYER[,LAYER]. The MAC budget prices a
+# kernel of the width-32 VGG-16's features.3 (32 channels at 28x28) 100 times one of its last
+# convs, so at 0.25 it kept 16 kernels for 32 channels, and that cost about 0.8 points of
+# PGD accuracy on 3000 test images (results/keep-exact-2026-12-06-intel.md).
+KEEP_EXACT = ("fmnist_vgg16_bn_w32:features.3",)
 BATCHES = (1, 32)
 SAME_GRAPH = "original (A/A)"
 RUNTIME_NAMES = {"ort": "ONNX Runtime CPU", "trt": "TensorRT", "torch": "PyTorch"}
@@ -155,7 +160,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
                               comparison_ratios=plan.comparison_ratios,
                               time_ratios=tuple(args.time_ratios), layer_costs=costs,
                               refit=tuple(args.refit), refit_data=calibration,
-                              eps=args.eps)  # fmt: skip
+                              eps=args.eps, exclude=plan.exclude)  # fmt: skip
     for variant in variants:
         if variant.budget == "time":  # the timing is part of making it
             variant.seconds += costs_s
@@ -166,6 +171,9 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
         "comparison rows (GDWS without the refit, baselines) at MAC ratio "
         + ", ".join(f"{r:g}" for r in plan.comparison_ratios)
     ]
+    if plan.exclude:
+        notes.insert(0, f"kept exact in every GDWS and dws row: {', '.join(plan.exclude)} "
+                        "(--keep-exact; the pruning baselines prune them)")  # fmt: skip
     if plan.light:
         notes.insert(0, f"light checkpoint: ratios {list(ratios)}, measures {list(plan.measures)}")
     builds, exports = {}, {}
@@ -214,6 +222,7 @@ def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
         spectra=spectrum_energy(model), rows=rows, speed=speed.to_dict(),
         accuracy=accuracy.to_dict(), notes=notes, noise_floor=floor,
         seconds=time.perf_counter() - start, export_defaults=defaults,
+        kept_exact=list(plan.exclude),
     )  # fmt: skip
 
 
@@ -226,6 +235,7 @@ class CheckpointPlan:
     measures: tuple[str, ...]
     comparison_ratios: tuple[float, ...]
     samples: int
+    exclude: tuple[str, ...] = ()  # convs kept exact (--keep-exact)
 
 
 def checkpoint_plan(name: str, args: argparse.Namespace) -> CheckpointPlan:
@@ -240,7 +250,16 @@ def checkpoint_plan(name: str, args: argparse.Namespace) -> CheckpointPlan:
     else:
         ratios, measures, samples = tuple(args.ratios), tuple(args.sensitivities), args.samples
     comparison_ratios = ratios if args.all_comparison_ratios else (min(ratios),)
-    return CheckpointPlan(light, ratios, measures, comparison_ratios, samples)
+    exclude = args.keep_exact.get(name, ())
+    return CheckpointPlan(light, ratios, measures, comparison_ratios, samples, exclude)
+
+
+def keep_exact_entry(text: str) -> tuple[str, tuple[str, ...]]:
+    """`NAME:LAYER[,LAYER]`: the convs checkpoint NAME keeps exact (`NAME:` none)."""
+    name, colon, layers = text.partition(":")
+    if not name or not colon:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME:LAYER[,LAYER] (NAME: for none)")
+    return name, tuple(layer for layer in layers.split(",") if layer)
 
 
 def _light_entry(text: str) -> tuple[str, tuple[float, ...]]:
@@ -380,6 +399,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              "ratios (NAME@R,R) or --light-ratios, to fit the time budget (the width-32 "
              f"VGG-16 costs 4x the MACs of the width-16 one per attacked image); default "
              f"{' '.join(LIGHT)}")  # fmt: skip
+    add("--keep-exact", nargs="*", type=keep_exact_entry,
+        default=list(map(keep_exact_entry, KEEP_EXACT)),
+        help="NAME:LAYER[,LAYER]: convs of checkpoint NAME that every GDWS and dws row keeps "
+             f"exact (NAME: for none); default {' '.join(KEEP_EXACT)} (see KEEP_EXACT)")  # fmt: skip
     add("--light-ratios", nargs="+", type=float, default=[0.25],
         help="ratios of the --light checkpoints named without their own")  # fmt: skip
     add("--light-sensitivities", nargs="+", choices=SENSITIVITIES, default=["none", "calibrated"],
@@ -428,6 +451,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--quick", action="store_true", help="CI-sized run (see the module docstring)")
     args = parser.parse_args(argv)
     args.light = dict(args.light)
+    args.keep_exact = dict(args.keep_exact)
+    for name, layers in args.keep_exact.items():
+        if name in args.checkpoints and layers:
+            try:
+                find_convs(load_model(args.models_dir / f"{name}.pt"), exclude=layers)
+            except GDWSExportError as exc:
+                parser.error(f"--keep-exact {name}: {exc}")
     missing = [n for n in args.checkpoints if not (args.models_dir / f"{n}.pt").is_file()]
     if missing:
         parser.error(f"no checkpoint {missing[0]}.pt in {args.models_dir}")
@@ -445,7 +475,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sensitivities = ["none", "relative", "activation", "calibrated"]
         args.refit = ["none", "calibrated"]  # the export default's candidates
         args.time_ratios = [1.0]
-        args.baselines, args.light = ["l1-prune", "in-prune"], {}
+        args.baselines, args.light, args.keep_exact = ["l1-prune", "in-prune"], {}, {}
         args.samples, args.calib_samples, args.held_out_samples, args.steps = 8, 16, 32, 2
         args.duration, args.warmup, args.auto_repeats = 0.05, 0.0, 1
         args.candidates, args.speed_only = ["dense", "gather"], []

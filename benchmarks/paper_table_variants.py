@@ -161,6 +161,7 @@ def build_variants(
     refit: tuple[str, ...] = (),
     refit_data: tuple[torch.Tensor, torch.Tensor] | None = None,
     eps: float = 0.1,
+    exclude: tuple[str, ...] = (),
 ) -> list[Variant]:
     """The original, GDWS under every measure at every ratio (and, for the measures in
     `refit`, the same model with its 1x1 convs refit on `refit_data`: `gdws-<measure>+refit`),
@@ -169,7 +170,12 @@ def build_variants(
 
     At ratios not in `comparison_ratios` (None: every ratio is one) only the refit rows are
     built: the rows the export ships. The comparisons (each measure without the refit against
-    the others and the baselines) run at `comparison_ratios`."""
+    the others and the baselines) run at `comparison_ratios`.
+
+    `exclude`: convs every GDWS and dws row keeps exact (`approximate`'s); their budgets cover
+    the other convs. The pruning baselines prune every conv: l1-prune is matched to the GDWS
+    model's whole-model MACs, in-prune keeps `ratio` of all approximable convs' MACs."""
+    keep = {"exclude": exclude or None}
     variants = [Variant(ORIGINAL, "original", model=model)]
     shape = tuple(model.input_shape)
     total = count_macs(model, shape)
@@ -184,7 +190,8 @@ def build_variants(
                 continue
             start = time.perf_counter()
             gdws, report = approximate(model, mac_ratio=ratio, alphas=sens.alphas,
-                                       input_moments=sens.moments, input_shape=shape)  # fmt: skip
+                                       input_moments=sens.moments, input_shape=shape,
+                                       **keep)  # fmt: skip
             seconds = time.perf_counter() - start
             if shown:
                 variants.append(
@@ -212,7 +219,7 @@ def build_variants(
         try:
             gdws, report = approximate(model, time_ratio=ratio, layer_costs=layer_costs,
                                        alphas=alphas, input_moments=moments,
-                                       input_shape=shape)  # fmt: skip
+                                       input_shape=shape, **keep)  # fmt: skip
         except InvalidInputError as exc:  # below the cheapest choice of every layer
             print(f"  gdws-time@{ratio:g} left out: {exc}", flush=True)
             continue
@@ -226,7 +233,8 @@ def build_variants(
         if "dws" in baselines:
             start = time.perf_counter()
             dws, report = depthwise_separable(model, mac_ratio=ratio, alphas=alphas,
-                                              input_moments=moments, input_shape=shape)  # fmt: skip
+                                              input_moments=moments, input_shape=shape,
+                                              **keep)  # fmt: skip
             variants.append(
                 Variant(f"dws@{ratio:g}", "dws", primary, ratio,
                         dws.eval(), time.perf_counter() - start, report.achieved_mac_ratio,

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from gdws_export.cli import COMMANDS, EXIT_CODES, main
+from gdws_export.models import create_model, save_checkpoint
 from tests import _model_files as files
 
 FAST = ["--exporter", "legacy", "--lowering", "gather"]
@@ -281,6 +282,23 @@ def test_max_layer_error_reaches_the_allocation(capsys, ckpt, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+def test_exclude_reaches_the_allocation(capsys, tmp_path):
+    torch.manual_seed(0)
+    vgg = create_model("vgg16_bn", num_classes=10, in_channels=1, width=4, input_size=16)
+    path = str(save_checkpoint(vgg, tmp_path / "vgg.pt"))
+    args = [path, "--mac-ratio", "0.3", "--exclude", "features.3", "--exclude", "features.1*"]
+    assert main([*args, "--dry-run"]) == 0
+    rows = {line.split(" | ")[0][2:]: line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| features.")}  # fmt: skip
+    for name in ("features.3", "features.10", "features.17"):
+        assert "| skipped (matched by exclude) |" in rows[name]
+    assert "| gdws |" in rows["features.24"] or "| original |" in rows["features.24"]
+    assert main([path, "--exclude", "classifier", "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exclude pattern 'classifier' matches no conv" in err[0]
+    assert not (tmp_path / "b").exists()
+
+
 def test_help_and_version(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
@@ -288,7 +306,7 @@ def test_help_and_version(capsys):
     for option in ("--target", "--fp16", "--int8", "--calib", "--beta", "--mac-ratio", "--time-ratio",
                    "--alphas", "--max-layer-error", "--lowering", "--opset", "--static", "--batch", "--workspace",
                    "--timing-cache", "--output", "--force", "--no-gdws", "--dry-run", "--seed",
-                   "--triton-repo", "--trust-pickle", "--input-shape", "--mean"):  # fmt: skip
+                   "--triton-repo", "--trust-pickle", "--input-shape", "--mean", "--exclude"):  # fmt: skip
         assert option in text
     assert EXIT_CODES in text
     assert main(["--version"]) == 0

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import paper_table, paper_table_report
 from benchmarks.paper_table_report import (
@@ -20,11 +21,13 @@ from benchmarks.paper_table_report import (
     verdicts,
     write_results,
 )
+from benchmarks.paper_table_variants import Sensitivity, build_variants
 from gdws_export import approximate
+from gdws_export.gdws.conv import GDWSConv2d
 from gdws_export.harness.data import load_dataset
 from gdws_export.harness.measure_choice import AUTO_MEASURES, MeasureChoice
 from gdws_export.harness.sweep import pareto_front
-from gdws_export.models import save_checkpoint
+from gdws_export.models import create_model, save_checkpoint
 from gdws_export.runtimes import build as build_module
 from tests._trained import SLICE, trained_lenet
 
@@ -313,13 +316,14 @@ def test_a_verdict_met_on_the_table_images_is_unconfirmed_until_1000(quick_run):
     assert "confirm" not in line
 
 
-def _confirm_file(path, checkpoint, variant, differences, attack, export_default=False):
+def _confirm_file(path, checkpoint, variant, differences, attack, export_default=False,
+                  samples=1000, kept_exact=()):  # fmt: skip
     """A confirm_rows.py JSON; an export-default row is named `<variant> (auto)` there, with
     the row it chose under export_default."""
     chosen = {"variant": variant} if export_default else None
     name = f"{variant} (auto)" if export_default else variant
     rows = [{"checkpoint": checkpoint, "variant": name, "export_default": chosen,
-             "samples": 1000, "attack": attack,
+             "samples": samples, "attack": attack, "kept_exact": list(kept_exact),
              "engine": {"difference_points": d, "ci95_points": [d - 0.9, d + 0.9]}}
             for d in differences]  # fmt: skip
     rows.append({**rows[0], "attack": "another attack", "engine": {**rows[0]["engine"],
@@ -380,6 +384,59 @@ def test_a_confirmation_decides_over_the_few_table_images(quick_run, tmp_path):
     assert line.startswith("**lenet_quick: met, confirmed on 1000 images.**")
     assert "3.0 points lost on these 8 images; its confirmation decides" in line
     assert "-0.2 points on the engine" in line and "within the target" in line
+
+
+def test_the_largest_confirmation_of_the_same_row_decides(quick_run, tmp_path):
+    """Runs on more images supersede runs on fewer; a run that kept other convs exact is
+    another row."""
+    paths, _ = quick_run
+    table = _meet_target_with(load(paths["json"]), "gdws-none@0.5", 8)
+    attack = table.checkpoints[0].attack
+    confirm = ("lenet_quick", "gdws-none@0.5")
+    _confirm_file(tmp_path / "a-confirm.json", *confirm, [-0.9, -0.2], attack)
+    _confirm_file(tmp_path / "b-confirm.json", *confirm, [-0.3], attack, samples=3000)
+    _confirm_file(tmp_path / "c-confirm.json", *confirm, [-2.0], attack, samples=5000,
+                  kept_exact=["features.3"])  # fmt: skip
+    table.confirmations = collect_confirmations(tmp_path, attack)
+    assert [c.kept_exact for c in table.confirmations][-1] == ["features.3"]
+    (line,) = verdicts(table)
+    assert line.startswith("**lenet_quick: met, confirmed on 3000 images.**")
+    assert "in one run: -0.3 points" in line and "b-confirm.md" in line
+    table.checkpoints[0].kept_exact = ["features.3"]  # now only the 5000-image run is this row
+    (line,) = verdicts(table)
+    assert line.startswith("**lenet_quick: not met.**") and "c-confirm.md" in line
+
+
+def test_keep_exact_names_convs_per_checkpoint(capsys):
+    args = paper_table.parse_args([])
+    assert paper_table.checkpoint_plan("fmnist_vgg16_bn_w32", args).exclude == ("features.3",)
+    assert paper_table.checkpoint_plan("fmnist_vgg16_bn_w16", args).exclude == ()
+    args = paper_table.parse_args(["--keep-exact", "fmnist_vgg16_bn_w32:"])
+    assert paper_table.checkpoint_plan("fmnist_vgg16_bn_w32", args).exclude == ()
+    for argv, message in (
+        (["--keep-exact", "fmnist_vgg16_bn_w32"], "is not NAME:LAYER[,LAYER]"),
+        (["--keep-exact", "fmnist_vgg16_bn_w32:features.99"],
+         "--keep-exact fmnist_vgg16_bn_w32: exclude pattern 'features.99' matches no conv"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit):
+            paper_table.parse_args(argv)
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_kept_convs_stay_exact_in_every_gdws_and_dws_row():
+    torch.manual_seed(0)
+    model = create_model("vgg16_bn", num_classes=10, in_channels=1, width=4, input_size=16).eval()
+    x, y = torch.rand(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    variants = build_variants(model, (0.5,), {"none": Sensitivity(None)},
+                              baselines=("dws", "l1-prune"), refit=("none",), refit_data=(x, y),
+                              exclude=("features.3", "features.10"))  # fmt: skip
+    assert {v.method for v in variants} == {"original", "gdws", "dws", "l1-prune"}
+    for v in variants:
+        if v.method in ("gdws", "dws"):
+            kept = [v.model.get_submodule(n) for n in ("features.3", "features.10")]
+            assert all(type(m) is torch.nn.Conv2d for m in kept), v.name
+            assert torch.equal(kept[0].weight, model.features[3].weight)
+            assert any(isinstance(m, GDWSConv2d) for m in v.model.modules()), v.name
 
 
 def test_refreshing_confirmations_rewrites_only_the_verdicts(quick_run, tmp_path):

@@ -19,6 +19,7 @@ import torch
 
 from gdws_export.errors import InvalidInputError, ParityError, UnsupportedModelError
 from gdws_export.harness.measure_choice import AUTO_MEASURES
+from gdws_export.models import create_model, save_checkpoint
 from gdws_export.pipeline import ExportConfig, ExportReport, run_export
 from gdws_export.pipeline.config import DEFAULT_MAC_RATIO, parse_input_shape
 from gdws_export.runtimes import OrtRunner
@@ -66,6 +67,8 @@ def test_defaults_are_resolved_in_one_place(ckpt):
         ({"mac_ratio": 0.5, "time_ratio": 0.5}, "not more"),
         ({"time_ratio": 0.0}, r"--time-ratio must be in \(0, 1\]"),
         ({"gdws": False, "time_ratio": 0.5}, "--no-gdws exports the original model; --time-ratio"),
+        ({"gdws": False, "exclude": ("features.3",)}, "--no-gdws .* --exclude would be ignored"),
+        ({"exclude": ("features.3", " ")}, "--exclude takes conv names or patterns"),
         ({"max_layer_error": 0.0}, r"--max-layer-error must be in \(0, 1\]"),
         ({"max_layer_error": float("nan")}, r"--max-layer-error must be in \(0, 1\]"),
         ({"beta": 0.1, "max_layer_error": 0.3}, "caps a budget .* not --beta"),
@@ -392,6 +395,25 @@ def test_double_normalization_is_refused(tmp_path):
     path = files.checkpoint(tmp_path, mean=[0.5], std=[0.25])
     with pytest.raises(InvalidInputError, match="already normalizes its inputs inside"):
         run_export(_config(str(path), tmp_path / "out", mean=(0.5,), std=(0.25,)))
+
+
+def test_exclude_keeps_the_named_convs_exact(tmp_path):
+    """--exclude names layers as the user's model does, also under the normalizing wrapper
+    (whose layers are "model.<name>"; the report names them as the user does)."""
+    torch.manual_seed(0)
+    vgg = create_model("vgg16_bn", num_classes=10, in_channels=1, width=4, input_size=16)
+    path = save_checkpoint(vgg, tmp_path / "vgg.pt")
+    settings = {"mean": (0.5,), "std": (0.25,), "dry_run": True, "mac_ratio": 0.3}
+    plain = run_export(_config(str(path), tmp_path / "a", **settings))
+    kept = run_export(_config(str(path), tmp_path / "b", exclude=("features.3", "features.1?"),
+                              **settings))  # fmt: skip
+    status = {lay["name"]: lay["status"] for lay in kept.approximation["layers"]}
+    assert status["features.3"] == status["features.10"] == "skipped"
+    assert "gdws" in status.values()
+    before = {lay["name"]: lay["status"] for lay in plain.approximation["layers"]}
+    assert before["features.3"] == before["features.10"] == "gdws"
+    with pytest.raises(InvalidInputError, match="exclude pattern 'features.99' matches no conv"):
+        run_export(_config(str(path), tmp_path / "c", exclude=("features.99",), **settings))
 
 
 def test_static_batch(ckpt, tmp_path):

@@ -159,6 +159,14 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         "into a few layers), none with --mac-ratio",
     )
     gdws.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="LAYER",
+        help="keep this conv exact (not approximated): a module name or shell-style pattern "
+        "(features.3, 'layer4.*'); repeat for more. The budget then covers the other convs",
+    )
+    gdws.add_argument(
         "--alphas",
         metavar="FILE",
         help="per-channel alphas (from save_alphas or an earlier run's alphas.pt)",
@@ -369,6 +377,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         input_shape=args.input_shape, mean=args.mean, std=args.std, target=args.target,
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
         time_ratio=args.time_ratio, max_layer_error=args.max_layer_error,
+        exclude=tuple(args.exclude),
         alphas=args.alphas, calib=args.calib, calib_samples=args.calib_samples,
         held_out_samples=held_out,
         alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, refit=args.refit,

@@ -73,6 +73,8 @@ class ExportConfig:
             measured on ONNX Runtime at `batch` and `threads` (`measure_layer_costs`).
         max_layer_error: cap in (0, 1] on each layer's share of dropped (weighted) error under
             a budget; None: 0.35 for `time_ratio`, no cap for `mac_ratio` (see `approximate`).
+        exclude: convs kept exact: module names or shell-style patterns ("features.3",
+            "layer4.*"), as `find_convs` takes them; one that names no conv is an error.
         alphas: alphas file (`save_alphas`); without it, alphas are computed on `calib`.
         calib: data for alphas, INT8 calibration and parity checks: an .npz file, an image
             folder, an IDX folder or a dataset name (`load_dataset`; named datasets and IDX
@@ -123,6 +125,7 @@ class ExportConfig:
     mac_ratio: float | None = None
     time_ratio: float | None = None
     max_layer_error: float | None = None
+    exclude: tuple[str, ...] = ()
     alphas: str | None = None
     calib: str | None = None
     calib_samples: int | None = None
@@ -235,11 +238,19 @@ def _positive_int(name: str, value, *, allow_none: bool = True) -> None:
 
 
 def _check_gdws_settings(c: ExportConfig) -> None:
+    if isinstance(c.exclude, str):
+        c.exclude = (c.exclude,)
+    c.exclude = tuple(c.exclude or ())
+    for pattern in c.exclude:
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise InvalidInputError(
+                f"--exclude takes conv names or patterns such as features.3, got {pattern!r}"
+            )
     if not c.gdws:
         given = [
             n
-            for n in ("beta", "mac_ratio", "time_ratio", "max_layer_error", "alphas")
-            if getattr(c, n) is not None
+            for n in ("beta", "mac_ratio", "time_ratio", "max_layer_error", "alphas", "exclude")
+            if getattr(c, n) not in (None, ())
         ]
         if given:
             options = ", ".join("--" + n.replace("_", "-") for n in given)

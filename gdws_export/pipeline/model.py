@@ -105,9 +105,18 @@ def match_alpha_names(alphas: dict, model: nn.Module, source: str) -> dict:
     return alphas
 
 
-def check_replaceable(model: nn.Module, model_file: str) -> None:
-    """UnsupportedModelError unless some conv of `model` is one GDWS may replace."""
-    sites = find_convs(model)
+def match_layer_patterns(patterns: tuple[str, ...], model: nn.Module) -> tuple[str, ...]:
+    """Layer names or patterns of a bare model, as they name its NormalizedInput wrapper's
+    layers ("model." prefix), the way `match_alpha_names` maps alphas."""
+    if isinstance(model, NormalizedInput):
+        return tuple(p if p.startswith("model.") else f"model.{p}" for p in patterns)
+    return tuple(patterns)
+
+
+def check_replaceable(model: nn.Module, model_file: str, exclude: tuple[str, ...] = ()) -> None:
+    """UnsupportedModelError unless some conv of `model` is one GDWS may replace
+    (InvalidInputError for an `exclude` pattern that names no conv)."""
+    sites = find_convs(model, exclude=exclude or None)
     if any(site.skip_reason is None for site in sites):
         return
     convs = ", ".join(f"{site.name} ({site.skip_reason})" for site in sites[:4])

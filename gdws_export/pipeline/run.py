@@ -49,6 +49,7 @@ from gdws_export.pipeline.model import (
     check_replaceable,
     count_macs_params,
     match_alpha_names,
+    match_layer_patterns,
     prepare_model,
 )
 from gdws_export.pipeline.outputs import Staging, check_destination
@@ -202,7 +203,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
     )
     report.macs["original"], report.params["original"] = count_macs_params(model, shape)
     if cfg.gdws:
-        check_replaceable(model, cfg.model)
+        check_replaceable(model, cfg.model, match_layer_patterns(cfg.exclude, model))
         costs = None
         if cfg.time_ratio is not None:
             from gdws_export.lowering import measure_layer_costs
@@ -240,6 +241,7 @@ def _build(cfg: ExportConfig, measure: str, state: _State, costs, clock, show_ba
             state.model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, time_ratio=cfg.time_ratio,
             layer_costs=costs, alphas=alphas.alphas, input_moments=alphas.moments,
             input_shape=state.shape, max_layer_error=cfg.max_layer_error,
+            exclude=match_layer_patterns(cfg.exclude, state.model) or None,
         )  # fmt: skip
     refit = None
     if cfg.refit and approx.replaced:
