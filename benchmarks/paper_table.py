@@ -14,6 +14,7 @@ Per checkpoint:
    rows (each measure without the refit, the baselines) at the smallest ratio only, the refit
    rows at every ratio (`--all-comparison-ratios`: everything at each); `--light` checkpoints
    at their own ratio with the export default's measures and fewer images (`checkpoint_plan`);
+   the convs `--keep-exact` names for a checkpoint stay exact in its GDWS and dws rows;
 3. each model exported with `export_onnx(lowering="auto", original=model)` and built for ONNX
    Runtime; layers where the original conv ran faster ship it, and are put back in the PyTorch
    model too, so the model attacked is the model shipped. `--target trt` builds TensorRT
@@ -42,8 +43,9 @@ Per MAC ratio the table also names the refit row `gdws-export --calib`'s default
 training images after the calibration ones (`export_default_choices`).
 
 A row with committed `confirm_rows.py` results (benchmarks/results/*confirm*.json: the same
-attack on 1000 images, paired) is judged by them, the worst run, rather than by this table's
-100 or 200 images; a verdict met without one is provisional. `paper_table_report.py
+attack on 1000 or more images, paired, the same convs kept exact) is judged by those on the
+most images, the worst of them, rather than by this table's 100 or 200 images; a verdict met
+without one is provisional. `paper_table_report.py
 <table>.json` re-reads them into a table written before they existed.
 
 Run (full: 21.0 and 22.1 minutes in two runs on the 2-core Intel machine of
@@ -394,13 +396,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--all-comparison-ratios", action="store_true",
         help="the comparison rows (GDWS without the refit, baselines) at every ratio of a "
              "checkpoint, not only at its smallest (the refit rows run at every ratio)")  # fmt: skip
-    add("--light", nargs="*", type=_light_entry, default=list(map(_light_entry, LIGHT)),
+    add("--light", nargs="*", type=_light_entry, default=None,
         help="checkpoints measured with --light-sensitivities / --samples-light at their own "
              "ratios (NAME@R,R) or --light-ratios, to fit the time budget (the width-32 "
              f"VGG-16 costs 4x the MACs of the width-16 one per attacked image); default "
              f"{' '.join(LIGHT)}")  # fmt: skip
-    add("--keep-exact", nargs="*", type=keep_exact_entry,
-        default=list(map(keep_exact_entry, KEEP_EXACT)),
+    add("--keep-exact", nargs="*", type=keep_exact_entry, default=None,
         help="NAME:LAYER[,LAYER]: convs of checkpoint NAME that every GDWS and dws row keeps "
              f"exact (NAME: for none); default {' '.join(KEEP_EXACT)} (see KEEP_EXACT)")  # fmt: skip
     add("--light-ratios", nargs="+", type=float, default=[0.25],
@@ -450,17 +451,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="output stem; default results/<runtime>-<date> (see runtime_label)")  # fmt: skip
     add("--quick", action="store_true", help="CI-sized run (see the module docstring)")
     args = parser.parse_args(argv)
-    args.light = dict(args.light)
-    args.keep_exact = dict(args.keep_exact)
+    missing = [n for n in args.checkpoints if not (args.models_dir / f"{n}.pt").is_file()]
+    if missing:
+        parser.error(f"no checkpoint {missing[0]}.pt in {args.models_dir}")
+    for option, given, default, entry in (("light", args.light, LIGHT, _light_entry),
+                                          ("keep_exact", args.keep_exact, KEEP_EXACT,
+                                           keep_exact_entry)):  # fmt: skip
+        # the defaults name checkpoints a run may leave out; a name given here must be in it
+        unknown = [n for n, _ in given or () if n not in args.checkpoints]
+        if unknown:
+            parser.error(f"--{option.replace('_', '-')} {unknown[0]}: not one of --checkpoints")
+        setattr(args, option, dict(given if given is not None else map(entry, default)))
     for name, layers in args.keep_exact.items():
         if name in args.checkpoints and layers:
             try:
                 find_convs(load_model(args.models_dir / f"{name}.pt"), exclude=layers)
             except GDWSExportError as exc:
                 parser.error(f"--keep-exact {name}: {exc}")
-    missing = [n for n in args.checkpoints if not (args.models_dir / f"{n}.pt").is_file()]
-    if missing:
-        parser.error(f"no checkpoint {missing[0]}.pt in {args.models_dir}")
     if args.lowering is not None and args.lowering != "auto" and not is_form(args.lowering):
         parser.error(f"--lowering {args.lowering!r} is not auto or a lowering form {FORMS}")
     if args.threads < 1 or args.torch_threads < 1:

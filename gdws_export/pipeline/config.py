@@ -199,7 +199,7 @@ class ExportConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExportConfig:
         data = dict(data)
-        for key in ("input_shape", "mean", "std"):
+        for key in ("input_shape", "mean", "std", "exclude"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
