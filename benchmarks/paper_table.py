@@ -121,9 +121,10 @@ CHECKPOINTS = (
 # pass 2x on ONNX Runtime CPU.
 LIGHT = ("fmnist_vgg16_bn_w32", "fmnist_preact_resnet18_w24@0.2", "fmnist_wrn28_4_w16")
 # Convs kept exact (`approximate(exclude=...)`), NAME:LAYER[,LAYER]. The MAC budget prices a
-# kernel of the width-32 VGG-16's features.3 (32 channels at 28x28) 100 times one of its last
-# convs, so at 0.25 it kept 16 kernels for 32 channels, and that cost about 0.8 points of
-# PGD accuracy on 3000 test images (results/keep-exact-2026-12-06-intel.md).
+# kernel of the width-32 VGG-16's features.3 (32 channels at 28x28) 30 times one of its last
+# convs, so at 0.25 it kept 16 kernels for 32 channels; keeping it exact kept 0.8 points of
+# PGD-20 accuracy on 3000 test images (results/keep-exact-2026-12-06-intel-vgg32*.md). Not a
+# default for every net: on the width-16 VGG-16 it cost 1.0 point (benchmarks/README.md).
 KEEP_EXACT = ("fmnist_vgg16_bn_w32:features.3",)
 BATCHES = (1, 32)
 SAME_GRAPH = "original (A/A)"
