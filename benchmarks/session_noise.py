@@ -33,6 +33,8 @@ import torch
 
 from benchmarks._common import command_line, forms_summary, write_json_and_markdown
 from gdws_export import approximate
+from gdws_export.errors import GDWSExportError
+from gdws_export.gdws.selection import find_convs
 from gdws_export.harness.machine import machine_info
 from gdws_export.harness.speed import benchmark
 from gdws_export.lowering import export_onnx
@@ -50,7 +52,7 @@ LOWERINGS = {
 def measure(name: str, args: argparse.Namespace, workdir: Path) -> dict:
     """Per thread count: every trial's median batch latencies and speed-up."""
     model = load_model(args.models_dir / f"{name}.pt").eval()
-    gdws, _ = approximate(model, mac_ratio=args.mac_ratio)
+    gdws, _ = approximate(model, mac_ratio=args.mac_ratio, exclude=args.exclude or None)
     shape = tuple(model.input_shape)
     paths = {key: workdir / f"{name}-{key}.onnx" for key in ("original", "gdws")}
     fixed = {"original": model} if args.lowering == "auto" else {"original": model, "gdws": gdws}
@@ -98,7 +100,9 @@ def render(rows: list[dict], command: str, machine: str, args: argparse.Namespac
         f"Machine: {machine}.",
         "",
         f"Each trial: a fresh session for the original and for GDWS at mac_ratio "
-        f"{args.mac_ratio} ({LOWERINGS[args.lowering]}), timed interleaved at batch "
+        f"{args.mac_ratio}"
+        + (f", {', '.join(args.exclude)} kept exact" if args.exclude else "")
+        + f" ({LOWERINGS[args.lowering]}), timed interleaved at batch "
         f"{args.batch} for {args.duration:g} s each; median latency per session.",
         "",
         "| checkpoint | threads | original ms per trial | GDWS ms per trial | speed-up min / median / max |",
@@ -129,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("checkpoints", nargs="*", default=list(CHECKPOINTS))
     add("--models-dir", type=Path, default=Path(__file__).parent.parent / "models")
     add("--mac-ratio", type=float, default=0.25)
+    add("--exclude", nargs="*", default=[], metavar="LAYER",
+        help="convs kept exact (gdws-export --exclude), e.g. features.3")  # fmt: skip
     add("--threads", nargs="+", type=int, default=[1, 2])
     add("--trials", type=int, default=6, help="fresh session pairs per thread count")
     add("--batch", type=int, default=32)
@@ -142,6 +148,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.checkpoints:
         if not (args.models_dir / f"{name}.pt").is_file():
             parser.error(f"no checkpoint {args.models_dir / f'{name}.pt'}")
+    for name in args.checkpoints if args.exclude else ():
+        try:
+            find_convs(load_model(args.models_dir / f"{name}.pt"), exclude=args.exclude)
+        except GDWSExportError as exc:
+            parser.error(f"--exclude on {name}: {exc}")
     if not 0 < args.mac_ratio <= 1:
         parser.error(f"--mac-ratio must be in (0, 1], got {args.mac_ratio}")
     if min(args.threads) < 1 or min(args.trials, args.batch, args.auto_repeats) < 1:

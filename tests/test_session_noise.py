@@ -45,6 +45,7 @@ def test_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
         ["--trials", "0"],
         ["--auto-repeats", "0"],
         ["--duration", "0"],
+        ["--exclude", "features.99"],
     ],
 )
 def test_bad_settings_are_usage_errors(tmp_path, capsys, option):
@@ -52,6 +53,22 @@ def test_bad_settings_are_usage_errors(tmp_path, capsys, option):
     with pytest.raises(SystemExit):
         session_noise.parse_args(["lenet_small", "--models-dir", str(tmp_path), *option])
     assert option[0] in capsys.readouterr().err
+
+
+def test_kept_convs_stay_in_the_timed_graph(tmp_path, monkeypatch):
+    """--exclude: the GDWS model timed keeps those convs (the LeNet's only GDWS conv here, so
+    the "GDWS" graph is the original's convs)."""
+    files.checkpoint(tmp_path, name="lenet_small.pt")
+    seen = []
+    real = session_noise.approximate
+    monkeypatch.setattr(session_noise, "approximate",
+                        lambda *a, **k: seen.append(k.get("exclude")) or real(*a, **k))  # fmt: skip
+    argv = ["lenet_small", "--models-dir", str(tmp_path), "--threads", "1", "--trials", "1",
+            "--batch", "2", "--duration", "0.05", "--exclude", "features.3",
+            "--out", str(tmp_path / "noise")]  # fmt: skip
+    paths = session_noise.main(argv)
+    assert seen == [["features.3"]]
+    assert "features.3 kept exact" in paths["markdown"].read_text()
 
 
 def test_auto_lowering_exports_again_per_trial(tmp_path, monkeypatch):
