@@ -20,6 +20,10 @@ SCHEMA = "gdws-export/paper-table/1"
 RESULTS = Path(__file__).parent / "results"
 LOSS_TARGET_POINTS = 0.5
 SPEEDUP_TARGET = 2.0
+# One table times one export of each graph; fresh exports and sessions of the same row moved
+# its speed-up by 10 % either way on the 2-core machines (session_noise.py: 1.72x-2.13x on the
+# width-16 VGG-16), so a "met" this close to the target says so.
+SPEEDUP_MARGIN = 1.1
 CONFIRM_SAMPLES = 1000  # confirm_rows.py's default: a "met" on fewer images is provisional
 RUNTIME_TARGET_MIN = 30.0
 SPEED_FLOORS = (1.25, 1.5, 2.0)  # batch-32 speed-ups the matched-speed comparison uses
@@ -314,6 +318,11 @@ def verdicts(table: PaperTable) -> list[str]:
             )
         if cited is not None:
             text += _confirmation_text(cited, tried[cited.variant]) + " "
+        if met and best.speedup_b32 < SPEEDUP_TARGET * SPEEDUP_MARGIN:
+            text += (f"Its {best.speedup_b32:.2f}x is within {SPEEDUP_MARGIN - 1:.0%} of the "
+                     f"{SPEEDUP_TARGET:g}x target, as close as one export's speed-up moves "
+                     "between fresh exports and sessions: check it with "
+                     "`benchmarks/session_noise.py --lowering auto` before claiming it. ")  # fmt: skip
         if met and not confirmed and original.samples < CONFIRM_SAMPLES:
             text += (f"A row's robust accuracy on {original.samples} images has a "
                      f"standard error of {original.robust_se_points:.1f} points: confirm "

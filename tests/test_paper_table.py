@@ -410,6 +410,17 @@ def test_the_largest_confirmation_of_the_same_row_decides(quick_run, tmp_path):
     assert line.startswith("**lenet_quick: not met.**") and "c-confirm.md" in line
 
 
+def test_a_speed_up_near_the_target_is_flagged(quick_run):
+    paths, _ = quick_run
+    table = _meet_target_with(load(paths["json"]), "gdws-none@0.5", 1000)
+    (line,) = verdicts(table)
+    assert "within 10% of the 2x target" not in line
+    table.checkpoints[0].row("gdws-none@0.5").speedup_b32 = 2.05
+    (line,) = verdicts(table)
+    assert line.startswith("**lenet_quick: met.**")
+    assert "Its 2.05x is within 10% of the 2x target" in line and "session_noise.py" in line
+
+
 def test_keep_exact_names_convs_per_checkpoint(capsys):
     args = paper_table.parse_args([])
     assert paper_table.checkpoint_plan("fmnist_vgg16_bn_w32", args).exclude == ("features.3",)
