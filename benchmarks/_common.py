@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -11,6 +12,9 @@ import torch
 from torch import nn
 
 from gdws_export._files import atomic_write_text
+from gdws_export.errors import GDWSExportError
+from gdws_export.gdws.selection import find_convs
+from gdws_export.models import load_model
 
 
 @torch.no_grad()
@@ -72,3 +76,13 @@ def write_json_and_markdown(stem: str | Path, data: dict, markdown: str) -> tupl
     atomic_write_text(json_path, json.dumps(data, indent=1) + "\n")
     atomic_write_text(md_path, markdown)
     return json_path, md_path
+
+
+def check_kept_convs(parser: argparse.ArgumentParser, option: str, checkpoint: Path,
+                     layers: tuple[str, ...] | list[str]) -> None:  # fmt: skip
+    """A usage error (one line, exit 2) unless every name or pattern in `layers` names a conv
+    of `checkpoint`, checked before any work (`find_convs`, as `approximate(exclude=)` will)."""
+    try:
+        find_convs(load_model(checkpoint), exclude=list(layers))
+    except GDWSExportError as exc:
+        parser.error(f"{option} {checkpoint.stem}: {exc}")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import paper_table
-from benchmarks._common import command_line, write_json_and_markdown
+from benchmarks._common import check_kept_convs, command_line, write_json_and_markdown
 from benchmarks.paper_table_variants import (
     build_variants,
     compute_sensitivities,
@@ -221,6 +221,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
     args.keep_exact = dict(args.keep_exact)
+    for name in {row.split(":", 1)[0] for row in args.rows}:
+        if args.keep_exact.get(name):
+            check_kept_convs(parser, "--keep-exact", args.models_dir / f"{name}.pt",
+                             args.keep_exact[name])  # fmt: skip
     return args
 
 

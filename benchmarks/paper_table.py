@@ -45,8 +45,8 @@ training images after the calibration ones (`export_default_choices`).
 A row with committed `confirm_rows.py` results (benchmarks/results/*confirm*.json: the same
 attack on 1000 or more images, paired, the same convs kept exact) is judged by those on the
 most images, the worst of them, rather than by this table's 100 or 200 images; a verdict met
-without one is provisional. `paper_table_report.py
-<table>.json` re-reads them into a table written before they existed.
+without one is provisional. `paper_table_report.py <table>.json` re-reads them into a table
+written before they existed.
 
 Run (full: 21.0 and 22.1 minutes in two runs on the 2-core Intel machine of
 results/ort-cpu-2026-12-06-intel-attack-copy and its -rerun: five checkpoints, ratios 0.25
@@ -71,7 +71,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import command_line, forms_summary
+from benchmarks._common import check_kept_convs, command_line, forms_summary
 from benchmarks.paper_table_report import (
     RESULTS,
     CheckpointResult,
@@ -94,7 +94,7 @@ from benchmarks.paper_table_variants import (
 from gdws_export.attacks import AttackConfig
 from gdws_export.errors import GDWSExportError
 from gdws_export.gdws.conv import GDWSConv2d
-from gdws_export.gdws.selection import count_macs, find_convs
+from gdws_export.gdws.selection import count_macs
 from gdws_export.harness.accuracy import evaluate_accuracy
 from gdws_export.harness.attack_copy import attack_copy
 from gdws_export.harness.data import load_dataset, load_train_and_test
@@ -465,10 +465,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         setattr(args, option, dict(given if given is not None else map(entry, default)))
     for name, layers in args.keep_exact.items():
         if name in args.checkpoints and layers:
-            try:
-                find_convs(load_model(args.models_dir / f"{name}.pt"), exclude=layers)
-            except GDWSExportError as exc:
-                parser.error(f"--keep-exact {name}: {exc}")
+            check_kept_convs(parser, "--keep-exact", args.models_dir / f"{name}.pt", layers)
     if args.lowering is not None and args.lowering != "auto" and not is_form(args.lowering):
         parser.error(f"--lowering {args.lowering!r} is not auto or a lowering form {FORMS}")
     if args.threads < 1 or args.torch_threads < 1:

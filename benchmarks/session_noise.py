@@ -31,10 +31,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import command_line, forms_summary, write_json_and_markdown
+from benchmarks._common import (
+    check_kept_convs,
+    command_line,
+    forms_summary,
+    write_json_and_markdown,
+)
 from gdws_export import approximate
-from gdws_export.errors import GDWSExportError
-from gdws_export.gdws.selection import find_convs
 from gdws_export.harness.machine import machine_info
 from gdws_export.harness.speed import benchmark
 from gdws_export.lowering import export_onnx
@@ -149,10 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not (args.models_dir / f"{name}.pt").is_file():
             parser.error(f"no checkpoint {args.models_dir / f'{name}.pt'}")
     for name in args.checkpoints if args.exclude else ():
-        try:
-            find_convs(load_model(args.models_dir / f"{name}.pt"), exclude=args.exclude)
-        except GDWSExportError as exc:
-            parser.error(f"--exclude on {name}: {exc}")
+        check_kept_convs(parser, "--exclude", args.models_dir / f"{name}.pt", args.exclude)
     if not 0 < args.mac_ratio <= 1:
         parser.error(f"--mac-ratio must be in (0, 1], got {args.mac_ratio}")
     if min(args.threads) < 1 or min(args.trials, args.batch, args.auto_repeats) < 1:

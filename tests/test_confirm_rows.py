@@ -92,7 +92,9 @@ def test_bad_rows_are_one_line_errors(row, capsys):
      (["--samples", "0"], "--samples must be at least 1"),
      (["--torch-threads", "0"], "--torch-threads must be at least 1"),
      (["--held-out-samples", "0"], "--held-out-samples must be at least 1"),
-     (["--calib", "/nonexistent.npz"], "--calib /nonexistent.npz: no such file")],
+     (["--calib", "/nonexistent.npz"], "--calib /nonexistent.npz: no such file"),
+     (["--keep-exact", "fmnist_wrn28_4_w16:block9.*"],
+      "--keep-exact fmnist_wrn28_4_w16: exclude pattern 'block9.*' matches no conv")],
 )  # fmt: skip
 def test_missing_checkpoints_and_empty_samples_stop_before_any_work(extra, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
