@@ -10,10 +10,14 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+
+from gdws_export.errors import InvalidInputError
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -23,6 +27,23 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_zip_integrity(path: Path, what: str) -> None:
+    """Raise InvalidInputError unless every member of the zip archive at `path` reads back
+    with a matching CRC (`what` names the file's kind in the message)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as exc:
+        raise InvalidInputError(
+            f"{what} {path} is a corrupt zip archive ({exc}); copy or save it again"
+        ) from exc
+    if bad is not None:
+        raise InvalidInputError(
+            f"{what} {path} is corrupt: member '{bad}' fails its CRC check (a damaged copy?); "
+            "copy or save it again"
+        )
 
 
 def temporary_path(path: str | os.PathLike) -> Path:

@@ -6,6 +6,30 @@ its own exit code, so scripts can tell bad input from a parity failure from a mi
 
 from __future__ import annotations
 
+import re
+
+# ANSI escape sequences (colours, cursor moves) and other control characters.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+# PyTorch's advice on a refused pickle: loading with weights_only=False runs the file's code.
+_UNSAFE_ADVICE = re.compile(r"weights_only\s*=\s*False|weights only load failed", re.IGNORECASE)
+
+
+def plain_line(text: str) -> str:
+    """The first non-empty line of `text`, without escape sequences or control characters.
+
+    A library's message that advises `weights_only=False` (advice that runs code from the file)
+    is replaced by a neutral statement of what happened.
+
+    Example:
+        >>> plain_line("\x1b[1mboom\x1b[0m\nTraceback ...")
+        'boom'
+    """
+    lines = [line.strip() for line in _ESCAPES.sub("", text.replace("\t", " ")).splitlines()]
+    line = next((line for line in lines if line), "")
+    if _UNSAFE_ADVICE.search(line):
+        return "the weights-only unpickler refused it (it pickles objects other than tensors)"
+    return line
+
 
 class GDWSExportError(Exception):
     """Base class of every error gdws-export raises on purpose."""

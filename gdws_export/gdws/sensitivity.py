@@ -19,14 +19,15 @@ evaluated per sample with one einsum. No per-sample loop, no per-pair loop.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdws_export._files import atomic_output
-from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export._files import atomic_output, check_zip_integrity
+from gdws_export.errors import InvalidInputError, UnsupportedModelError, plain_line
 from gdws_export.gdws.selection import ConvSite, find_convs
 
 _FORMAT = "gdws-export/alphas/1"
@@ -254,10 +255,15 @@ def _read(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InvalidInputError(f"alphas file {path!r} does not exist")
+    if zipfile.is_zipfile(path):
+        check_zip_integrity(path, "alphas file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupt or not a torch file
-        raise InvalidInputError(f"alphas file {path!r} cannot be read: {exc}") from exc
+    except Exception as exc:  # truncated, corrupt, not a torch file, or pickling objects
+        raise InvalidInputError(
+            f"alphas file {path!r} cannot be read ({plain_line(str(exc))}); it is corrupt or "
+            "not an alphas file written by gdws-export"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
         raise InvalidInputError(f"{path!r} is not an alphas file written by gdws-export")
     return payload

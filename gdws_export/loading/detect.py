@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import io
-import pickle
 import pickletools
-import warnings
 import zipfile
 from pathlib import Path
 
-import torch
-
-from gdws_export.errors import InvalidInputError
+from gdws_export.errors import InvalidInputError, plain_line
 
 FORMATS = ("torchscript", "torch_export", "torch_save", "pickle")
 FORMAT_NAMES = {
@@ -59,12 +55,29 @@ def detect_format(path: Path) -> str:
             f"model file {path} is a zip archive but not a PyTorch file (no data.pkl, "
             "TorchScript code or torch.export program inside)"
         )
-    if head[0] == pickle.PROTO[0] or head[:1] in (b"(", b"]", b"}"):
+    if _starts_with_a_pickle(path):
         return "pickle"
     raise InvalidInputError(
         f"model file {path} is not a PyTorch file (neither a zip archive nor a pickle); pass a "
         "state_dict, a TorchScript archive, a torch.export .pt2 program or a pickled module"
     )
+
+
+def _starts_with_a_pickle(path: Path, window: int = 4096) -> bool:
+    """Whether the file's first bytes parse as pickle opcodes up to a STOP or the end of the
+    window (any protocol: legacy torch.save files of protocol 0 or 1 start with LONG, "L").
+    Parsed, never run; a false "yes" only leads to a weights-only load that refuses it."""
+    with open(path, "rb") as f:
+        head = f.read(window)
+    count = 0
+    try:
+        for opcode, _, _ in pickletools.genops(io.BytesIO(head)):
+            count += 1
+            if opcode.name == "STOP":
+                return True
+    except (ValueError, EOFError):
+        return count > 0 and len(head) == window  # cut by the window, not by bad bytes
+    return False
 
 
 def pickle_globals(path: Path, *, routine: bool = False) -> list[str]:
@@ -98,36 +111,7 @@ def pickle_globals(path: Path, *, routine: bool = False) -> list[str]:
     return found if routine else [g for g in found if not g.startswith(_ROUTINE_GLOBALS)]
 
 
-def pickles_refused_in_archive(path: Path) -> list[str]:
-    """Members of a zip archive holding pickles that `torch.load(weights_only=True)` refuses.
-
-    `torch.export.load` unpickles some members with `weights_only=False` (weights and constants
-    saved as pickles, opaque objects), so a .pt2 file can run code when loaded: this finds
-    such members first. Every member that is a pickle or a nested torch.save archive is tried
-    with the weights-only unpickler, which runs nothing; raw tensor bytes fail it for other
-    reasons and are not counted.
-    """
-    refused = []
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            with archive.open(info) as member:
-                head = member.read(2)
-            if not (head.startswith(b"PK") or head[:1] == pickle.PROTO):
-                continue
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # "Detected pickle protocol 4" and the like
-                    torch.load(io.BytesIO(archive.read(info)), map_location="cpu",
-                               weights_only=True)  # fmt: skip
-            except pickle.UnpicklingError as exc:
-                if "weights only" in str(exc).lower():
-                    refused.append(info.filename)
-            except Exception:  # not a loadable pickle (raw tensor bytes): nothing to run
-                continue
-    return refused
-
-
 def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (C++ errors run to many lines)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The first line of an exception's message (C++ errors run to many lines), as plain text:
+    see `errors.plain_line`."""
+    return plain_line(str(exc)) or type(exc).__name__

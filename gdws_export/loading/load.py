@@ -8,8 +8,9 @@ The kind is detected from the file's content, never by running it:
   architecture; otherwise it is converted to a `torch.export` program (TorchScript runs only
   TorchScript ops, never Python) and handled as below;
 - a `torch.export` program (`.pt2`, `torch.export.save`): its graph names torch ops only, but
-  `torch.export.load` unpickles some members without weights_only, so an archive holding
-  pickled objects is refused unless `trust_pickle=True`;
+  `torch.export.load` unpickles some members without weights_only, so an archive with any
+  member it would run code from (see `gate.program_hazards`) is refused unless
+  `trust_pickle=True`;
 - a whole pickled `nn.Module` (`torch.save(model)`): loading it runs code from the file, so it
   is refused unless `trust_pickle=True`.
 
@@ -33,14 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from gdws_export._files import check_zip_integrity
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.loading.detect import (
-    FORMAT_NAMES,
-    detect_format,
-    first_line,
-    pickle_globals,
-    pickles_refused_in_archive,
-)
+from gdws_export.loading.detect import FORMAT_NAMES, detect_format, first_line, pickle_globals
+from gdws_export.loading.gate import check_program_archive
 from gdws_export.loading.programs import program_module, torchscript_program
 from gdws_export.models import create_model, list_models, read_checkpoint
 from gdws_export.models.checkpoint import load_state_dict_checked, resolve_checkpoint
@@ -138,16 +135,15 @@ def load_model_file(
         raise InvalidInputError("--num-classes and --arch-kwargs go with --arch NAME; add it")
     if fmt == "torch_export" and arch is not None:
         _no_arch_for(file, FORMAT_NAMES[fmt])
+    if fmt != "pickle":  # a zip archive: PyTorch's reader would not notice a damaged member
+        check_zip_integrity(file, FORMAT_NAMES[fmt])
     if fmt == "torchscript":
         loaded = _load_torchscript(file, arch, kwargs, shape)
     elif fmt == "torch_export":
-        refused = pickles_refused_in_archive(file)
-        if refused and not trust_pickle:
-            raise InvalidInputError(
-                f"torch.export program {file} holds pickled Python objects "
-                f"({', '.join(refused[:_SHOWN])}); loading it would run code from the file, so "
-                "it was not loaded. If you trust the file, pass --trust-pickle (trust_pickle=True)"
-            )
+        check_program_archive(
+            file, trust_pickle=trust_pickle,
+            advice="if you trust the file, pass --trust-pickle (trust_pickle=True)",
+        )  # fmt: skip
         try:
             program = torch.export.load(file)
         except Exception as exc:  # a damaged archive fails anywhere in deserialization
@@ -231,9 +227,15 @@ def _load_trusted_pickle(file: Path, shape, trust_pickle: bool, arch) -> LoadedM
     shown = ", ".join(names[:_SHOWN]) + (
         f", ... {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
     )
+    if not trust_pickle and not names:
+        raise InvalidInputError(
+            f"{file} is a pickle that PyTorch's weights-only loader cannot read (an old pickle "
+            "protocol?), so it was not loaded; re-save it with torch.save's defaults, or pass "
+            "--trust-pickle (trust_pickle=True) if you trust the file"
+        )
     if not trust_pickle:
         raise InvalidInputError(
-            f"{file} pickles Python objects ({shown or 'unknown classes'}); loading it would run "
+            f"{file} pickles Python objects ({shown}); loading it would run "
             "code from the file, so it was not loaded. If you trust the file, pass "
             "--trust-pickle (trust_pickle=True); better, save model.state_dict() and pass --arch"
         )

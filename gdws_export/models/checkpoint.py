@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from gdws_export._files import atomic_write_bytes
-from gdws_export.errors import InvalidInputError
+from gdws_export.errors import InvalidInputError, plain_line
 
 MODELS_DIR_ENV = "GDWS_EXPORT_MODELS"
 CHECKPOINT_FORMAT = "gdws-export/checkpoint"
@@ -103,9 +104,11 @@ def read_checkpoint(checkpoint: str | os.PathLike[str]) -> Checkpoint:
     """
     path = resolve_checkpoint(checkpoint)
     try:
-        contents = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Detected pickle protocol 4": not the user's news
+            contents = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to deserialize means the file is unusable
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = plain_line(str(exc)) or type(exc).__name__
         raise InvalidInputError(
             f"checkpoint {path} cannot be read with torch.load(weights_only=True) ({reason}); it "
             "is corrupt, not a PyTorch file, or pickles whole objects such as an nn.Module: "

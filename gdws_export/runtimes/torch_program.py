@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gdws_export._files import atomic_output, atomic_write_text, file_sha256
-from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.errors import InvalidInputError, UnsupportedModelError, plain_line
+from gdws_export.loading.gate import check_program_archive
 
 DEVICES = ("cpu", "cuda")
 TORCH_PRECISIONS = ("fp32", "fp16")
@@ -139,12 +140,18 @@ def load_program(path: str | os.PathLike):
         raise InvalidInputError(
             f"{path} is not a torch.export program (.pt2 archive); make it with export_program()"
         )
+    # The same gate as a model file: a sha256 in a sidecar beside it pins nothing against
+    # someone who writes both, and gdws-export never writes a program that needs trust.
+    check_program_archive(
+        path, trust_pickle=False,
+        advice="gdws-export never writes such programs: export the model again",
+    )  # fmt: skip
     try:
         return torch.export.load(path)
     except Exception as exc:
         raise InvalidInputError(
             f"{path} could not be loaded as a torch.export program ({type(exc).__name__}: "
-            f"{exc}); re-export it with this torch version ({torch.__version__})"
+            f"{plain_line(str(exc))}); re-export it with this torch version ({torch.__version__})"
         ) from exc
 
 
