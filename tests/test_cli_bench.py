@@ -108,3 +108,27 @@ def test_bench_tensorrt_engine_reports_gpu_compute(onnx_files, tmp_path):
     for result in report.results:
         assert result.compute is not None and result.compute.count == 20
         assert result.compute_images_per_s > 0
+
+
+def test_bench_times_every_model_at_the_threads_a_settings_file_records(onnx_files, tmp_path,
+                                                                        capsys):  # fmt: skip
+    """An export's settings record one thread; a bare reference .onnx must not get every core
+    (that made a 2.46x speed-up read 4.49x)."""
+    reference, candidate = onnx_files
+    settings = build(candidate, target="ort", precision="fp32", output_dir=tmp_path, threads=1)
+    argv = [settings.settings_path, "--reference", reference, "--iterations", 2, "--warmup", 0,
+            "--batch-sizes", 1, "--output", tmp_path / "bench.json"]  # fmt: skip
+    assert run_command(bench_command, argv) == 0
+    report = read_json(tmp_path / "bench.json")
+    assert [info["threads"] for info in report.runners.values()] == [1, 1]
+    assert "CPU threads: original.onnx 1, " in capsys.readouterr().out
+
+
+def test_bench_refuses_settings_files_of_different_threads(onnx_files, tmp_path):
+    _, candidate = onnx_files
+    one = build(candidate, target="ort", precision="fp32", output_dir=tmp_path / "a", threads=1)
+    two = build(candidate, target="ort", precision="fp32", output_dir=tmp_path / "b", threads=2)
+    argv = [one.settings_path, "--reference", two.settings_path, "--iterations", 1]
+    with pytest.raises(InvalidInputError, match=r"different thread counts.*--threads"):
+        run_command(bench_command, argv)
+    assert run_command(bench_command, [*argv, "--threads", 1, "--warmup", 0]) == 0

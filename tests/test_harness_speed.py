@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from _fake_runners import DeviceRunner, RecordingRunner
@@ -9,7 +11,7 @@ from _trained import export_legacy, trained_lenet
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.machine import MachineInfo
-from gdws_export.harness.speed import benchmark
+from gdws_export.harness.speed import STEADY_WINDOW, benchmark, is_steady
 from gdws_export.harness.speed_report import BatchResult, BenchSettings, LatencyStats, SpeedReport
 from gdws_export.runtimes import OrtRunner
 
@@ -195,3 +197,40 @@ def test_dynamic_image_sizes_need_input_shape():
         input_shape=(1, 8, 8), machine=MACHINE,
     )  # fmt: skip
     assert report.settings.input_shape == [1, 8, 8]
+
+
+@pytest.mark.parametrize(
+    ("times", "steady"),
+    [
+        ([1.0] * 10, True),
+        ([1000.0] * 5 + [1.0] * 5, False),  # the first calls were slow: not settled yet
+        ([1000.0] * 3 + [1.0] * 10, True),
+        ([1.0] * 9, False),  # too few runs to tell
+        ([1.0, 1.05] * 5, True),  # noise within the tolerance
+    ],
+)
+def test_is_steady(times, steady):
+    assert is_steady(times) is steady
+
+
+class SlowStartRunner(RecordingRunner):
+    """Its first `slow` calls take 20 ms, later ones about nothing (like a program's first
+    calls): the warm-up must outlast them, whatever warmup_s."""
+
+    def __init__(self, label, log, slow: int = 3) -> None:
+        super().__init__(label, log)
+        self.calls, self.slow = 0, slow
+
+    def infer(self, feed):
+        self.calls += 1
+        if self.calls <= self.slow:
+            time.sleep(0.02)
+        return super().infer(feed)
+
+
+def test_warm_up_runs_until_the_run_time_is_steady():
+    runner = SlowStartRunner("program", [])
+    benchmark({"program": runner}, batch_sizes=(1,), duration_s=None, iterations=3,
+              warmup_s=0.001, machine=MachineInfo())  # fmt: skip
+    # 3 slow calls, then two windows of STEADY_WINDOW fast ones before the timed runs.
+    assert runner.calls >= runner.slow + 2 * STEADY_WINDOW

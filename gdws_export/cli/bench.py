@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from gdws_export.harness.report import render_markdown, write_json, write_markdown
-from gdws_export.harness.runners import load_runner
+from gdws_export.harness.runners import load_runners_alike
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.speed_report import (
     DEFAULT_BATCH_SIZES,
@@ -60,7 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--rounds", type=int, default=DEFAULT_ROUNDS,
         help=f"interleaved rounds (default: {DEFAULT_ROUNDS})",
     )  # fmt: skip
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--threads", type=int,
+        help="CPU intra-op threads of every model timed (default: the count the settings files "
+        "record, e.g. an export's 1; ONNX Runtime's default when none does)",
+    )  # fmt: skip
     parser.add_argument(
         "--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
         help="image shape, for models with dynamic image sizes",
@@ -76,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
     duration = args.duration
     if duration is None and args.iterations is None:
         duration = DEFAULT_DURATION_S
+    paths = [args.reference, args.model] if args.reference is not None else [args.model]
     runners = {}
-    if args.reference is not None:
-        runners[_name(args.reference, set())] = load_runner(args.reference, threads=args.threads)
-    runners[_name(args.model, set(runners))] = load_runner(args.model, threads=args.threads)
+    for path, runner in zip(paths, load_runners_alike(paths, threads=args.threads), strict=True):
+        runners[_name(path, set(runners))] = runner
     report = benchmark(
         runners,
         batch_sizes=args.batch_sizes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from gdws_export.errors import InvalidInputError
@@ -18,8 +19,9 @@ def load_runner(path: str | os.PathLike, *, threads: int | None = None) -> Runne
         path: `.onnx` (ONNX Runtime), `.json` (ONNX Runtime settings saved by
             `runtimes.build`, e.g. `model.fp32.ort.json`), `.engine` / `.plan` (TensorRT), or
             `.torch.json` (the PyTorch target's settings).
-        threads: ONNX Runtime intra-op threads; for a settings file, overrides its threads.
-            None keeps the settings' value (or lets ONNX Runtime decide for a bare .onnx).
+        threads: CPU intra-op threads (ONNX Runtime, the torch runner on the CPU); for a
+            settings file, overrides its threads. None keeps the settings' value (or lets
+            ONNX Runtime decide for a bare .onnx).
 
     Raises:
         InvalidInputError: a missing file, an unknown kind of file, or threads for TensorRT.
@@ -52,11 +54,14 @@ def load_runner(path: str | os.PathLike, *, threads: int | None = None) -> Runne
             ".pt2 program itself"
         )
     if name.endswith(".torch.json"):
-        if threads is not None:
-            raise InvalidInputError(f"threads apply to ONNX Runtime only, not to {path}")
         from gdws_export.runtimes.torch_runner import TorchRunner
 
-        return TorchRunner.from_settings(path)
+        runner = TorchRunner.from_settings(path)
+        if threads is not None:
+            if runner.device != "cpu":
+                raise InvalidInputError(f"threads apply to CPU runners only, not to {path}")
+            runner.threads = threads
+        return runner
     if name.endswith(".onnx"):
         return OrtRunner(path, threads=threads)
     if name.endswith(".json"):
@@ -68,3 +73,35 @@ def load_runner(path: str | os.PathLike, *, threads: int | None = None) -> Runne
         f"{path}: unknown model file type; pass an .onnx file, ONNX Runtime settings (.json) "
         f"or a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})"
     )
+
+
+def load_runners_alike(
+    paths: Sequence[str | os.PathLike], *, threads: int | None = None
+) -> list[Runner]:
+    """Runners for files timed against each other, every CPU runner at the same thread count.
+
+    A ratio of two runners is only a speed-up of the models when both use the same threads:
+    a settings file saved by an export records one thread, a bare `.onnx` would let ONNX
+    Runtime take every core. Without `threads`, the count the settings files record applies to
+    all (None, ONNX Runtime's default, when none records one).
+
+    Raises:
+        InvalidInputError: as `load_runner`, or settings files recording different counts
+            without `threads` to settle them.
+    """
+    runners = [load_runner(path, threads=threads) for path in paths]
+    cpu = [r for r in runners if hasattr(r, "threads") and getattr(r, "device", "cpu") == "cpu"]
+    if threads is None:
+        recorded = {r.threads for r in cpu if r.threads is not None}
+        if len(recorded) > 1:
+            counts = ", ".join(
+                f"{Path(p).name}: {r.threads}" for p, r in zip(paths, runners, strict=True)
+            )
+            raise InvalidInputError(
+                f"the files record different thread counts ({counts}); pass --threads N to time "
+                "them alike"
+            )
+        threads = recorded.pop() if recorded else None
+    for runner in cpu:
+        runner.threads = threads
+    return runners

@@ -222,20 +222,43 @@ def _time_batch(
     return results
 
 
+# Warm-up goes on past warmup_s until the run time is steady: the median of the last
+# STEADY_WINDOW runs within STEADY_TOLERANCE of the window before (a torch.export program's
+# first calls take about a second each, far past trtexec's 0.2 s), for at most STEADY_CAP_S.
+STEADY_WINDOW = 5
+STEADY_TOLERANCE = 0.1
+STEADY_CAP_S = 10.0
+
+
 def _warm_up(runner: Runner, feed: dict[str, np.ndarray], settings: BenchSettings) -> int:
-    """Run untimed for warmup_s / warmup_iterations; returns the timed runs per round."""
+    """Run untimed for warmup_s / warmup_iterations, then until steady (`is_steady`);
+    returns the timed runs per round."""
     start = time.perf_counter()
     times_ms: list[float] = []
     # At least one run, whatever the settings: its time sizes the first round.
-    while len(times_ms) < max(settings.warmup_iterations, 1) or (
-        time.perf_counter() - start < settings.warmup_s
-    ):
+    while (
+        len(times_ms) < max(settings.warmup_iterations, 1)
+        or time.perf_counter() - start < settings.warmup_s
+        or (settings.warmup_s > 0 and not is_steady(times_ms)
+            and time.perf_counter() - start < STEADY_CAP_S)
+    ):  # fmt: skip
         tick = time.perf_counter()
         runner.infer(feed)
         times_ms.append((time.perf_counter() - tick) * 1e3)
+    times_ms = times_ms[-STEADY_WINDOW:]  # size the rounds from the settled runs
     if settings.duration_s is None:
         return math.ceil(settings.iterations / settings.rounds)
     return _runs_per_round(float(np.median(times_ms)), settings)
+
+
+def is_steady(times_ms: Sequence[float]) -> bool:
+    """Whether the last STEADY_WINDOW run times have settled: their median is within
+    STEADY_TOLERANCE of the median of the window before."""
+    if len(times_ms) < 2 * STEADY_WINDOW:
+        return False
+    last = float(np.median(times_ms[-STEADY_WINDOW:]))
+    before = float(np.median(times_ms[-2 * STEADY_WINDOW : -STEADY_WINDOW]))
+    return abs(last - before) <= STEADY_TOLERANCE * before
 
 
 def _runs_per_round(typical_ms: float, settings: BenchSettings) -> int:

@@ -157,6 +157,14 @@ class SpeedReport:
             results=[BatchResult.from_dict(r) for r in data["results"]],
         )
 
+    def _threads_lines(self) -> list[str]:
+        """ "CPU threads: a 1, b 1." for the runners that run on the CPU (none for TensorRT)."""
+        cpu = {n: i for n, i in self.runners.items() if i.get("runtime") != "tensorrt"}
+        if not cpu:
+            return []
+        counts = ", ".join(f"{n} {i.get('threads', 'runtime default')}" for n, i in cpu.items())
+        return [f"CPU threads: {counts}.", ""]
+
     def to_markdown(self) -> str:
         """A Markdown section: settings, machine and one table row per runner and batch."""
         s = self.settings
@@ -174,9 +182,10 @@ class SpeedReport:
             f"Machine: {self.machine.summary()}",
             "",
             f"Input {tuple(s.input_shape)}; warm-up {s.warmup_s:g} s (at least "
-            f"{s.warmup_iterations} runs); timed {timed} per runner and batch, interleaved in "
-            f"{s.rounds}+ rounds; seed {s.seed}.",
+            f"{s.warmup_iterations} runs), then until the run time is steady; timed {timed} "
+            f"per runner and batch, interleaved in {s.rounds}+ rounds; seed {s.seed}.",
             "",
+            *self._threads_lines(),
             "| runner | batch | runs | mean ms | p50 ms | p90 ms | p95 ms | p99 ms | images/s "
             "| GPU compute ms | speed-up |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
