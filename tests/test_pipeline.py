@@ -255,7 +255,12 @@ def test_alphas_from_calibration_data_and_int8(ckpt, tmp_path):
     calib = files.calib_npz(tmp_path, n=8)
     report = run_export(
         _config(
-            ckpt, tmp_path / "out", calib=str(calib), precision="int8", sensitivity="calibrated"
+            ckpt,
+            tmp_path / "out",
+            calib=str(calib),
+            precision="int8",
+            sensitivity="calibrated",
+            mac_ratio=0.75,
         )
     )
     from gdws_export import load_alphas
@@ -276,7 +281,8 @@ def test_activation_aware_alphas_save_their_moments(ckpt, tmp_path):
     from gdws_export import load_alphas, load_input_moments
 
     calib = files.calib_npz(tmp_path, n=8)
-    report = run_export(_config(ckpt, tmp_path / "out", calib=str(calib), sensitivity="activation"))
+    report = run_export(_config(ckpt, tmp_path / "out", calib=str(calib), sensitivity="activation",
+                                mac_ratio=0.75))  # fmt: skip
     saved = tmp_path / "out" / "alphas.pt"
     moments = load_input_moments(saved)
     assert set(moments) == set(load_alphas(saved)) == {"features.3"}
@@ -332,7 +338,7 @@ def test_default_sensitivity_is_auto_with_refit_and_relative_without(ckpt, tmp_p
     # Under beta the measures would buy different MACs; a file gives the alphas itself.
     assert ExportConfig(ckpt, calib="x.npz", beta=0.1).resolved().sensitivity == "none"
     assert ExportConfig(ckpt, calib="x.npz", alphas="a.pt").resolved().sensitivity == "none"
-    unrefit = ExportConfig(ckpt, calib="x.npz", refit=False).resolved()
+    unrefit = ExportConfig(ckpt, calib="x.npz", refit=False, mac_ratio=0.5).resolved()
     assert (unrefit.sensitivity, unrefit.calib_samples) == ("relative", 512)
     assert ExportConfig(ckpt).resolved().sensitivity == "relative"
     assert ExportConfig(ckpt, calib="x.npz", sensitivity="relative").resolved().sensitivity == (

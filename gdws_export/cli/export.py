@@ -14,6 +14,7 @@ from gdws_export.pipeline.config import (
     DEFAULT_CALIB_SAMPLES,
     DEFAULT_HELD_OUT,
     DEFAULT_MAC_RATIO,
+    DEFAULT_MAX_ROBUST_DROP,
     EXPORTERS,
     SENSITIVITIES,
     TARGETS,
@@ -40,7 +41,10 @@ the file.
 How much to approximate: --beta B (the paper's per-layer error bound), --mac-ratio R (the
 replaceable convs keep at most R of their MACs) or --time-ratio T (they keep at most T of
 their time, measured layer by layer on ONNX Runtime at --batch and --threads, which puts the
-kernels where they buy speed); with none, --mac-ratio {DEFAULT_MAC_RATIO}.
+kernels where they buy speed). With none of them and --calib DATA, the export searches: it
+ships the smallest MAC ratio whose robust accuracy on held-out --calib images stays within
+--max-robust-drop points (default {DEFAULT_MAX_ROBUST_DROP}) of the original's, judged paired;
+with neither, --mac-ratio {DEFAULT_MAC_RATIO}.
 With --calib DATA the 1x1 convs are refit on it, and --sensitivity auto (the default then)
 builds the model with each of the none and calibrated alphas and ships the one that keeps
 the most held-out --calib images right under PGD (the first {AUTO_CALIB_SAMPLES} images fit,
@@ -134,8 +138,8 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         "--mac-ratio",
         type=float,
         metavar="R",
-        help="the replaceable convs keep at "
-        f"most this fraction of their MACs, in (0, 1] (default {DEFAULT_MAC_RATIO})",
+        help="the replaceable convs keep at most this fraction of their MACs, in (0, 1] "
+        f"(default: searched with --calib, else {DEFAULT_MAC_RATIO})",
     )
     how.add_argument(
         "--time-ratio",
@@ -149,6 +153,14 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         dest="gdws",
         action="store_false",
         help="export the original model, for comparison",
+    )
+    gdws.add_argument(
+        "--max-robust-drop",
+        type=float,
+        metavar="P",
+        help="search the MAC ratio: the smallest whose robust accuracy on held-out --calib "
+        "images is within P points of the original's (default "
+        f"{DEFAULT_MAX_ROBUST_DROP} with --calib and no --beta/--mac-ratio/--time-ratio)",
     )
     gdws.add_argument(
         "--max-layer-error",
@@ -377,7 +389,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         input_shape=args.input_shape, mean=args.mean, std=args.std, target=args.target,
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
         time_ratio=args.time_ratio, max_layer_error=args.max_layer_error,
-        exclude=tuple(args.exclude),
+        max_robust_drop=args.max_robust_drop, exclude=tuple(args.exclude),
         alphas=args.alphas, calib=args.calib, calib_samples=args.calib_samples,
         held_out_samples=held_out,
         alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, refit=args.refit,

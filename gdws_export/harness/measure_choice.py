@@ -78,6 +78,20 @@ def selection_attack(eps: float, seed: int = 0, norm: str = "linf") -> AttackCon
                         seed=seed)  # fmt: skip
 
 
+def judge(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of `x`: right clean, and right both clean and under `attack` (robust).
+
+    The same images, attack and seed give paired outcomes for different models, as the
+    measure choice and the operating-point search compare them."""
+    judged = attack_copy(model)  # the same function, attacked faster
+    x_adv = attack_batched(judged, x, y, attack, batch_size)
+    clean = predict_torch(judged, x, batch_size).argmax(1) == y
+    robust = clean & (predict_torch(judged, x_adv, batch_size).argmax(1) == y)
+    return clean, robust
+
+
 def choose_measure(
     models: Mapping[str, nn.Module],
     x: torch.Tensor,
@@ -114,10 +128,7 @@ def choose_measure(
     trials = []
     for measure, model in models.items():
         start = time.perf_counter()
-        judged = attack_copy(model)  # the same function, attacked faster
-        x_adv = attack_batched(judged, x, y, attack, batch_size)
-        clean = predict_torch(judged, x, batch_size).argmax(1) == y
-        robust = clean & (predict_torch(judged, x_adv, batch_size).argmax(1) == y)
+        clean, robust = judge(model, x, y, attack, batch_size)
         trials.append(
             MeasureTrial(measure, float(clean.float().mean()), float(robust.float().mean()),
                          float((build_seconds or {}).get(measure, 0.0)),
@@ -133,5 +144,6 @@ __all__ = [
     "MeasureChoice",
     "MeasureTrial",
     "choose_measure",
+    "judge",
     "selection_attack",
 ]

@@ -3,10 +3,11 @@
 The CLI maps each option to one field; a sweep builds configs directly. Defaults (all in
 `ExportConfig.resolved`):
 
-- none of `beta`, `mac_ratio`, `time_ratio`: `mac_ratio = DEFAULT_MAC_RATIO` (0.75): the
-  GDWS convs keep at most three quarters of the MACs of the convs they replace. Deeper cuts
-  cost robust accuracy quickly on small adversarially trained nets (see benchmarks/results),
-  so the default is conservative; check a setting with `gdws-export sweep` before shipping it;
+- none of `beta`, `mac_ratio`, `time_ratio`: with `calib`, the operating-point search
+  (`max_robust_drop`, 0.5 points: the smallest MAC ratio whose model keeps robust accuracy
+  on held-out calibration images within it); without data, `mac_ratio = DEFAULT_MAC_RATIO`
+  (0.75): the GDWS convs keep at most three quarters of the MACs of the convs they replace,
+  since nothing can tell how deep a cut the model bears;
 - `output`: `<model file stem>-<target>-<precision>` in the working directory;
 - `batch`: None, a dynamic batch with TensorRT's default profile (1, 1, 64); with
   `dynamic_batch=False` a batch of 1;
@@ -23,8 +24,8 @@ The CLI maps each option to one field; a sweep builds configs directly. Defaults
   was best on every bundled model with the refit: unweighted on VGG-16, calibrated on
   PreActResNet-18), "none" with refit under `beta` or an `alphas` file, "relative" without
   refit (it kept the most robust accuracy at matched MACs without the refit);
-- `calib_samples`: 512, or 256 with "auto", which judges the measures on the next
-  `held_out_samples` (256) images of `calib`.
+- `calib_samples`: 512, or 256 with "auto" or the search, which judge the measures and the
+  operating point on the next `held_out_samples` (256) images of `calib`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from gdws_export.errors import InvalidInputError
+from gdws_export.pipeline.operating_point import DEFAULT_MAX_ROBUST_DROP
 
 TARGETS = ("ort", "trt", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -73,6 +75,10 @@ class ExportConfig:
             measured on ONNX Runtime at `batch` and `threads` (`measure_layer_costs`).
         max_layer_error: cap in (0, 1] on each layer's share of dropped (weighted) error under
             a budget; None: 0.35 for `time_ratio`, no cap for `mac_ratio` (see `approximate`).
+        max_robust_drop: the operating-point search's budget, in points of robust accuracy on
+            held-out `calib` images: the export ships the smallest MAC ratio whose model stays
+            within it (`pipeline.operating_point`). None: `DEFAULT_MAX_ROBUST_DROP` (0.5) when
+            `calib` is given and no budget (`beta`, `mac_ratio`, `time_ratio`) is.
         exclude: convs kept exact: module names or shell-style patterns ("features.3",
             "layer4.*"), as `find_convs` takes them; one that names no conv is an error.
         alphas: alphas file (`save_alphas`); without it, alphas are computed on `calib`.
@@ -125,6 +131,7 @@ class ExportConfig:
     mac_ratio: float | None = None
     time_ratio: float | None = None
     max_layer_error: float | None = None
+    max_robust_drop: float | None = None
     exclude: tuple[str, ...] = ()
     alphas: str | None = None
     calib: str | None = None
@@ -188,6 +195,12 @@ class ExportConfig:
                 )
         return c
 
+    def holds_out(self) -> bool:
+        """Whether images of `calib` after the first `calib_samples` judge candidates: for
+        `--sensitivity auto` or the operating-point search."""
+        searching = self.max_robust_drop is not None
+        return self.gdws and (self.sensitivity == "auto" or searching)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable settings (as given or, after `resolved()`, as used)."""
         data = asdict(self)
@@ -249,7 +262,15 @@ def _check_gdws_settings(c: ExportConfig) -> None:
     if not c.gdws:
         given = [
             n
-            for n in ("beta", "mac_ratio", "time_ratio", "max_layer_error", "alphas", "exclude")
+            for n in (
+                "beta",
+                "mac_ratio",
+                "time_ratio",
+                "max_layer_error",
+                "max_robust_drop",
+                "alphas",
+                "exclude",
+            )
             if getattr(c, n) not in (None, ())
         ]
         if given:
@@ -270,11 +291,35 @@ def _check_gdws_settings(c: ExportConfig) -> None:
                 f"got {c.beta}"
             )
         c.beta = float(c.beta)
-    elif c.mac_ratio is None and c.time_ratio is None:
-        c.mac_ratio = DEFAULT_MAC_RATIO
-        c.notes.append(
-            f"none of --beta, --mac-ratio, --time-ratio given: mac_ratio {DEFAULT_MAC_RATIO}"
-        )
+    if c.max_robust_drop is not None:
+        if not _finite(c.max_robust_drop) or not 0 <= c.max_robust_drop < 100:
+            raise InvalidInputError(
+                f"--max-robust-drop must be a number of points in [0, 100), got "
+                f"{c.max_robust_drop!r}"
+            )
+        if c.beta is not None or c.mac_ratio is not None or c.time_ratio is not None:
+            raise InvalidInputError(
+                "--max-robust-drop searches for the budget; --beta, --mac-ratio and "
+                "--time-ratio fix it: give one or the other"
+            )
+        if c.calib is None:
+            raise InvalidInputError(
+                "--max-robust-drop judges candidates on held-out --calib images: pass --calib DATA"
+            )
+        c.max_robust_drop = float(c.max_robust_drop)
+    elif c.beta is None and c.mac_ratio is None and c.time_ratio is None:
+        if c.calib is not None:
+            c.max_robust_drop = DEFAULT_MAX_ROBUST_DROP
+            c.notes.append(
+                "none of --beta, --mac-ratio, --time-ratio given: the smallest MAC ratio whose "
+                f"robust accuracy on held-out --calib images stays within "
+                f"{DEFAULT_MAX_ROBUST_DROP} points of the original's (--max-robust-drop)"
+            )
+        else:
+            c.mac_ratio = DEFAULT_MAC_RATIO
+            c.notes.append(
+                f"none of --beta, --mac-ratio, --time-ratio given: mac_ratio {DEFAULT_MAC_RATIO}"
+            )
     if c.max_layer_error is not None:
         if c.beta is not None:
             raise InvalidInputError(
@@ -320,7 +365,7 @@ def _check_sensitivity(c: ExportConfig) -> None:
                 "--alphas gives the alphas, --sensitivity auto would choose them: give one"
             )
     if c.calib_samples is None:
-        c.calib_samples = AUTO_CALIB_SAMPLES if c.sensitivity == "auto" else DEFAULT_CALIB_SAMPLES
+        c.calib_samples = AUTO_CALIB_SAMPLES if c.holds_out() else DEFAULT_CALIB_SAMPLES
 
 
 def _check_refit(c: ExportConfig) -> None:

@@ -17,6 +17,11 @@ bumps `schema_version`. The fields of "report":
 - `sensitivity_choice`: with `--sensitivity auto`, `MeasureChoice.to_dict()`: the held-out
   images and attack, each candidate measure's clean and robust accuracy on them and build
   time, and the measure chosen; else null.
+- `search`: without an explicit budget, the operating-point search
+  (`SearchResult.to_dict()`): the robust-accuracy budget, held-out images and attack, the
+  original's accuracies, every probe (MAC ratio, measure, clean and robust accuracy, paired
+  drop with its 95 % interval, verdict), the probe shipped (its index, null for the original)
+  and why; else null.
 - `refit`: `RefitReport.to_dict()` when the 1x1 convs were refit on the calibration data
   (inputs, ridge, per layer the relative output error before and after), else null.
 - `exports`: "original" and "gdws": the lowering's `ExportResult.to_dict()` (forms, timings).
@@ -59,6 +64,7 @@ class ExportReport:
     approximation: dict[str, Any] | None = None
     refit: dict[str, Any] | None = None
     sensitivity_choice: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)
     build: dict[str, Any] | None = None
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -189,6 +195,8 @@ class ExportReport:
             lines += ["", "## Layers", "", self.plan_table()]
         if self.sensitivity_choice:
             lines += ["", "## Sensitivity choice", "", _choice_text(self.sensitivity_choice)]
+        if self.search:
+            lines += ["", "## Operating point", "", _search_text(self.search)]
         if self.refit:
             lines += [
                 "",
@@ -270,3 +278,28 @@ def _refit_inputs(refit: dict) -> str:
     """'clean and PGD at eps 0.2' (reports written before the field existed: no eps)."""
     eps = refit.get("attack_eps")
     return "clean and PGD" + ("" if eps is None else f" at eps {eps:g}")
+
+
+def _search_text(search: dict) -> str:
+    """The operating-point section: the rule, the original's accuracies, every probe."""
+    lines = [
+        f"Searched for the smallest MAC ratio whose robust accuracy on {search['held_out']} "
+        f"held-out calibration images ({search['attack']}) stays within "
+        f"{search['max_robust_drop']:g} points of the original's (clean "
+        f"{100 * search['original']['clean']:.1f} %, robust "
+        f"{100 * search['original']['robust']:.1f} %), paired on the same images; "
+        f"{search['reason']}.",
+        "",
+        "| MAC ratio | measure | clean % | robust % | drop (points) | 95 % interval | verdict "
+        "| shipped |",
+        "|---:|---|---:|---:|---:|---|---|---|",
+    ]
+    chosen = search["chosen"]
+    for index, p in sorted(enumerate(search["probes"]), key=lambda ip: ip[1]["mac_ratio"]):
+        low, high = p["interval"]
+        lines.append(
+            f"| {p['mac_ratio']:.3f} | {p['measure']} | {100 * p['clean']:.1f} "
+            f"| {100 * p['robust']:.1f} | {p['drop_points']:+.2f} | {low:+.2f} .. {high:+.2f} "
+            f"| {p['verdict']} | {'yes' if index == chosen else ''} |"
+        )
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from gdws_export.harness.measure_choice import (
     MIN_HELD_OUT,
     SELECTION_STEPS,
     choose_measure,
+    judge,
     selection_attack,
 )
 from gdws_export.loading import LoadedModel, load_model_file
@@ -52,6 +53,13 @@ from gdws_export.pipeline.model import (
     match_layer_patterns,
     prepare_model,
 )
+from gdws_export.pipeline.operating_point import (
+    PairedDrop,
+    Probe,
+    SearchResult,
+    bisect_ratio,
+    choose_operating_point,
+)
 from gdws_export.pipeline.outputs import Staging, check_destination
 from gdws_export.pipeline.report import ExportReport
 
@@ -64,6 +72,7 @@ STAGES = {
     "approximate": "replacing convs by GDWS convs",
     "refit": "refitting the 1x1 convs on the calibration data",
     "choose": "choosing the sensitivity on held-out calibration images",
+    "search": "judging a candidate on held-out calibration images",
     "export_original": "exporting the original ONNX graph",
     "export_gdws": "exporting the GDWS ONNX graph",
     "export_program": "saving the torch.export program",
@@ -166,6 +175,7 @@ class _State:
         self.data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.held_out: tuple[torch.Tensor, torch.Tensor] | None = None  # sensitivity "auto"
         self.alphas: _Alphas | None = None
+        self.alphas_by_measure: dict[str, _Alphas] = {}  # computed once, whatever the budget
         self.engine: EngineCheck | None = None
 
 
@@ -216,10 +226,17 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
                     f"--time-ratio priced the layers by ONNX Runtime CPU timings, not on the "
                     f"{cfg.target} target: check the engine's speed with `gdws-export bench`"
                 )
-        measures = AUTO_MEASURES if cfg.sensitivity == "auto" else (cfg.sensitivity,)
-        built = {m: _build(cfg, m, state, costs, clock, show_bars) for m in measures}
-        chosen = _choose(cfg, built, state, report, clock) if len(built) > 1 else measures[0]
-        candidate = built[chosen]
+        if cfg.max_robust_drop is not None:
+            candidate = _search(cfg, state, report, clock, show_bars)
+        else:
+            measures = AUTO_MEASURES if cfg.sensitivity == "auto" else (cfg.sensitivity,)
+            built = {m: _build(cfg, m, state, costs, clock, show_bars) for m in measures}
+            chosen = _choose(cfg, built, state, report, clock) if len(built) > 1 else measures[0]
+            candidate = built[chosen]
+        if candidate is None:  # nothing within the robust-accuracy budget: the original ships
+            report.model["alphas"] = "not used (the search shipped the original)"
+            report.timings = dict(clock.timings)
+            return report, state
         state.gdws_model, state.alphas = candidate.model, candidate.alphas
         report.model["alphas"] = candidate.alphas.source
         if candidate.refit is not None:
@@ -234,8 +251,12 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
 def _build(cfg: ExportConfig, measure: str, state: _State, costs, clock, show_bars) -> _Candidate:
     """The GDWS model with `measure`'s alphas, refit when the config says so."""
     start = time.perf_counter()
-    alphas = _alphas(cfg, measure, state, clock, show_bars)
+    if measure not in state.alphas_by_measure:
+        state.alphas_by_measure[measure] = _alphas(cfg, measure, state, clock, show_bars)
+    alphas = state.alphas_by_measure[measure]
     which = f" ({measure} alphas)" if cfg.sensitivity == "auto" else ""
+    if cfg.max_robust_drop is not None:
+        which = f" (MAC ratio {cfg.mac_ratio:g}{', ' + measure + ' alphas' if which else ''})"
     with clock("approximate", which):
         model, approx = approximate(
             state.model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, time_ratio=cfg.time_ratio,
@@ -274,6 +295,59 @@ def _choose(cfg: ExportConfig, built: dict[str, _Candidate], state: _State, repo
         )  # fmt: skip
     report.sensitivity_choice = choice.to_dict()
     return choice.chosen
+
+
+def _search(cfg: ExportConfig, state: _State, report, clock, show_bars) -> _Candidate | None:
+    """The operating point (`pipeline.operating_point`): bisect the MAC ratio, each probe built
+    as the export ships it and judged paired against the original on the held-out images.
+    The first probe builds every candidate measure and keeps the most robust; later probes
+    use that measure. Returns the candidate to ship, None for the original."""
+    x, y = state.held_out
+    if len(x) < MIN_HELD_OUT:
+        raise InvalidInputError(
+            f"the operating-point search judges candidates on held-out --calib images, and "
+            f"--calib has {len(x)} after the first {cfg.calib_samples} (at least {MIN_HELD_OUT} "
+            "needed): pass more images, a smaller --calib-samples, or a fixed --mac-ratio"
+        )
+    attack = selection_attack(cfg.alpha_eps, seed=cfg.seed)
+    batch = state.loaded.fixed_batch or 128
+    with clock("search", f" (the original, {attack.describe()}, {len(x)} images)"):
+        original_clean, original = judge(state.model, x, y, attack, batch)
+    measures = AUTO_MEASURES if cfg.sensitivity == "auto" else (cfg.sensitivity,)
+    built: dict[tuple[float, str], _Candidate] = {}
+    probes: list[Probe] = []
+
+    def evaluate(ratio: float) -> Probe:
+        nonlocal measures
+        trial = replace(cfg, mac_ratio=ratio)
+        at_ratio = []
+        for measure in measures:
+            candidate = _build(trial, measure, state, None, clock, show_bars)
+            with clock("search", f" (MAC ratio {ratio:g}, {measure} alphas)"):
+                clean, robust = judge(candidate.model, x, y, attack, batch)
+            macs, _ = count_macs_params(candidate.model, state.shape)
+            at_ratio.append(Probe(ratio, measure, float(clean.float().mean()),
+                                  float(robust.float().mean()),
+                                  PairedDrop.from_outcomes(original, robust), macs,
+                                  round(candidate.seconds, 3)))  # fmt: skip
+            built[(ratio, measure)] = candidate
+        probes.extend(at_ratio)
+        best = max(at_ratio, key=lambda p: p.robust)  # max keeps the first of equals
+        measures = (best.measure,)
+        return best
+
+    bisect_ratio(evaluate, cfg.max_robust_drop)
+    chosen, reason, warnings = choose_operating_point(probes, cfg.max_robust_drop)
+    result = SearchResult(cfg.max_robust_drop, len(x), attack.describe(),
+                          float(original_clean.float().mean()), float(original.float().mean()),
+                          probes, chosen, reason, warnings)  # fmt: skip
+    report.search = result.to_dict()
+    report.warnings += warnings
+    if chosen is None:
+        return None
+    cfg.mac_ratio = chosen.mac_ratio
+    report.settings["mac_ratio"] = chosen.mac_ratio
+    return built[(chosen.mac_ratio, chosen.measure)]
 
 
 def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock) -> None:
@@ -405,7 +479,7 @@ def _calibration_data(cfg: ExportConfig, shape, classes: int):
     them (else None)."""
     from gdws_export.harness.data import load_dataset
 
-    held_out = cfg.held_out_samples if cfg.sensitivity == "auto" and cfg.gdws else 0
+    held_out = cfg.held_out_samples if cfg.holds_out() else 0
     limit = cfg.calib_samples + held_out
     x, y = load_dataset(cfg.calib, split="train", limit=limit, input_shape=shape)
     if len(y) and int(y.max()) >= classes:

@@ -1,0 +1,235 @@
+"""The operating point: the fastest GDWS model whose robust accuracy stays within a budget.
+
+Without an explicit budget (`--mac-ratio`, `--time-ratio`, `--beta`) and with calibration data,
+the export searches for its own MAC ratio: the smallest one (the fewest MACs, the fastest
+engine) whose robust accuracy on held-out calibration images is within `max_drop` points of
+the original's. Robust accuracy falls as the ratio falls, so a bisection finds the boundary:
+each probe builds the model as the export ships it (alphas, approximation, 1x1 refit) at one
+ratio and attacks it on the held-out images; a probe within the budget moves the upper end
+down, one outside it moves the lower end up. On a log scale between `RATIO_RANGE`'s ends, four
+probes leave the boundary within a factor of 10^(1/16) = 1.155 (e.g. 0.2 against 0.23), and
+the search builds four models (the first probe also chooses the sensitivity measure, so it
+builds one per candidate measure).
+
+Every comparison is paired: the original and each candidate are attacked on the same held-out
+images, with the same attack and seed, and the drop counts the images the candidate loses
+(right under attack for the original, not for it) less those it gains. A 95 % interval on the
+drop (an Agresti-Min adjusted Wald interval for paired proportions) sorts each probe into
+"passes" (the whole interval within the budget), "fails" (the whole interval outside it) or
+"unresolved". The search ships the fastest probe that is not refuted and whose measured drop
+is within the budget; when that probe's interval still reaches past the budget, the report
+says so and how many held-out images would resolve it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+DEFAULT_MAX_ROBUST_DROP = 0.5  # points of robust accuracy
+RATIO_RANGE = (0.1, 1.0)  # MAC ratios searched; 1.0 is the original's cost
+SEARCH_PROBES = 4
+Z_95 = 1.959964
+
+
+@dataclass(frozen=True)
+class PairedDrop:
+    """Robust accuracy lost against the original on the same images, and its 95 % interval.
+
+    Attributes:
+        images: images compared.
+        lost: images right under attack for the original, wrong for the candidate.
+        gained: images wrong for the original, right for the candidate.
+    """
+
+    images: int
+    lost: int
+    gained: int
+
+    @classmethod
+    def from_outcomes(cls, original: torch.Tensor, candidate: torch.Tensor) -> PairedDrop:
+        """From per-image outcomes (True: right both clean and under attack)."""
+        original, candidate = original.bool(), candidate.bool()
+        return cls(len(original), int((original & ~candidate).sum()),
+                   int((~original & candidate).sum()))  # fmt: skip
+
+    @property
+    def points(self) -> float:
+        """The drop in percentage points (negative: the candidate is more robust)."""
+        return 100.0 * (self.lost - self.gained) / self.images
+
+    def interval(self) -> tuple[float, float]:
+        """95 % interval on the drop, in points (Agresti-Min: half a pair added to each
+        discordant count, so a handful of disagreements does not give a zero-width interval)."""
+        n = self.images + 2
+        lost, gained = self.lost + 0.5, self.gained + 0.5
+        diff = (lost - gained) / n
+        se = math.sqrt(max((lost + gained) / n - diff**2, 0.0) / n)
+        return 100.0 * (diff - Z_95 * se), 100.0 * (diff + Z_95 * se)
+
+    def images_to_resolve(self, max_drop: float) -> int | None:
+        """About how many images would put the upper end of the interval within `max_drop`
+        at the same rates; None when the measured drop itself exceeds it."""
+        low, high = self.interval()
+        centre = (low + high) / 2
+        if centre >= max_drop:
+            return None
+        if high <= max_drop:
+            return self.images
+        scale = ((high - centre) / (max_drop - centre)) ** 2
+        return math.ceil(self.images * scale)
+
+
+@dataclass
+class Probe:
+    """One candidate built and judged: its MAC ratio, measure and held-out accuracies."""
+
+    mac_ratio: float
+    measure: str
+    clean: float
+    robust: float
+    drop: PairedDrop
+    macs: int
+    seconds: float
+
+    def verdict(self, max_drop: float) -> str:
+        """ "passes", "fails" or "unresolved" (module docstring)."""
+        low, high = self.drop.interval()
+        if high <= max_drop:
+            return "passes"
+        if low > max_drop:
+            return "fails"
+        return "unresolved"
+
+    def eligible(self, max_drop: float) -> bool:
+        """Not refuted, and the measured drop within the budget: may ship."""
+        return self.verdict(max_drop) != "fails" and self.drop.points <= max_drop
+
+    def to_dict(self, max_drop: float) -> dict:
+        data = asdict(self)
+        low, high = self.drop.interval()
+        data.update(drop_points=round(self.drop.points, 3), interval=[round(low, 3),
+                    round(high, 3)], verdict=self.verdict(max_drop))  # fmt: skip
+        return data
+
+
+@dataclass
+class SearchResult:
+    """What the search built, what it shipped and why."""
+
+    max_drop: float
+    held_out: int
+    attack: str
+    original_clean: float
+    original_robust: float
+    probes: list[Probe]
+    chosen: Probe | None
+    reason: str
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "max_robust_drop": self.max_drop,
+            "held_out": self.held_out,
+            "attack": self.attack,
+            "original": {"clean": self.original_clean, "robust": self.original_robust},
+            "probes": [p.to_dict(self.max_drop) for p in self.probes],
+            "chosen": None if self.chosen is None else self.probes.index(self.chosen),
+            "reason": self.reason,
+            "warnings": list(self.warnings),
+        }
+
+    def table(self) -> str:
+        """Markdown rows: each probe's ratio, measure, accuracies, drop and verdict."""
+        lines = [
+            "| MAC ratio | measure | clean % | robust % | drop (points) | 95 % interval | "
+            "verdict | shipped |",
+            "|---:|---|---:|---:|---:|---|---|---|",
+        ]
+        for p in sorted(self.probes, key=lambda p: (p.mac_ratio, p.measure)):
+            low, high = p.drop.interval()
+            lines.append(
+                f"| {p.mac_ratio:.3f} | {p.measure} | {100 * p.clean:.1f} | {100 * p.robust:.1f} "
+                f"| {p.drop.points:+.2f} | {low:+.2f} .. {high:+.2f} | {p.verdict(self.max_drop)} "
+                f"| {'yes' if p is self.chosen else ''} |"
+            )
+        return "\n".join(lines)
+
+
+def choose_operating_point(
+    probes: list[Probe], max_drop: float
+) -> tuple[Probe | None, str, list[str]]:
+    """The fastest eligible probe (the smallest MAC ratio), why, and warnings.
+
+    Returns:
+        (chosen probe or None when no probe may ship, the reason, warnings such as "too few
+        images to resolve the budget").
+
+    Example:
+        >>> chosen, reason, warnings = choose_operating_point(probes, 0.5)  # doctest: +SKIP
+    """
+    eligible = [p for p in probes if p.eligible(max_drop)]
+    if not eligible:
+        reason = (
+            f"no candidate kept robust accuracy within {max_drop:g} points of the original's "
+            "on the held-out images: the original ships"
+        )
+        return None, reason, []
+    chosen = min(eligible, key=lambda p: (p.mac_ratio, p.drop.points))
+    low, high = chosen.drop.interval()
+    reason = (
+        f"the smallest MAC ratio within the budget: {chosen.mac_ratio:.3f} ({chosen.measure} "
+        f"alphas) lost {chosen.drop.points:+.2f} points (95 % interval {low:+.2f} .. "
+        f"{high:+.2f}) against a budget of {max_drop:g}"
+    )
+    warnings = []
+    if chosen.verdict(max_drop) == "unresolved":
+        needed = chosen.drop.images_to_resolve(max_drop)
+        warnings.append(
+            f"{chosen.drop.images} held-out images cannot resolve a {max_drop:g}-point budget: the "
+            f"shipped candidate's 95 % interval reaches {high:+.2f} points"
+            + (f"; about {needed} images would" if needed else "")
+            + " (pass more --calib images or a larger --held-out-samples)"
+        )
+    return chosen, reason, warnings
+
+
+def bisect_ratio(
+    evaluate: Callable[[float], Probe],
+    max_drop: float,
+    *,
+    ratio_range: tuple[float, float] = RATIO_RANGE,
+    probes: int = SEARCH_PROBES,
+) -> list[Probe]:
+    """Probe MAC ratios by bisection on a log scale (module docstring); returns every probe.
+
+    Args:
+        evaluate: builds and judges the model at one MAC ratio.
+        max_drop: the robust-accuracy budget in points.
+        ratio_range: (lowest ratio tried, the ratio known to be within the budget).
+        probes: how many ratios to try.
+    """
+    low, high = (math.log(r) for r in ratio_range)
+    done = []
+    for _ in range(probes):
+        ratio = round(math.exp((low + high) / 2), 4)
+        probe = evaluate(ratio)
+        done.append(probe)
+        if probe.eligible(max_drop):
+            high = math.log(ratio)
+        else:
+            low = math.log(ratio)
+    return done
+
+
+__all__ = [
+    "DEFAULT_MAX_ROBUST_DROP",
+    "PairedDrop",
+    "Probe",
+    "SearchResult",
+    "bisect_ratio",
+    "choose_operating_point",
+]

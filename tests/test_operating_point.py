@@ -1,0 +1,221 @@
+"""The operating-point search: the paired drop and its interval, the decision rule on made-up
+candidates, the bisection, the settings, and a small search end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gdws_export.cli import main
+from gdws_export.errors import InvalidInputError
+from gdws_export.pipeline import ExportConfig, run_export
+from gdws_export.pipeline.operating_point import (
+    PairedDrop,
+    Probe,
+    bisect_ratio,
+    choose_operating_point,
+)
+from tests import _model_files as files
+
+
+def _probe(ratio: float, lost: int, gained: int = 0, images: int = 1000, measure="none"):
+    return Probe(ratio, measure, 0.9, 0.7, PairedDrop(images, lost, gained), 1000, 1.0)
+
+
+# --- the paired drop -------------------------------------------------------------------------
+
+
+def test_paired_drop_counts_lost_and_gained_images():
+    original = torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.bool)
+    candidate = torch.tensor([1, 0, 0, 1, 0, 1], dtype=torch.bool)
+    drop = PairedDrop.from_outcomes(original, candidate)
+    assert (drop.images, drop.lost, drop.gained) == (6, 2, 1)
+    assert drop.points == pytest.approx(100 / 6)
+    low, high = drop.interval()
+    assert low < drop.points < high
+
+
+def test_identical_outcomes_still_have_an_interval():
+    """No disagreement on 50 images does not prove a zero drop: the interval keeps a width."""
+    low, high = PairedDrop(50, 0, 0).interval()
+    assert low < 0 < high and high > 1.0
+
+
+def test_interval_narrows_with_more_images():
+    small, large = PairedDrop(250, 10, 5).interval(), PairedDrop(2500, 100, 50).interval()
+    assert large[1] - large[0] < (small[1] - small[0]) / 2.5
+
+
+def test_interval_covers_the_true_drop_about_95_percent_of_the_time():
+    """Monte Carlo: paired outcomes with a known drop (3 % lost, 2 % gained: 1 point)."""
+    rng = np.random.default_rng(0)
+    true_drop, covered, trials, n = 1.0, 0, 2000, 400
+    for _ in range(trials):
+        draws = rng.multinomial(n, [0.03, 0.02, 0.95])
+        low, high = PairedDrop(n, int(draws[0]), int(draws[1])).interval()
+        covered += low <= true_drop <= high
+    assert 0.93 <= covered / trials <= 0.98
+
+
+def test_images_to_resolve_scale_with_the_interval():
+    drop = PairedDrop(256, 4, 4)  # a zero drop whose interval is about +-1.5 points
+    needed = drop.images_to_resolve(0.5)
+    assert needed is not None and needed > 256
+    # At that many images and the same rates, the upper end is within the budget.
+    scaled = PairedDrop(needed, round(4 * needed / 256), round(4 * needed / 256))
+    assert scaled.interval()[1] <= 0.55
+    assert PairedDrop(256, 10, 0).images_to_resolve(0.5) is None  # measured 3.9: never
+
+
+# --- the decision rule on fixed, made-up candidates ------------------------------------------
+
+
+def test_ships_the_fastest_passing_candidate():
+    probes = [_probe(0.5, 0), _probe(0.3, 1), _probe(0.2, 60)]
+    chosen, reason, warnings = choose_operating_point(probes, 0.5)
+    assert chosen is probes[1]  # 0.2 passes nothing; 0.3 is the smallest that passes
+    assert "0.300" in reason and warnings == []
+    assert probes[1].verdict(0.5) == "passes" and probes[2].verdict(0.5) == "fails"
+
+
+def test_refuses_a_candidate_whose_interval_says_it_fails():
+    failing = _probe(0.1, 30, images=1000)  # 3 points, interval well above 0.5
+    assert failing.verdict(0.5) == "fails" and not failing.eligible(0.5)
+    chosen, _, _ = choose_operating_point([failing, _probe(0.4, 0)], 0.5)
+    assert chosen.mac_ratio == 0.4
+
+
+def test_reports_too_few_images():
+    unresolved = _probe(0.25, 3, 2, images=256)  # +0.4 points, interval about +-1.7
+    assert unresolved.verdict(0.5) == "unresolved"
+    chosen, _, warnings = choose_operating_point([unresolved], 0.5)
+    assert chosen is unresolved
+    assert len(warnings) == 1 and "256 held-out images cannot resolve" in warnings[0]
+    assert re_number(warnings[0], r"about (\d+) images would") > 256
+
+
+def test_nothing_within_the_budget_ships_the_original():
+    chosen, reason, _ = choose_operating_point([_probe(0.3, 9, images=256)], 0.5)
+    assert chosen is None and "the original ships" in reason
+
+
+def re_number(text: str, pattern: str) -> int:
+    import re
+
+    return int(re.search(pattern, text).group(1))
+
+
+# --- the bisection ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("boundary", [0.13, 0.22, 0.4, 0.75])
+def test_bisection_finds_the_boundary_within_its_resolution(boundary):
+    """A model that loses 5 points below `boundary` and nothing above it."""
+    seen = []
+
+    def evaluate(ratio):
+        seen.append(ratio)
+        return _probe(ratio, 50 if ratio < boundary else 0)
+
+    probes = bisect_ratio(evaluate, 0.5)
+    chosen, _, _ = choose_operating_point(probes, 0.5)
+    assert len(seen) == 4
+    assert boundary <= chosen.mac_ratio <= boundary * 10 ** (1 / 16) * 1.001
+    assert math.isclose(seen[0], 10**-0.5, rel_tol=1e-3)  # the first probe: the middle
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+def test_the_search_is_the_default_with_calibration_data_and_no_budget(tmp_path):
+    model = str(files.checkpoint(tmp_path))
+    searching = ExportConfig(model, calib="x.npz").resolved()
+    assert searching.max_robust_drop == 0.5 and searching.mac_ratio is None
+    assert (searching.calib_samples, searching.held_out_samples) == (256, 256)
+    assert ExportConfig(model, calib="x.npz", mac_ratio=0.3).resolved().max_robust_drop is None
+    assert ExportConfig(model).resolved().mac_ratio == 0.75  # no data: nothing to judge by
+    none = ExportConfig(model, calib="x.npz", sensitivity="none").resolved()
+    assert none.calib_samples == 256  # the search holds out images whatever the measure
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_robust_drop": -1.0, "calib": "x.npz"}, r"in \[0, 100\)"),
+        ({"max_robust_drop": float("nan"), "calib": "x.npz"}, r"in \[0, 100\)"),
+        ({"max_robust_drop": 0.5, "calib": "x.npz", "mac_ratio": 0.3}, "give one or the other"),
+        ({"max_robust_drop": 0.5}, "pass --calib DATA"),
+        ({"max_robust_drop": 0.5, "calib": "x.npz", "gdws": False}, "--no-gdws"),
+    ],
+)
+def test_bad_search_settings_are_one_line_errors(tmp_path, kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        ExportConfig(str(files.checkpoint(tmp_path)), **kwargs).resolved()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-robust-drop", "-0.5"], "--max-robust-drop must be"),
+        (["--max-robust-drop", "nan"], "--max-robust-drop must be"),
+        (["--max-robust-drop", "0.5", "--mac-ratio", "0.3"], "give one or the other"),
+    ],
+)
+def test_cli_refuses_bad_search_settings(capsys, tmp_path, argv, message):
+    model = files.checkpoint(tmp_path)
+    calib = files.calib_npz(tmp_path, n=16)
+    out = tmp_path / "out"
+    assert main([str(model), "--calib", str(calib), *argv, "-o", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not out.exists()
+
+
+def test_too_little_calibration_data_to_search_is_an_error(capsys, tmp_path):
+    model = files.checkpoint(tmp_path)
+    calib = files.calib_npz(tmp_path, n=40)  # 32 fit, 8 would judge
+    out = tmp_path / "out"
+    argv = [str(model), "--calib", str(calib), "--calib-samples", "32", "-o", str(out)]
+    assert main(argv) == 2
+    line = capsys.readouterr().err.strip()
+    assert "at least 64 needed" in line and "\n" not in line
+    assert not out.exists()
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+def test_small_search_end_to_end(tmp_path):
+    """A trained LeNet: the search probes four ratios, ships the smallest eligible one and
+    records every probe, paired against the original on the held-out images."""
+    from tests._trained import fashion_slice, trained_lenet
+
+    model, _, _ = trained_lenet()
+    path = tmp_path / "lenet.pt"
+    from gdws_export.models import save_checkpoint
+
+    save_checkpoint(model, path)
+    x, y = fashion_slice()
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=x[:160].numpy(), y=y[:160].numpy())  # 96 fit, 64 judge
+    config = ExportConfig(str(path), output=str(tmp_path / "out"), calib=str(calib),
+                          calib_samples=96, held_out_samples=64, sensitivity="none",
+                          max_robust_drop=2.0, exporter="legacy", lowering="gather",
+                          dry_run=True)  # fmt: skip
+    report = run_export(config)
+    search = report.search
+    assert search["held_out"] == 64 and len(search["probes"]) == 4
+    ratios = [p["mac_ratio"] for p in search["probes"]]
+    assert math.isclose(ratios[0], 10**-0.5, rel_tol=1e-3)
+    eligible = [p for p in search["probes"] if p["verdict"] != "fails" and p["drop_points"] <= 2]
+    if eligible:
+        shipped = search["probes"][search["chosen"]]
+        assert shipped["mac_ratio"] == min(p["mac_ratio"] for p in eligible)
+        assert report.settings["mac_ratio"] == shipped["mac_ratio"]
+        assert report.approximation is not None
+    else:
+        assert search["chosen"] is None and report.approximation is None
+    assert "## Operating point" in report.to_markdown()
