@@ -530,3 +530,21 @@ def test_layers_shipped_as_original_convs_are_reported_as_shipped(ckpt, tmp_path
     assert approx["top1_agreement"] == 1.0 and approx["max_abs_diff"] < 1e-4
     assert report.params["shipped"] == report.params["original"]
     assert report.macs["shipped"] == report.macs["original"]
+
+
+def test_auto_sensitivity_without_held_out_images_builds_only_the_model_it_ships(
+    ckpt, tmp_path, monkeypatch
+):
+    """A calibrated candidate that no held-out image can judge is never built."""
+    import gdws_export.pipeline.run as run_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("calibrated alphas computed for a candidate that cannot be judged")
+
+    monkeypatch.setattr(run_module, "calibrated_gains", never)
+    calib = files.calib_npz(tmp_path, n=8)  # all 8 fit; 0 held out
+    report = run_export(_config(ckpt, tmp_path / "out", calib=str(calib), mac_ratio=0.3,
+                                dry_run=True))  # fmt: skip
+    assert report.settings["sensitivity"] == "auto" and report.sensitivity_choice is None
+    assert any("built and shipped none alone" in w for w in report.warnings)
+    assert "alphas" not in report.timings  # unweighted: no alphas computed at all

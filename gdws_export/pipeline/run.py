@@ -216,7 +216,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
                     f"--time-ratio priced the layers by ONNX Runtime CPU timings, not on the "
                     f"{cfg.target} target: check the engine's speed with `gdws-export bench`"
                 )
-        measures = AUTO_MEASURES if cfg.sensitivity == "auto" else (cfg.sensitivity,)
+        measures = _candidate_measures(cfg, state, report)
         built = {m: _build(cfg, m, state, costs, clock, show_bars) for m in measures}
         chosen = _choose(cfg, built, state, report, clock) if len(built) > 1 else measures[0]
         candidate = built[chosen]
@@ -254,17 +254,28 @@ def _build(cfg: ExportConfig, measure: str, state: _State, costs, clock, show_ba
     return _Candidate(alphas, model, approx, refit, time.perf_counter() - start)
 
 
+def _candidate_measures(cfg: ExportConfig, state: _State, report) -> tuple[str, ...]:
+    """The measures to build models with: all of `--sensitivity auto`'s candidates only when
+    enough held-out images can judge them; else just the one that ships (the first), with a
+    warning, since a candidate that cannot be judged would be built for nothing."""
+    if cfg.sensitivity != "auto":
+        return (cfg.sensitivity,)
+    held_out = len(state.held_out[0])
+    if held_out >= MIN_HELD_OUT:
+        return AUTO_MEASURES
+    first = AUTO_MEASURES[0]
+    report.warnings.append(
+        f"--sensitivity auto: --calib has {held_out} images after the first --calib-samples "
+        f"({cfg.calib_samples}), too few to judge the measures (at least {MIN_HELD_OUT}); "
+        f"built and shipped {first} alone, the first candidate: pass more images or a smaller "
+        "--calib-samples"
+    )
+    return (first,)
+
+
 def _choose(cfg: ExportConfig, built: dict[str, _Candidate], state: _State, report, clock) -> str:
     """`--sensitivity auto`: the measure whose model is most robust on the held-out images."""
-    first = next(iter(built))
     x, y = state.held_out
-    if len(x) < MIN_HELD_OUT:
-        report.warnings.append(
-            f"--sensitivity auto: --calib has {len(x)} images after the first --calib-samples "
-            f"({cfg.calib_samples}), too few to judge the measures (at least {MIN_HELD_OUT}); "
-            f"shipped {first}, the first candidate: pass more images or a smaller --calib-samples"
-        )
-        return first
     with clock("choose", f" ({len(x)} images, PGD-{SELECTION_STEPS})"):
         choice = choose_measure(
             {m: c.model for m, c in built.items()}, x, y,
