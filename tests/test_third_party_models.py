@@ -1,0 +1,67 @@
+"""Models gdws-export did not make (issue 28): small hand-written stand-ins for third-party
+CNNs, each run through the part of the export that broke on its kind."""
+
+from __future__ import annotations
+
+import torch
+from _lowering_nets import gdwsify, randomize_batchnorm
+from torch import nn
+
+import gdws_export.lowering.auto as auto
+import gdws_export.lowering.pipeline as lowering_pipeline
+from gdws_export.lowering import export_onnx
+from gdws_export.lowering.fold import find_fold_sites
+from gdws_export.lowering.timing import TimedGraph
+
+
+class GroupedAfterFoldable(nn.Module):
+    """A ResNeXt-like stage: a plain conv-BN-ReLU feeding a grouped 3x3 conv (groups=4), the
+    pattern a fold would reach through BN and ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv1, self.bn1 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1, groups=4)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class _NoRunner:
+    def deactivate(self):
+        pass
+
+
+def test_auto_lowering_declines_the_fold_of_a_grouped_conv(tmp_path, monkeypatch):
+    """`auto` crashed ('a folded GDWS conv must have groups == 1'): a grouped GDWS conv has no
+    fold site, so no fold form is offered for it, whatever the timings say."""
+    original = randomize_batchnorm(GroupedAfterFoldable()).eval()
+    model = gdwsify(original, 0.05)
+    assert model.conv2.groups == 4
+    sites, reasons = find_fold_sites(model)
+    assert "conv1" in sites and "conv2" not in sites
+    assert "grouped" in reasons["conv2"]
+
+    def fold_is_fastest(graphs, repeats):  # every fold form the fastest, if it were offered
+        for key, graph in graphs.items():
+            graph.samples = [(1.0 if key.startswith("fold") else 5.0) / 1e3] * repeats
+
+    monkeypatch.setattr(auto, "time_interleaved", fold_is_fastest)
+    monkeypatch.setattr(auto, "timing_graph", lambda *a: TimedGraph(_NoRunner(), {}))
+    per_layer_plan_fastest = {"auto": (1.0, 1.0, 1.0), "gather": (5.0, 5.0, 5.0),
+                              "dense": (5.0, 5.0, 5.0)}  # fmt: skip
+    monkeypatch.setattr(lowering_pipeline, "time_networks",
+                        lambda models, *a, **k: {m: per_layer_plan_fastest[m] for m in models})  # fmt: skip
+    result = export_onnx(model, input_shape=(3, 16, 16), path=tmp_path / "g.onnx",
+                         lowering="auto", original=original, exporter="legacy", repeats=1)  # fmt: skip
+    assert result.network_plan == "auto" and result.forms["conv1"] == "fold"
+    assert not result.forms["conv2"].startswith("fold")
+    notes = {layer.name: layer.notes for layer in result.layers}
+    assert any("no fold site" in n for n in notes["conv2"])
+    assert result.parity.passed
