@@ -65,3 +65,55 @@ def test_auto_lowering_declines_the_fold_of_a_grouped_conv(tmp_path, monkeypatch
     notes = {layer.name: layer.notes for layer in result.layers}
     assert any("no fold site" in n for n in notes["conv2"])
     assert result.parity.passed
+
+
+class ThirdPartyLeNet(nn.Module):
+    """The classic LeNet-5 (BatchNorm after the first conv), with a three-Linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.features(x).flatten(1)
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+LENET_SHAPE = (1, 28, 28)
+# By hand: convs 6*25*28*28 + 16*150*10*10, Linears 400*120 + 120*84 + 84*10.
+LENET_MACS = 117_600 + 240_000 + 48_000 + 10_080 + 840
+
+
+def _lenet_files(folder) -> dict[str, object]:
+    torch.manual_seed(0)
+    model = ThirdPartyLeNet().eval()
+    x = torch.rand(2, *LENET_SHAPE)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, folder / "lenet.pt2")
+    torch.jit.save(torch.jit.script(model), folder / "lenet_script.pt")
+    torch.jit.save(torch.jit.trace(model, x), folder / "lenet_trace.pt")
+    return model, ["lenet.pt2", "lenet_script.pt", "lenet_trace.pt"]
+
+
+def test_macs_and_params_of_loaded_programs_match_the_eager_model(tmp_path):
+    """.pt2 and TorchScript programs lost their Linear MACs (aten.linear calls, no modules)
+    and TorchScript its Linear parameters (stored as buffers); both now count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gdws_export.loading import load_model_file
+    from gdws_export.pipeline import count_macs_params
+
+    model, names = _lenet_files(tmp_path)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *LENET_SHAPE))
+    assert counter.get_total_flops() == 2 * LENET_MACS  # the independent count agrees
+    eager_params = sum(p.numel() for p in model.parameters())
+    assert count_macs_params(model, LENET_SHAPE) == (LENET_MACS, eager_params)
+    for name in names:
+        loaded = load_model_file(tmp_path / name, input_shape=LENET_SHAPE)
+        assert isinstance(loaded.module, torch.fx.GraphModule), name
+        assert count_macs_params(loaded.module, LENET_SHAPE) == (LENET_MACS, eager_params), name

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.gdws.selection import count_macs, find_convs
+from gdws_export.gdws.selection import count_macs, count_params, find_convs
 from gdws_export.loading import LoadedModel
 from gdws_export.loading.detect import first_line
 from gdws_export.models.layers import Normalize
@@ -128,5 +128,6 @@ def check_replaceable(model: nn.Module, model_file: str, exclude: tuple[str, ...
 
 
 def count_macs_params(model: nn.Module, shape) -> tuple[int, int]:
-    """Multiply-accumulates per image of every conv and linear layer, and the parameter count."""
-    return count_macs(model, shape), sum(p.numel() for p in model.parameters())
+    """Multiply-accumulates per image of every conv and matrix product, and the parameter
+    count (`count_macs`, `count_params`: graph modules included)."""
+    return count_macs(model, shape), count_params(model)

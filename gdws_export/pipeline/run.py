@@ -27,7 +27,7 @@ from gdws_export.gdws.activations import activation_gains, input_moments, relati
 from gdws_export.gdws.approximate import ApproximationReport, approximate
 from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.refit import RefitReport, refit_pointwise
-from gdws_export.gdws.selection import replace_module
+from gdws_export.gdws.selection import count_params, replace_module
 from gdws_export.gdws.sensitivity import (
     load_alphas,
     load_input_moments,
@@ -344,7 +344,7 @@ def _export_graphs(cfg, report, state: _State, out: Path, clock, dynamic, batch,
         shipped = copy.deepcopy(state.gdws_model)
         for name in kept:
             replace_module(shipped, name, copy.deepcopy(state.model.get_submodule(name)))
-        report.params["shipped"] = sum(p.numel() for p in shipped.parameters())
+        report.params["shipped"] = count_params(shipped)
         figures = _approximation_figures(state.model, shipped, state, cfg)
         report.parity["approximation"] = {**figures, "original_convs_kept": kept}
     return out / "gdws.onnx"
