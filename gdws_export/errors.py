@@ -6,6 +6,8 @@ its own exit code, so scripts can tell bad input from a parity failure from a mi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class GDWSExportError(Exception):
     """Base class of every error gdws-export raises on purpose."""
@@ -35,3 +37,12 @@ class MissingDependencyError(GDWSExportError, ImportError):
     """An optional runtime (TensorRT, onnxslim, ...) is needed but not installed."""
 
     exit_code = 5
+
+
+def shown(items: Sequence[str], limit: int, separator: str = ", ") -> str:
+    """The first `limit` items for a one-line message, then how many more: a cut list says
+    it was cut ("a, b, c, ... (9 in all)")."""
+    items = [str(item) for item in items]
+    if len(items) <= limit:
+        return separator.join(items)
+    return separator.join(items[:limit]) + f"{separator}... ({len(items)} in all)"

@@ -117,3 +117,59 @@ def test_macs_and_params_of_loaded_programs_match_the_eager_model(tmp_path):
         loaded = load_model_file(tmp_path / name, input_shape=LENET_SHAPE)
         assert isinstance(loaded.module, torch.fx.GraphModule), name
         assert count_macs_params(loaded.module, LENET_SHAPE) == (LENET_MACS, eager_params), name
+
+
+class EfficientNetLiteLike(nn.Module):
+    """A full 3x3 stem, then inverted-residual blocks whose only KxK convs are depthwise:
+    nothing GDWS can make cheaper (the first conv is always kept exact)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
+            hidden = 4 * cin
+            return nn.Sequential(
+                nn.Conv2d(cin, hidden, 1), nn.BatchNorm2d(hidden), nn.ReLU6(),
+                nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden), nn.BatchNorm2d(hidden),
+                nn.ReLU6(), nn.Conv2d(hidden, cout, 1), nn.BatchNorm2d(cout),
+            )  # fmt: skip
+
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU6())
+        self.blocks = nn.Sequential(block(8, 16, 1), block(16, 16, 2))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def test_a_net_without_a_replaceable_conv_ships_the_original(tmp_path, capsys):
+    """Every KxK conv depthwise: exit 0 with the original engine and a report saying why,
+    where the export used to refuse the model (exit 3)."""
+    from gdws_export.cli import main
+    from gdws_export.pipeline import ExportReport
+
+    model = randomize_batchnorm(EfficientNetLiteLike()).eval()
+    program = torch.export.export(model, (torch.rand(2, 3, 16, 16),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))  # fmt: skip
+    torch.export.save(program, tmp_path / "lite.pt2")
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "lite.pt2"), "-o", str(out), "--exporter", "legacy", "--threads", "1"]
+    assert main(argv) == 0
+    said = "no replaceable conv: every KxK conv is depthwise (or 1x1), so the original ships"
+    stdout = capsys.readouterr().out
+    assert said in stdout and "(speed-up 1.00x)" in stdout and "(1.00x)" in stdout
+    report = ExportReport.load(out / "report.json")
+    assert report.original_ships.startswith(said)
+    assert report.files["engine"] == "original.fp32.ort.onnx" and "gdws_onnx" not in report.files
+    assert report.approximation is None and report.macs == {"original": report.macs["original"]}
+    assert f"- shipped: {report.original_ships}; speed-up 1.00x" in (out / "report.md").read_text()
+
+
+def test_only_a_fully_excluded_model_says_exclude_left_nothing():
+    from gdws_export.pipeline.model import no_replacement_reason
+
+    model = GroupedAfterFoldable()
+    assert no_replacement_reason(model, "m.pt") is None
+    reason = no_replacement_reason(model, "m.pt", ("conv1", "conv2"))
+    assert reason.startswith("no replaceable conv: --exclude leaves none (conv1, conv2 excluded)")
+    assert reason.endswith("so the original ships (the first conv, stem, is always kept exact)")

@@ -56,6 +56,8 @@ def summary(report: ExportReport) -> str:
     if report.triton:
         lines.append(f"  {'triton':<8}{report.triton['model_dir']} ({report.triton['platform']})")
     lines.append(f"  {'MACs':<8}{_macs(report)}")
+    if report.original_ships:
+        lines.append(f"  {'GDWS':<8}{report.original_ships} (speed-up 1.00x)")
     engine = report.parity.get("engine")
     if engine:
         lines.append(
@@ -81,6 +83,8 @@ def _plan(report: ExportReport) -> str:
         alphas = report.model["alphas"]
         lines += [f"GDWS with {report.budget_text()}; alphas: {alphas}", ""]
         lines += [report.plan_table(), ""]
+    if report.original_ships:
+        lines += [f"{report.original_ships} (speed-up 1.00x)", ""]
     lines.append(f"MACs: {_macs(report)}")
     if report.settings.get("lowering") == "auto" and report.approximation:
         lines.append("lowering 'auto' picks each layer's form by timing it at export")

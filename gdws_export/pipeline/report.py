@@ -14,6 +14,9 @@ bumps `schema_version`. The fields of "report":
 - `model`: file, kind, architecture, input shape, normalization, alphas, classes, loader notes.
 - `approximation`: `ApproximationReport.to_dict()`, per-layer status, kernels, MACs, params,
   weighted error; null with `--no-gdws`.
+- `original_ships`: why the export ships the original model although GDWS was asked for (no
+  conv GDWS can replace, or the assembled GDWS graph was not faster when timed against the
+  original's), "... so the original ships"; its speed-up is then 1.00x. Null otherwise.
 - `sensitivity_choice`: with `--sensitivity auto`, `MeasureChoice.to_dict()`: the held-out
   images and attack, each candidate measure's clean and robust accuracy on them and build
   time, and the measure chosen; else null.
@@ -57,6 +60,7 @@ class ExportReport:
     settings: dict[str, Any]
     model: dict[str, Any]
     approximation: dict[str, Any] | None = None
+    original_ships: str | None = None
     refit: dict[str, Any] | None = None
     sensitivity_choice: dict[str, Any] | None = None
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -170,11 +174,13 @@ class ExportReport:
             norm = self.model.get("normalization")
             norm = f"normalized in the graph ({norm})" if norm else "no normalization added"
             lines += [f"- input: N x {shape}, {norm}"]
-        if s.get("gdws"):
+        if s.get("gdws") and self.approximation:
             alphas = self.model.get("alphas", "none (unweighted)")
             lines += [f"- GDWS: {self.budget_text()}, alphas: {alphas}"]
-        else:
+        elif not s.get("gdws"):
             lines += ["- GDWS: off (--no-gdws), the original model exported"]
+        if s.get("gdws") and self.original_ships:
+            lines += [f"- shipped: {self.original_ships}; speed-up 1.00x"]
         lines += [f"- target: {s['target']} {s['precision']}, lowering {s['lowering']}"]
         for key in ("original", "gdws", "shipped"):
             if key in self.macs:

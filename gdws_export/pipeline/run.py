@@ -46,10 +46,10 @@ from gdws_export.pipeline.config import DEFAULT_ALPHA_EPS, ExportConfig
 from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
 from gdws_export.pipeline.model import (
     check_forward,
-    check_replaceable,
     count_macs_params,
     match_alpha_names,
     match_layer_patterns,
+    no_replacement_reason,
     prepare_model,
 )
 from gdws_export.pipeline.outputs import Staging, check_destination
@@ -202,8 +202,11 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
         versions=_versions(),
     )
     report.macs["original"], report.params["original"] = count_macs_params(model, shape)
-    if cfg.gdws:
-        check_replaceable(model, cfg.model, match_layer_patterns(cfg.exclude, model))
+    exclude = match_layer_patterns(cfg.exclude, model)
+    report.original_ships = no_replacement_reason(model, cfg.model, exclude) if cfg.gdws else None
+    if report.original_ships is not None:
+        report.model["alphas"] = "not used (no replaceable conv)"
+    elif cfg.gdws:
         costs = None
         if cfg.time_ratio is not None:
             from gdws_export.lowering import measure_layer_costs
