@@ -27,7 +27,10 @@ bumps `schema_version`. The fields of "report":
 - `parity`: `ParityReport` dicts: "onnx_original" and "onnx_gdws" (ONNX vs PyTorch), "engine"
   (engine vs its source), "approximation" (the GDWS model as shipped vs the original PyTorch
   model, informative: `passed` and `tolerance` null; `original_convs_kept` lists the layers
-  where the lowering shipped the original conv because it was faster).
+  where the lowering shipped the original conv because it was faster; `inputs` says whether
+  they were "calibration" images or "random" ones, on which top-1 agreement means nothing).
+  Every entry has `decided_inputs` and `decided_top1_agreement`: top-1 agreement on the
+  inputs whose top-2 margin is not near a tie (`lowering.parity.DECIDED_MARGIN`).
 - `macs`, `params`: whole model, per image: "original", "gdws", "shipped" (as exported; params
   "shipped" only when some layers keep their original conv).
 - `files`: role -> path relative to the output directory; `output_dir`.
@@ -216,8 +219,7 @@ class ExportReport:
             for name, p in self.parity.items():
                 lines.append(
                     f"| {name} | {p['max_abs_diff']:.3g} | {p['relative_diff']:.3g} "
-                    f"| {100 * p['top1_agreement']:.1f} % | {p['n_inputs']} "
-                    f"| {_yes_no(p.get('passed'))} |"
+                    f"| {top1_text(p)} | {p['n_inputs']} | {_yes_no(p.get('passed'))} |"
                 )
         if self.warnings:
             lines += ["", "## Warnings", ""] + [f"- {w}" for w in self.warnings]
@@ -228,6 +230,21 @@ class ExportReport:
         lines += [f"| {k} | {v:.2f} |" for k, v in self.timings.items()]
         lines += ["", f"Written by gdws-export {self.tool_version} on {self.created}."]
         return "\n".join(lines) + "\n"
+
+
+def top1_text(parity: dict[str, Any]) -> str:
+    """Top-1 agreement of a parity entry as it means something: not judged on random inputs
+    (no true class, and a robust model's logits are near-ties there), and counted apart on the
+    inputs whose top-2 margin is not near a tie."""
+    if parity.get("inputs") == "random":
+        return "not judged (random inputs)"
+    text = f"{100 * parity['top1_agreement']:.1f} %"
+    decided = parity.get("decided_inputs")
+    if decided is None or decided == parity["n_inputs"]:
+        return text
+    if not decided:
+        return f"{text} (every input near a tie)"
+    return f"{text} ({100 * parity['decided_top1_agreement']:.1f} % of {decided} not near a tie)"
 
 
 def _yes_no(passed: bool | None) -> str:

@@ -479,7 +479,8 @@ def _parity_inputs(state: _State, seed: int) -> np.ndarray:
 
 
 def _approximation_figures(model, gdws_model, state: _State, cfg) -> dict:
-    """How far the GDWS model's logits are from the original's (informative, never fails)."""
+    """How far the GDWS model's logits are from the original's (informative, never fails),
+    and on which inputs: random ones (no --calib) cannot judge top-1 agreement."""
     from gdws_export.pipeline.engine import compare
 
     x = torch.from_numpy(_parity_inputs(state, cfg.seed))
@@ -488,7 +489,8 @@ def _approximation_figures(model, gdws_model, state: _State, cfg) -> dict:
         chunks = [x[i : i + 1] for i in range(len(x))] if batch else [x]
         reference = torch.cat([model(c) for c in chunks]).numpy()
         approximated = torch.cat([gdws_model(c) for c in chunks]).numpy()
-    return compare(reference, approximated, tolerance=None)
+    inputs = "random" if state.data is None else "calibration"
+    return {**compare(reference, approximated, tolerance=None), "inputs": inputs}
 
 
 class _Clock:
