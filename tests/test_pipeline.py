@@ -588,3 +588,44 @@ def test_parity_on_random_inputs_does_not_judge_top1_and_counts_layers_in_words(
     assert figures["decided_inputs"] == 12 and figures["decided_top1_agreement"] == 1.0
     real = _summary_report({**figures, "inputs": "calibration"}, [])
     assert "top-1 agreement 75.0 % (100.0 % of 12 not near a tie)" in summary(real)
+
+
+def test_auto_lowering_ships_the_original_when_the_confirmation_round_says_so(
+    ckpt, tmp_path, monkeypatch
+):
+    """GDWS won the first whole-graph round but not the confirmation: the engine computes the
+    original convs, and the report says why (speed-up 1.00x)."""
+    import gdws_export.lowering.auto as auto
+    import gdws_export.lowering.pipeline as lowering_pipeline
+    from gdws_export.cli.progress import summary
+    from gdws_export.lowering.timing import TimedGraph
+
+    class NoRunner:
+        def deactivate(self):
+            pass
+
+    def gather_wins(graphs, repeats):
+        for key, graph in graphs.items():
+            graph.samples = [(1.0 if key == "gather" else 2.0) / 1e3] * repeats
+
+    rounds = iter([{"auto": (1, 1, 1.0), "dense": (2, 2, 2.0)},  # the per-layer choice wins
+                   {"auto": (2, 2, 1.98), "dense": (2, 2, 2.0)}])  # fmt: skip
+
+    def network_rounds(models, *args, **kwargs):
+        times = next(rounds)
+        return {key: times[key] for key in models}
+
+    monkeypatch.setattr(auto, "time_interleaved", gather_wins)
+    monkeypatch.setattr(auto, "timing_graph", lambda *a: TimedGraph(NoRunner(), {}))
+    monkeypatch.setattr(lowering_pipeline, "time_networks", network_rounds)
+    report = run_export(_config(ckpt, tmp_path / "out", lowering="auto"))
+    gdws = report.exports["gdws"]
+    assert gdws["network_plan"] == "dense" and gdws["speed_margin"] == 0.05
+    assert report.original_ships.endswith("not faster by the 5% margin, so the original ships")
+    assert {layer["form"] for layer in gdws["layers"]} == {"dense"}
+    assert report.macs["shipped"] == report.macs["original"]
+    assert f"{report.original_ships} (speed-up 1.00x)" in summary(report)
+    assert (
+        "- shipped: the assembled GDWS graph (auto plan) ran 1.01x"
+        in (tmp_path / "out" / "report.md").read_text()
+    )

@@ -184,6 +184,8 @@ class ExportReport:
             lines += ["- GDWS: off (--no-gdws), the original model exported"]
         if s.get("gdws") and self.original_ships:
             lines += [f"- shipped: {self.original_ships}; speed-up 1.00x"]
+        elif self.exports.get("gdws", {}).get("speed_check"):
+            lines += [f"- speed check: {self.exports['gdws']['speed_check']}"]
         lines += [f"- target: {s['target']} {s['precision']}, lowering {s['lowering']}"]
         for key in ("original", "gdws", "shipped"):
             if key in self.macs:
