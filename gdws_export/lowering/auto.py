@@ -50,7 +50,8 @@ class LayerTiming:
     """Timings of one layer's candidates (milliseconds per batch) and the one kept.
 
     Attributes:
-        form: the fastest candidate (by `fastest_ms`).
+        form: the candidate kept: the fastest by `fastest_ms`, a GDWS form only when
+            faster than "dense" by `SPEED_MARGIN`.
         median_ms / p90_ms / fastest_ms: per candidate; a fold candidate's figure includes
             the extra time of its widened producer.
         notes: why some candidates were not timed.
