@@ -7,6 +7,7 @@ its own exit code, so scripts can tell bad input from a parity failure from a mi
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # ANSI escape sequences (colours, cursor moves) and other control characters.
 _ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
@@ -59,3 +60,12 @@ class MissingDependencyError(GDWSExportError, ImportError):
     """An optional runtime (TensorRT, onnxslim, ...) is needed but not installed."""
 
     exit_code = 5
+
+
+def shown(items: Sequence[str], limit: int, separator: str = ", ") -> str:
+    """The first `limit` items for a one-line message, then how many more: a cut list says
+    it was cut ("a, b, c, ... (9 in all)")."""
+    items = [str(item) for item in items]
+    if len(items) <= limit:
+        return separator.join(items)
+    return separator.join(items[:limit]) + f"{separator}... ({len(items)} in all)"

@@ -76,3 +76,77 @@ def test_bad_arguments(data):
         calibrated_gains(model, data, attack="square")
     with pytest.raises(ValueError, match="alpha"):
         calibrated_gains(model, data, attack=None, base={"loud": torch.ones(3)})
+
+
+def test_kl_cannot_be_negative_where_the_textbook_sum_rounds_below_zero():
+    """A confident model's log-probabilities barely moved: p * (log p - log q) summed rounds
+    to small negative totals (a negative alpha, refused by approximate); `_kl` cannot."""
+    import torch.nn.functional as F
+
+    from gdws_export.gdws.calibration import _kl
+
+    torch.manual_seed(0)
+    textbook, ours = [], []
+    for _ in range(50):
+        logits = 30 * torch.randn(64, 10, dtype=torch.float64)
+        reference = F.log_softmax(logits, dim=1)
+        approx = F.log_softmax(logits + 1e-9 * torch.randn_like(logits), dim=1)
+        textbook.append(float(F.kl_div(approx, reference, log_target=True, reduction="batchmean")))
+        ours.append(_kl(reference, approx))
+    assert min(textbook) < 0  # the bug this guards against is real on these inputs
+    assert min(ours) >= 0
+    assert max(abs(a - b) for a, b in zip(textbook, ours, strict=True)) < 1e-12
+    assert _kl(reference, reference) == 0.0
+
+
+class ConfidentSVHNNet(nn.Module):
+    """A conv-BN-ReLU CNN for 3 x 16 x 16 images with very large logits (a third-party SVHN
+    model trained to near-certainty), on which the textbook KL rounded negative."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return 1e3 * self.head(self.features(x))
+
+
+def test_a_confident_conv_bn_relu_net_gets_non_negative_alphas_that_approximate_takes():
+    torch.manual_seed(2)  # a draw where the textbook KL rounded below 0 for both layers
+    model = ConfidentSVHNNet().eval()
+    data = torch.rand(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    gains = calibrated_gains(model, data, attack=None, samples=16)
+    assert all(bool((g > 0).all()) and bool(torch.isfinite(g).all()) for g in gains.values())
+    _, report = approximate(model, mac_ratio=0.5, alphas=gains, input_shape=(3, 16, 16))
+    assert report.macs_after <= 0.5 * report.macs_before
+
+
+def test_a_layer_that_moves_no_output_is_not_treated_as_free(data):
+    """KL exactly 0 (nothing measurable) gives the smallest measured scale, not 0; with no
+    layer measured, every layer keeps its base alphas."""
+    model = TwoBranches().eval()
+    model.forward = lambda x: model.head(  # the quiet branch no longer reaches the logits
+        torch.relu(model.loud(torch.relu(model.stem(x)))).mean(dim=(2, 3))
+        + 0 * model.quiet(torch.relu(model.stem(x))).mean(dim=(2, 3))
+    )
+    gains = calibrated_gains(model, data, attack=None, samples=32)
+    assert float(gains["loud"].mean()) > 0
+    assert torch.equal(gains["quiet"], gains["loud"])  # same base (ones), smallest scale
+    model.forward = lambda x: 0 * model.head(model.quiet(model.loud(model.stem(x))).mean((2, 3)))
+    unmeasured = calibrated_gains(model, data, attack=None, samples=32)
+    assert all(torch.equal(g, torch.ones(8, dtype=torch.float64)) for g in unmeasured.values())
+
+
+def test_approximate_takes_a_layer_of_all_zero_alphas():
+    """Zero alphas say the layer's error costs nothing: it keeps the fewest kernels, no error."""
+    model = TwoBranches().eval()
+    alphas = {"loud": torch.ones(8), "quiet": torch.zeros(8)}
+    _, report = approximate(model, mac_ratio=0.6, alphas=alphas, input_shape=(1, 10, 10))
+    layers = {layer.name: layer for layer in report.layers}
+    assert layers["quiet"].status == "gdws" and layers["quiet"].kernels == 1

@@ -79,7 +79,7 @@ def test_real_timings_cover_every_candidate(model):
         timed = set(timing.median_ms)
         assert {"dense", "gather", "uniform", "slots", "fold"} <= timed
         assert all(v > 0 for k, v in timing.median_ms.items() if not k.startswith("fold"))
-        assert timing.form == min(timing.fastest_ms, key=timing.fastest_ms.get)
+        assert timing.form == auto.fastest_form(timing.fastest_ms)  # the margin rule
         assert len(timed) + len(timing.notes) == 7  # skipped folds say why
 
 
@@ -115,9 +115,74 @@ def test_network_check_goes_by_the_fastest_round(model, monkeypatch):
     )
     forms = {name: "slots" for name in gdws_layers(model)}
     sites, _ = find_fold_sites(model)
-    chosen, network = pipeline._check_network(
+    network = pipeline._check_network(
         model, forms, torch.rand(1, 3, 16, 16), sites=sites, originals={}, align=8,
         batch=1, threads=1, repeats=3,
     )  # fmt: skip
-    assert network["plan"] == "auto" and chosen == forms
-    assert network["gather"] == [3.5, 3.6, 3.0]
+    assert network.plan == "auto" and network.forms == forms
+    assert network.ms["gather"] == [3.5, 3.6, 3.0]
+    assert set(network.confirmation_ms) == {"auto", "dense"}  # timed again, alone
+    assert "2.36x" in network.speed_check and "GDWS ships" in network.speed_check
+
+
+@pytest.mark.parametrize(
+    "ms,expected",
+    [
+        ({"dense": 10.0, "gather": 9.6}, "dense"),  # 4 % faster: within the margin
+        ({"dense": 10.0, "gather": 9.4}, "gather"),  # 6 % faster: beyond it
+        ({"dense": 10.0, "gather": 9.0, "slots": 9.6}, "gather"),
+        ({"gather": 9.6, "slots": 9.7}, "gather"),  # no original to beat
+    ],
+)
+def test_a_gdws_form_must_beat_the_original_by_the_margin(ms, expected):
+    assert auto.SPEED_MARGIN == 0.05
+    assert auto.fastest_form(ms) == expected
+
+
+def _network_rounds(monkeypatch, rounds):
+    """Fake whole-model timings: the n-th call of time_networks gets rounds[n]."""
+    import gdws_export.lowering.pipeline as pipeline
+
+    calls = iter(rounds)
+
+    def fake(models, *args, **kwargs):
+        times = next(calls)  # StopIteration: a round the test did not expect
+        return {key: times[key] for key in models}
+
+    monkeypatch.setattr(pipeline, "time_networks", fake)
+    return pipeline
+
+
+def test_a_gdws_graph_that_is_not_faster_when_confirmed_ships_the_original(model, monkeypatch):
+    """The first round's winner can be a lucky draw (shipped GDWS engines measured 0.67x to
+    0.92x afterwards): timed again against the original graph, it must still be faster by
+    the margin, or the original graph ships and the check says so."""
+    first = {"auto": (5.0, 5.1, 4.0), "gather": (6.0, 6.1, 5.5), "dense": (6.0, 6.1, 6.0)}
+    confirmation = {"auto": (5.9, 6.0, 5.8), "dense": (6.0, 6.1, 6.0)}  # 1.03x: not enough
+    pipeline = _network_rounds(monkeypatch, [first, confirmation])
+    forms = {name: "slots" for name in gdws_layers(model)}
+    sites, _ = find_fold_sites(model)
+    network = pipeline._check_network(
+        model, forms, torch.rand(1, 3, 16, 16), sites=sites, originals={}, align=8,
+        batch=1, threads=1, repeats=3,
+    )  # fmt: skip
+    assert network.plan == "dense" and set(network.forms.values()) == {"dense"}
+    assert network.confirmation_ms["auto"] == [5.9, 6.0, 5.8]
+    assert network.speed_check == (
+        "the assembled GDWS graph (auto plan) ran 1.03x the original graph's speed in a "
+        "confirmation round, not faster by the 5% margin, so the original ships"
+    )
+
+
+def test_no_confirmation_round_when_the_original_graph_wins_the_first(model, monkeypatch):
+    first = {"auto": (5.0, 5.1, 5.8), "gather": (6.0, 6.1, 6.5), "dense": (6.0, 6.1, 6.0)}
+    pipeline = _network_rounds(monkeypatch, [first])  # a second call would raise
+    forms = {name: "slots" for name in gdws_layers(model)}
+    network = pipeline._check_network(
+        model, forms, torch.rand(1, 3, 16, 16), sites={}, originals={}, align=8,
+        batch=1, threads=1, repeats=3,
+    )  # fmt: skip
+    assert network.plan == "dense" and network.confirmation_ms == {}
+    assert network.speed_check.endswith(
+        "(the fastest, the auto plan, 1.03x), so the original ships"
+    )

@@ -14,6 +14,7 @@ from torch import nn
 import gdws_export.lowering.pipeline as pipeline
 from gdws_export.errors import InvalidInputError, ParityError
 from gdws_export.lowering import ExportResult, export_onnx, read_metadata
+from gdws_export.lowering.auto import fastest_form
 from gdws_export.runtimes import OrtRunner
 
 NETS = {"vgg": VGG, "resnet": ResNet, "preact": lambda: ResNet(preact=True)}
@@ -61,9 +62,14 @@ def test_dynamo_export_auto_lowering_report_and_metadata(tmp_path):
         metadata={"mac_ratio": 0.5},
     )  # fmt: skip
     assert result.exporter == "dynamo" and result.opset == 18 and result.simplifier == "onnxsim"
-    for layer in result.layers:
-        assert layer.form == min(layer.median_ms, key=layer.median_ms.get)
+    for layer in result.layers:  # the whole-graph check may override the per-layer choice
+        per_layer = fastest_form(layer.fastest_ms)
+        assert (
+            layer.form
+            == {"auto": per_layer, "gather": "gather", "dense": "dense"}[result.network_plan]
+        )
         assert sum(layer.kernels_per_channel) == layer.kernels
+    assert result.speed_margin == 0.05 and result.speed_check
     loaded = ExportResult.load(result.report_path)
     assert loaded.to_dict() == result.to_dict()
     meta = read_metadata(result.onnx_path)

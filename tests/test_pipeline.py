@@ -536,3 +536,102 @@ def test_layers_shipped_as_original_convs_are_reported_as_shipped(ckpt, tmp_path
     assert approx["top1_agreement"] == 1.0 and approx["max_abs_diff"] < 1e-4
     assert report.params["shipped"] == report.params["original"]
     assert report.macs["shipped"] == report.macs["original"]
+
+
+def test_auto_sensitivity_without_held_out_images_builds_only_the_model_it_ships(
+    ckpt, tmp_path, monkeypatch
+):
+    """A calibrated candidate that no held-out image can judge is never built."""
+    import gdws_export.pipeline.run as run_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("calibrated alphas computed for a candidate that cannot be judged")
+
+    monkeypatch.setattr(run_module, "calibrated_gains", never)
+    calib = files.calib_npz(tmp_path, n=8)  # all 8 fit; 0 held out
+    report = run_export(_config(ckpt, tmp_path / "out", calib=str(calib), mac_ratio=0.3,
+                                dry_run=True))  # fmt: skip
+    assert report.settings["sensitivity"] == "auto" and report.sensitivity_choice is None
+    assert any("built and shipped none alone" in w for w in report.warnings)
+    assert "alphas" not in report.timings  # unweighted: no alphas computed at all
+
+
+def _summary_report(parity: dict, kept: list[str]) -> ExportReport:
+    settings = {"target": "ort", "precision": "fp32", "gdws": True, "lowering": "auto"}
+    return ExportReport(
+        tool_version="0", created="now", dry_run=False, settings=settings,
+        model={"path": "m.pt"}, output_dir="out", files={"engine": "gdws.fp32.ort.onnx"},
+        macs={"original": 10, "shipped": 8}, parity={"approximation": {
+            **parity, "original_convs_kept": kept}},
+    )  # fmt: skip
+
+
+def test_parity_on_random_inputs_does_not_judge_top1_and_counts_layers_in_words():
+    """Random inputs gave 'top-1 agreement 12.5 %': meaningless, and alarming. The summary and
+    report.md give the logit error instead; '1 layers keep their conv' is '1 layer keeps its'."""
+    from gdws_export.cli.progress import summary
+    from gdws_export.lowering.parity import compare_logits
+
+    rng = np.random.default_rng(0)
+    near_ties = rng.normal(size=(16, 10)) * 1e-3 + 5  # a robust model on random images
+    figures = compare_logits(near_ties, near_ties + rng.normal(size=(16, 10)) * 1e-3).to_dict()
+    assert figures["top1_agreement"] < 0.5 and figures["decided_inputs"] == 0
+    random = _summary_report({**figures, "inputs": "random"}, ["features.3"])
+    text = summary(random)
+    assert "top-1 agreement not judged (random inputs)" in text and "12.5" not in text
+    assert "on 16 random inputs: max |logit diff|" in text
+    assert "(1 layer keeps its conv: faster on the target)" in text
+    assert "| not judged (random inputs) |" in random.to_markdown()
+    two_kept = summary(_summary_report({**figures, "inputs": "random"}, ["a", "b"]))
+    assert "(2 layers keep their conv" in two_kept
+
+    # Real images: agreement overall, and apart on the inputs not near a tie.
+    clear = np.eye(10)[np.arange(16) % 10] * 10.0
+    clear[:4] = 5.0  # four exact ties
+    candidate = clear.copy()
+    candidate[:4, 3] += 0.01  # the ties flip; the decided inputs do not
+    figures = compare_logits(clear, candidate).to_dict()
+    assert figures["decided_inputs"] == 12 and figures["decided_top1_agreement"] == 1.0
+    real = _summary_report({**figures, "inputs": "calibration"}, [])
+    assert "top-1 agreement 75.0 % (100.0 % of 12 not near a tie)" in summary(real)
+
+
+def test_auto_lowering_ships_the_original_when_the_confirmation_round_says_so(
+    ckpt, tmp_path, monkeypatch
+):
+    """GDWS won the first whole-graph round but not the confirmation: the engine computes the
+    original convs, and the report says why (speed-up 1.00x)."""
+    import gdws_export.lowering.auto as auto
+    import gdws_export.lowering.pipeline as lowering_pipeline
+    from gdws_export.cli.progress import summary
+    from gdws_export.lowering.timing import TimedGraph
+
+    class NoRunner:
+        def deactivate(self):
+            pass
+
+    def gather_wins(graphs, repeats):
+        for key, graph in graphs.items():
+            graph.samples = [(1.0 if key == "gather" else 2.0) / 1e3] * repeats
+
+    rounds = iter([{"auto": (1, 1, 1.0), "dense": (2, 2, 2.0)},  # the per-layer choice wins
+                   {"auto": (2, 2, 1.98), "dense": (2, 2, 2.0)}])  # fmt: skip
+
+    def network_rounds(models, *args, **kwargs):
+        times = next(rounds)
+        return {key: times[key] for key in models}
+
+    monkeypatch.setattr(auto, "time_interleaved", gather_wins)
+    monkeypatch.setattr(auto, "timing_graph", lambda *a: TimedGraph(NoRunner(), {}))
+    monkeypatch.setattr(lowering_pipeline, "time_networks", network_rounds)
+    report = run_export(_config(ckpt, tmp_path / "out", lowering="auto"))
+    gdws = report.exports["gdws"]
+    assert gdws["network_plan"] == "dense" and gdws["speed_margin"] == 0.05
+    assert report.original_ships.endswith("not faster by the 5% margin, so the original ships")
+    assert {layer["form"] for layer in gdws["layers"]} == {"dense"}
+    assert report.macs["shipped"] == report.macs["original"]
+    assert f"{report.original_ships} (speed-up 1.00x)" in summary(report)
+    assert (
+        "- shipped: the assembled GDWS graph (auto plan) ran 1.01x"
+        in (tmp_path / "out" / "report.md").read_text()
+    )

@@ -110,6 +110,10 @@ def test_topological_sort_orders_producers_first():
     graph.node.append(helper.make_node("Relu", ["missing"], ["d"], name="orphan"))
     with pytest.raises(UnsupportedModelError, match="missing"):
         topological_sort(graph)
+    for i in range(6):  # a list cut for the message says so
+        graph.node.append(helper.make_node("Relu", [f"missing{i}"], [f"e{i}"], name=f"o{i}"))
+    with pytest.raises(UnsupportedModelError, match=r"missing3, \.\.\. \(7 in all\)\)"):
+        topological_sort(graph)
 
 
 def test_qdq_graph_is_what_tensorrt_takes(net_onnx, qdq_model):

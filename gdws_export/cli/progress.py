@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from gdws_export.pipeline.report import ExportReport
+from gdws_export.pipeline.report import ExportReport, top1_text
 
 # Stages that draw their own progress bar: the stage line must not share its terminal line.
 _BAR_STAGES = ("alphas",)
@@ -56,6 +56,8 @@ def summary(report: ExportReport) -> str:
     if report.triton:
         lines.append(f"  {'triton':<8}{report.triton['model_dir']} ({report.triton['platform']})")
     lines.append(f"  {'MACs':<8}{_macs(report)}")
+    if report.original_ships:
+        lines.append(f"  {'GDWS':<8}{report.original_ships} (speed-up 1.00x)")
     engine = report.parity.get("engine")
     if engine:
         lines.append(
@@ -64,11 +66,16 @@ def summary(report: ExportReport) -> str:
         )
     approx = report.parity.get("approximation")
     if approx:
-        kept = approx.get("original_convs_kept", [])
-        note = f" ({len(kept)} layers keep their conv: faster on the target)" if kept else ""
+        kept = len(approx.get("original_convs_kept", []))
+        note = ""
+        if kept:
+            verb = "keeps its" if kept == 1 else "keep their"
+            note = f" ({kept} layer{'s' * (kept != 1)} {verb} conv: faster on the target)"
+        inputs = " ".join(str(w) for w in (approx["n_inputs"], approx.get("inputs")) if w)
         lines.append(
-            f"  {'GDWS':<8}top-1 agreement with the original model "
-            f"{100 * approx['top1_agreement']:.1f} % on {approx['n_inputs']} inputs{note}"
+            f"  {'GDWS':<8}against the original model on {inputs} inputs: max |logit diff| "
+            f"{approx['max_abs_diff']:.3g} ({100 * approx['relative_diff']:.2g} % of the logit "
+            f"scale), top-1 agreement {top1_text(approx)}{note}"
         )
     return "\n".join(lines)
 
@@ -81,6 +88,8 @@ def _plan(report: ExportReport) -> str:
         alphas = report.model["alphas"]
         lines += [f"GDWS with {report.budget_text()}; alphas: {alphas}", ""]
         lines += [report.plan_table(), ""]
+    if report.original_ships:
+        lines += [f"{report.original_ships} (speed-up 1.00x)", ""]
     lines.append(f"MACs: {_macs(report)}")
     if report.settings.get("lowering") == "auto" and report.approximation:
         lines.append("lowering 'auto' picks each layer's form by timing it at export")

@@ -15,6 +15,13 @@ lambda_l = sum KL / sum error is the layer's scale, and the returned alphas are
 lambda_l * base alpha. A unit of calibrated weighted error then means about the same increase
 of KL on adversarial inputs in every layer.
 
+Sensitivities must be >= 0 (`check_alpha` refuses others), so the KL is summed in a form whose
+every term is >= 0 (`_kl`): the textbook sum of p * (log p - log q) rounded to -2.6e-21 on a
+confident SVHN CNN, which made a negative alpha. A layer whose truncations moved no output at
+all (KL exactly 0: the model is too confident on these inputs for float64 to see a change) is
+not free to cut: it gets the smallest scale measured on another layer, and when no layer moved,
+every layer keeps its base alphas (scale 1), i.e. no calibration across layers.
+
 Cost: one PGD pass over the samples, then (layers x 3) forward passes: far less than one
 `noise_gains` run.
 """
@@ -86,7 +93,8 @@ def calibrated_gains(
         inputs = _inputs(model, data, attack, eps, steps, step_size, norm, samples, seed, param,
                          batch_size)  # fmt: skip
         reference = _log_probs(model, inputs, batch_size)
-        gains = {}
+        scales: dict[str, float] = {}
+        bases: dict[str, torch.Tensor] = {}
         for site in sites:
             given = None if base is None else base.get(site.name)
             alpha = check_alpha(given, site.conv.in_channels, site.name)
@@ -107,11 +115,20 @@ def calibrated_gains(
                 finally:
                     replace_module(model, site.name, site.conv)
                 error_sum += error
-            scale = kl_sum / error_sum if error_sum > 0 else 0.0
-            gains[site.name] = alpha * scale
+            scales[site.name] = kl_sum / error_sum if error_sum > 0 else 0.0
+            bases[site.name] = alpha
     finally:
         model.train(was_training)
-    return gains
+    return {name: bases[name] * scale for name, scale in _unmeasured_scales(scales).items()}
+
+
+def _unmeasured_scales(scales: dict[str, float]) -> dict[str, float]:
+    """`scales` with each 0 (no output change measured) raised to the smallest measured one;
+    all ones when none was measured (see the module docstring)."""
+    measured = [s for s in scales.values() if s > 0]
+    if not measured:
+        return dict.fromkeys(scales, 1.0)
+    return {name: s if s > 0 else min(measured) for name, s in scales.items()}
 
 
 def _check_attack(attack: str | None) -> None:
@@ -157,5 +174,13 @@ def _log_probs(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tens
 
 
 def _kl(reference: torch.Tensor, approx: torch.Tensor) -> float:
-    """Mean KL(original || approximation) over the samples."""
-    return float(F.kl_div(approx, reference, log_target=True, reduction="batchmean"))
+    """Mean KL(original || approximation) over the samples, from log-probabilities, >= 0.
+
+    With d = log p - log q, KL = sum p * d = sum p * (d - 1 + exp(-d)), since p and q each sum
+    to 1; every term of the second sum is >= 0 (x - 1 + e^-x >= 0), so unlike the first it
+    cannot round to a negative total. A term can still round to -1 ulp where d is tiny: clamped
+    at 0, its true value.
+    """
+    d = reference - approx
+    terms = reference.exp() * (d + torch.expm1(-d))
+    return float(terms.clamp_min(0).sum(dim=1).mean())

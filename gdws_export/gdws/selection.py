@@ -11,7 +11,7 @@ import torch
 from torch import fx, nn
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.gdws.conv import GDWSConv2d, conv_macs_per_pixel, is_depthwise
+from gdws_export.gdws.conv import GDWSConv2d, is_depthwise
 
 
 @dataclass(frozen=True)
@@ -94,22 +94,78 @@ def output_sizes(
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one image of shape (C, H, W) through every nn.Conv2d and
-    nn.Linear that runs (GDWS layers count through their depthwise and 1x1 convs). The model
-    runs once in eval mode; its mode is restored."""
-    total = 0
+    """Multiply-accumulates of one image of shape (C, H, W) through every conv and matrix
+    product that runs (GDWS layers count through their depthwise and 1x1 convs).
 
-    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            total += conv_macs_per_pixel(module) * int(output.shape[-2] * output.shape[-1])
-        else:  # nn.Linear: in_features MACs per output value
-            total += int(output[0].numel()) * module.in_features
+    Counted at the aten level (`FlopCounterMode`, FLOPs = 2 x MACs), not by module type, so a
+    graph module (a loaded .pt2 or TorchScript program) counts its `aten.linear`, `addmm` and
+    remaining conv calls as well as its `nn.Conv2d` modules. The model runs once in eval mode;
+    its mode is restored.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]  # fmt: skip
-    _run_once(model, input_shape, hooks)
-    return total
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _run_once(model, input_shape, [])
+    return int(counter.get_total_flops()) // 2
+
+
+# Arguments of aten ops that hold the layer's own weights (learned or stored tensors).
+_WEIGHT_ARGS = {
+    "aten.linear.default": (1, 2),
+    "aten.conv1d.default": (1, 2),
+    "aten.conv2d.default": (1, 2),
+    "aten.conv3d.default": (1, 2),
+    "aten.convolution.default": (1, 2),
+    "aten.addmm.default": (0, 2),
+    "aten.mm.default": (1,),
+    "aten.matmul.default": (1,),
+    "aten.batch_norm.default": (1, 2),
+    "aten._native_batch_norm_legit_no_training.default": (1, 2),
+    "aten.layer_norm.default": (2, 3),
+    "aten.group_norm.default": (2, 3),
+    "aten.prelu.default": (1,),
+    "aten.embedding.default": (0,),
+}
+# Ops that only reshape or re-lay a weight on its way to its user (Linear as t + addmm).
+_WEIGHT_VIEWS = {"aten.t.default", "aten.permute.default", "aten.transpose.int",
+                 "aten.view.default", "aten.reshape.default", "aten.contiguous.default",
+                 "aten.unsqueeze.default", "aten.squeeze.dim", "aten.detach.default"}  # fmt: skip
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters of `model`, each tensor once, and in its graph modules (loaded .pt2 and
+    TorchScript programs) also the stored tensors the graph uses as weights without holding
+    them as parameters: TorchScript's converter keeps Linear weights as buffers, which
+    `parameters()` misses. Running statistics (BatchNorm) do not count, as in eager models."""
+    tensors = {id(p): p for p in model.parameters()}
+    for module in model.modules():
+        if isinstance(module, fx.GraphModule):
+            for tensor in _graph_weights(module):
+                tensors.setdefault(id(tensor), tensor)
+    return sum(t.numel() for t in tensors.values())
+
+
+def _graph_weights(module: fx.GraphModule) -> list[torch.Tensor]:
+    """The stored tensors (get_attr) that the graph's calls take as weight arguments."""
+    found = []
+    for node in module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        for index in _WEIGHT_ARGS.get(str(node.target), ()):
+            source = node.args[index] if index < len(node.args) else None
+            while isinstance(source, fx.Node) and str(source.target) in _WEIGHT_VIEWS:
+                source = source.args[0]
+            if isinstance(source, fx.Node) and source.op == "get_attr":
+                value = _attribute(module, source.target)
+                if isinstance(value, torch.Tensor):
+                    found.append(value)
+    return found
+
+
+def _attribute(module: nn.Module, target: str):
+    owner, _, name = target.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, name, None)
 
 
 def _run_once(model: nn.Module, input_shape: Sequence[int], hooks: list) -> None:

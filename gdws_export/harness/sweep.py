@@ -21,7 +21,7 @@ from torch import nn
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.approximate import approximate
 from gdws_export.gdws.refit import refit_pointwise
-from gdws_export.gdws.selection import count_macs
+from gdws_export.gdws.selection import count_macs, count_params
 from gdws_export.harness.accuracy import evaluate_accuracy
 from gdws_export.harness.measure_choice import choose_measure, selection_attack
 from gdws_export.harness.shipping import Shipped, export_and_build, put_back_originals
@@ -216,7 +216,7 @@ def _rows(models, config, speed, accuracy, approximations, files, input_shape) -
                 mac_ratio=setting.mac_ratio if setting else None,
                 time_ratio=setting.time_ratio if setting else None,
                 macs=count_macs(module, input_shape),
-                params=sum(p.numel() for p in module.parameters()),
+                params=count_params(module),
                 fps=offline.images_per_s,
                 fps_ratio=offline.images_per_s / reference_fps,
                 p90_latency_ms=speed.single_stream(name).latency.p90_ms,

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from gdws_export._files import check_zip_integrity
-from gdws_export.errors import InvalidInputError
+from gdws_export.errors import InvalidInputError, shown
 
 # Members torch reads as plain text (versions, ids, byte order) or JSON (graphs, configs).
 _TEXT_MEMBERS = frozenset(
@@ -115,9 +115,7 @@ def check_program_archive(path: Path, *, trust_pickle: bool, advice: str) -> Non
         return
     hazards = program_hazards(path)
     if hazards:
-        more = f", ... {len(hazards) - 3} more" if len(hazards) > 3 else ""
-        shown = ", ".join(hazards[:3]) + more
         raise InvalidInputError(
             f"torch.export program {path} holds members that would run code when loaded "
-            f"({shown}), so it was not loaded; {advice}"
+            f"({shown(hazards, 3)}), so it was not loaded; {advice}"
         )

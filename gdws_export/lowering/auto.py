@@ -9,10 +9,13 @@ rounds (each round runs every candidate once, so load from other processes hits 
 and each candidate's fastest round decides: load only ever adds time, and a burst over most
 of one candidate's few rounds moves its median, not its fastest round.
 
-The original conv is always a candidate ("dense"): a layer whose GDWS forms are all slower
-keeps it. A fold form also changes the producing layer, so its time is the consumer's time
-plus what the widened producer costs over the plain one. Layers are decided from the last to
-the first, so a producer is timed with the output width its consumer's choice gave it.
+The original conv is always a candidate ("dense"): a layer whose GDWS forms are not faster by
+`SPEED_MARGIN` keeps it (timings of one graph differ by a few percent from round to round,
+and the fastest of several candidates is biased towards a lucky draw: GDWS engines chosen by
+a bare minimum measured 0.67x to 0.92x of the original afterwards). A fold form also changes
+the producing layer, so its time is the consumer's time plus what the widened producer costs
+over the plain one. Layers are decided from the last to the first, so a producer is timed
+with the output width its consumer's choice gave it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from gdws_export.lowering.timing import record_shapes, time_interleaved, timing_
 # channel multiplier > 1 in its slow generic kernel, not in NCHWc; it never beat "gather" or
 # "slots" in our measurements) and "fold-3" and up (rarely better than fold-2 or slots).
 DEFAULT_CANDIDATES = ("dense", "gather", "slots", "fold", "fold-2")
+# A GDWS form (or whole GDWS graph) replaces the original conv (graph) only when at least this
+# fraction faster than it in the same interleaved rounds.
+SPEED_MARGIN = 0.05
 
 
 @dataclass
@@ -44,7 +50,8 @@ class LayerTiming:
     """Timings of one layer's candidates (milliseconds per batch) and the one kept.
 
     Attributes:
-        form: the fastest candidate (by `fastest_ms`).
+        form: the candidate kept: the fastest by `fastest_ms`, a GDWS form only when
+            faster than "dense" by `SPEED_MARGIN`.
         median_ms / p90_ms / fastest_ms: per candidate; a fold candidate's figure includes
             the extra time of its widened producer.
         notes: why some candidates were not timed.
@@ -134,9 +141,17 @@ def choose_forms(
 
 
 def fastest_form(milliseconds: dict[str, float]) -> str:
-    """The candidate (a form, or a whole-model plan) with the least time; a tie keeps the
-    original conv ("dense")."""
-    return min(milliseconds, key=lambda f: (milliseconds[f], f != "dense"))
+    """The candidate (a form, or a whole-model plan) with the least time, where one other than
+    the original conv ("dense") wins only when faster than it by `SPEED_MARGIN`."""
+    best = min(milliseconds, key=lambda f: (milliseconds[f], f != "dense"))
+    if best == "dense" or "dense" not in milliseconds:
+        return best
+    return best if beats_original(milliseconds[best], milliseconds["dense"]) else "dense"
+
+
+def beats_original(milliseconds: float, original_ms: float) -> bool:
+    """Whether a GDWS form or graph is faster than the original by `SPEED_MARGIN`."""
+    return milliseconds < (1 - SPEED_MARGIN) * original_ms
 
 
 def _fold_note(name: str, sites: dict, slots: int, gdws: GDWSConv2d) -> str:
@@ -165,4 +180,11 @@ def _add_producer_graphs(graphs, site, layers, model, index, form, shapes, align
         graphs["producer"] = timing_graph(as_shipped(producer), in_shape, threads)
 
 
-__all__ = ["DEFAULT_CANDIDATES", "LayerTiming", "choose_forms", "fastest_form"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "SPEED_MARGIN",
+    "LayerTiming",
+    "beats_original",
+    "choose_forms",
+    "fastest_form",
+]

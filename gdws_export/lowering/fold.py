@@ -11,7 +11,9 @@ the producer extra outputs. The GDWS conv is then a multiplier-1 depthwise conv 
 Where a fold is possible is found with torch.fx (symbolic tracing, GDWS convs as leaves): the
 path from the producer to the GDWS conv must be a chain of single-user nodes, and every module
 on it must be called once in the whole forward (a shared module cannot change width for one
-caller only). A model fx cannot trace gets no folds; the reason is reported.
+caller only). A grouped GDWS conv (groups > 1) never folds: its groups read fixed blocks of
+input channels, which the repeated channels would not keep. A model fx cannot trace gets no
+folds; the reason is reported, and `auto` then does not offer the fold forms.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ def _site_of(model: nn.Module, node: fx.Node, calls: dict[str, int]):
     consumer = node.target
     if calls[consumer] != 1:
         return None, "the GDWS conv is called more than once"
+    groups = model.get_submodule(consumer).groups
+    if groups != 1:  # each group reads its own block of input channels: copies cannot move
+        return None, f"the GDWS conv is grouped (groups={groups}); folds need groups == 1"
     batchnorms: list[str] = []
     current = node.args[0] if node.args else None
     while True:

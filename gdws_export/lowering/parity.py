@@ -15,6 +15,10 @@ import numpy as np
 from gdws_export.errors import ParityError
 
 DEFAULT_TOLERANCE = 1e-4  # FP32: round-off of a different but equal graph stays far below
+# An input's top-1 class is decided when the reference's two largest logits are at least this
+# fraction of the logit scale apart. Below it (random images: a robust model's logits are
+# near-ties there) any small change flips the argmax, and disagreement says nothing.
+DECIDED_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class ParityReport:
         relative_diff: max_abs_diff / logit_scale, the figure held to `tolerance`.
         top1_agreement: fraction of inputs whose argmax agrees.
         tolerance: the bound on relative_diff.
+        decided_inputs: inputs whose reference top-2 margin is at least `DECIDED_MARGIN` of
+            the logit scale (not near a tie).
+        decided_top1_agreement: fraction of those whose argmax agrees; None when none is.
     """
 
     n_inputs: int
@@ -38,6 +45,8 @@ class ParityReport:
     relative_diff: float
     top1_agreement: float
     tolerance: float = DEFAULT_TOLERANCE
+    decided_inputs: int = 0
+    decided_top1_agreement: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -76,14 +85,23 @@ def compare_logits(
     scale = float(np.abs(reference).max()) if reference.size else 0.0
     max_diff = float(diff.max()) if diff.size else 0.0
     relative = max_diff / scale if scale > 0 else (0.0 if max_diff == 0 else float("inf"))
+    agrees = reference.argmax(1) == candidate.argmax(1)
+    top2 = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else None
+    decided = (
+        (top2[:, 1] - top2[:, 0] >= DECIDED_MARGIN * scale) & (scale > 0)
+        if top2 is not None
+        else np.ones(len(reference), dtype=bool)
+    )
     return ParityReport(
         n_inputs=len(reference),
         max_abs_diff=max_diff,
         mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
         logit_scale=scale,
         relative_diff=float(relative) if np.isfinite(max_diff) else float("inf"),
-        top1_agreement=float(np.mean(reference.argmax(1) == candidate.argmax(1))),
+        top1_agreement=float(np.mean(agrees)),
         tolerance=float(tolerance),
+        decided_inputs=int(decided.sum()),
+        decided_top1_agreement=float(np.mean(agrees[decided])) if decided.any() else None,
     )
 
 
@@ -144,4 +162,4 @@ def check_parity(
     return report
 
 
-__all__ = ["DEFAULT_TOLERANCE", "ParityReport", "check_parity", "compare_logits"]
+__all__ = ["DECIDED_MARGIN", "DEFAULT_TOLERANCE", "ParityReport", "check_parity", "compare_logits"]

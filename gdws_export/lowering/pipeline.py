@@ -15,7 +15,13 @@ from torch import nn
 from gdws_export._files import atomic_output
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.conv import GDWSConv2d, conv_macs_per_pixel
-from gdws_export.lowering.auto import DEFAULT_CANDIDATES, choose_forms, fastest_form
+from gdws_export.lowering.auto import (
+    DEFAULT_CANDIDATES,
+    SPEED_MARGIN,
+    beats_original,
+    choose_forms,
+    fastest_form,
+)
 from gdws_export.lowering.export import EXPORTERS, export_model
 from gdws_export.lowering.fold import find_fold_sites
 from gdws_export.lowering.forms import fold_slots, is_form
@@ -62,7 +68,9 @@ class ExportResult:
     With `auto`, `network_ms` holds the whole-model [median, p90, fastest round]
     milliseconds per batch of the per-layer choice ("auto"), the reference lowering ("gather")
     and the original convs ("dense"), and `network_plan` the one shipped (the fastest round
-    decides).
+    decides; a GDWS plan must beat "dense" by `speed_margin`). A GDWS plan that wins is timed
+    again against "dense" alone (`confirmation_ms`) and ships only if it is still faster by
+    the margin; `speed_check` says in one line what was decided.
     """
 
     onnx_path: str
@@ -83,6 +91,9 @@ class ExportResult:
     seconds: dict[str, float]
     network_plan: str = ""
     network_ms: dict[str, list[float]] = field(default_factory=dict)
+    confirmation_ms: dict[str, list[float]] = field(default_factory=dict)
+    speed_margin: float | None = None
+    speed_check: str = ""
 
     @property
     def forms(self) -> dict[str, str]:
@@ -149,8 +160,10 @@ def export_onnx(
         input_shape: (C, H, W) of one input image ((N, C, H, W) is accepted, N ignored).
         path: the .onnx file to write; the report goes next to it as `<stem>.report.json`.
         lowering: "auto" (time the forms per layer on ONNX Runtime, keep the fastest, the
-            original conv included; then time the whole model so chosen against all-"gather"
-            and the original convs, and ship the fastest of the three), or one form for every
+            original conv included, a GDWS form only by `SPEED_MARGIN`; then time the whole
+            model so chosen against all-"gather" and the original convs, ship the fastest of
+            the three, a GDWS one only if a confirmation round against the original convs
+            finds it still faster by the margin), or one form for every
             layer: "gather" (reference), "uniform", "slots", "fold", "fold-<S>", "dense" (see
             `forms`). Layers a fold cannot
             reach fall back to "gather" (noted in the report).
@@ -198,7 +211,7 @@ def export_onnx(
         needs_fold = lowering == "auto" or fold_slots(lowering) is not None
         sites, fold_reasons = find_fold_sites(model) if layers and needs_fold else ({}, {})
         example = torch.from_numpy(inputs[:2] if dynamic_batch else _fixed_batch(inputs, batch))
-        timings, notes, network = {}, {n: [] for n in layers}, {}
+        timings, notes, network = {}, {n: [] for n in layers}, _NetworkCheck()
         if lowering == "auto" and layers:
             timings = choose_forms(
                 model, example, sites=sites, originals=originals, candidates=candidates,
@@ -206,10 +219,11 @@ def export_onnx(
             )  # fmt: skip
             for n, t in timings.items():
                 notes[n] += t.notes
-            forms, network = _check_network(
+            network = _check_network(
                 model, {n: t.form for n, t in timings.items()}, example, sites=sites,
                 originals=originals, align=align, batch=batch, threads=threads, repeats=repeats,
             )  # fmt: skip
+            forms = network.forms
         else:
             forms = {}
             for n in layers:
@@ -236,7 +250,6 @@ def export_onnx(
         seconds["parity"] = time.perf_counter() - clock - sum(seconds.values())
 
         layer_reports = _layer_reports(model, layers, forms, timings, notes, example)
-        network_plan = network.pop("plan", "")
     finally:
         model.train(was_training)
     from gdws_export import __version__
@@ -247,27 +260,74 @@ def export_onnx(
         batch=batch, threads=threads, align=align, simplifier=tool,
         simplify_notes=simplify_notes, parity=parity, layers=layer_reports,
         settings=dict(metadata or {}), tool_version=__version__, seconds=seconds,
-        network_plan=network_plan, network_ms=network,
+        network_plan=network.plan, network_ms=network.ms,
+        confirmation_ms=network.confirmation_ms, speed_check=network.speed_check,
+        speed_margin=SPEED_MARGIN if network.plan else None,
     )  # fmt: skip
     write_metadata(proto, _metadata(result))
     _write_atomically(path, proto.SerializeToString(), result.to_json().encode())
     return result
 
 
-def _check_network(model, forms, example, *, sites, originals, align, batch, threads, repeats):
-    """Time the whole model with the per-layer choice, all-gather and all-dense; keep the
-    fastest. Returns (forms, {"plan": name, name: [median, p90, fastest], ...})."""
+@dataclass
+class _NetworkCheck:
+    """What `_check_network` decided: the plan shipped and its forms, the timings of both
+    rounds ([median, p90, fastest] ms per batch), and the decision in one line."""
+
+    plan: str = ""
+    forms: dict[str, str] = field(default_factory=dict)
+    ms: dict[str, list[float]] = field(default_factory=dict)
+    confirmation_ms: dict[str, list[float]] = field(default_factory=dict)
+    speed_check: str = ""
+
+
+def _check_network(
+    model, forms, example, *, sites, originals, align, batch, threads, repeats
+) -> _NetworkCheck:
+    """Time the whole model with the per-layer choice, all-gather and all-dense (the original
+    convs); the fastest wins, a GDWS plan only by `SPEED_MARGIN`. A winning GDWS plan is then
+    timed again against all-dense alone, in fresh interleaved rounds, and ships only if it is
+    still faster by the margin: the first round's winner is the best of several noisy draws,
+    so its lead there is biased up."""
     plans = {"auto": forms, "gather": {n: "gather" for n in forms}}
     plans["dense"] = {n: "dense" for n in forms}
-    if plans["auto"] == plans["gather"]:
+    if forms == plans["gather"]:  # one graph is timed once
         del plans["gather"]
+    if forms == plans["dense"]:
+        del plans["auto"]
     models = {
         key: lower_model(model, plan, sites=sites, originals=originals, align=align)
         for key, plan in plans.items()
     }
     times = time_networks(models, example, batch=batch, threads=threads, repeats=repeats)
+    ms = {k: list(v) for k, v in times.items()}
     best = fastest_form({k: fastest for k, (_, _, fastest) in times.items()})
-    return plans[best], {"plan": best, **{k: list(v) for k, v in times.items()}}
+    margin = f"{SPEED_MARGIN:.0%} margin"
+    if best == "dense":
+        gdws = {k: v[2] for k, v in times.items() if k != "dense"}
+        tried = min(gdws, key=gdws.get)
+        speed_check = (
+            f"no GDWS graph ran faster than the original graph by the {margin} (the fastest, "
+            f"the {tried} plan, {times['dense'][2] / gdws[tried]:.2f}x), so the original ships"
+        )
+        return _NetworkCheck("dense", plans["dense"], ms, {}, speed_check)
+    pair = {best: models[best], "dense": models["dense"]}
+    confirmation = time_networks(pair, example, batch=batch, threads=threads, repeats=repeats)
+    speed = confirmation["dense"][2] / confirmation[best][2]
+    if beats_original(confirmation[best][2], confirmation["dense"][2]):
+        speed_check = (
+            f"the assembled GDWS graph ({best} plan) ran {speed:.2f}x the original graph's "
+            f"speed in a confirmation round ({margin}): GDWS ships"
+        )
+        plan = best
+    else:
+        speed_check = (
+            f"the assembled GDWS graph ({best} plan) ran {speed:.2f}x the original graph's "
+            f"speed in a confirmation round, not faster by the {margin}, so the original ships"
+        )
+        plan = "dense"
+    confirmation_ms = {k: list(v) for k, v in confirmation.items()}
+    return _NetworkCheck(plan, plans[plan], ms, confirmation_ms, speed_check)
 
 
 def _check_args(input_shape, lowering, exporter, batch) -> tuple[int, int, int]:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.gdws.selection import count_macs, find_convs
+from gdws_export.errors import InvalidInputError, UnsupportedModelError, shown
+from gdws_export.gdws.conv import is_depthwise
+from gdws_export.gdws.selection import count_macs, count_params, find_convs
 from gdws_export.loading import LoadedModel
 from gdws_export.loading.detect import first_line
 from gdws_export.models.layers import Normalize
 from gdws_export.pipeline.config import ExportConfig
+
+_SHOWN = 4  # layer names a message lists
 
 
 def prepare_model(loaded: LoadedModel, cfg: ExportConfig):
@@ -113,20 +116,40 @@ def match_layer_patterns(patterns: tuple[str, ...], model: nn.Module) -> tuple[s
     return tuple(patterns)
 
 
-def check_replaceable(model: nn.Module, model_file: str, exclude: tuple[str, ...] = ()) -> None:
-    """UnsupportedModelError unless some conv of `model` is one GDWS may replace
-    (InvalidInputError for an `exclude` pattern that names no conv)."""
+def no_replacement_reason(
+    model: nn.Module, model_file: str, exclude: tuple[str, ...] = ()
+) -> str | None:
+    """Why GDWS can replace no conv of `model`, as the report says it ("no replaceable conv:
+    ..., so the original ships"), or None when it can replace some.
+
+    A model whose KxK convs are all depthwise (or that has only 1x1 convs) is already as
+    separable as GDWS would make it: the export ships the original, it does not fail.
+
+    Raises:
+        UnsupportedModelError: the model has no `nn.Conv2d` at all (not a CNN).
+        InvalidInputError: an `exclude` pattern names no conv.
+    """
     sites = find_convs(model, exclude=exclude or None)
+    if not sites:
+        raise UnsupportedModelError(
+            f"{model_file} has no KxK conv that GDWS can replace (no nn.Conv2d at all); use "
+            "--no-gdws to export it as it is"
+        )
     if any(site.skip_reason is None for site in sites):
-        return
-    convs = ", ".join(f"{site.name} ({site.skip_reason})" for site in sites[:4])
-    raise UnsupportedModelError(
-        f"{model_file} has no KxK conv that GDWS can replace "
-        f"({'convs: ' + convs if convs else 'no nn.Conv2d at all'}); use --no-gdws to export it "
-        "as it is"
-    )
+        return None
+    excluded = [site.name for site in sites if site.skip_reason == "matched by exclude"]
+    if excluded:
+        why = f"--exclude leaves none ({shown(excluded, _SHOWN)} excluded)"
+    else:
+        why = "every KxK conv is depthwise (or 1x1)"
+    reason = f"no replaceable conv: {why}, so the original ships"
+    first = sites[0].conv
+    if first.kernel_size != (1, 1) and not is_depthwise(first):
+        reason += f" (the first conv, {sites[0].name}, is always kept exact)"
+    return reason
 
 
 def count_macs_params(model: nn.Module, shape) -> tuple[int, int]:
-    """Multiply-accumulates per image of every conv and linear layer, and the parameter count."""
-    return count_macs(model, shape), sum(p.numel() for p in model.parameters())
+    """Multiply-accumulates per image of every conv and matrix product, and the parameter
+    count (`count_macs`, `count_params`: graph modules included)."""
+    return count_macs(model, shape), count_params(model)

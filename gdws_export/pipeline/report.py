@@ -14,6 +14,9 @@ bumps `schema_version`. The fields of "report":
 - `model`: file, kind, architecture, input shape, normalization, alphas, classes, loader notes.
 - `approximation`: `ApproximationReport.to_dict()`, per-layer status, kernels, MACs, params,
   weighted error; null with `--no-gdws`.
+- `original_ships`: why the export ships the original model although GDWS was asked for (no
+  conv GDWS can replace, or the assembled GDWS graph was not faster when timed against the
+  original's), "... so the original ships"; its speed-up is then 1.00x. Null otherwise.
 - `sensitivity_choice`: with `--sensitivity auto`, `MeasureChoice.to_dict()`: the held-out
   images and attack, each candidate measure's clean and robust accuracy on them and build
   time, and the measure chosen; else null.
@@ -29,7 +32,10 @@ bumps `schema_version`. The fields of "report":
 - `parity`: `ParityReport` dicts: "onnx_original" and "onnx_gdws" (ONNX vs PyTorch), "engine"
   (engine vs its source), "approximation" (the GDWS model as shipped vs the original PyTorch
   model, informative: `passed` and `tolerance` null; `original_convs_kept` lists the layers
-  where the lowering shipped the original conv because it was faster).
+  where the lowering shipped the original conv because it was faster; `inputs` says whether
+  they were "calibration" images or "random" ones, on which top-1 agreement means nothing).
+  Every entry has `decided_inputs` and `decided_top1_agreement`: top-1 agreement on the
+  inputs whose top-2 margin is not near a tie (`lowering.parity.DECIDED_MARGIN`).
 - `macs`, `params`: whole model, per image: "original", "gdws", "shipped" (as exported; params
   "shipped" only when some layers keep their original conv).
 - `files`: role -> path relative to the output directory; `output_dir`.
@@ -62,6 +68,7 @@ class ExportReport:
     settings: dict[str, Any]
     model: dict[str, Any]
     approximation: dict[str, Any] | None = None
+    original_ships: str | None = None
     refit: dict[str, Any] | None = None
     sensitivity_choice: dict[str, Any] | None = None
     search: dict[str, Any] | None = None
@@ -176,11 +183,15 @@ class ExportReport:
             norm = self.model.get("normalization")
             norm = f"normalized in the graph ({norm})" if norm else "no normalization added"
             lines += [f"- input: N x {shape}, {norm}"]
-        if s.get("gdws"):
+        if s.get("gdws") and self.approximation:
             alphas = self.model.get("alphas", "none (unweighted)")
             lines += [f"- GDWS: {self.budget_text()}, alphas: {alphas}"]
-        else:
+        elif not s.get("gdws"):
             lines += ["- GDWS: off (--no-gdws), the original model exported"]
+        if s.get("gdws") and self.original_ships:
+            lines += [f"- shipped: {self.original_ships}; speed-up 1.00x"]
+        elif self.exports.get("gdws", {}).get("speed_check"):
+            lines += [f"- speed check: {self.exports['gdws']['speed_check']}"]
         lines += [f"- target: {s['target']} {s['precision']}, lowering {s['lowering']}"]
         for key in ("original", "gdws", "shipped"):
             if key in self.macs:
@@ -218,8 +229,7 @@ class ExportReport:
             for name, p in self.parity.items():
                 lines.append(
                     f"| {name} | {p['max_abs_diff']:.3g} | {p['relative_diff']:.3g} "
-                    f"| {100 * p['top1_agreement']:.1f} % | {p['n_inputs']} "
-                    f"| {_yes_no(p.get('passed'))} |"
+                    f"| {top1_text(p)} | {p['n_inputs']} | {_yes_no(p.get('passed'))} |"
                 )
         if self.warnings:
             lines += ["", "## Warnings", ""] + [f"- {w}" for w in self.warnings]
@@ -230,6 +240,21 @@ class ExportReport:
         lines += [f"| {k} | {v:.2f} |" for k, v in self.timings.items()]
         lines += ["", f"Written by gdws-export {self.tool_version} on {self.created}."]
         return "\n".join(lines) + "\n"
+
+
+def top1_text(parity: dict[str, Any]) -> str:
+    """Top-1 agreement of a parity entry as it means something: not judged on random inputs
+    (no true class, and a robust model's logits are near-ties there), and counted apart on the
+    inputs whose top-2 margin is not near a tie."""
+    if parity.get("inputs") == "random":
+        return "not judged (random inputs)"
+    text = f"{100 * parity['top1_agreement']:.1f} %"
+    decided = parity.get("decided_inputs")
+    if decided is None or decided == parity["n_inputs"]:
+        return text
+    if not decided:
+        return f"{text} (every input near a tie)"
+    return f"{text} ({100 * parity['decided_top1_agreement']:.1f} % of {decided} not near a tie)"
 
 
 def _yes_no(passed: bool | None) -> str:

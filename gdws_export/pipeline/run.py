@@ -27,7 +27,7 @@ from gdws_export.gdws.activations import activation_gains, input_moments, relati
 from gdws_export.gdws.approximate import ApproximationReport, approximate
 from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.refit import RefitReport, refit_pointwise
-from gdws_export.gdws.selection import replace_module
+from gdws_export.gdws.selection import count_params, replace_module
 from gdws_export.gdws.sensitivity import (
     load_alphas,
     load_input_moments,
@@ -47,10 +47,10 @@ from gdws_export.pipeline.config import DEFAULT_ALPHA_EPS, ExportConfig
 from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
 from gdws_export.pipeline.model import (
     check_forward,
-    check_replaceable,
     count_macs_params,
     match_alpha_names,
     match_layer_patterns,
+    no_replacement_reason,
     prepare_model,
 )
 from gdws_export.pipeline.operating_point import (
@@ -212,8 +212,11 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
         versions=_versions(),
     )
     report.macs["original"], report.params["original"] = count_macs_params(model, shape)
-    if cfg.gdws:
-        check_replaceable(model, cfg.model, match_layer_patterns(cfg.exclude, model))
+    exclude = match_layer_patterns(cfg.exclude, model)
+    report.original_ships = no_replacement_reason(model, cfg.model, exclude) if cfg.gdws else None
+    if report.original_ships is not None:
+        report.model["alphas"] = "not used (no replaceable conv)"
+    elif cfg.gdws:
         costs = None
         if cfg.time_ratio is not None:
             from gdws_export.lowering import measure_layer_costs
@@ -229,7 +232,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
         if cfg.max_robust_drop is not None:
             candidate = _search(cfg, state, report, clock, show_bars)
         else:
-            measures = AUTO_MEASURES if cfg.sensitivity == "auto" else (cfg.sensitivity,)
+            measures = _candidate_measures(cfg, state, report)
             built = {m: _build(cfg, m, state, costs, clock, show_bars) for m in measures}
             chosen = _choose(cfg, built, state, report, clock) if len(built) > 1 else measures[0]
             candidate = built[chosen]
@@ -275,17 +278,28 @@ def _build(cfg: ExportConfig, measure: str, state: _State, costs, clock, show_ba
     return _Candidate(alphas, model, approx, refit, time.perf_counter() - start)
 
 
+def _candidate_measures(cfg: ExportConfig, state: _State, report) -> tuple[str, ...]:
+    """The measures to build models with: all of `--sensitivity auto`'s candidates only when
+    enough held-out images can judge them; else just the one that ships (the first), with a
+    warning, since a candidate that cannot be judged would be built for nothing."""
+    if cfg.sensitivity != "auto":
+        return (cfg.sensitivity,)
+    held_out = len(state.held_out[0])
+    if held_out >= MIN_HELD_OUT:
+        return AUTO_MEASURES
+    first = AUTO_MEASURES[0]
+    report.warnings.append(
+        f"--sensitivity auto: --calib has {held_out} images after the first --calib-samples "
+        f"({cfg.calib_samples}), too few to judge the measures (at least {MIN_HELD_OUT}); "
+        f"built and shipped {first} alone, the first candidate: pass more images or a smaller "
+        "--calib-samples"
+    )
+    return (first,)
+
+
 def _choose(cfg: ExportConfig, built: dict[str, _Candidate], state: _State, report, clock) -> str:
     """`--sensitivity auto`: the measure whose model is most robust on the held-out images."""
-    first = next(iter(built))
     x, y = state.held_out
-    if len(x) < MIN_HELD_OUT:
-        report.warnings.append(
-            f"--sensitivity auto: --calib has {len(x)} images after the first --calib-samples "
-            f"({cfg.calib_samples}), too few to judge the measures (at least {MIN_HELD_OUT}); "
-            f"shipped {first}, the first candidate: pass more images or a smaller --calib-samples"
-        )
-        return first
     with clock("choose", f" ({len(x)} images, PGD-{SELECTION_STEPS})"):
         choice = choose_measure(
             {m: c.model for m, c in built.items()}, x, y,
@@ -401,13 +415,15 @@ def _export_graphs(cfg, report, state: _State, out: Path, clock, dynamic, batch,
             original=state.model, **common,
         )  # fmt: skip
     _take_export(report, "gdws", gdws, out)
+    if gdws.network_plan == "dense":  # `auto` timed the GDWS graph no faster than the original
+        report.original_ships = gdws.speed_check
     report.macs["shipped"] = report.macs["original"] - gdws.macs["original"] + gdws.macs["shipped"]
     kept = [layer.name for layer in gdws.layers if layer.form == "dense"]
     if kept:  # the original conv was faster there: what ships is the model with those convs
         shipped = copy.deepcopy(state.gdws_model)
         for name in kept:
             replace_module(shipped, name, copy.deepcopy(state.model.get_submodule(name)))
-        report.params["shipped"] = sum(p.numel() for p in shipped.parameters())
+        report.params["shipped"] = count_params(shipped)
         figures = _approximation_figures(state.model, shipped, state, cfg)
         report.parity["approximation"] = {**figures, "original_convs_kept": kept}
     return out / "gdws.onnx"
@@ -539,7 +555,8 @@ def _parity_inputs(state: _State, seed: int) -> np.ndarray:
 
 
 def _approximation_figures(model, gdws_model, state: _State, cfg) -> dict:
-    """How far the GDWS model's logits are from the original's (informative, never fails)."""
+    """How far the GDWS model's logits are from the original's (informative, never fails),
+    and on which inputs: random ones (no --calib) cannot judge top-1 agreement."""
     from gdws_export.pipeline.engine import compare
 
     x = torch.from_numpy(_parity_inputs(state, cfg.seed))
@@ -548,7 +565,8 @@ def _approximation_figures(model, gdws_model, state: _State, cfg) -> dict:
         chunks = [x[i : i + 1] for i in range(len(x))] if batch else [x]
         reference = torch.cat([model(c) for c in chunks]).numpy()
         approximated = torch.cat([gdws_model(c) for c in chunks]).numpy()
-    return compare(reference, approximated, tolerance=None)
+    inputs = "random" if state.data is None else "calibration"
+    return {**compare(reference, approximated, tolerance=None), "inputs": inputs}
 
 
 class _Clock:

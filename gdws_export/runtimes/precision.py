@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.errors import InvalidInputError, UnsupportedModelError, shown
 from gdws_export.runtimes.onnx_files import load_onnx
 from gdws_export.runtimes.trt_support import qdq_problems
 
@@ -77,7 +77,7 @@ def convert_to_fp16(
     if problems:
         raise UnsupportedModelError(
             f"FP16 conversion (gdws_export/runtimes/precision.py) left {len(problems)} problem(s): "
-            + "; ".join(problems[:5])
+            + shown(problems, 5, "; ")
         )
     onnx.checker.check_model(converted)
     return converted
@@ -120,7 +120,7 @@ def topological_sort(graph: onnx.GraphProto) -> None:
         if len(blocked) == len(pending):
             missing = sorted({n for node in blocked for n in node.input if n not in available})
             raise UnsupportedModelError(
-                f"graph has a cycle or undefined tensors ({', '.join(missing[:5])}); "
+                f"graph has a cycle or undefined tensors ({shown(missing, 5)}); "
                 "re-export it (gdws_export/lowering)"
             )
         pending = blocked
@@ -260,7 +260,7 @@ def quantize_int8(
     if problems:
         raise UnsupportedModelError(
             "INT8 Q/DQ graph (gdws_export/runtimes/precision.py) is not what TensorRT takes: "
-            + "; ".join(problems[:5])
+            + shown(problems, 5, "; ")
         )
     return quantized
 

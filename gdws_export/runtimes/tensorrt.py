@@ -25,7 +25,12 @@ from types import ModuleType
 
 from gdws_export._files import JsonRecord, atomic_write_bytes, file_sha256
 from gdws_export._optional import require
-from gdws_export.errors import InvalidInputError, MissingDependencyError, UnsupportedModelError
+from gdws_export.errors import (
+    InvalidInputError,
+    MissingDependencyError,
+    UnsupportedModelError,
+    shown,
+)
 from gdws_export.runtimes.onnx_files import load_onnx, save_onnx
 from gdws_export.runtimes.precision import (
     CalibrationData,
@@ -356,7 +361,7 @@ def _parser_message(parser, graph_path: Path, warnings: list[str]) -> str:
         "; ".join(errors) or "no error given"
     )
     if warnings:
-        message += f" (check_trt_support found: {'; '.join(warnings[:3])})"
+        message += f" (check_trt_support found: {shown(warnings, 3, '; ')})"
     return message
 
 
