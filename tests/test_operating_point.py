@@ -16,6 +16,7 @@ from gdws_export.pipeline.operating_point import (
     PairedDrop,
     Probe,
     bisect_ratio,
+    choose_for_speed,
     choose_operating_point,
 )
 from tests import _model_files as files
@@ -120,7 +121,7 @@ def test_bisection_finds_the_boundary_within_its_resolution(boundary):
         seen.append(ratio)
         return _probe(ratio, 50 if ratio < boundary else 0)
 
-    probes = bisect_ratio(evaluate, 0.5)
+    probes = bisect_ratio(evaluate, lambda probe: probe.eligible(0.5))
     chosen, _, _ = choose_operating_point(probes, 0.5)
     assert len(seen) == 4
     assert boundary <= chosen.mac_ratio <= boundary * 10 ** (1 / 16) * 1.001
@@ -219,3 +220,67 @@ def test_small_search_end_to_end(tmp_path):
     else:
         assert search["chosen"] is None and report.approximation is None
     assert "## Operating point" in report.to_markdown()
+
+
+# --- the other way round: --min-speedup -------------------------------------------------------
+
+
+def test_min_speedup_ships_the_most_robust_fast_enough_candidate():
+    probes = [_probe(0.5, 0), _probe(0.3, 3), _probe(0.2, 9)]
+    for probe, speedup in zip(probes, (1.4, 2.1, 2.6), strict=True):
+        probe.speedup = speedup
+    chosen, reason, _ = choose_for_speed(probes, 2.0)
+    assert chosen is probes[1] and "2.10x" in reason  # 0.3 is the largest ratio at >= 2x
+    chosen, reason, _ = choose_for_speed(probes, 3.0)
+    assert chosen is None and "the fastest 2.60x" in reason
+
+
+def test_min_speedup_bisection_goes_deeper_until_fast_enough():
+    """Speed-up 1/ratio: 2x is reached at ratio 0.5 and below."""
+
+    def evaluate(ratio):
+        probe = _probe(ratio, 0)
+        probe.speedup = 1 / ratio
+        return probe
+
+    probes = bisect_ratio(evaluate, lambda probe: probe.speedup < 2.0)
+    chosen, _, _ = choose_for_speed(probes, 2.0)
+    assert 0.5 / 10 ** (1 / 16) / 1.001 <= chosen.mac_ratio <= 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_speedup": 1.0, "calib": "x.npz"}, "must be a number > 1"),
+        ({"min_speedup": float("inf"), "calib": "x.npz"}, "must be a number > 1"),
+        ({"min_speedup": 2.0, "calib": "x.npz", "mac_ratio": 0.3}, "--mac-ratio sets it"),
+        ({"min_speedup": 2.0, "calib": "x.npz", "max_robust_drop": 0.5}, "give one"),
+        ({"min_speedup": 2.0}, "pass --calib DATA"),
+        ({"min_speedup": 2.0, "calib": "x.npz", "target": "torch"}, "use --target ort"),
+    ],
+)
+def test_bad_min_speedup_settings(tmp_path, kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        ExportConfig(str(files.checkpoint(tmp_path)), **kwargs).resolved()
+
+
+def test_min_speedup_search_end_to_end(tmp_path, monkeypatch):
+    """Each probe is exported and timed against the original graph; the report gives the
+    speed-ups (not asserted: speed is a benchmark's business) and the probe it shipped."""
+    import gdws_export.pipeline.run as run_module
+
+    monkeypatch.setattr(run_module, "PROBE_TIMING_S", 0.05)
+    model = files.checkpoint(tmp_path)
+    calib = files.calib_npz(tmp_path, n=80)  # 16 fit, 64 judge
+    config = ExportConfig(str(model), output=str(tmp_path / "out"), calib=str(calib),
+                          calib_samples=16, held_out_samples=64, sensitivity="none",
+                          min_speedup=1.01, exporter="legacy", lowering="gather", threads=1,
+                          dry_run=True)  # fmt: skip
+    report = run_export(config)
+    probes = report.search["probes"]
+    assert len(probes) == 4 and all(p["speedup"] > 0 for p in probes)
+    assert "runs at least 1.01x" in report.search["goal"]
+    fast = [p for p in probes if p["speedup"] >= 1.01]
+    if fast:
+        assert probes[report.search["chosen"]]["mac_ratio"] == max(p["mac_ratio"] for p in fast)
+    assert "| speed-up |" in report.to_markdown()

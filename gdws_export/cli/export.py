@@ -163,6 +163,14 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_MAX_ROBUST_DROP} with --calib and no --beta/--mac-ratio/--time-ratio)",
     )
     gdws.add_argument(
+        "--min-speedup",
+        type=float,
+        metavar="S",
+        help="search the other way: the most robust MAC ratio whose graph runs at least S "
+        "times the original's speed on ONNX Runtime at --batch and --threads (needs --calib, "
+        "--target ort)",
+    )
+    gdws.add_argument(
         "--max-layer-error",
         type=float,
         metavar="E",
@@ -389,7 +397,8 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
         input_shape=args.input_shape, mean=args.mean, std=args.std, target=args.target,
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
         time_ratio=args.time_ratio, max_layer_error=args.max_layer_error,
-        max_robust_drop=args.max_robust_drop, exclude=tuple(args.exclude),
+        max_robust_drop=args.max_robust_drop, min_speedup=args.min_speedup,
+        exclude=tuple(args.exclude),
         alphas=args.alphas, calib=args.calib, calib_samples=args.calib_samples,
         held_out_samples=held_out,
         alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, refit=args.refit,

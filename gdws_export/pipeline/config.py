@@ -79,6 +79,9 @@ class ExportConfig:
             held-out `calib` images: the export ships the smallest MAC ratio whose model stays
             within it (`pipeline.operating_point`). None: `DEFAULT_MAX_ROBUST_DROP` (0.5) when
             `calib` is given and no budget (`beta`, `mac_ratio`, `time_ratio`) is.
+        min_speedup: search the other way: the largest MAC ratio (the most robust model) whose
+            graph, exported with `lowering`, runs at least this many times the original's
+            speed on ONNX Runtime at `batch` and `threads`. Needs `calib`; > 1.
         exclude: convs kept exact: module names or shell-style patterns ("features.3",
             "layer4.*"), as `find_convs` takes them; one that names no conv is an error.
         alphas: alphas file (`save_alphas`); without it, alphas are computed on `calib`.
@@ -132,6 +135,7 @@ class ExportConfig:
     time_ratio: float | None = None
     max_layer_error: float | None = None
     max_robust_drop: float | None = None
+    min_speedup: float | None = None
     exclude: tuple[str, ...] = ()
     alphas: str | None = None
     calib: str | None = None
@@ -198,7 +202,7 @@ class ExportConfig:
     def holds_out(self) -> bool:
         """Whether images of `calib` after the first `calib_samples` judge candidates: for
         `--sensitivity auto` or the operating-point search."""
-        searching = self.max_robust_drop is not None
+        searching = self.max_robust_drop is not None or self.min_speedup is not None
         return self.gdws and (self.sensitivity == "auto" or searching)
 
     def to_dict(self) -> dict[str, Any]:
@@ -268,6 +272,7 @@ def _check_gdws_settings(c: ExportConfig) -> None:
                 "time_ratio",
                 "max_layer_error",
                 "max_robust_drop",
+                "min_speedup",
                 "alphas",
                 "exclude",
             )
@@ -291,7 +296,9 @@ def _check_gdws_settings(c: ExportConfig) -> None:
                 f"got {c.beta}"
             )
         c.beta = float(c.beta)
-    if c.max_robust_drop is not None:
+    if c.min_speedup is not None:
+        _check_min_speedup(c)
+    elif c.max_robust_drop is not None:
         if not _finite(c.max_robust_drop) or not 0 <= c.max_robust_drop < 100:
             raise InvalidInputError(
                 f"--max-robust-drop must be a number of points in [0, 100), got "
@@ -341,6 +348,32 @@ def _check_gdws_settings(c: ExportConfig) -> None:
                 f"convs' {what} to keep), got {value}"
             )
         setattr(c, name, float(value))
+
+
+def _check_min_speedup(c: ExportConfig) -> None:
+    if not _finite(c.min_speedup) or c.min_speedup <= 1:
+        raise InvalidInputError(
+            f"--min-speedup must be a number > 1 (times the original's speed), got "
+            f"{c.min_speedup!r}"
+        )
+    fixed = [n for n in ("beta", "mac_ratio", "time_ratio", "max_robust_drop")
+             if getattr(c, n) is not None]  # fmt: skip
+    if fixed:
+        option = "--" + fixed[0].replace("_", "-")
+        raise InvalidInputError(
+            f"--min-speedup searches for the budget and {option} sets it or another goal: give one"
+        )
+    if c.calib is None:
+        raise InvalidInputError(
+            "--min-speedup chooses the measure and reports robust accuracy on held-out --calib "
+            "images: pass --calib DATA"
+        )
+    if c.target != "ort":
+        raise InvalidInputError(
+            "--min-speedup times the candidates on ONNX Runtime: use --target ort, or give "
+            "--mac-ratio for other targets"
+        )
+    c.min_speedup = float(c.min_speedup)
 
 
 def _check_sensitivity(c: ExportConfig) -> None:

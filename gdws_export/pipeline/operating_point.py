@@ -1,4 +1,5 @@
-"""The operating point: the fastest GDWS model whose robust accuracy stays within a budget.
+"""The operating point: the fastest GDWS model whose robust accuracy stays within a budget
+(or, with `--min-speedup`, the most robust one at least that much faster).
 
 Without an explicit budget (`--mac-ratio`, `--time-ratio`, `--beta`) and with calibration data,
 the export searches for its own MAC ratio: the smallest one (the fewest MACs, the fastest
@@ -19,6 +20,12 @@ drop (an Agresti-Min adjusted Wald interval for paired proportions) sorts each p
 "unresolved". The search ships the fastest probe that is not refuted and whose measured drop
 is within the budget; when that probe's interval still reaches past the budget, the report
 says so and how many held-out images would resolve it.
+
+`--min-speedup S` turns the search around: each probe is also exported with the export's
+lowering and timed against the original graph on ONNX Runtime (interleaved, medians, at
+`--batch` and `--threads`); a probe slower than S moves the search to deeper cuts, a faster
+one to shallower cuts, and the largest ratio that ran at least S times faster ships: robust
+accuracy falls as the ratio falls, so that one is the most robust.
 """
 
 from __future__ import annotations
@@ -94,6 +101,7 @@ class Probe:
     drop: PairedDrop
     macs: int
     seconds: float
+    speedup: float | None = None  # measured on the target, with `--min-speedup` only
 
     def verdict(self, max_drop: float) -> str:
         """ "passes", "fails" or "unresolved" (module docstring)."""
@@ -120,6 +128,7 @@ class Probe:
 class SearchResult:
     """What the search built, what it shipped and why."""
 
+    goal: str
     max_drop: float
     held_out: int
     attack: str
@@ -132,7 +141,8 @@ class SearchResult:
 
     def to_dict(self) -> dict:
         return {
-            "max_robust_drop": self.max_drop,
+            "goal": self.goal,
+            "max_robust_drop": self.max_drop if math.isfinite(self.max_drop) else None,
             "held_out": self.held_out,
             "attack": self.attack,
             "original": {"clean": self.original_clean, "robust": self.original_robust},
@@ -141,22 +151,6 @@ class SearchResult:
             "reason": self.reason,
             "warnings": list(self.warnings),
         }
-
-    def table(self) -> str:
-        """Markdown rows: each probe's ratio, measure, accuracies, drop and verdict."""
-        lines = [
-            "| MAC ratio | measure | clean % | robust % | drop (points) | 95 % interval | "
-            "verdict | shipped |",
-            "|---:|---|---:|---:|---:|---|---|---|",
-        ]
-        for p in sorted(self.probes, key=lambda p: (p.mac_ratio, p.measure)):
-            low, high = p.drop.interval()
-            lines.append(
-                f"| {p.mac_ratio:.3f} | {p.measure} | {100 * p.clean:.1f} | {100 * p.robust:.1f} "
-                f"| {p.drop.points:+.2f} | {low:+.2f} .. {high:+.2f} | {p.verdict(self.max_drop)} "
-                f"| {'yes' if p is self.chosen else ''} |"
-            )
-        return "\n".join(lines)
 
 
 def choose_operating_point(
@@ -197,9 +191,31 @@ def choose_operating_point(
     return chosen, reason, warnings
 
 
+def choose_for_speed(
+    probes: list[Probe], min_speedup: float
+) -> tuple[Probe | None, str, list[str]]:
+    """`--min-speedup`: the most robust probe that ran at least `min_speedup` times the
+    original's speed (the largest MAC ratio among them), why, and warnings."""
+    fast = [p for p in probes if p.speedup is not None and p.speedup >= min_speedup]
+    if not fast:
+        best = max((p.speedup or 0.0 for p in probes), default=0.0)
+        reason = (
+            f"no candidate ran {min_speedup:g}x the original's speed (the fastest {best:.2f}x): "
+            "the original ships"
+        )
+        return None, reason, []
+    chosen = max(fast, key=lambda p: (p.mac_ratio, p.robust))
+    reason = (
+        f"the largest MAC ratio that ran at least {min_speedup:g}x: {chosen.mac_ratio:.3f} "
+        f"({chosen.measure} alphas) ran {chosen.speedup:.2f}x and lost "
+        f"{chosen.drop.points:+.2f} points of robust accuracy on the held-out images"
+    )
+    return chosen, reason, []
+
+
 def bisect_ratio(
     evaluate: Callable[[float], Probe],
-    max_drop: float,
+    go_lower: Callable[[Probe], bool],
     *,
     ratio_range: tuple[float, float] = RATIO_RANGE,
     probes: int = SEARCH_PROBES,
@@ -208,8 +224,9 @@ def bisect_ratio(
 
     Args:
         evaluate: builds and judges the model at one MAC ratio.
-        max_drop: the robust-accuracy budget in points.
-        ratio_range: (lowest ratio tried, the ratio known to be within the budget).
+        go_lower: whether the next probe should cut deeper than this one: the probe is within
+            the robust-accuracy budget, or (`--min-speedup`) not fast enough yet.
+        ratio_range: (lowest ratio tried, highest).
         probes: how many ratios to try.
     """
     low, high = (math.log(r) for r in ratio_range)
@@ -218,7 +235,7 @@ def bisect_ratio(
         ratio = round(math.exp((low + high) / 2), 4)
         probe = evaluate(ratio)
         done.append(probe)
-        if probe.eligible(max_drop):
+        if go_lower(probe):
             high = math.log(ratio)
         else:
             low = math.log(ratio)
@@ -231,5 +248,6 @@ __all__ = [
     "Probe",
     "SearchResult",
     "bisect_ratio",
+    "choose_for_speed",
     "choose_operating_point",
 ]

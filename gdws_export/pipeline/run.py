@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,6 +59,7 @@ from gdws_export.pipeline.operating_point import (
     Probe,
     SearchResult,
     bisect_ratio,
+    choose_for_speed,
     choose_operating_point,
 )
 from gdws_export.pipeline.outputs import Staging, check_destination
@@ -80,6 +82,7 @@ STAGES = {
     "check_engine": "checking the engine against its source",
 }
 PARITY_INPUTS = 16
+PROBE_TIMING_S = 2.0  # timed seconds per graph for each --min-speedup probe
 
 # progress(stage, label, seconds): seconds is None when the stage starts, its duration after.
 ProgressCallback = Callable[[str, str, float | None], None]
@@ -229,7 +232,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
                     f"--time-ratio priced the layers by ONNX Runtime CPU timings, not on the "
                     f"{cfg.target} target: check the engine's speed with `gdws-export bench`"
                 )
-        if cfg.max_robust_drop is not None:
+        if cfg.max_robust_drop is not None or cfg.min_speedup is not None:
             candidate = _search(cfg, state, report, clock, show_bars)
         else:
             measures = _candidate_measures(cfg, state, report)
@@ -348,11 +351,30 @@ def _search(cfg: ExportConfig, state: _State, report, clock, show_bars) -> _Cand
         probes.extend(at_ratio)
         best = max(at_ratio, key=lambda p: p.robust)  # max keeps the first of equals
         measures = (best.measure,)
+        if cfg.min_speedup is not None:
+            with clock("search", f" (MAC ratio {ratio:g}: timing it on ONNX Runtime)"):
+                best.speedup = speed.of(built[(ratio, best.measure)].model)
         return best
 
-    bisect_ratio(evaluate, cfg.max_robust_drop)
-    chosen, reason, warnings = choose_operating_point(probes, cfg.max_robust_drop)
-    result = SearchResult(cfg.max_robust_drop, len(x), attack.describe(),
+    if cfg.min_speedup is None:
+        bisect_ratio(evaluate, lambda probe: probe.eligible(cfg.max_robust_drop))
+        chosen, reason, warnings = choose_operating_point(probes, cfg.max_robust_drop)
+        budget = cfg.max_robust_drop
+        goal = (
+            f"the smallest MAC ratio whose robust accuracy stays within {budget:g} points of "
+            "the original's"
+        )
+    else:
+        with _ProbeTimer(cfg, state) as speed:
+            bisect_ratio(evaluate, lambda probe: probe.speedup < cfg.min_speedup)
+        chosen, reason, warnings = choose_for_speed(probes, cfg.min_speedup)
+        budget = float("inf")  # no robust-accuracy budget: every probe "passes" it
+        goal = (
+            f"the largest MAC ratio whose graph runs at least {cfg.min_speedup:g}x the "
+            f"original's speed on ONNX Runtime (batch {speed.batch}, threads "
+            f"{cfg.threads or 'runtime default'})"
+        )
+    result = SearchResult(goal, budget, len(x), attack.describe(),
                           float(original_clean.float().mean()), float(original.float().mean()),
                           probes, chosen, reason, warnings)  # fmt: skip
     report.search = result.to_dict()
@@ -362,6 +384,46 @@ def _search(cfg: ExportConfig, state: _State, report, clock, show_bars) -> _Cand
     cfg.mac_ratio = chosen.mac_ratio
     report.settings["mac_ratio"] = chosen.mac_ratio
     return built[(chosen.mac_ratio, chosen.measure)]
+
+
+class _ProbeTimer:
+    """`--min-speedup`: each probe's speed-up on ONNX Runtime, measured as it would ship: its
+    graph exported with the export's lowering, timed interleaved against the original graph
+    (exported once) at `--batch` and `--threads`, medians."""
+
+    def __init__(self, cfg: ExportConfig, state: _State) -> None:
+        self.cfg, self.state = cfg, state
+        self.batch = state.loaded.fixed_batch or cfg.batch or 1
+
+    def __enter__(self) -> _ProbeTimer:
+        self._folder = tempfile.TemporaryDirectory(prefix="gdws-probe-")
+        self.folder = Path(self._folder.name)
+        self.original = self._export(self.state.model, "original", "gather", None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._folder.cleanup()
+
+    def _export(self, model, name: str, lowering: str, original) -> Path:
+        from gdws_export.lowering import export_onnx
+
+        path = self.folder / f"{name}.onnx"
+        export_onnx(model, input_shape=self.state.shape, path=path, lowering=lowering,
+                    exporter=self.cfg.exporter, opset=self.cfg.opset, original=original,
+                    parity_inputs=_parity_inputs(self.state, self.cfg.seed),
+                    threads=self.cfg.threads, batch=self.batch)  # fmt: skip
+        return path
+
+    def of(self, model: nn.Module) -> float:
+        from gdws_export.harness.speed import benchmark
+        from gdws_export.runtimes.onnxruntime import OrtRunner
+
+        probe = self._export(model, "probe", self.cfg.lowering, self.state.model)
+        runners = {name: OrtRunner(os.fspath(path), threads=self.cfg.threads)
+                   for name, path in (("original", self.original), ("probe", probe))}  # fmt: skip
+        timed = benchmark(runners, batch_sizes=(self.batch,), duration_s=PROBE_TIMING_S,
+                          reference="original")  # fmt: skip
+        return round(float(timed.speedup("probe", self.batch)), 3)
 
 
 def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock) -> None:
