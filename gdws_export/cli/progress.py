@@ -56,6 +56,11 @@ def summary(report: ExportReport) -> str:
     if report.triton:
         lines.append(f"  {'triton':<8}{report.triton['model_dir']} ({report.triton['platform']})")
     lines.append(f"  {'MACs':<8}{_macs(report)}")
+    if report.search:
+        lines.append(f"  {'search':<8}{search_line(report.search)}")
+    speed_check = report.exports.get("gdws", {}).get("speed_check")
+    if speed_check:
+        lines.append(f"  {'speed':<8}{speed_check}")
     if report.original_ships:
         lines.append(f"  {'GDWS':<8}{report.original_ships} (speed-up 1.00x)")
     engine = report.parity.get("engine")
@@ -90,6 +95,8 @@ def _plan(report: ExportReport) -> str:
         lines += [report.plan_table(), ""]
     if report.original_ships:
         lines += [f"{report.original_ships} (speed-up 1.00x)", ""]
+    if report.search:
+        lines += [f"Operating point: {search_line(report.search)}", ""]
     lines.append(f"MACs: {_macs(report)}")
     if report.settings.get("lowering") == "auto" and report.approximation:
         lines.append("lowering 'auto' picks each layer's form by timing it at export")
@@ -105,3 +112,18 @@ def _macs(report: ExportReport) -> str:
     if "gdws" in params:
         text += f"; params {params['original']:,} -> {params.get('shipped', params['gdws']):,}"
     return text
+
+
+def search_line(search: dict) -> str:
+    """The operating-point search in one line: what shipped and its held-out figures."""
+    original = 100 * search["original"]["robust"]
+    if search["chosen"] is None:
+        return f"{search['reason']} (robust accuracy of the original {original:.1f} %)"
+    p = search["probes"][search["chosen"]]
+    low, high = p["interval"]
+    speed = f", {p['speedup']:.2f}x" if p.get("speedup") else ""
+    return (
+        f"MAC ratio {p['mac_ratio']:g} ({p['measure']} alphas{speed}): robust accuracy "
+        f"{original:.1f} % -> {100 * p['robust']:.1f} % on {search['held_out']} held-out images "
+        f"(drop {p['drop_points']:+.2f} points, 95 % interval {low:+.2f} .. {high:+.2f})"
+    )

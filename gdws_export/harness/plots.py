@@ -86,3 +86,57 @@ def plot_sweep(report: SweepReport, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_operating_point(search: dict, path: str | os.PathLike) -> Path:
+    """Plot the operating-point search: each probe's robust-accuracy drop on the held-out
+    images (95 % interval as error bars) against its MAC ratio, the budget line, the probe
+    shipped circled.
+
+    Args:
+        search: the export report's `search` field (`SearchResult.to_dict()`).
+        path: the PNG file to write (atomically).
+
+    Returns:
+        The path written.
+    """
+    require("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter
+
+    figure = Figure(figsize=(6.4, 4.8), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    probes = sorted(search["probes"], key=lambda p: p["mac_ratio"])
+    for measure in dict.fromkeys(p["measure"] for p in probes):
+        mine = [p for p in probes if p["measure"] == measure]
+        drops = [p["drop_points"] for p in mine]
+        errors = [[d - p["interval"][0] for d, p in zip(drops, mine, strict=True)],
+                  [p["interval"][1] - d for d, p in zip(drops, mine, strict=True)]]  # fmt: skip
+        axes.errorbar([p["mac_ratio"] for p in mine], drops, yerr=errors, fmt="o", capsize=3,
+                      label=f"{measure} alphas", zorder=3)  # fmt: skip
+        for p in mine:
+            if p.get("speedup"):
+                axes.annotate(f"{p['speedup']:.2f}x", (p["mac_ratio"], p["drop_points"]),
+                              textcoords="offset points", xytext=(6, 4), fontsize=7)  # fmt: skip
+    if search.get("max_robust_drop") is not None:
+        axes.axhline(search["max_robust_drop"], color="tab:red", linewidth=0.8, linestyle=":",
+                     label=f"budget ({search['max_robust_drop']:g} points)")  # fmt: skip
+    if search.get("chosen") is not None:
+        shipped = search["probes"][search["chosen"]]
+        axes.scatter([shipped["mac_ratio"]], [shipped["drop_points"]], s=260, facecolors="none",
+                     edgecolors="tab:green", linewidths=1.5, label="shipped", zorder=4)  # fmt: skip
+    axes.axhline(0, color="grey", linewidth=0.6)
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    axes.set_xlabel("MAC ratio of the replaceable convs (log scale)")
+    axes.set_ylabel("robust-accuracy drop vs the original (points)")
+    axes.set_title(f"{search['held_out']} held-out images, {search['attack']}", fontsize=8)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -135,6 +135,11 @@ def run_export(
             report.triton = state.engine.write_triton(triton.path, cfg.triton_name)
             report.triton["model_dir"] = os.fspath(triton_dir)
         report.output_dir = os.fspath(output)
+        if report.search is not None:
+            from gdws_export.harness.plots import plot_operating_point
+
+            plot_operating_point(report.search, staged.path / "search.png")
+            report.files["search_plot"] = "search.png"
         report.files["report_json"] = "report.json"
         report.files["report_md"] = "report.md"
         report.timings = dict(clock.timings)
