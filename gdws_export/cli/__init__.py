@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 import traceback
 import warnings
@@ -24,6 +25,16 @@ PROG = "gdws-export"
 COMMANDS = ("export", "bench", "sweep")
 DEFAULT_COMMAND = "export"
 EXIT_INTERRUPTED = 130
+# Loggers of the libraries a run drives; without -v nothing of theirs reaches stderr.
+LIBRARY_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
+# Modules whose own writes to stderr (torch.export prints a failing graph there) are dropped
+# without -v; see `_QuietStderr`.
+LIBRARY_MODULES = ("torch", "onnx", "onnxscript", "onnx_ir", "onnxruntime")
+_ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_RUNS_CODE_ADVICE = re.compile(
+    r"weights_only\W*(=|to|set to|as)?\W*False|can still be loaded", re.IGNORECASE
+)
 
 EXIT_CODES = """\
 exit codes:
@@ -126,15 +137,30 @@ def main(argv: list[str] | None = None) -> int:
         if verbose:
             traceback.print_exc()
         _error(
-            f"internal error ({type(exc).__name__}: {exc}); rerun with -v for the traceback "
-            "and report it"
+            f"internal error ({type(exc).__name__}: {clean_message(str(exc))}); rerun with -v "
+            "for the traceback and report it"
         )
         return 1
 
 
 def _error(message: str) -> None:
-    line = " ".join(message.split())  # one line, whatever the message held
-    print(f"{PROG}: error: {line}", file=sys.stderr)
+    print(f"{PROG}: error: {clean_message(message)}", file=sys.stderr)
+
+
+def clean_message(message: str) -> str:
+    """One plain line of an error message, whatever a library put in it.
+
+    Keeps the first non-empty line; drops ANSI escape sequences and control characters
+    (colours a library meant for its own terminal output), and any sentence advising
+    `weights_only=False`, which would run code from the file: the CLI's own messages say
+    when and how to trust a file (--trust-pickle).
+    """
+    text = _ANSI_ESCAPE.sub("", message)
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    line = " ".join(_CONTROL.sub(" ", line).split())
+    sentences = re.split(r"(?<=[.;!?])\s+", line)
+    kept = [s for s in sentences if not _RUNS_CODE_ADVICE.search(s)]
+    return " ".join(kept) if kept else line
 
 
 @contextmanager
@@ -143,17 +169,50 @@ def _library_noise(*, shown: bool) -> Iterator[None]:
     if shown:
         yield
         return
-    loggers = [logging.getLogger(name) for name in ("torch", "onnxscript", "onnx_ir")]
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
     levels = [logger.level for logger in loggers]
+    stderr = sys.stderr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for logger in loggers:
-            logger.setLevel(logging.ERROR)
+            # Above CRITICAL: their errors (fake-tensor tracebacks, graph dumps) restate the
+            # exception that `main` prints as one line.
+            logger.setLevel(logging.CRITICAL + 1)
+        sys.stderr = _QuietStderr(stderr)
         try:
             yield
         finally:
+            sys.stderr = stderr
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
 
 
-__all__ = ["COMMANDS", "EXIT_CODES", "Parser", "available_commands", "build_parser", "main"]
+class _QuietStderr:
+    """sys.stderr, less what library code writes there itself (print(..., file=sys.stderr)).
+
+    Our own lines (stage lines, warnings, tqdm bars) pass; a write whose calling frame is in
+    one of `LIBRARY_MODULES` is dropped.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.split(".", 1)[0] in LIBRARY_MODULES:
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_CODES",
+    "Parser",
+    "available_commands",
+    "build_parser",
+    "clean_message",
+    "main",
+]

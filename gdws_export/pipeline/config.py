@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from gdws_export.errors import InvalidInputError
+from gdws_export.limits import check_batch, check_input_dims
 
 TARGETS = ("ort", "trt", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -96,7 +97,8 @@ class ExportConfig:
             when `calib` is given.
         lowering: "auto" or one lowering form for every GDWS layer.
         exporter: "dynamo" (default) or "legacy".
-        opset: ONNX opset; None lets the exporter choose (18).
+        opset: ONNX opset, within what the exporter and ONNX Runtime support
+            (`lowering.export.supported_opsets`); None: 18.
         dynamic_batch: symbolic batch axis; False fixes it to `batch`.
         batch: the engine profile's optimal and largest batch (and the batch `auto` lowering
             is timed at); Triton's max_batch_size.
@@ -168,7 +170,8 @@ class ExportConfig:
         _check_normalization(c)
         _check_target_options(c)
         _check_lowering(c.lowering)
-        for name in ("calib_samples", "held_out_samples", "threads", "opset", "workspace_mib",
+        _check_opset(c)
+        for name in ("calib_samples", "held_out_samples", "threads", "workspace_mib",
                      "num_classes"):  # fmt: skip
             _positive_int(name, getattr(c, name),
                           allow_none=name not in ("calib_samples", "held_out_samples"))  # fmt: skip
@@ -336,7 +339,8 @@ def _check_refit(c: ExportConfig) -> None:
 
 
 def _check_shape_and_batch(c: ExportConfig) -> None:
-    _positive_int("batch", c.batch)
+    if c.batch is not None:
+        check_batch("--batch", c.batch)
     if c.input_shape is None:
         return
     dims = tuple(c.input_shape)
@@ -346,6 +350,9 @@ def _check_shape_and_batch(c: ExportConfig) -> None:
         raise InvalidInputError(
             f"--input-shape must be NxCxHxW or CxHxW with positive sizes, got {c.input_shape}"
         )
+    check_input_dims("--input-shape", dims[-3:])
+    if len(dims) == 4:
+        check_batch("--input-shape's batch", dims[0])
     if len(dims) == 4:
         if c.batch is not None and c.batch != dims[0]:
             raise InvalidInputError(
@@ -399,6 +406,12 @@ def _check_target_options(c: ExportConfig) -> None:
             )
     if not c.dynamic_batch and c.batch is None:
         c.batch = 1
+
+
+def _check_opset(c: ExportConfig) -> None:
+    from gdws_export.lowering.export import check_opset
+
+    check_opset(c.opset, c.exporter)
 
 
 def _check_lowering(lowering: str) -> None:
