@@ -9,10 +9,10 @@ allocated, so an absurd `--input-shape`, `--batch` or architecture width is a on
 - Memory: parameter bytes plus the activation bytes of one forward pass at the run's batch
   (`estimate_model_memory`, computed on the `meta` device, which allocates nothing) must fit
   in the memory limit: `MEMORY_FRACTION` of the memory available when the run starts
-  (MemAvailable in /proc/meminfo, else physical memory, within a cgroup's limit), or the size in the environment
-  variable `GDWS_EXPORT_MEMORY_LIMIT` ("16G", "512M", bytes). The estimate is a floor (an
-  export also holds copies of the model, ONNX graphs and runtime sessions), so the limit
-  catches the absurd, not the merely large.
+  (MemAvailable in /proc/meminfo, else physical memory; within a cgroup's limit), or the
+  size in the environment variable `GDWS_EXPORT_MEMORY_LIMIT` ("16G", "512M", bytes). The
+  estimate is a floor (an export also holds copies of the model, ONNX graphs and runtime
+  sessions), so the limit catches the absurd, not the merely large.
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ def check_batch(option: str, value: Any) -> None:
 
 
 def check_input_dims(option: str, dims: Sequence[int]) -> None:
-    """Raise InvalidInputError when a dimension of an input shape exceeds MAX_INPUT_DIM."""
-    too_big = [d for d in dims if d > MAX_INPUT_DIM]
-    if too_big:
-        shape = "x".join(map(str, dims))
+    """Raise InvalidInputError unless every dimension of an input shape is in [1, MAX_INPUT_DIM]."""
+    shape = "x".join(map(str, dims))
+    if any(d < 1 for d in dims):
+        raise InvalidInputError(f"{option} {shape} must have positive sizes")
+    if any(d > MAX_INPUT_DIM for d in dims):
         raise InvalidInputError(
             f"{option} {shape} has a dimension over the limit of {MAX_INPUT_DIM} per axis"
         )

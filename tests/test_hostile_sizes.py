@@ -170,6 +170,20 @@ def test_bench_inputs_over_the_memory_limit(capsys, folder, tmp_path, monkeypatc
     _fails(capsys, [*argv, "--output", out], 2, "memory limit", "1.0 MiB", out=out)
 
 
+@pytest.mark.parametrize(
+    ("shape", "phrase"), [("1 0 16", "positive sizes"), ("1 100000 100000", "65536")]
+)
+def test_bench_image_size_out_of_range(capsys, folder, tmp_path, shape, phrase):
+    model = onnx.load(folder / "good.onnx")
+    for axis, name in ((2, "height"), (3, "width")):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    dynamic = tmp_path / "dynamic.onnx"
+    onnx.save(model, dynamic)
+    out = tmp_path / "bench.json"
+    argv = ["bench", dynamic, "--input-shape", *shape.split(), "--iterations", "1"]
+    _fails(capsys, [*argv, "--output", out], 2, "input shape", phrase, out=out)
+
+
 def test_memory_limit_from_the_environment(monkeypatch, capsys, folder, tmp_path):
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "2G")
     assert memory_limit()[0] == 2 * 2**30
@@ -270,6 +284,18 @@ def test_malformed_sidecar(capsys, tmp_path, name, content, phrase):
     sidecar.write_text(content)
     out = tmp_path / "bench.json"
     _fails(capsys, ["bench", sidecar, "--output", out], 2, name, phrase, out=out)
+
+
+def test_malformed_engine_sidecar(tmp_path):
+    from gdws_export.runtimes.tensorrt import EngineInfo
+
+    sidecar = tmp_path / "gdws.fp16.engine.json"
+    sidecar.write_text('{"engine_path": 5}')
+    with pytest.raises(InvalidInputError, match=r"engine.json .*field 'engine_path' must be a"):
+        EngineInfo.load(sidecar)
+    sidecar.write_text('{"engine_path": "gdws.fp16.engine"}')
+    with pytest.raises(InvalidInputError, match="field 'onnx_path' is missing"):
+        EngineInfo.load(sidecar)
 
 
 # --- odd models --------------------------------------------------------------------------
