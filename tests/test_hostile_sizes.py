@@ -324,6 +324,17 @@ def test_torchscript_with_a_wrong_input_shape_prints_one_line(folder, tmp_path):
 # --- the error line ----------------------------------------------------------------------
 
 
+def test_torch_load_advice_to_run_code_is_not_repeated(capsys, folder, tmp_path):
+    """torch.load's refusal advises weights_only=False over several lines: one line is left."""
+    from fractions import Fraction
+
+    alphas = tmp_path / "alphas.pt"
+    torch.save({"features.3": Fraction(1, 3)}, alphas)
+    argv = [folder / "lenet.pt", "--alphas", alphas, "--beta", "0.1", "--dry-run"]
+    line = _fails(capsys, argv, 2, "alphas.pt")
+    assert "weights_only" not in line
+
+
 def test_error_line_is_one_plain_line_without_code_running_advice():
     coloured = "export failed. \x1b[96mThis is step 1/3\x1b[0m of exporting\nNext steps: ..."
     assert clean_message(coloured) == "export failed. This is step 1/3 of exporting"
