@@ -244,6 +244,7 @@ def test_report_records_the_opset_of_the_written_file(folder, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert default_opset(out / "original.onnx") == 17
     assert report["report"]["exports"]["original"]["opset"] == 17
+    assert report["report"]["settings"]["opset"] == 17
 
 
 # --- corrupt files -----------------------------------------------------------------------

@@ -24,7 +24,9 @@ The CLI maps each option to one field; a sweep builds configs directly. Defaults
   PreActResNet-18), "none" with refit under `beta` or an `alphas` file, "relative" without
   refit (it kept the most robust accuracy at matched MACs without the refit);
 - `calib_samples`: 512, or 256 with "auto", which judges the measures on the next
-  `held_out_samples` (256) images of `calib`.
+  `held_out_samples` (256) images of `calib`;
+- `opset`: 18, the dynamo exporter's lowest (an opset the exporter or ONNX Runtime does not
+  support is refused: `lowering.export.supported_opsets`).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class ExportConfig:
         lowering: "auto" or one lowering form for every GDWS layer.
         exporter: "dynamo" (default) or "legacy".
         opset: ONNX opset, within what the exporter and ONNX Runtime support
-            (`lowering.export.supported_opsets`); None: 18.
+            (`lowering.export.supported_opsets`). Defaults to 18.
         dynamic_batch: symbolic batch axis; False fixes it to `batch`.
         batch: the engine profile's optimal and largest batch (and the batch `auto` lowering
             is timed at); Triton's max_batch_size.
@@ -409,9 +411,11 @@ def _check_target_options(c: ExportConfig) -> None:
 
 
 def _check_opset(c: ExportConfig) -> None:
+    """The opset the exporter will write (the default filled in), so the report's settings
+    say what the files carry."""
     from gdws_export.lowering.export import check_opset
 
-    check_opset(c.opset, c.exporter)
+    c.opset = check_opset(c.opset, c.exporter)
 
 
 def _check_lowering(lowering: str) -> None:
