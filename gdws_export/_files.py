@@ -1,7 +1,9 @@
-"""Atomic file output and hashing, shared by every layer.
+"""Atomic file output, hashing and JSON records (sidecars), shared by every layer.
 
 Every file the tool writes goes to a temporary name beside its destination and is renamed into
-place only once complete, so an interrupted run never leaves a file that looks finished.
+place only once complete, so an interrupted run never leaves a file that looks finished. Every
+JSON record it reads back (`*.ort.json`, `*.torch.json`, `<engine>.json`) is checked field by
+field against its dataclass in `read_json_record`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from gdws_export.errors import InvalidInputError
+
+Record = TypeVar("Record")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -113,4 +119,85 @@ class JsonRecord:
 
     @classmethod
     def load(cls, path: str | os.PathLike):
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return read_json_record(cls, path, f"a {cls.__name__} record")
+
+
+def read_json_record(cls: type[Record], path: str | os.PathLike, what: str) -> Record:
+    """The dataclass `cls` read from the JSON object in `path`, every field type-checked.
+
+    Args:
+        cls: a dataclass whose fields are JSON types (str, int, float, bool, None, lists and
+            dicts of them, as annotated).
+        path: the JSON file.
+        what: what the file should be, for messages ("an ONNX Runtime settings file").
+
+    Raises:
+        InvalidInputError: one line naming the file and the field: not JSON, not an object,
+            a missing or unknown field, or a value of the wrong type.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path} cannot be read as {what} ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f"{path} is not {what}: not JSON ({exc.msg}, line {exc.lineno})"
+        ) from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(
+            f"{path} is not {what}: it holds a JSON {type(data).__name__}, not an object"
+        )
+    hints = get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InvalidInputError(f"{path} is not {what}: unknown field {unknown[0]!r}")
+    for name, field in known.items():
+        required = field.default is MISSING and field.default_factory is MISSING
+        if name not in data:
+            if required:
+                raise InvalidInputError(f"{path} is not {what}: field {name!r} is missing")
+            continue
+        if not _json_matches(data[name], hints[name]):
+            raise InvalidInputError(
+                f"{path} is not {what}: field {name!r} must be {_describe(hints[name])}, got "
+                f"{json.dumps(data[name])[:60]}"
+            )
+    return cls(**data)
+
+
+def _json_matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a type annotation (int is not bool; float takes int)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (Union, UnionType):
+        return any(_json_matches(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_json_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and _json_matches(v, args[1]) for k, v in value.items()
+        )
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    """'a string', 'a string or null', 'a list', ... for messages."""
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             type(None): "null"}  # fmt: skip
+    if get_origin(hint) in (Union, UnionType):
+        return " or ".join(_describe(arg) for arg in get_args(hint))
+    origin = get_origin(hint) or hint
+    return names.get(origin, {list: "a list", dict: "an object"}.get(origin, str(hint)))

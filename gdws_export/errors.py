@@ -9,27 +9,35 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-# ANSI escape sequences (colours, cursor moves) and other control characters.
-_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+# ANSI escape sequences (colours, titles, cursor moves) and other control characters.
+_ANSI_ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # PyTorch's advice on a refused pickle: loading with weights_only=False runs the file's code.
-_UNSAFE_ADVICE = re.compile(r"weights_only\s*=\s*False|weights only load failed", re.IGNORECASE)
+_RUNS_CODE_ADVICE = re.compile(
+    r"weights_only\W*(=|to|set to|as)?\W*False|can still be loaded", re.IGNORECASE
+)
 
 
 def plain_line(text: str) -> str:
-    """The first non-empty line of `text`, without escape sequences or control characters.
+    """One plain line of a message, whatever a library put in it.
 
-    A library's message that advises `weights_only=False` (advice that runs code from the file)
-    is replaced by a neutral statement of what happened.
+    Keeps the first non-empty line; drops ANSI escape sequences and control characters
+    (colours a library meant for its own terminal output), and any sentence advising
+    `weights_only=False`, which would run code from the file: gdws-export's own messages say
+    when and how to trust a file (--trust-pickle).
 
     Example:
         >>> plain_line("\x1b[1mboom\x1b[0m\nTraceback ...")
         'boom'
     """
-    lines = [line.strip() for line in _ESCAPES.sub("", text.replace("\t", " ")).splitlines()]
-    line = next((line for line in lines if line), "")
-    if _UNSAFE_ADVICE.search(line):
-        return "the weights-only unpickler refused it (it pickles objects other than tensors)"
-    return line
+    text = _ANSI_ESCAPE.sub("", text)
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    line = " ".join(_CONTROL.sub(" ", line).split())
+    sentences = re.split(r"(?<=[.;!?])\s+", line)
+    kept = [s for s in sentences if not _RUNS_CODE_ADVICE.search(s)]
+    if kept:
+        return " ".join(kept)
+    return "the weights-only unpickler refused it" if sentences and sentences[0] else ""
 
 
 class GDWSExportError(Exception):

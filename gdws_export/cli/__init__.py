@@ -18,12 +18,17 @@ from contextlib import contextmanager
 from importlib import metadata
 from types import ModuleType
 
-from gdws_export.errors import GDWSExportError
+from gdws_export.errors import GDWSExportError, plain_line
 
 PROG = "gdws-export"
 COMMANDS = ("export", "bench", "sweep")
 DEFAULT_COMMAND = "export"
 EXIT_INTERRUPTED = 130
+# Loggers of the libraries a run drives; without -v nothing of theirs reaches stderr.
+LIBRARY_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
+# Modules whose own writes to stderr (torch.export prints a failing graph there) are dropped
+# without -v; see `_QuietStderr`.
+LIBRARY_MODULES = ("torch", "onnx", "onnxscript", "onnx_ir", "onnxruntime")
 
 EXIT_CODES = """\
 exit codes:
@@ -126,15 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         if verbose:
             traceback.print_exc()
         _error(
-            f"internal error ({type(exc).__name__}: {exc}); rerun with -v for the traceback "
-            "and report it"
+            f"internal error ({type(exc).__name__}: {plain_line(str(exc))}); rerun with -v "
+            "for the traceback and report it"
         )
         return 1
 
 
 def _error(message: str) -> None:
-    line = " ".join(message.split())  # one line, whatever the message held
-    print(f"{PROG}: error: {line}", file=sys.stderr)
+    print(f"{PROG}: error: {plain_line(message)}", file=sys.stderr)
 
 
 @contextmanager
@@ -143,17 +147,49 @@ def _library_noise(*, shown: bool) -> Iterator[None]:
     if shown:
         yield
         return
-    loggers = [logging.getLogger(name) for name in ("torch", "onnxscript", "onnx_ir")]
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
     levels = [logger.level for logger in loggers]
+    stderr = sys.stderr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for logger in loggers:
-            logger.setLevel(logging.ERROR)
+            # Above CRITICAL: their errors (fake-tensor tracebacks, graph dumps) restate the
+            # exception that `main` prints as one line.
+            logger.setLevel(logging.CRITICAL + 1)
+        sys.stderr = _QuietStderr(stderr)
         try:
             yield
         finally:
+            sys.stderr = stderr
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
 
 
-__all__ = ["COMMANDS", "EXIT_CODES", "Parser", "available_commands", "build_parser", "main"]
+class _QuietStderr:
+    """sys.stderr, less what library code writes there itself (print(..., file=sys.stderr)).
+
+    Our own lines (stage lines, warnings, tqdm bars) pass; a write whose calling frame is in
+    one of `LIBRARY_MODULES` is dropped.
+    """
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.split(".", 1)[0] in LIBRARY_MODULES:
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_CODES",
+    "Parser",
+    "available_commands",
+    "build_parser",
+    "main",
+]

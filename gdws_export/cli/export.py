@@ -9,6 +9,7 @@ from fractions import Fraction
 from typing import TextIO
 
 from gdws_export.errors import InvalidInputError
+from gdws_export.limits import MAX_BATCH
 from gdws_export.pipeline.config import (
     AUTO_CALIB_SAMPLES,
     DEFAULT_CALIB_SAMPLES,
@@ -262,7 +263,13 @@ def _export_options(parser: argparse.ArgumentParser) -> None:
         default="dynamo",
         help="torch.onnx exporter (default dynamo)",
     )
-    export.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 18)")
+    export.add_argument(
+        "--opset",
+        type=int,
+        metavar="N",
+        help="ONNX opset (default 18); one the exporter or ONNX Runtime does not support is "
+        "refused, naming the supported range",
+    )
     batch_axis = export.add_mutually_exclusive_group()
     batch_axis.add_argument(
         "--dynamic-batch",
@@ -310,7 +317,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="largest and optimal batch of the "
-        "engine profile and Triton's max_batch_size (default: profile 1..64)",
+        f"engine profile and Triton's max_batch_size, at most {MAX_BATCH} (default: profile "
+        "1..64)",
     )
     engine.add_argument(
         "--workspace",

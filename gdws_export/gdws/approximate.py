@@ -54,7 +54,7 @@ import copy
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -71,10 +71,12 @@ from gdws_export.gdws.decomposition import (
     mego,
     weighted_error,
 )
-from gdws_export.gdws.selection import find_convs, output_sizes, replace_module
+from gdws_export.gdws.selection import ConvSite, find_convs, output_sizes, replace_module
 
 # The default max_layer_error of time budgets (module docstring); MAC budgets default to none.
 TIME_MAX_LAYER_ERROR = 0.35
+# Skip reason of a conv the forward did not reach at the probe input.
+NOT_RUN = "did not run on the probe input (a data-dependent branch or an unused layer)"
 # Error added per unit of error above the cap: larger than any error the budget could trade.
 _OVER_CAP_PENALTY = 1e6
 
@@ -317,12 +319,13 @@ def approximate(
     input_shape = _resolve_input_shape(model, input_shape, required=mac_ratio is not None)
 
     sites = find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
-    candidates = [s for s in sites if s.skip_reason is None]
-    alpha_of = _check_alphas(alphas, sites)
     pixels = {s.name: 1 for s in sites}
     if input_shape is not None:
         sizes = output_sizes(model, [s.name for s in sites], input_shape)
-        pixels = {name: h * w for name, (h, w) in sizes.items()}
+        pixels = {s.name: math.prod(sizes.get(s.name, (0, 0))) for s in sites}
+        sites = [_mark_not_run(s, sizes) for s in sites]
+    candidates = [s for s in sites if s.skip_reason is None]
+    alpha_of = _check_alphas(alphas, sites)
 
     moment_of = _check_layer_map(input_moments, sites, "input_moments", "input_moments")
     svds = {s.name: channel_svd(s.conv.weight, s.conv.groups, moment_of[s.name])
@@ -587,6 +590,18 @@ def _next_step(opt: _Options, k: int) -> int:
     """The option after G-kernel option k: one more unit, or the original conv (index 0)
     when that unit would cost at least as much as the original."""
     return k + 1 if opt.cost[k + 1] < opt.cost[0] else 0
+
+
+def _mark_not_run(site: ConvSite, sizes: Mapping[str, tuple[int, int]]) -> ConvSite:
+    """`site`, skipped with `NOT_RUN` when the probe forward never reached it.
+
+    Such a conv cannot be priced, and its approximation could not be checked on any input
+    we have, so it stays exact (and costs nothing at this input); refusing the whole model
+    would also refuse models with unused or training-only layers.
+    """
+    if site.name in sizes or site.skip_reason is not None:
+        return site
+    return replace(site, skip_reason=NOT_RUN)
 
 
 def _mac_cost(conv: nn.Conv2d, pixels: int) -> LayerCost:

@@ -24,11 +24,13 @@ def load_runner(path: str | os.PathLike, *, threads: int | None = None) -> Runne
             ONNX Runtime decide for a bare .onnx).
 
     Raises:
-        InvalidInputError: a missing file, an unknown kind of file, or threads for TensorRT.
+        InvalidInputError: a missing, corrupt or unknown kind of file, a settings file with
+            wrong fields, or threads for TensorRT.
 
     Example:
         >>> runner = load_runner("out/vgg.fp16.engine")  # doctest: +SKIP
     """
+    from gdws_export.runtimes.onnx_files import load_onnx
     from gdws_export.runtimes.onnxruntime import OrtRunner, OrtSettings
 
     path = Path(path)
@@ -63,6 +65,7 @@ def load_runner(path: str | os.PathLike, *, threads: int | None = None) -> Runne
             runner.threads = threads
         return runner
     if name.endswith(".onnx"):
+        load_onnx(path)  # a corrupt file: one line naming it, before ONNX Runtime sees it
         return OrtRunner(path, threads=threads)
     if name.endswith(".json"):
         settings = OrtSettings.load(path)

@@ -37,6 +37,7 @@ from gdws_export.harness.speed_report import (
     LatencyStats,
     SpeedReport,
 )
+from gdws_export.limits import check_batch, check_input_dims, check_memory, input_bytes
 from gdws_export.runtimes.base import Runner
 
 
@@ -96,6 +97,12 @@ def benchmark(
             stack.enter_context(runner)
         shape = resolve_input_shape(runners, input_shape, settings.batch_sizes)
         settings.input_shape = list(shape)
+        check_input_dims("benchmark: input shape", shape)
+        largest = max(settings.batch_sizes)
+        # float64 images, then one float32 copy per runner's feed
+        needed = input_bytes(shape, largest) * (2 + len(runners))
+        images = "x".join(map(str, shape))
+        check_memory(f"benchmark batch {largest} of {images} inputs", needed)
         images = np.random.default_rng(seed).random((max(settings.batch_sizes), *shape))
         for batch in settings.batch_sizes:
             feeds = {name: _feed(runners[name], images[:batch]) for name in names}
@@ -299,6 +306,8 @@ def check_bench_settings(
         raise InvalidInputError(
             f"{where}: batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}"
         )
+    for size in sizes:
+        check_batch(f"{where}: batch size", size)
     if duration_s is None and iterations is None:
         raise InvalidInputError(f"{where}: give duration_s, iterations or both")
     if duration_s is not None and not (_is_number(duration_s) and duration_s > 0):

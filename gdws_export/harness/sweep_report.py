@@ -20,6 +20,7 @@ from gdws_export.harness.speed_report import (
     DEFAULT_WARMUP_S,
     SpeedReport,
 )
+from gdws_export.limits import check_batch
 
 TARGETS = ("ort", "trt", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -130,6 +131,7 @@ class SweepConfig:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise InvalidInputError(f"sweep: {label} must be an integer >= 1, got {value!r}")
+        check_batch("sweep: eval_batch_size", self.eval_batch_size)
 
     def to_dict(self) -> dict:
         data = asdict(self)  # JSON types: lists, not tuples

@@ -10,6 +10,7 @@ what it can see in the graph (the batch axis, standard ops only); the outputs ar
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import warnings
 
@@ -23,6 +24,8 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_AXIS_NAME = "batch"
 DEFAULT_OPSET = 18  # the dynamo exporter's lowest; TensorRT 10.3 (JetPack 6) reads it
+# The legacy exporter's lowest opset whose graphs keep weights out of the graph inputs.
+LEGACY_MIN_OPSET = 9
 # Domains of standard ONNX ops. Anything else is a custom op no plain runtime knows.
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -56,7 +59,7 @@ def export_model(
 
     if exporter not in EXPORTERS:
         raise InvalidInputError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    opset = DEFAULT_OPSET if opset is None else int(opset)
+    opset = check_opset(opset, exporter)
     if dynamic_batch and exporter == "dynamo" and example.shape[0] < 2:
         example = torch.cat([example, example], 0)
     was_training = module.training
@@ -82,6 +85,76 @@ def export_model(
     check_graph(proto, dynamic_batch=dynamic_batch, exporter=exporter)
     onnx.checker.check_model(proto)
     return proto
+
+
+def supported_opsets(exporter: str) -> range:
+    """The ONNX opsets `exporter` writes as asked and the installed ONNX Runtime loads.
+
+    The dynamo exporter writes opsets from 18 up (below, it silently writes 18 or runs a
+    version converter), the legacy one from `LEGACY_MIN_OPSET` up to torch's TorchScript
+    exporter maximum; neither may pass what the installed onnx package defines or what
+    ONNX Runtime loads.
+    """
+    import onnx
+
+    if exporter == "legacy":
+        from torch.onnx import _constants
+
+        low = LEGACY_MIN_OPSET
+        high = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+    else:
+        low, high = DEFAULT_OPSET, onnx.defs.onnx_opset_version()
+    return range(low, min(high, _runtime_max_opset()) + 1)
+
+
+def check_opset(opset, exporter: str) -> int:
+    """`opset` (None: DEFAULT_OPSET) if `exporter` and ONNX Runtime support it.
+
+    Raises:
+        InvalidInputError: not an integer, or outside `supported_opsets(exporter)`.
+    """
+    if opset is None:
+        return DEFAULT_OPSET
+    supported = supported_opsets(exporter)
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in supported:
+        raise InvalidInputError(
+            f"--opset {opset!r} is not supported: the {exporter} exporter with ONNX Runtime "
+            f"writes opsets {supported[0]} to {supported[-1]}"
+        )
+    return opset
+
+
+def default_opset(model) -> int | None:
+    """The default-domain (ai.onnx) opset an ONNX model or file imports; None if it has none."""
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(model, load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), None)
+
+
+@functools.cache
+def _runtime_max_opset() -> int:
+    """The newest default-domain opset the installed ONNX Runtime loads (probed once, ~ms)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [value("x", TensorProto.FLOAT, [1])], [value("y", TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the probe's failures are expected
+    for opset in range(onnx.defs.onnx_opset_version(), DEFAULT_OPSET - 1, -1):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+        except Exception:  # too new for this ONNX Runtime: try the one below
+            continue
+        return opset
+    return DEFAULT_OPSET
 
 
 def _check_forward(module: nn.Module, example: torch.Tensor) -> None:

@@ -22,7 +22,7 @@ from gdws_export.lowering.auto import (
     choose_forms,
     fastest_form,
 )
-from gdws_export.lowering.export import EXPORTERS, export_model
+from gdws_export.lowering.export import EXPORTERS, default_opset, export_model
 from gdws_export.lowering.fold import find_fold_sites
 from gdws_export.lowering.forms import fold_slots, is_form
 from gdws_export.lowering.lower import gdws_layers, lower_model
@@ -256,7 +256,7 @@ def export_onnx(
 
     result = ExportResult(
         onnx_path=str(path), report_path=str(_report_path(path)), lowering=lowering,
-        exporter=exporter, opset=int(proto.opset_import[0].version), dynamic_batch=dynamic_batch,
+        exporter=exporter, opset=default_opset(proto), dynamic_batch=dynamic_batch,
         batch=batch, threads=threads, align=align, simplifier=tool,
         simplify_notes=simplify_notes, parity=parity, layers=layer_reports,
         settings=dict(metadata or {}), tool_version=__version__, seconds=seconds,

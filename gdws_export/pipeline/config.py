@@ -25,7 +25,9 @@ The CLI maps each option to one field; a sweep builds configs directly. Defaults
   PreActResNet-18), "none" with refit under `beta` or an `alphas` file, "relative" without
   refit (it kept the most robust accuracy at matched MACs without the refit);
 - `calib_samples`: 512, or 256 with "auto" or the search, which judge the measures and the
-  operating point on the next `held_out_samples` (256) images of `calib`.
+  operating point on the next `held_out_samples` (256) images of `calib`;
+- `opset`: 18, the dynamo exporter's lowest (an opset the exporter or ONNX Runtime does not
+  support is refused: `lowering.export.supported_opsets`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from gdws_export.errors import InvalidInputError
+from gdws_export.limits import check_batch, check_input_dims
 from gdws_export.pipeline.operating_point import DEFAULT_MAX_ROBUST_DROP
 
 TARGETS = ("ort", "trt", "torch")
@@ -105,7 +108,8 @@ class ExportConfig:
             when `calib` is given.
         lowering: "auto" or one lowering form for every GDWS layer.
         exporter: "dynamo" (default) or "legacy".
-        opset: ONNX opset; None lets the exporter choose (18).
+        opset: ONNX opset, within what the exporter and ONNX Runtime support
+            (`lowering.export.supported_opsets`). Defaults to 18.
         dynamic_batch: symbolic batch axis; False fixes it to `batch`.
         batch: the engine profile's optimal and largest batch (and the batch `auto` lowering
             is timed at); Triton's max_batch_size.
@@ -179,7 +183,8 @@ class ExportConfig:
         _check_normalization(c)
         _check_target_options(c)
         _check_lowering(c.lowering)
-        for name in ("calib_samples", "held_out_samples", "threads", "opset", "workspace_mib",
+        _check_opset(c)
+        for name in ("calib_samples", "held_out_samples", "threads", "workspace_mib",
                      "num_classes"):  # fmt: skip
             _positive_int(name, getattr(c, name),
                           allow_none=name not in ("calib_samples", "held_out_samples"))  # fmt: skip
@@ -414,7 +419,8 @@ def _check_refit(c: ExportConfig) -> None:
 
 
 def _check_shape_and_batch(c: ExportConfig) -> None:
-    _positive_int("batch", c.batch)
+    if c.batch is not None:
+        check_batch("--batch", c.batch)
     if c.input_shape is None:
         return
     dims = tuple(c.input_shape)
@@ -424,6 +430,9 @@ def _check_shape_and_batch(c: ExportConfig) -> None:
         raise InvalidInputError(
             f"--input-shape must be NxCxHxW or CxHxW with positive sizes, got {c.input_shape}"
         )
+    check_input_dims("--input-shape", dims[-3:])
+    if len(dims) == 4:
+        check_batch("--input-shape's batch", dims[0])
     if len(dims) == 4:
         if c.batch is not None and c.batch != dims[0]:
             raise InvalidInputError(
@@ -477,6 +486,14 @@ def _check_target_options(c: ExportConfig) -> None:
             )
     if not c.dynamic_batch and c.batch is None:
         c.batch = 1
+
+
+def _check_opset(c: ExportConfig) -> None:
+    """The opset the exporter will write (the default filled in), so the report's settings
+    say what the files carry."""
+    from gdws_export.lowering.export import check_opset
+
+    c.opset = check_opset(c.opset, c.exporter)
 
 
 def _check_lowering(lowering: str) -> None:

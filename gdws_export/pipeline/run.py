@@ -25,7 +25,7 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.activations import activation_gains, input_moments, relative_gains
-from gdws_export.gdws.approximate import ApproximationReport, approximate
+from gdws_export.gdws.approximate import NOT_RUN, ApproximationReport, approximate
 from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.refit import RefitReport, refit_pointwise
 from gdws_export.gdws.selection import count_params, replace_module
@@ -42,6 +42,13 @@ from gdws_export.harness.measure_choice import (
     choose_measure,
     judge,
     selection_attack,
+)
+from gdws_export.limits import (
+    check_memory,
+    check_model_memory,
+    estimate_arch_memory,
+    estimate_model_memory,
+    input_bytes,
 )
 from gdws_export.loading import LoadedModel, load_model_file
 from gdws_export.pipeline.config import DEFAULT_ALPHA_EPS, ExportConfig
@@ -189,6 +196,7 @@ class _State:
 
 def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportReport, _State]:
     """Load, prepare, alphas, approximate: everything `--dry-run` shows."""
+    _check_memory_before_loading(cfg)
     with clock("load"):
         loaded = load_model_file(
             cfg.model, arch=cfg.arch, num_classes=cfg.num_classes, arch_kwargs=cfg.arch_kwargs,
@@ -200,6 +208,11 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
             source = "the checkpoint's training eps" if loaded.trained_eps else "the default"
             cfg.notes.append(f"--alpha-eps {cfg.alpha_eps:.4g}: {source}")
     model, shape, normalization = prepare_model(loaded, cfg)
+    batch = _forward_batch(cfg, loaded.fixed_batch)
+    check_model_memory(
+        f"{Path(cfg.model).name} at input shape {'x'.join(map(str, shape))} and batch {batch}",
+        estimate_model_memory(model, shape, batch),
+    )
     state = _State(loaded, model, shape)
     classes = check_forward(model, shape, loaded.fixed_batch)
     if cfg.calib is not None:
@@ -253,10 +266,41 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
         if candidate.refit is not None:
             report.refit = candidate.refit.to_dict()
         report.approximation = candidate.approximation.to_dict()
+        not_run = [lay.name for lay in candidate.approximation.layers if lay.reason == NOT_RUN]
+        if not_run:
+            report.warnings.append(
+                f"conv {', '.join(not_run)} did not run on an input of shape "
+                f"{'x'.join(map(str, shape))}: kept exact; a forward that branches on the "
+                "data exports only the branch such inputs take"
+            )
         report.macs["gdws"], report.params["gdws"] = count_macs_params(state.gdws_model, shape)
         report.parity["approximation"] = _approximation_figures(model, state.gdws_model, state, cfg)
     report.timings = dict(clock.timings)
     return report, state
+
+
+def _forward_batch(cfg: ExportConfig, fixed_batch: int | None) -> int:
+    """The largest batch one forward of the run takes: --batch, or the parity inputs."""
+    return fixed_batch or max(cfg.batch or 1, PARITY_INPUTS)
+
+
+def _check_memory_before_loading(cfg: ExportConfig) -> None:
+    """Refuse an input or an --arch too big for memory before the loader allocates it.
+
+    The loader builds a state_dict's architecture with real weights: estimated first on the
+    meta device, from --arch, --arch-kwargs and --input-shape alone.
+    """
+    batch = _forward_batch(cfg, None)
+    if cfg.input_shape is not None:
+        shape = "x".join(map(str, cfg.input_shape))
+        check_memory(f"--input-shape {shape} at batch {batch}", input_bytes(cfg.input_shape, batch))
+    if cfg.arch is not None:
+        kwargs = dict(cfg.arch_kwargs or {})
+        if cfg.num_classes is not None:
+            kwargs["num_classes"] = cfg.num_classes
+        estimate = estimate_arch_memory(cfg.arch, kwargs, cfg.input_shape, batch)
+        if estimate is not None:
+            check_model_memory(f"--arch {cfg.arch} at batch {batch}", estimate)
 
 
 def _build(cfg: ExportConfig, measure: str, state: _State, costs, clock, show_bars) -> _Candidate:
@@ -548,8 +592,11 @@ def _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, pro
 
 def _take_export(report: ExportReport, role: str, result, out: Path) -> None:
     """Record a lowering ExportResult; its own report file is folded into report.json."""
+    from gdws_export.lowering.export import default_opset
+
     data = result.to_dict()
     Path(result.report_path).unlink(missing_ok=True)
+    data["opset"] = default_opset(result.onnx_path)  # what the written file carries
     data["onnx_path"] = os.path.relpath(result.onnx_path, out)
     data.pop("report_path", None)
     report.exports[role] = data

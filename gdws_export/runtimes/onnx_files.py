@@ -33,8 +33,9 @@ def load_onnx(model: onnx.ModelProto | str | os.PathLike, *, check: bool = True)
         try:
             proto = onnx.load(path)
         except Exception as exc:  # protobuf raises DecodeError, RuntimeError or others
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise InvalidInputError(
-                f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); "
+                f"{path} is not a readable ONNX model ({type(exc).__name__}: {reason}); "
                 "re-export it (gdws_export/lowering)"
             ) from exc
         where = str(path)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gdws_export._files import atomic_write_text, file_sha256
+from gdws_export._files import atomic_write_text, file_sha256, read_json_record
 from gdws_export.errors import InvalidInputError
 from gdws_export.runtimes.base import Runner, TensorSpec
 
@@ -179,10 +179,6 @@ class OrtSettings:
         path = Path(path)
         if not path.is_file():
             raise InvalidInputError(f"ONNX Runtime settings file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-            settings = cls.from_dict(data)
-        except (ValueError, TypeError) as exc:
-            raise InvalidInputError(f"{path} is not an ONNX Runtime settings file ({exc})") from exc
+        settings = read_json_record(cls, path, "an ONNX Runtime settings file")
         settings.model = os.fspath(path.parent / settings.model)
         return settings

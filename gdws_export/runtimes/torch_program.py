@@ -22,7 +22,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from gdws_export._files import atomic_output, atomic_write_text, file_sha256
+from gdws_export._files import atomic_output, atomic_write_text, file_sha256, read_json_record
 from gdws_export.errors import InvalidInputError, UnsupportedModelError, plain_line
 from gdws_export.loading.gate import check_program_archive
 
@@ -68,10 +68,7 @@ class TorchSettings:
         path = Path(path)
         if not path.is_file():
             raise InvalidInputError(f"torch runner settings file {path} does not exist")
-        try:
-            settings = cls.from_dict(json.loads(path.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise InvalidInputError(f"{path} is not a torch runner settings file ({exc})") from exc
+        settings = read_json_record(cls, path, "a torch runner settings file")
         settings.program = os.fspath(path.parent / settings.program)
         return settings
 
