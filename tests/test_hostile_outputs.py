@@ -141,7 +141,10 @@ def test_output_naming_a_file(capsys, place):
     _refused(capsys, place, [_model(place), "-o", str(notes), "--force", *FAST], 2, "is a file")
 
 
-def test_force_replaces_a_folder_a_previous_run_wrote(capsys, place):
+@pytest.mark.parametrize("swap", [True, False], ids=["one-step-swap", "two-renames"])
+def test_force_replaces_a_folder_a_previous_run_wrote(capsys, place, monkeypatch, swap):
+    if not swap:  # systems without renameat2(RENAME_EXCHANGE)
+        monkeypatch.setattr("gdws_export.pipeline.outputs._exchange", lambda a, b: False)
     out, repo = place / "out", place / "repo"
     argv = [_model(place), "-o", str(out), "--triton-repo", str(repo), "-q", *FAST]
     assert main(argv) == 0

@@ -11,12 +11,14 @@ later run can tell the ones of dead runs (SIGKILL, a power cut) from a live run'
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -167,7 +169,8 @@ class Staging:
     looks like a result is left. The staged folder carries the marker (with this process's id),
     so the target does too. On entering, staging folders of dead runs beside the target are
     removed (listed in `notes`). `commit()` replaces an existing `target` only as
-    `check_destination` allows.
+    `check_destination` allows, swapping the two folders in one step where the system can
+    (Linux), so the path always holds a complete output, the old one or the new one.
 
     Example:
         >>> with Staging(Path("out")) as staged:                        # doctest: +SKIP
@@ -227,12 +230,16 @@ class Staging:
                 )
             check_destination(self.target, self.force, self.what, self.option,
                               protected=self.protected)  # fmt: skip
-        with _signals_deferred():  # a signal between the renames would lose both folders
+        with _signals_deferred():  # a signal between two renames would lose both folders
             old = None
-            if self.target.exists() or self.target.is_symlink():
+            if not (self.target.exists() or self.target.is_symlink()):
+                os.replace(self.path, self.target)
+            elif _exchange(self.path, self.target):
+                old = self.path  # it holds the replaced folder now
+            else:  # two renames: for a moment nothing is at the target
                 old = self.target.with_name(f"{_old_prefix(self.target)}{os.getpid()}")
                 os.replace(self.target, old)
-            os.replace(self.path, self.target)
+                os.replace(self.path, self.target)
             self._committed = True
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -292,6 +299,21 @@ def _staging_prefix(target: Path) -> str:
 
 def _old_prefix(target: Path) -> str:
     return f".{target.name}.old-"
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE), so a replaced
+    output is never missing; False where the system or the file system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without it (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]  # fmt: skip
+    at_fdcwd, rename_exchange = -100, 2  # <fcntl.h>, <linux/fs.h>
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _alive(pid: int) -> bool:
