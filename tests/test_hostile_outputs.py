@@ -266,3 +266,24 @@ def test_stale_staging_of_a_dead_run_is_removed_by_the_next_run(capsys, place):
     assert f"left {unmarked}" in err
     report = json.loads((out / "report.json").read_text())
     assert any(dead.name in warning for warning in report["report"]["warnings"])
+
+
+# --- the container entry point writes into /out ------------------------------------------
+
+
+def test_container_timing_cache_folder_blocked_by_a_file(tmp_path, capsys, monkeypatch):
+    from gdws_export.cli import container
+    from tests.test_cli_container import FakeProbe
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "timing-caches").write_text("a file where the cache folder goes")
+    (out / "vgg16.pt").write_bytes(b"model")
+    before = _tree(tmp_path)
+    monkeypatch.setenv(container.OUT_ENV, str(out))
+    code = container.main(["export", "vgg16.pt", "--target", "trt"], probe=FakeProbe())
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "\x1b" not in err
+    assert "cannot create the timing cache folder" in err
+    assert _tree(tmp_path) == before
