@@ -103,7 +103,8 @@ class ExportConfig:
         threads: ONNX Runtime threads for timings and the built session.
         triton_repo: also write a Triton model repository there; `triton_name` names the model
             (defaults to the model file's stem).
-        force: replace an existing output directory (and Triton model).
+        force: replace an existing output directory (and Triton model) that gdws-export
+            wrote (see `pipeline.outputs.check_destination`).
         dry_run: plan only: load, approximate, report; write nothing.
         seed: seeds torch and the alphas attack.
     """
