@@ -220,8 +220,8 @@ def _staging(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if ".partial-" in p.name]
 
 
-def test_sigterm_mid_run_cleans_up_and_the_rerun_works(capsys, place):
-    out = place / "out"
+def _export_until_staged(place: Path, out: Path) -> subprocess.Popen:
+    """A `python -m gdws_export` export, returned once its staging folder exists."""
     # The default (dynamo) exporter: seconds of work after the staging folder appears.
     child = subprocess.Popen(
         [sys.executable, "-m", "gdws_export", _model(place), "-o", str(out)],
@@ -232,6 +232,12 @@ def test_sigterm_mid_run_cleans_up_and_the_rerun_works(capsys, place):
     while not _staging(place) and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _staging(place), "the export never staged its output"
+    return child
+
+
+def test_sigterm_mid_run_cleans_up_and_the_rerun_works(capsys, place):
+    out = place / "out"
+    child = _export_until_staged(place, out)
     child.send_signal(signal.SIGTERM)
     stdout, stderr = child.communicate(timeout=120)
     assert child.returncode == EXIT_TERMINATED == 143, stderr
@@ -239,6 +245,18 @@ def test_sigterm_mid_run_cleans_up_and_the_rerun_works(capsys, place):
     assert not out.exists() and _staging(place) == []
     assert main([_model(place), "-o", str(out), "-q", *FAST]) == 0
     assert (out / "report.json").is_file() and _staging(place) == []
+
+
+def test_sigkill_leaves_staging_that_the_next_run_removes(capsys, place):
+    out = place / "out"
+    child = _export_until_staged(place, out)
+    child.kill()
+    child.communicate(timeout=120)
+    (left,) = _staging(place)  # SIGKILL cannot be handled: the folder stays
+    assert not out.exists() and f".partial-{child.pid}-" in left.name
+    assert main([_model(place), "-o", str(out), *FAST]) == 0
+    assert f"removed {left.name}, left by an interrupted run" in capsys.readouterr().err
+    assert _staging(place) == [] and (out / "report.json").is_file()
 
 
 def _dead_pid() -> int:

@@ -246,9 +246,10 @@ class Staging:
 
     def __exit__(self, *exc) -> None:
         if not self._committed:
-            if self.path is not None:
-                shutil.rmtree(self.path, ignore_errors=True)
-            self._remove_created()
+            with _signals_deferred():  # a second Ctrl-C must not leave half a staging folder
+                if self.path is not None:
+                    shutil.rmtree(self.path, ignore_errors=True)
+                self._remove_created()
 
     def _remove_created(self) -> None:
         for directory in self._created:
