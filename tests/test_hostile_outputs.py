@@ -120,6 +120,24 @@ def test_the_current_directory_is_never_replaced(capsys, place, output, phrase, 
              phrase)  # fmt: skip
 
 
+def test_a_marked_folder_holding_the_input_is_never_replaced(capsys, place):
+    earlier = place / "earlier-export"
+    earlier.mkdir()
+    write_marker(earlier, "export")
+    shutil.copyfile(_model(place), earlier / "lenet.pt")  # the user keeps the model there
+    argv = [str(earlier / "lenet.pt"), "-o", str(earlier), "--force", *FAST]
+    _refused(capsys, place, argv, 2, f"holds {earlier / 'lenet.pt'}")
+
+
+def test_force_refuses_a_symlink_to_a_folder_it_wrote(capsys, place):
+    earlier = place / "earlier-export"
+    earlier.mkdir()
+    write_marker(earlier, "export")
+    (place / "link").symlink_to(earlier)
+    _refused(capsys, place, [_model(place), "-o", str(place / "link"), "--force", *FAST], 2,
+             "is a symbolic link")  # fmt: skip
+
+
 def test_force_refuses_a_folder_gdws_export_did_not_write(capsys, place):
     foreign = place / "photos"
     foreign.mkdir()
@@ -254,8 +272,10 @@ def test_sigkill_leaves_staging_that_the_next_run_removes(capsys, place):
     child.communicate(timeout=120)
     (left,) = _staging(place)  # SIGKILL cannot be handled: the folder stays
     assert not out.exists() and f".partial-{child.pid}-" in left.name
+    contents = sorted(p.name for p in left.iterdir())
     assert main([_model(place), "-o", str(out), *FAST]) == 0
-    assert f"removed {left.name}, left by an interrupted run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"removed {left.name}, left by an interrupted run" in err, contents
     assert _staging(place) == [] and (out / "report.json").is_file()
 
 
@@ -275,11 +295,16 @@ def test_stale_staging_of_a_dead_run_is_removed_by_the_next_run(capsys, place):
     live = place / f".out.partial-{os.getpid()}-live1234"  # this process: alive
     live.mkdir()
     write_marker(live, "export")
-    unmarked = place / ".out.partial-1-notours"  # no marker: not ours to judge
+    unmarked = place / ".out.partial-1-notours"  # files but no marker: not ours to judge
     unmarked.mkdir()
+    (unmarked / "data.bin").write_bytes(b"someone's")
+    just_begun = place / f".out.partial-{_dead_pid()}-begun123"  # killed before its marker
+    just_begun.mkdir()
+    (just_begun / f".{MARKER}.x1y2.tmp").write_text('{"tool": "gdws')  # temporary_path's name
     assert main([_model(place), "-o", str(out), *FAST]) == 0
     err = capsys.readouterr().err
-    assert not dead.exists() and live.is_dir() and unmarked.is_dir()
+    assert not dead.exists() and not just_begun.exists()
+    assert live.is_dir() and (unmarked / "data.bin").is_file()
     assert f"removed {dead.name}, left by an interrupted run" in err
     assert f"left {unmarked}" in err
     report = json.loads((out / "report.json").read_text())
@@ -305,3 +330,29 @@ def test_container_timing_cache_folder_blocked_by_a_file(tmp_path, capsys, monke
     assert err.count("\n") == 1 and "Traceback" not in err and "\x1b" not in err
     assert "cannot create the timing cache folder" in err
     assert _tree(tmp_path) == before
+
+
+def test_sigterm_between_the_renames_of_a_commit_waits_for_them(tmp_path, monkeypatch):
+    from gdws_export.cli import Terminated, _sigterm_raises
+    from gdws_export.pipeline import outputs
+
+    target = tmp_path / "out"
+    target.mkdir()
+    write_marker(target, "export")
+    (target / "old.txt").write_text("old")
+    real_replace = os.replace
+
+    def replace_and_get_killed(src, dst):
+        real_replace(src, dst)
+        os.kill(os.getpid(), signal.SIGTERM)  # right after the first rename
+        time.sleep(0.05)  # where the handler would run
+
+    monkeypatch.setattr(outputs, "_exchange", lambda a, b: False)  # the two-rename path
+    with pytest.raises(Terminated), _sigterm_raises():
+        with outputs.Staging(target, force=True) as staged:
+            (staged.path / "new.txt").write_text("new")
+            monkeypatch.setattr(outputs.os, "replace", replace_and_get_killed)
+            staged.commit()
+    monkeypatch.setattr(outputs.os, "replace", real_replace)
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no .old- or .partial- left

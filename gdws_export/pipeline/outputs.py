@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
@@ -91,7 +92,12 @@ def check_destination(
         raise InvalidInputError(
             f"{what} {path} already exists; pass --force to replace it, or choose another {option}"
         )
-    if path.is_symlink() or read_marker(path) is None:
+    if path.is_symlink():  # replacing it would replace the link, not what it points to
+        raise InvalidInputError(
+            f"{what} {path} is a symbolic link; --force replaces only folders gdws-export "
+            f"wrote: choose another {option}"
+        )
+    if read_marker(path) is None:
         raise InvalidInputError(
             f"{what} {path} was not written by gdws-export (no {MARKER} marker file in it); "
             f"--force replaces only folders gdws-export wrote: choose another {option}, or "
@@ -205,19 +211,24 @@ class Staging:
     def __enter__(self) -> Staging:
         parent = self.target.parent
         try:
-            missing = [p for p in (parent, *parent.parents) if not p.exists()]
-            parent.mkdir(parents=True, exist_ok=True)
-            self._created = missing  # deepest first, the order to remove them in
-            self.notes = remove_stale_staging(self.target)
-            prefix = f"{_staging_prefix(self.target)}{os.getpid()}-"
-            self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-            write_marker(self.path, self.written_by)
-        except OSError as exc:
+            # Signals wait until the folder exists with its marker (or is not made at all):
+            # one in between would leave a folder no later run could judge.
+            with _signals_deferred():
+                missing = [p for p in (parent, *parent.parents) if not p.exists()]
+                parent.mkdir(parents=True, exist_ok=True)
+                self._created = missing  # deepest first, the order to remove them in
+                self.notes = remove_stale_staging(self.target)
+                prefix = f"{_staging_prefix(self.target)}{os.getpid()}-"
+                self.path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+                write_marker(self.path, self.written_by)
+        except BaseException as exc:  # __exit__ is not called when __enter__ fails
             self.__exit__()
-            raise InvalidInputError(
-                f"cannot write {self.target}: {exc.strerror or exc} ({exc.filename or parent}); "
-                f"choose a writable location with {self.option}"
-            ) from exc
+            if isinstance(exc, OSError):
+                raise InvalidInputError(
+                    f"cannot write {self.target}: {exc.strerror or exc} "
+                    f"({exc.filename or parent}); choose a writable location with {self.option}"
+                ) from exc
+            raise
         return self
 
     def commit(self) -> None:
@@ -241,8 +252,8 @@ class Staging:
                 os.replace(self.target, old)
                 os.replace(self.path, self.target)
             self._committed = True
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old is not None:  # before a held signal ends the run, or it stays behind
+                shutil.rmtree(old, ignore_errors=True)
 
     def __exit__(self, *exc) -> None:
         if not self._committed:
@@ -265,7 +276,9 @@ def remove_stale_staging(target: Path) -> list[str]:
 
     A folder is stale when its name is `.<name>.partial-<pid>-...` (or `.<name>.old-<pid>`),
     it carries the marker, the marker names this host, and no process <pid> is alive. A
-    live run's folder, or one of another host (a shared or mounted folder), is never removed.
+    live run's folder, or one of another host (a shared or mounted folder), is never removed;
+    nor is an unmarked one, unless it holds nothing but a half-written marker (a run killed
+    as it began).
     """
     target = Path(target)
     staging, old = re.escape(_staging_prefix(target)), re.escape(_old_prefix(target))
@@ -281,7 +294,10 @@ def remove_stale_staging(target: Path) -> list[str]:
             continue
         pid = int(match.group(1) or match.group(2))
         marker = read_marker(entry)
-        if marker is None or marker.get("host") != socket.gethostname():
+        # A run killed between creating its folder and marking it leaves nothing but
+        # (part of) the marker: judged by the process id alone.
+        unmarked_new = marker is None and _holds_only_the_marker(entry)
+        if not unmarked_new and (marker is None or marker.get("host") != socket.gethostname()):
             notes.append(
                 f"left {entry}: a staging folder of another host's run, or not gdws-export's; "
                 "remove it yourself if no run is writing it"
@@ -292,6 +308,18 @@ def remove_stale_staging(target: Path) -> list[str]:
         shutil.rmtree(entry, ignore_errors=True)
         notes.append(f"removed {entry.name}, left by an interrupted run (process {pid})")
     return notes
+
+
+def _holds_only_the_marker(folder: Path) -> bool:
+    """Whether `folder` holds nothing but the marker file or its temporary file (named as
+    `_files.temporary_path` names them: `.<name>.XXXX.tmp`)."""
+    try:
+        return all(
+            entry.name == MARKER or entry.name.startswith(f".{MARKER}.")
+            for entry in folder.iterdir()
+        )
+    except OSError:
+        return False
 
 
 def _staging_prefix(target: Path) -> str:
@@ -332,16 +360,25 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block is done (they arrive right after it)."""
-    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+    """Hold Ctrl-C and SIGTERM until the block is done; one that came is then delivered.
+
+    Python runs signal handlers in the main thread only, so a block elsewhere needs nothing;
+    in the main thread the handlers are swapped for ones that take note (blocking the signal
+    would not do: another thread, ONNX Runtime's or torch's, would receive it instead).
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signals = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    caught: list[int] = []
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda n, _: caught.append(n)) for number in signals}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        if caught:
+            signal.raise_signal(caught[0])  # to the usual handler: KeyboardInterrupt, exit...
 
 
 def _usual_permissions(root: Path) -> None:
