@@ -231,9 +231,9 @@ class Staging:
             raise
         return self
 
-    def commit(self) -> None:
-        """Rename the staged directory to the target (replacing it under `force`)."""
-        _usual_permissions(self.path)
+    def check(self) -> None:
+        """Raise now what `commit()` would (the target appeared, or may not be replaced), so a
+        run committing two folders commits both or neither."""
         if self.target.exists() or self.target.is_symlink():
             if not self.force:
                 raise InvalidInputError(
@@ -241,6 +241,11 @@ class Staging:
                 )
             check_destination(self.target, self.force, self.what, self.option,
                               protected=self.protected)  # fmt: skip
+
+    def commit(self) -> None:
+        """Rename the staged directory to the target (replacing it under `force`)."""
+        self.check()
+        _usual_permissions(self.path)
         with _signals_deferred():  # a signal between two renames would lose both folders
             old = None
             if not (self.target.exists() or self.target.is_symlink()):

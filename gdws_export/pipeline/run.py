@@ -141,6 +141,9 @@ def run_export(
         report.timings = dict(clock.timings)
         (staged.path / "report.json").write_text(report.to_json() + "\n")
         (staged.path / "report.md").write_text(report.to_markdown())
+        for staging in (staged, triton):  # both may be committed before either is
+            if staging is not None:
+                staging.check()
         staged.commit()
         if triton is not None:
             triton.commit()
