@@ -186,4 +186,12 @@ def _library_noise(*, shown: bool) -> Iterator[None]:
                 logger.setLevel(level)
 
 
-__all__ = ["COMMANDS", "EXIT_CODES", "Parser", "available_commands", "build_parser", "main"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_CODES",
+    "Parser",
+    "Terminated",
+    "available_commands",
+    "build_parser",
+    "main",
+]
