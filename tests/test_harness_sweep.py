@@ -23,6 +23,7 @@ from gdws_export.harness.report import read_json
 from gdws_export.harness.sweep import pareto_front
 from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepSetting, parse_settings
 from gdws_export.models import save_checkpoint
+from gdws_export.pipeline.outputs import read_marker
 
 MAC_RATIOS = (0.3, 0.5, 0.8)
 
@@ -422,6 +423,9 @@ def test_cli_sweep_with_too_few_held_out_images_warns_and_stays_unweighted(tmp_p
     report = read_json(tmp_path / "out" / "sweep.json")
     assert "sensitivity_choice" not in report.approximations["mac_ratio=0.3"]
     assert any("refit on 32 calibration images" in n for n in report.notes)
+    # A folder the sweep created is marked as gdws-export's (the swept fixture's, which
+    # existed before, is not).
+    assert read_marker(tmp_path / "out")["written_by"] == "gdws-export sweep"
 
 
 def test_sweep_times_the_auto_lowering_at_its_largest_batch(checkpoint_and_data, tmp_path,

@@ -124,7 +124,8 @@ def test_ort_export_writes_a_complete_directory(ckpt, tmp_path):
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["original.onnx", "gdws.onnx", "gdws.fp32.ort.onnx", "gdws.fp32.ort.json",
-         "alphas.pt", "report.json", "report.md"]  # alphas: the default relative ones
+         "alphas.pt", "report.json", "report.md",  # alphas: the default relative ones
+         ".gdws-export"]  # the marker that lets a later --force replace the folder
     )  # fmt: skip
     assert _leftovers(tmp_path) == []
     assert stat.S_IMODE(os.stat(out / "report.json").st_mode) & 0o044  # readable by others
@@ -223,9 +224,14 @@ def test_existing_output_needs_force(ckpt, tmp_path):
     (out / "mine.txt").write_text("keep me")
     with pytest.raises(InvalidInputError, match="already exists; pass --force"):
         run_export(_config(ckpt, out))
+    with pytest.raises(InvalidInputError, match="not written by gdws-export"):
+        run_export(_config(ckpt, out, force=True))  # --force replaces only our own folders
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    out.rename(tmp_path / "mine")
+    run_export(_config(ckpt, out))
+    (out / "added.txt").write_text("x")
     run_export(_config(ckpt, out, force=True))
-    assert (out / "report.json").is_file() and not (out / "mine.txt").exists()
+    assert (out / "report.json").is_file() and not (out / "added.txt").exists()
     assert _leftovers(tmp_path) == []
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from collections.abc import Iterator
@@ -23,7 +25,8 @@ from gdws_export.errors import GDWSExportError, plain_line
 PROG = "gdws-export"
 COMMANDS = ("export", "bench", "sweep")
 DEFAULT_COMMAND = "export"
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, docker stop, a scheduler's time limit)
 # Loggers of the libraries a run drives; without -v nothing of theirs reaches stderr.
 LIBRARY_LOGGERS = ("torch", "onnxscript", "onnx_ir", "onnx")
 # Modules whose own writes to stderr (torch.export prints a failing graph there) are dropped
@@ -35,12 +38,18 @@ exit codes:
   0    success
   1    internal error (a bug: rerun with -v for the traceback, and report it)
   2    bad input: a missing, corrupt or unsafe file, a bad option value, an existing
-       output directory without --force
+       output directory without --force, or one --force may not replace (not written by
+       gdws-export, or holding the input or the current directory)
   3    unsupported model: no conv GDWS can replace, a forward pass or an export that fails
   4    parity failure: an exported graph or engine does not match the PyTorch model
   5    missing runtime or package (TensorRT, tritonclient, ...)
   130  interrupted (Ctrl-C)
-A run that fails leaves no output directory behind."""
+  143  terminated (SIGTERM)
+A run that fails or is interrupted leaves no output directory behind."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, like Ctrl-C, so every cleanup runs."""
 
 
 class UsageError(Exception):
@@ -117,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     verbose = getattr(args, "verbose", 0)
     try:
-        with _library_noise(shown=verbose > 0):
+        with _sigterm_raises(), _library_noise(shown=verbose > 0):
             return args.run(args)
+    except Terminated:
+        _error("terminated (SIGTERM); no output was left behind")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         _error("interrupted; no output was left behind")
         return EXIT_INTERRUPTED
@@ -139,6 +151,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def _error(message: str) -> None:
     print(f"{PROG}: error: {plain_line(message)}", file=sys.stderr)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Terminated` while the command runs (Python's default is to die at once,
+    leaving staging folders behind); the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():  # signals need the main one
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 @contextmanager
@@ -189,6 +219,7 @@ __all__ = [
     "COMMANDS",
     "EXIT_CODES",
     "Parser",
+    "Terminated",
     "available_commands",
     "build_parser",
     "main",

@@ -19,6 +19,7 @@ from gdws_export.harness.speed_report import (
     DEFAULT_ROUNDS,
     DEFAULT_WARMUP_S,
 )
+from gdws_export.pipeline.outputs import check_output_file
 
 NAME = "bench"
 
@@ -77,6 +78,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the Markdown report, write the files asked for."""
+    inputs = [p for p in (args.model, args.reference) if p is not None]
+    for option, path in (("--output", args.output), ("--markdown", args.markdown)):
+        if path is not None:  # before any timing: a bad path fails at once
+            check_output_file(path, option, protected=inputs)
     duration = args.duration
     if duration is None and args.iterations is None:
         duration = DEFAULT_DURATION_S

@@ -145,13 +145,20 @@ def make_plan(args: list[str], environ: dict[str, str], probe: Probe) -> Plan | 
             raise MissingDependencyError(f"--target trt needs a GPU, none is visible: {GPU_HINT}")
         if _option(options, "--timing-cache") is None:
             cache = out / "timing-caches" / f"{_slug(gpu)}-trt{trt_version}.cache"
-            cache.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # e.g. a file of that name in the mounted folder
+                raise InvalidInputError(
+                    f"cannot create the timing cache folder {cache.parent}: {exc.strerror}; "
+                    "move what is there, or pass --timing-cache FILE"
+                ) from exc
             options += ["--timing-cache", str(cache)]
     elif gpu is None and target == "torch":
         plan.notes.append("no GPU is visible: the torch target runs on the CPU")
     if not any(_option(options, flag) is not None for flag in OUTPUT_FLAGS):
         # A folder of its own inside /out: gdws-export refuses an existing output folder,
-        # and /out (the mount point, holding caches and machine.json) cannot be renamed.
+        # and /out (the mount point, holding caches and machine.json) is not gdws-export's
+        # to replace (--force replaces only folders gdws-export wrote).
         stem = Path(model).name.split(".")[0]
         run_dir = out / (f"{stem}-sweep-{target}" if command == "bench" else f"{stem}-{target}")
         options += ["--output-dir" if command == "bench" else "-o", str(run_dir)]

@@ -54,8 +54,9 @@ the next {DEFAULT_HELD_OUT} judge); without data, alphas come from --alphas FILE
 Outputs in the output directory: original.onnx, gdws.onnx, the engine with its settings
 (gdws.<precision>.engine for TensorRT, gdws.<precision>.ort.onnx for ONNX Runtime, gdws.pt2
 for PyTorch), alphas.pt when computed, report.json and report.md. Everything is written
-under a temporary name and renamed at the end: a failed or interrupted run leaves nothing
-behind.
+under a temporary name and renamed at the end: a failed or interrupted run (Ctrl-C,
+SIGTERM) leaves nothing behind. --force replaces only a folder an earlier gdws-export run
+wrote (marked by a .gdws-export file), never the current folder or one holding the model.
 
 Other commands, when installed: gdws-export bench --help, gdws-export sweep --help."""
 
@@ -352,7 +353,9 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
     output.add_argument(
         "--force",
         action="store_true",
-        help="replace an existing output directory (and Triton model)",
+        help="replace an existing output directory (and Triton model) that an earlier "
+        "gdws-export run wrote (it holds a .gdws-export marker file); never another folder, "
+        "the current one or one holding the model",
     )
     output.add_argument(
         "--triton-repo",

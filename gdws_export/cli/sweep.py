@@ -29,6 +29,7 @@ from gdws_export.harness.speed_report import (
 from gdws_export.harness.sweep import sweep
 from gdws_export.harness.sweep_report import SweepConfig, parse_settings
 from gdws_export.pipeline.config import AUTO_CALIB_SAMPLES, DEFAULT_CALIB_SAMPLES, DEFAULT_HELD_OUT
+from gdws_export.pipeline.outputs import check_output_folder, ensure_output_folder
 
 NAME = "sweep"
 
@@ -140,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
     from gdws_export.models import load_model
 
     config = config_from_args(args)  # settings first: bad flags fail before any loading
+    check_output_folder(args.output_dir, "--output-dir")
     model = load_model(args.model)
     num_classes = getattr(model, "arch_kwargs", {}).get("num_classes")
     x, y = load_dataset(
@@ -174,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         )}  # fmt: skip
     elif args.calib is None:  # without the refit, gdws-export's default is relative
         alphas = relative_gains(model)
+    ensure_output_folder(args.output_dir, "sweep", "--output-dir")
     report = sweep(
         model, config, (x, y), work_dir=args.output_dir / "models", alphas=alphas,
         input_moments=moments, refit_data=calibration, measures=measures, held_out=held_out,

@@ -51,7 +51,6 @@ AUTO_CALIB_SAMPLES = 256  # with --sensitivity auto, which holds out the next im
 DEFAULT_HELD_OUT = 256  # images `auto` judges the measures on: a 2-point gap is 5 of them
 DEFAULT_ALPHA_EPS = 8 / 255
 SENSITIVITIES = ("auto", "none", "relative", "activation", "calibrated", "noise-gains")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 @dataclass
@@ -117,7 +116,8 @@ class ExportConfig:
         threads: ONNX Runtime threads for timings and the built session.
         triton_repo: also write a Triton model repository there; `triton_name` names the model
             (defaults to the model file's stem).
-        force: replace an existing output directory (and Triton model).
+        force: replace an existing output directory (and Triton model) that gdws-export
+            wrote (see `pipeline.outputs.check_destination`).
         dry_run: plan only: load, approximate, report; write nothing.
         seed: seeds torch and the alphas attack.
     """
@@ -196,12 +196,11 @@ class ExportConfig:
         if c.output is None:
             c.output = f"{Path(c.model).stem}-{c.target}-{c.precision}"
         if c.triton_repo is not None:
-            c.triton_name = c.triton_name or _triton_name(Path(c.model).stem)
-            if not _NAME.match(c.triton_name):
-                raise InvalidInputError(
-                    f"--triton-name {c.triton_name!r} may hold only letters, digits, '_', '.' "
-                    "and '-'"
-                )
+            from gdws_export.serving.triton import check_model_name
+
+            if c.triton_name is None:  # an empty --triton-name is refused, not replaced
+                c.triton_name = _triton_name(Path(c.model).stem)
+            check_model_name(c.triton_name, "--triton-name")
         return c
 
     def holds_out(self) -> bool:
@@ -507,7 +506,8 @@ def _check_lowering(lowering: str) -> None:
 
 
 def _triton_name(stem: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "model"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+    return "model" if name in ("", ".", "..") else name
 
 
 def _finite(value) -> bool:

@@ -1,7 +1,7 @@
 """`run_export`: model file -> (alphas) -> GDWS model -> ONNX graphs -> engine -> reports.
 
 Everything is written into a temporary directory beside the output directory
-(`.<name>.partial-XXXX`) and renamed into place at the very end, so an interrupted or failed
+(`.<name>.partial-<pid>-XXXX`) and renamed into place at the very end, so an interrupted or failed
 run leaves no directory that looks complete; the Triton model directory likewise. Nothing here
 prints or exits: progress goes to a callback, errors are `GDWSExportError`s.
 """
@@ -128,15 +128,28 @@ def run_export(
         return _plan(cfg, clock, show_bars)[0]
     output = Path(cfg.output)
     triton_dir = Path(cfg.triton_repo) / cfg.triton_name if cfg.triton_repo else None
-    check_destination(output, cfg.force, "output directory", "-o/--output")
+    # --force never replaces a folder holding what this run reads or its other output.
+    inputs = [p for p in (cfg.model, cfg.alphas, cfg.calib, cfg.timing_cache, cfg.triton_repo)
+              if p is not None and os.path.lexists(p)]  # fmt: skip
+    destinations = {
+        "output": dict(force=cfg.force, what="output directory", option="-o/--output",
+                       protected=[*inputs, *([triton_dir] if triton_dir else [])]),
+        "triton": dict(force=cfg.force, what="Triton model directory", option="--triton-name",
+                       protected=[*inputs, output]),
+    }  # fmt: skip
+    check_destination(output, **destinations["output"])
     if triton_dir is not None:
-        check_destination(triton_dir, cfg.force, "Triton model directory", "--triton-name")
+        check_destination(triton_dir, **destinations["triton"])
     if cfg.target == "trt":
         from gdws_export.runtimes.tensorrt import import_tensorrt
 
         import_tensorrt()  # before any work: says what to install
-    with Staging(output, cfg.force) as staged, Staging.optional(triton_dir, cfg.force) as triton:
+    with (
+        Staging(output, **destinations["output"]) as staged,
+        Staging.optional(triton_dir, **destinations["triton"]) as triton,
+    ):
         report, state = _plan(cfg, clock, show_bars)
+        report.warnings += staged.notes + (triton.notes if triton is not None else [])
         _export_and_build(cfg, report, state, staged.path, clock)
         if triton is not None:
             report.triton = state.engine.write_triton(triton.path, cfg.triton_name)
@@ -152,6 +165,9 @@ def run_export(
         report.timings = dict(clock.timings)
         (staged.path / "report.json").write_text(report.to_json() + "\n")
         (staged.path / "report.md").write_text(report.to_markdown())
+        for staging in (staged, triton):  # both may be committed before either is
+            if staging is not None:
+                staging.check()
         staged.commit()
         if triton is not None:
             triton.commit()

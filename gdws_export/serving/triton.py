@@ -17,6 +17,7 @@ the Triton release that ships the same TensorRT.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,9 @@ from gdws_export.runtimes.base import TensorSpec
 
 PLATFORMS = {"trt": ("tensorrt_plan", "model.plan"), "ort": ("onnxruntime_onnx", "model.onnx")}
 MODEL_VERSION = "1"
+# A model name is a folder name in the repository: no separators, whitespace or control
+# characters, and not "." or ".." (which name the repository or its parent).
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # numpy dtype -> Triton's DataType enum name (model_config.proto).
 _TRITON_TYPES = {
     np.dtype(np.bool_): "TYPE_BOOL",
@@ -60,6 +64,20 @@ class TritonModel:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_model_name(name: str, option: str = "name") -> None:
+    """Refuse a model name that is not one folder name of the repository.
+
+    Raises:
+        InvalidInputError: the name holds other characters than letters, digits, '_', '.' and
+            '-', or is '.' or '..'.
+    """
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name) or name in (".", ".."):
+        raise InvalidInputError(
+            f"{option} {name!r} is not a Triton model name: use letters, digits, '_', '.' and "
+            "'-' only, and not '.' or '..'"
+        )
 
 
 def has_dynamic_batch(specs: Sequence[TensorSpec]) -> bool:
@@ -139,6 +157,7 @@ def write_triton_model(
         ...                        inputs=r.inputs(), outputs=r.outputs(), max_batch_size=64)
     """
     platform, file_name = _platform(target)
+    check_model_name(name)
     if max_batch_size < 0:
         raise InvalidInputError(f"max_batch_size must be >= 0, got {max_batch_size}")
     staging = Path(model_dir)
