@@ -164,7 +164,9 @@ def test_trt10_fp16_io_can_be_half(fake_trt, net_onnx, tmp_path):
     assert info.io_dtypes == {"input": "HALF", "logits": "HALF"}
 
 
-@pytest.mark.parametrize(("version", "flags"), [("10.3.0", {"INT8", "TF32"}), ("11.1.0", {"TF32"})])
+@pytest.mark.parametrize(
+    ("version", "flags"), [("10.3.0", {"INT8", "FP16", "TF32"}), ("11.1.0", {"TF32"})]
+)
 def test_int8_builds_the_qdq_graph(fake_trt, net_onnx, tmp_path, version, flags):
     fake = fake_trt(version)
     info = build_engine(

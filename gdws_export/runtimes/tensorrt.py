@@ -2,7 +2,7 @@
 
 The two differ in how precision is asked for (comments marked "TensorRT 10/11" say where):
 - TensorRT 10 (JetPack 6.x ships 10.3) builds weakly typed networks: FP16 is a builder flag on
-  the FP32 graph, INT8 is the INT8 builder flag on a Q/DQ graph.
+  the FP32 graph, INT8 the INT8 and FP16 flags on a Q/DQ graph (unquantized layers in FP16).
 - TensorRT 11 builds strongly typed networks only; the FP16/INT8 flags are gone, so precision
   comes from the graph: an FP16 graph (converted here first) or a Q/DQ graph.
 INT8 always goes through the same Q/DQ graph (`precision.quantize_int8`), so both versions
@@ -158,7 +158,9 @@ def build_engine(
     elif precision == "int8":
         qdq = quantize_int8(source, calibration)
         graph_path = _save_converted(qdq, engine_path, onnx_path)
-        flags = [] if major >= 11 else ["INT8"]  # TensorRT 10: Q/DQ layers need the INT8 flag
+        # TensorRT 10: Q/DQ layers need the INT8 flag, and FP16 lets the layers the Q/DQ graph
+        # leaves unquantized run in FP16 rather than FP32 (TensorRT's own guidance).
+        flags = [] if major >= 11 else ["INT8", "FP16"]
     warnings = check_trt_support(graph_path)
     for warning in warnings:
         log.warning("TensorRT support check: %s", warning)
