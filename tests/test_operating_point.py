@@ -15,6 +15,7 @@ from gdws_export.pipeline import ExportConfig, run_export
 from gdws_export.pipeline.operating_point import (
     PairedDrop,
     Probe,
+    SearchResult,
     bisect_ratio,
     choose_for_speed,
     choose_operating_point,
@@ -284,3 +285,14 @@ def test_min_speedup_search_end_to_end(tmp_path, monkeypatch):
     if fast:
         assert probes[report.search["chosen"]]["mac_ratio"] == max(p["mac_ratio"] for p in fast)
     assert "| speed-up |" in report.to_markdown()
+
+
+def test_frontier_plot_is_a_png(tmp_path):
+    from gdws_export.harness.plots import plot_operating_point
+
+    probes = [_probe(0.316, 0), _probe(0.178, 4)]
+    chosen, reason, warnings = choose_operating_point(probes, 0.5)
+    search = SearchResult("goal", 0.5, 1000, "PGD-10", 0.9, 0.7, probes, chosen, reason,
+                          warnings).to_dict()  # fmt: skip
+    path = plot_operating_point(search, tmp_path / "search.png")
+    assert path.read_bytes().startswith(b"\x89PNG")

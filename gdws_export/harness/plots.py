@@ -31,13 +31,7 @@ def plot_sweep(report: SweepReport, path: str | os.PathLike) -> Path:
     Example:
         >>> plot_sweep(report, "out/sweep.png")  # doctest: +SKIP
     """
-    require("matplotlib")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.4, 4.8), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    figure, axes = _new_figure()
     original = [row for row in report.rows if row.setting == "original"]
     settings = [row for row in report.rows if row not in original]
     if settings:
@@ -80,12 +74,7 @@ def plot_sweep(report: SweepReport, path: str | os.PathLike) -> Path:
     axes.set_xlabel(f"images/s, batch {batch}, {report.config.target} {report.config.precision}")
     axes.set_ylabel("robust accuracy (%)")
     axes.set_title(f"{report.model.get('name', 'model')}: {report.robust_attack}", fontsize=8)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return _finish(figure, axes, path)
 
 
 def plot_operating_point(search: dict, path: str | os.PathLike) -> Path:
@@ -100,14 +89,9 @@ def plot_operating_point(search: dict, path: str | os.PathLike) -> Path:
     Returns:
         The path written.
     """
-    require("matplotlib")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    figure, axes = _new_figure()
     from matplotlib.ticker import FormatStrFormatter
 
-    figure = Figure(figsize=(6.4, 4.8), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
     probes = sorted(search["probes"], key=lambda p: p["mac_ratio"])
     for measure in dict.fromkeys(p["measure"] for p in probes):
         mine = [p for p in probes if p["measure"] == measure]
@@ -134,6 +118,22 @@ def plot_operating_point(search: dict, path: str | os.PathLike) -> Path:
     axes.set_xlabel("MAC ratio of the replaceable convs (log scale)")
     axes.set_ylabel("robust-accuracy drop vs the original (points)")
     axes.set_title(f"{search['held_out']} held-out images, {search['attack']}", fontsize=8)
+    return _finish(figure, axes, path)
+
+
+def _new_figure():
+    """A figure on the Agg canvas (no pyplot, no display) and its one axes."""
+    require("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.8), dpi=120)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _finish(figure, axes, path: str | os.PathLike) -> Path:
+    """Grid, legend and layout; the PNG written to `path` atomically."""
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
