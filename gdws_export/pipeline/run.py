@@ -27,7 +27,6 @@ from gdws_export.gdws.activations import activation_gains, input_moments, relati
 from gdws_export.gdws.approximate import ApproximationReport, approximate
 from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.refit import RefitReport, refit_pointwise
-from gdws_export.gdws.selection import replace_module
 from gdws_export.gdws.sensitivity import (
     load_alphas,
     load_input_moments,
@@ -42,6 +41,7 @@ from gdws_export.harness.measure_choice import (
     selection_attack,
 )
 from gdws_export.loading import LoadedModel, load_model_file
+from gdws_export.lowering.lower import put_back_originals
 from gdws_export.pipeline.config import DEFAULT_ALPHA_EPS, ExportConfig
 from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
 from gdws_export.pipeline.model import (
@@ -163,6 +163,8 @@ class _State:
     def __init__(self, loaded: LoadedModel, model: nn.Module, shape: tuple[int, int, int]):
         self.loaded, self.model, self.shape = loaded, model, shape
         self.gdws_model: nn.Module | None = None
+        # what ships: gdws_model with the convs gdws.onnx keeps put back (set on export)
+        self.shipped_model: nn.Module | None = None
         self.data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.held_out: tuple[torch.Tensor, torch.Tensor] | None = None  # sensitivity "auto"
         self.alphas: _Alphas | None = None
@@ -320,6 +322,7 @@ def _export_graphs(cfg, report, state: _State, out: Path, clock, dynamic, batch,
         original = export_onnx(state.model, path=out / "original.onnx", lowering="gather", **common)
     _take_export(report, "original", original, out)
     if state.gdws_model is None:
+        state.shipped_model = state.model
         return out / "original.onnx"
     with clock("export_gdws", f" (lowering {cfg.lowering})"):
         gdws = export_onnx(
@@ -328,11 +331,11 @@ def _export_graphs(cfg, report, state: _State, out: Path, clock, dynamic, batch,
         )  # fmt: skip
     _take_export(report, "gdws", gdws, out)
     report.macs["shipped"] = report.macs["original"] - gdws.macs["original"] + gdws.macs["shipped"]
-    kept = [layer.name for layer in gdws.layers if layer.form == "dense"]
+    kept = gdws.dense_layers
+    state.shipped_model = state.gdws_model
     if kept:  # the original conv was faster there: what ships is the model with those convs
-        shipped = copy.deepcopy(state.gdws_model)
-        for name in kept:
-            replace_module(shipped, name, copy.deepcopy(state.model.get_submodule(name)))
+        shipped = state.shipped_model = copy.deepcopy(state.gdws_model)
+        put_back_originals(shipped, state.model, kept)
         report.params["shipped"] = sum(p.numel() for p in shipped.parameters())
         figures = _approximation_figures(state.model, shipped, state, cfg)
         report.parity["approximation"] = {**figures, "original_convs_kept": kept}
@@ -343,7 +346,8 @@ def _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, pro
     """Build the engine from `source` and run it against its reference (see engine.py)."""
     from gdws_export.runtimes.build import build
 
-    engine_model = state.gdws_model if state.gdws_model is not None else state.model
+    # gdws.onnx's per-layer decisions, applied: the torch target saves what the graph computes
+    engine_model = state.shipped_model
     if cfg.target == "torch":  # the torch target runs a torch.export program, not ONNX
         from gdws_export.runtimes.torch_program import export_program
 
