@@ -79,3 +79,24 @@ def test_the_torch_program_ships_the_convs_the_onnx_graph_keeps(tmp_path, fixed_
     for name in ("0", "11", *kept):  # unchanged, kept by the budget, kept by the lowering
         assert torch.equal(weights[f"{name}.weight"], model.get_submodule(name).weight)
     assert "6.weight" not in weights and "6.pointwise.weight" in weights
+
+
+@pytest.mark.parametrize("target", ["ort", "torch"])
+def test_a_program_with_a_bounded_dynamic_batch_exports_for_every_target(tmp_path, target):
+    """`Dim("batch", min=1, max=1024)`: the graph checks the bounds, so the torch target's
+    re-export declares the same range (an unbounded Dim was refused)."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(model, (torch.rand(2, *SHAPE),), dynamic_shapes=({0: batch},))
+    path = tmp_path / "bounded.pt2"
+    torch.export.save(program, path)
+    out = tmp_path / "out"
+    report = run_export(ExportConfig(str(path), output=str(out), target=target,
+                                     exporter="legacy", lowering="gather", threads=1))  # fmt: skip
+    assert report.parity["engine"]["passed"]
+    if target == "torch":
+        bounds = next(iter(load_program(out / "gdws.pt2").range_constraints.values()))
+        assert (int(bounds.lower), int(bounds.upper)) == (1, 1024)
