@@ -40,7 +40,7 @@ from gdws_export.harness.measure_choice import (
     choose_measure,
     selection_attack,
 )
-from gdws_export.loading import LoadedModel, load_model_file
+from gdws_export.loading import LoadedModel
 from gdws_export.lowering.lower import put_back_originals
 from gdws_export.pipeline.config import DEFAULT_ALPHA_EPS, ExportConfig
 from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
@@ -48,6 +48,7 @@ from gdws_export.pipeline.model import (
     check_forward,
     check_replaceable,
     count_macs_params,
+    load_configured_model,
     match_alpha_names,
     match_layer_patterns,
     prepare_model,
@@ -174,10 +175,7 @@ class _State:
 def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportReport, _State]:
     """Load, prepare, alphas, approximate: everything `--dry-run` shows."""
     with clock("load"):
-        loaded = load_model_file(
-            cfg.model, arch=cfg.arch, num_classes=cfg.num_classes, arch_kwargs=cfg.arch_kwargs,
-            trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape,
-        )  # fmt: skip
+        loaded = load_configured_model(cfg)
     if cfg.alpha_eps is None:  # the threat model the checkpoint was trained for, if it says
         cfg.alpha_eps = loaded.trained_eps or DEFAULT_ALPHA_EPS
         if cfg.calib is not None:  # only the attacks on calibration data use it
