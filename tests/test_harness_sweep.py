@@ -482,3 +482,17 @@ def test_cli_sweep_loads_a_torch_export_program_as_export_does(tmp_path):
 
     assert model_options(sweep_command) == model_options(export_command)
     assert "trust_pickle" in model_options(sweep_command)
+
+
+def test_cli_sweep_refuses_a_program_with_a_fixed_batch_in_one_line(tmp_path):
+    from gdws_export.errors import UnsupportedModelError
+
+    model, x, y = trained_lenet()
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(model, (x[:1],)), path)
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=x[:8].numpy(), y=y[:8].numpy())
+    with pytest.raises(UnsupportedModelError, match="fixes the batch size to 1; the sweep runs"):
+        run_command(sweep_command, [path, "--trust-pickle", "--mac-ratios", 0.5, "--data", data,
+                                    "--output-dir", tmp_path / "out"])  # fmt: skip
+    assert not (tmp_path / "out").exists()
