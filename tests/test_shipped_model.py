@@ -100,3 +100,13 @@ def test_a_program_with_a_bounded_dynamic_batch_exports_for_every_target(tmp_pat
     if target == "torch":
         bounds = next(iter(load_program(out / "gdws.pt2").range_constraints.values()))
         assert (int(bounds.lower), int(bounds.upper)) == (1, 1024)
+
+
+def test_a_program_with_a_batch_of_one_exports_for_the_torch_target(tmp_path):
+    """The engine check ran all parity images through the fixed-batch model at once (an
+    internal error, exit 1); its reference is now gdws.onnx, run in the graph's batches."""
+    path = files.export_file(tmp_path, batch=1)
+    out = tmp_path / "out"
+    report = run_export(ExportConfig(str(path), output=str(out), target="torch",
+                                     exporter="legacy", lowering="gather", threads=1))  # fmt: skip
+    assert report.parity["engine"]["passed"] and report.parity["engine"]["n_inputs"] == 16
