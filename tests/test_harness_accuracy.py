@@ -247,3 +247,20 @@ def test_engine_without_a_model_of_its_name(lenet):
         lambda: evaluate_accuracy({"m": model}, x, y, engines={"other": engine(path)}),
         "engines",
     )
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no "model in training mode" warning
+def test_a_torch_export_program_is_evaluated_as_the_model(lenet, tmp_path):
+    """A `.pt2` (gdws-export's own gdws.pt2 is one) refuses `.eval()`: it runs as exported."""
+    from gdws_export.runtimes.torch_program import export_program, load_program
+
+    model, x, y, _ = lenet
+    program = load_program(export_program(model, x[:2], tmp_path / "lenet.pt2"))
+    config = AttackConfig("pgd", eps=0.05, steps=3, seed=0)
+    report = evaluate_accuracy({"lenet": program}, x[:64], y[:64], attacks=[config])
+    expected = evaluate_accuracy({"lenet": model}, x[:64], y[:64], attacks=[config])
+    got, want = report.model("lenet"), expected.model("lenet")
+    assert got.clean_accuracy == want.clean_accuracy
+    assert got.attacks[0].robust_accuracy == pytest.approx(
+        want.attacks[0].robust_accuracy, abs=0.02
+    )

@@ -451,3 +451,52 @@ def test_sweep_times_the_auto_lowering_at_its_largest_batch(checkpoint_and_data,
     )  # fmt: skip
     sweep_module.sweep(load_model(checkpoint), config, (x[:8], y[:8]), work_dir=tmp_path)
     assert batches == [4, 4]  # the original and the GDWS model
+
+
+def test_cli_sweep_loads_a_torch_export_program_as_export_does(tmp_path):
+    """A user's `.pt2` (no gdws-export checkpoint, no registry architecture) sweeps, and the
+    model options are the export command's, defined once."""
+    import argparse
+
+    from gdws_export.cli import export as export_command
+
+    model, x, y = trained_lenet()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: batch},))
+    path = tmp_path / "lenet.pt2"
+    torch.export.save(program, path)
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=x[:30].numpy(), y=y[:30].numpy())
+    code = run_command(sweep_command, [
+        path, "--trust-pickle", "--mac-ratios", 0.5, "--data", data, "--threads", 1,
+        "--lowering", "gather", "--exporter", "legacy", "--eps", "0.05", "--steps", 2,
+        "--batch-sizes", 4, "--iterations", 3, "--warmup", 0, "--output-dir", tmp_path / "out",
+    ])  # fmt: skip
+    assert code == 0
+    report = read_json(tmp_path / "out" / "sweep.json")
+    assert [row.setting for row in report.rows][-1] == "mac_ratio=0.5"
+    assert all(0 <= row.clean_accuracy <= 1 for row in report.rows)
+
+    def model_options(module) -> list[str]:
+        parser = argparse.ArgumentParser()
+        module.add_parser(parser.add_subparsers())
+        sub = next(iter(parser._subparsers._group_actions[0].choices.values()))
+        group = next(g for g in sub._action_groups if g.title == "model")
+        return [a.dest for a in group._group_actions]
+
+    assert model_options(sweep_command) == model_options(export_command)
+    assert "trust_pickle" in model_options(sweep_command)
+
+
+def test_cli_sweep_refuses_a_program_with_a_fixed_batch_in_one_line(tmp_path):
+    from gdws_export.errors import UnsupportedModelError
+
+    model, x, y = trained_lenet()
+    path = tmp_path / "static.pt2"
+    torch.export.save(torch.export.export(model, (x[:1],)), path)
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=x[:8].numpy(), y=y[:8].numpy())
+    with pytest.raises(UnsupportedModelError, match="fixes the batch size to 1; the sweep runs"):
+        run_command(sweep_command, [path, "--trust-pickle", "--mac-ratios", 0.5, "--data", data,
+                                    "--output-dir", tmp_path / "out"])  # fmt: skip
+    assert not (tmp_path / "out").exists()

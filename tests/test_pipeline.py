@@ -496,7 +496,7 @@ def test_torch_target_runs_the_program(ckpt, tmp_path):
     out = tmp_path / "out"
     assert report.files["engine"] == "gdws.pt2"
     assert report.files["engine_settings"] == "gdws.fp32.torch.json"
-    assert report.parity["engine"]["passed"]  # the program vs the GDWS model in PyTorch
+    assert report.parity["engine"]["passed"]  # the program vs gdws.onnx
     x = files.images(3).numpy()
     with (
         TorchRunner.from_settings(out / "gdws.fp32.torch.json") as program,

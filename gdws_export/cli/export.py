@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from fractions import Fraction
-from typing import TextIO
+from typing import Any, TextIO
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.limits import MAX_BATCH
@@ -74,7 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _model_options(parser)
+    add_model_options(parser)
     _gdws_options(parser)
     _export_options(parser)
     _engine_options(parser)
@@ -83,10 +83,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
-    """The "model" options."""
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The "model" options: which file and how to load it (`export` and `sweep` share them;
+    `model_settings` reads them back)."""
     model = parser.add_argument_group("model")
-    model.add_argument("model", metavar="MODEL", help="the model file (see above)")
+    model.add_argument(
+        "model",
+        metavar="MODEL",
+        help="the model file: a gdws-export checkpoint, a state_dict (with --arch), a "
+        "TorchScript archive, a torch.export program (.pt2), or a pickled nn.Module "
+        "(with --trust-pickle)",
+    )
     model.add_argument(
         "--arch",
         metavar="NAME",
@@ -395,6 +402,15 @@ def _general_options(parser: argparse.ArgumentParser) -> None:
     general.add_argument("--version", action="version", version=version_text())
 
 
+def model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ExportConfig fields the "model" options set (see `add_model_options`)."""
+    return dict(
+        model=str(args.model), arch=args.arch, num_classes=args.num_classes,
+        arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
+        input_shape=args.input_shape, mean=args.mean, std=args.std,
+    )  # fmt: skip
+
+
 def config_from_args(args: argparse.Namespace) -> ExportConfig:
     """The ExportConfig for parsed arguments (validated later by `resolved()`)."""
     for option, value in (("--calib-samples", args.calib_samples),
@@ -403,9 +419,7 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
             raise InvalidInputError(f"{option} needs --calib (the data it counts samples of)")
     held_out = DEFAULT_HELD_OUT if args.held_out_samples is None else args.held_out_samples
     return ExportConfig(
-        model=args.model, output=args.output, arch=args.arch, num_classes=args.num_classes,
-        arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
-        input_shape=args.input_shape, mean=args.mean, std=args.std, target=args.target,
+        **model_settings(args), output=args.output, target=args.target,
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
         time_ratio=args.time_ratio, max_layer_error=args.max_layer_error,
         max_robust_drop=args.max_robust_drop, min_speedup=args.min_speedup,

@@ -15,9 +15,10 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gdws_export.attacks import AttackConfig
-from gdws_export.errors import InvalidInputError
+from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.harness.accuracy import DEFAULT_BATCH_SIZE, SquareConfig
 from gdws_export.harness.measure_choice import MIN_HELD_OUT
 from gdws_export.harness.report import write_sweep
@@ -30,6 +31,9 @@ from gdws_export.harness.sweep import sweep
 from gdws_export.harness.sweep_report import SweepConfig, parse_settings
 from gdws_export.pipeline.config import AUTO_CALIB_SAMPLES, DEFAULT_CALIB_SAMPLES, DEFAULT_HELD_OUT
 from gdws_export.pipeline.outputs import check_output_folder, ensure_output_folder
+
+if TYPE_CHECKING:
+    from torch import nn
 
 NAME = "sweep"
 
@@ -46,7 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Pareto-optimal settings and a plot of robust accuracy against images/s."
         ),
     )
-    parser.add_argument("model", type=Path, help="checkpoint saved by gdws-export (model.pt)")
+    from gdws_export.cli.export import add_model_options
+
+    add_model_options(parser)  # loaded as `gdws-export export` loads it
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--betas", type=float, nargs="+", help="per-layer error bounds (LEGO)")
     which.add_argument(
@@ -138,15 +144,14 @@ def run(args: argparse.Namespace) -> int:
     from gdws_export.gdws.calibration import calibrated_gains
     from gdws_export.gdws.sensitivity import load_alphas, load_input_moments
     from gdws_export.harness.data import load_dataset
-    from gdws_export.models import load_model
+    from gdws_export.pipeline.model import match_alpha_names
 
     config = config_from_args(args)  # settings first: bad flags fail before any loading
     check_output_folder(args.output_dir, "--output-dir")
-    model = load_model(args.model)
-    num_classes = getattr(model, "arch_kwargs", {}).get("num_classes")
+    model, shape, num_classes = load_model_from_args(args)
     x, y = load_dataset(
         args.data, split=args.split, limit=args.limit, num_classes=num_classes,
-        input_shape=getattr(model, "input_shape", None),
+        input_shape=shape,
     )  # fmt: skip
     choose = (args.calib is not None and args.alphas is None and args.held_out_samples > 0
               and any(s.beta is None for s in config.settings))  # fmt: skip
@@ -155,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         samples = args.calib_samples or (AUTO_CALIB_SAMPLES if choose else DEFAULT_CALIB_SAMPLES)
         x_calib, y_calib = load_dataset(
             args.calib, split="train", limit=samples + (args.held_out_samples if choose else 0),
-            num_classes=num_classes, input_shape=getattr(model, "input_shape", None),
+            num_classes=num_classes, input_shape=shape,
         )  # fmt: skip
         calibration = (x_calib[:samples], y_calib[:samples])
         if choose:
@@ -167,7 +172,10 @@ def run(args: argparse.Namespace) -> int:
             choose, held_out = False, None
     alphas = moments = measures = None
     if args.alphas is not None:
-        alphas, moments = load_alphas(args.alphas), load_input_moments(args.alphas)
+        alphas = match_alpha_names(load_alphas(args.alphas), model, args.alphas)
+        moments = load_input_moments(args.alphas)
+        if moments is not None:
+            moments = match_alpha_names(moments, model, args.alphas)
     elif choose:  # gdws-export's default --sensitivity auto
         x_fit, y_fit = calibration
         measures = {"none": None, "calibrated": calibrated_gains(
@@ -187,6 +195,28 @@ def run(args: argparse.Namespace) -> int:
     print(f"Pareto-optimal: {', '.join(report.pareto_settings)}")
     print(f"Wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
     return 0
+
+
+def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...], int]:
+    """(model, (C, H, W), classes) of the model options, loaded as `export` loads them
+    (--mean/--std baked in).
+
+    Raises:
+        UnsupportedModelError: a program whose batch is fixed (the sweep runs batches).
+    """
+    from gdws_export.cli.export import model_settings
+    from gdws_export.pipeline.config import ExportConfig
+    from gdws_export.pipeline.model import check_forward, load_configured_model, prepare_model
+
+    settings = ExportConfig(**model_settings(args)).resolved()
+    loaded = load_configured_model(settings)
+    if loaded.fixed_batch is not None:
+        raise UnsupportedModelError(
+            f"{loaded.path} fixes the batch size to {loaded.fixed_batch}; the sweep runs "
+            "batches of several sizes: export it again with a dynamic batch"
+        )
+    model, shape, _ = prepare_model(loaded, settings)
+    return model, tuple(shape), check_forward(model, shape, None)
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:

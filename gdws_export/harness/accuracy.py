@@ -204,7 +204,9 @@ def evaluate_accuracy(
 
     Args:
         models: name -> PyTorch model taking [0, 1] images; evaluated in eval mode (each
-            model's train/eval flags are restored afterwards).
+            model's train/eval flags are restored afterwards). A `torch.export` program
+            (`ExportedProgram`, e.g. a loaded `gdws.pt2`) is run as its `.module()`, in the
+            mode it was exported in.
         x: images, float (N, C, H, W) in [0, 1] (from `load_dataset`).
         y: int64 labels (N,).
         attacks: white-box attacks run on each PyTorch model (AttackConfig("none") for clean
@@ -225,6 +227,8 @@ def evaluate_accuracy(
         ...     engines={"gdws": OrtRunner("gdws.onnx")})  # doctest: +SKIP
     """
     engines = dict(engines or {})
+    if isinstance(models, Mapping):
+        models = {name: as_module(model) for name, model in models.items()}
     _check_arguments(models, x, y, attacks, engines, batch_size)
     report = AccuracyReport(data=data, samples=int(x.shape[0]), batch_size=batch_size)
     with contextlib.ExitStack() as stack:
@@ -428,11 +432,27 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
+def as_module(model: object) -> object:
+    """A `torch.export` program's runnable module (`.module()`); anything else as it is."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return model.module()
+    return model
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode for the evaluation; each submodule's own flag is restored afterwards."""
+    """Eval mode for the evaluation; each submodule's own flag is restored afterwards.
+
+    The module of a torch.export program refuses `.eval()`: its graph is fixed in the mode
+    it was exported in (eval, for the programs gdws-export writes), so it runs as it is, its
+    flags set to say so (the attacks warn about a model in training mode).
+    """
     modes = [(module, module.training) for module in model.modules()]
-    model.eval()
+    try:
+        model.eval()
+    except NotImplementedError:  # torch.export's module: "Calling eval() is not supported"
+        for module, _ in modes:
+            module.training = False
     try:
         yield
     finally:

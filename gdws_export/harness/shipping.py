@@ -1,13 +1,13 @@
 """Export one model for a runtime and build it: the path the sweep and the paper table share.
 
 The auto lowering may find that a layer's original conv runs faster than any GDWS form and
-ship it; `put_back_originals` then puts those convs back into the PyTorch model, so accuracy is
-measured (and attacked) on the model that ships.
+ship it; `put_back_originals` (`gdws_export.lowering.lower`, the one place that does it) then
+puts those convs back into the PyTorch model, so accuracy is measured (and attacked) on the
+model that ships.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gdws_export.gdws.selection import replace_module
+from gdws_export.lowering.lower import put_back_originals
 from gdws_export.runtimes.build import BuildResult
 
 
@@ -101,15 +101,8 @@ def export_and_build(
         exported.onnx_path, target=target, precision=precision,
         threads=threads if target == "ort" else None, calibration=calibration, **options,
     )  # fmt: skip
-    kept = [layer.name for layer in exported.layers if layer.form == "dense"]
-    original_layers = kept if original is not None else []
+    original_layers = exported.dense_layers if original is not None else []
     return Shipped(Path(exported.onnx_path), built, original_layers, dict(exported.forms))
-
-
-def put_back_originals(model: nn.Module, original: nn.Module, layers: list[str]) -> None:
-    """Put `original`'s convs back into `model` at `layers` (in place): what ships."""
-    for name in layers:
-        replace_module(model, name, copy.deepcopy(original.get_submodule(name)))
 
 
 __all__ = ["Shipped", "export_and_build", "put_back_originals"]

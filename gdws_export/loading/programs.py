@@ -8,6 +8,7 @@ original module's name ("features.0"), so alphas computed on the eager model sti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from gdws_export.loading.detect import first_line
 
 SAMPLE_BATCH = 2  # torch.export specializes batch sizes 0 and 1
 _SHOWN = 4
+# GraphModule.meta key: (min, max or None) of a program's dynamic batch, which its graph keeps
+# checking; a re-export (`--target torch`) must declare the same range or torch.export fails.
+BATCH_RANGE = "gdws_export_batch_range"
 
 
 @dataclass
@@ -86,12 +90,37 @@ def program_module(program, file: Path, shape: tuple[int, int, int] | None) -> P
     exported = program.module()
     # A plain GraphModule: the exported wrapper refuses train()/eval(), which approximate uses.
     module = torch.fx.GraphModule(exported, exported.graph)
+    if fixed_batch is None:
+        module.meta[BATCH_RANGE] = _dim_range(program, dims[0])
     converted = convert_convs(module)
     shown = ", ".join(converted[:_SHOWN]) + (", ..." if len(converted) > _SHOWN else "")
     notes = [f"{len(converted)} conv(s) made editable modules ({shown or 'none'})"]
     if fixed_batch is not None:
         notes.append("the program fixes the batch size to 1: exported with a static batch")
     return ProgramModule(module.eval(), shape or recorded, fixed_batch, notes)
+
+
+def batch_range(model: nn.Module) -> tuple[int, int | None]:
+    """(min, max) batch sizes `model` accepts: the tightest range of the programs in it
+    (max None: unbounded); (0, None) for a model holding none."""
+    low, high = 0, None
+    for module in model.modules():
+        if not isinstance(module, torch.fx.GraphModule) or BATCH_RANGE not in module.meta:
+            continue
+        found_low, found_high = module.meta[BATCH_RANGE]
+        low = max(low, found_low)
+        if found_high is not None:
+            high = found_high if high is None else min(high, found_high)
+    return low, high
+
+
+def _dim_range(program, dim) -> tuple[int, int | None]:
+    """(min, max) of a symbolic input size in `program` (max None: unbounded)."""
+    bounds = program.range_constraints.get(dim.node.expr)
+    if bounds is None:
+        return 0, None
+    upper = float(bounds.upper)
+    return int(bounds.lower), None if math.isinf(upper) else int(upper)
 
 
 def convert_convs(module: torch.fx.GraphModule) -> list[str]:

@@ -82,4 +82,15 @@ def lower_model(
     return lowered
 
 
-__all__ = ["gdws_layers", "lower_model"]
+def put_back_originals(model: nn.Module, original: nn.Module, layers: list[str]) -> None:
+    """Put `original`'s convs back into `model` at `layers` (in place).
+
+    The one place a shipped PyTorch model is made: the layers an export shipped as their
+    original conv ("dense" with the original given) hold that conv again, so what PyTorch
+    runs, attacks and saves (`--target torch`) is what the ONNX graph computes.
+    """
+    for name in layers:
+        set_submodule(model, name, copy.deepcopy(original.get_submodule(name)))
+
+
+__all__ = ["gdws_layers", "lower_model", "put_back_originals"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -25,7 +26,7 @@ from gdws_export.lowering.auto import (
 from gdws_export.lowering.export import EXPORTERS, default_opset, export_model
 from gdws_export.lowering.fold import find_fold_sites
 from gdws_export.lowering.forms import fold_slots, is_form
-from gdws_export.lowering.lower import gdws_layers, lower_model
+from gdws_export.lowering.lower import gdws_layers, lower_model, put_back_originals
 from gdws_export.lowering.metadata import write_metadata
 from gdws_export.lowering.parity import DEFAULT_TOLERANCE, ParityReport, check_parity
 from gdws_export.lowering.simplify import simplify_model
@@ -99,6 +100,12 @@ class ExportResult:
     def forms(self) -> dict[str, str]:
         """Layer name -> form shipped."""
         return {layer.name: layer.form for layer in self.layers}
+
+    @property
+    def dense_layers(self) -> list[str]:
+        """Layers shipped as one ordinary conv: the original conv where `export_onnx` got the
+        original model (see `lower.put_back_originals`), else the GDWS weights made dense."""
+        return [layer.name for layer in self.layers if layer.form == "dense"]
 
     @property
     def macs(self) -> dict[str, int]:
@@ -235,8 +242,11 @@ def export_onnx(
         seconds["choose"] = time.perf_counter() - clock
 
         lowered = lower_model(model, forms, sites=sites, originals=originals, align=align)
-        restored = {n: "dense" for n, f in forms.items() if f == "dense" and n in originals}
-        reference = lower_model(model, restored, originals=originals) if restored else model
+        restored = [n for n, f in forms.items() if f == "dense" and n in originals]
+        reference = model
+        if restored:  # the graph computes the original conv there: check against that
+            reference = copy.deepcopy(model)
+            put_back_originals(reference, original, restored)
         proto = export_model(
             lowered, example, exporter=exporter, opset=opset, dynamic_batch=dynamic_batch
         )

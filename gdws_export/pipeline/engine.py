@@ -3,7 +3,8 @@
 The ONNX graph was already checked against PyTorch by the lowering; here the engine (the
 ONNX Runtime model file with its session settings, the TensorRT engine, or the torch.export
 program with its settings) is run on the same inputs as a reference runner: ONNX Runtime on
-the source graph, or PyTorch on the model for the torch target. FP32 engines must match
+the ONNX graph it was made from, or for the torch target on the ONNX graph its program must
+compute (`gdws.onnx`, whose per-layer decisions the program applies). FP32 engines must match
 (ParityError otherwise); FP16/INT8 figures are reported, with a warning when they miss the
 looser bound.
 """

@@ -8,12 +8,20 @@ from torch import nn
 from gdws_export.errors import InvalidInputError, UnsupportedModelError, shown
 from gdws_export.gdws.conv import is_depthwise
 from gdws_export.gdws.selection import count_macs, count_params, find_convs
-from gdws_export.loading import LoadedModel
+from gdws_export.loading import LoadedModel, load_model_file
 from gdws_export.loading.detect import first_line
 from gdws_export.models.layers import Normalize
 from gdws_export.pipeline.config import ExportConfig
 
 _SHOWN = 4  # layer names a message lists
+
+
+def load_configured_model(cfg: ExportConfig) -> LoadedModel:
+    """The model file `cfg` names, loaded as its model options say (export and sweep)."""
+    return load_model_file(
+        cfg.model, arch=cfg.arch, num_classes=cfg.num_classes, arch_kwargs=cfg.arch_kwargs,
+        trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape,
+    )  # fmt: skip
 
 
 def prepare_model(loaded: LoadedModel, cfg: ExportConfig):

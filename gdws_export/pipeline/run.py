@@ -28,7 +28,7 @@ from gdws_export.gdws.activations import activation_gains, input_moments, relati
 from gdws_export.gdws.approximate import NOT_RUN, ApproximationReport, approximate
 from gdws_export.gdws.calibration import calibrated_gains
 from gdws_export.gdws.refit import RefitReport, refit_pointwise
-from gdws_export.gdws.selection import count_params, replace_module
+from gdws_export.gdws.selection import count_params
 from gdws_export.gdws.sensitivity import (
     load_alphas,
     load_input_moments,
@@ -50,12 +50,14 @@ from gdws_export.limits import (
     estimate_model_memory,
     input_bytes,
 )
-from gdws_export.loading import LoadedModel, load_model_file
+from gdws_export.loading import LoadedModel
+from gdws_export.lowering.lower import put_back_originals
 from gdws_export.pipeline.config import DEFAULT_ALPHA_EPS, ExportConfig
 from gdws_export.pipeline.engine import EngineCheck, check_engine, relocate_build
 from gdws_export.pipeline.model import (
     check_forward,
     count_macs_params,
+    load_configured_model,
     match_alpha_names,
     match_layer_patterns,
     no_replacement_reason,
@@ -203,6 +205,8 @@ class _State:
     def __init__(self, loaded: LoadedModel, model: nn.Module, shape: tuple[int, int, int]):
         self.loaded, self.model, self.shape = loaded, model, shape
         self.gdws_model: nn.Module | None = None
+        # what ships: gdws_model with the convs gdws.onnx keeps put back (set on export)
+        self.shipped_model: nn.Module | None = None
         self.data: tuple[torch.Tensor, torch.Tensor] | None = None
         self.held_out: tuple[torch.Tensor, torch.Tensor] | None = None  # sensitivity "auto"
         self.alphas: _Alphas | None = None
@@ -214,10 +218,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
     """Load, prepare, alphas, approximate: everything `--dry-run` shows."""
     _check_memory_before_loading(cfg)
     with clock("load"):
-        loaded = load_model_file(
-            cfg.model, arch=cfg.arch, num_classes=cfg.num_classes, arch_kwargs=cfg.arch_kwargs,
-            trust_pickle=cfg.trust_pickle, input_shape=cfg.input_shape,
-        )  # fmt: skip
+        loaded = load_configured_model(cfg)
     if cfg.alpha_eps is None:  # the threat model the checkpoint was trained for, if it says
         cfg.alpha_eps = loaded.trained_eps or DEFAULT_ALPHA_EPS
         if cfg.calib is not None:  # only the attacks on calibration data use it
@@ -535,6 +536,7 @@ def _export_graphs(cfg, report, state: _State, out: Path, clock, dynamic, batch,
         original = export_onnx(state.model, path=out / "original.onnx", lowering="gather", **common)
     _take_export(report, "original", original, out)
     if state.gdws_model is None:
+        state.shipped_model = state.model
         return out / "original.onnx"
     with clock("export_gdws", f" (lowering {cfg.lowering})"):
         gdws = export_onnx(
@@ -545,11 +547,11 @@ def _export_graphs(cfg, report, state: _State, out: Path, clock, dynamic, batch,
     if gdws.network_plan == "dense":  # `auto` timed the GDWS graph no faster than the original
         report.original_ships = gdws.speed_check
     report.macs["shipped"] = report.macs["original"] - gdws.macs["original"] + gdws.macs["shipped"]
-    kept = [layer.name for layer in gdws.layers if layer.form == "dense"]
+    kept = gdws.dense_layers
+    state.shipped_model = state.gdws_model
     if kept:  # the original conv was faster there: what ships is the model with those convs
-        shipped = copy.deepcopy(state.gdws_model)
-        for name in kept:
-            replace_module(shipped, name, copy.deepcopy(state.model.get_submodule(name)))
+        shipped = state.shipped_model = copy.deepcopy(state.gdws_model)
+        put_back_originals(shipped, state.model, kept)
         report.params["shipped"] = count_params(shipped)
         figures = _approximation_figures(state.model, shipped, state, cfg)
         report.parity["approximation"] = {**figures, "original_convs_kept": kept}
@@ -557,16 +559,19 @@ def _export_graphs(cfg, report, state: _State, out: Path, clock, dynamic, batch,
 
 
 def _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, profile, inputs):
-    """Build the engine from `source` and run it against its reference (see engine.py)."""
+    """Build the engine from `source` and run it against its reference (see engine.py): the
+    ONNX graph, for every target, so the torch target's program is held to what it ships."""
     from gdws_export.runtimes.build import build
+    from gdws_export.runtimes.onnxruntime import OrtRunner
 
-    engine_model = state.gdws_model if state.gdws_model is not None else state.model
+    graph = source
     if cfg.target == "torch":  # the torch target runs a torch.export program, not ONNX
         from gdws_export.runtimes.torch_program import export_program
 
         with clock("export_program"):
             example = torch.rand(2 if dynamic else batch, *state.shape)
-            source = export_program(engine_model, example, source.with_suffix(".pt2"),
+            # gdws.onnx's per-layer decisions applied: the program computes what the graph does
+            source = export_program(state.shipped_model, example, source.with_suffix(".pt2"),
                                     dynamic_batch=dynamic)  # fmt: skip
     options = {
         "ort": {"threads": cfg.threads},
@@ -585,16 +590,10 @@ def _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, pro
     report.warnings += built.warnings
     report.files["engine"] = built.engine_path
     report.files["engine_settings"] = built.settings_path
-    if cfg.target == "torch":
-        from gdws_export.runtimes.torch_runner import TorchRunner
-
-        reference = TorchRunner(engine_model, threads=cfg.threads)
-        reference_name = "the model in PyTorch"
-    else:
-        from gdws_export.runtimes.onnxruntime import OrtRunner
-
-        reference = OrtRunner(os.fspath(source))
-        reference_name = f"its ONNX graph {source.name} on ONNX Runtime"
+    # ONNX Runtime runs a fixed-batch graph in its own batches, which a fixed-batch model in
+    # PyTorch cannot be asked to do
+    reference = OrtRunner(os.fspath(graph))
+    reference_name = f"its ONNX graph {graph.name} on ONNX Runtime"
     with clock("check_engine"):
         state.engine = check_engine(
             out / built.engine_path, out / built.settings_path, reference, inputs,

@@ -87,7 +87,9 @@ def export_program(
             restored afterwards.
         example: an input batch (tensor), or its (C, H, W) shape for a random one.
         path: the `.pt2` file to write (atomically).
-        dynamic_batch: make the batch axis symbolic; False fixes it to `example`'s batch.
+        dynamic_batch: make the batch axis symbolic; False fixes it to `example`'s batch. A
+            model made from a program with a bounded batch (`Dim("batch", max=1024)`) keeps
+            those bounds (`loading.programs.batch_range`).
 
     Returns:
         The path written.
@@ -100,11 +102,19 @@ def export_program(
     path = Path(path)
     if path.suffix != PROGRAM_SUFFIX:
         raise InvalidInputError(f"a torch.export program is saved as {PROGRAM_SUFFIX}, got {path}")
+    from gdws_export.loading.programs import batch_range
+
     if not isinstance(example, torch.Tensor):
         example = torch.rand(2, *tuple(example))
-    if dynamic_batch and example.shape[0] < 2:
-        example = torch.cat([example, example])  # torch.export specializes sizes 0 and 1
-    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
+    dynamic_shapes = None
+    if dynamic_batch:
+        low, high = batch_range(model)
+        least = max(2, low)  # torch.export specializes sizes 0 and 1
+        if len(example) < least or (high is not None and len(example) > high):
+            size = least if high is None else min(least, high)
+            example = example[torch.arange(size) % len(example)]
+        batch = torch.export.Dim("batch", min=low or None, max=high)
+        dynamic_shapes = ({0: batch},)
     was_training = model.training
     model.eval()
     try:
