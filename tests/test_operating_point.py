@@ -206,7 +206,7 @@ def test_small_search_end_to_end(tmp_path):
     config = ExportConfig(str(path), output=str(tmp_path / "out"), calib=str(calib),
                           calib_samples=96, held_out_samples=64, sensitivity="none",
                           max_robust_drop=2.0, exporter="legacy", lowering="gather",
-                          dry_run=True)  # fmt: skip
+                          threads=1)  # fmt: skip
     report = run_export(config)
     search = report.search
     assert search["held_out"] == 64 and len(search["probes"]) == 4
@@ -221,6 +221,21 @@ def test_small_search_end_to_end(tmp_path):
     else:
         assert search["chosen"] is None and report.approximation is None
     assert "## Operating point" in report.to_markdown()
+    assert (tmp_path / "out" / "search.png").read_bytes().startswith(b"\x89PNG")
+    # What ships, measured on the engines: the same held-out images, attacked in PyTorch and
+    # replayed on original.onnx and on the shipped engine.
+    accuracy = {m["name"]: m for m in report.held_out_accuracy["models"]}
+    assert set(accuracy) == {"original", "shipped"}
+    for model in accuracy.values():
+        assert model["samples"] == 64 and model["engine_clean_accuracy"] is not None
+        (attack,) = model["attacks"]
+        assert attack["engine_accuracy"] is not None and attack["steps"] == 10
+    original = accuracy["original"]["attacks"][0]["robust_accuracy"]
+    assert original == pytest.approx(search["original"]["robust"])  # the same paired attack
+    if search["chosen"] is not None:  # gather ships every GDWS layer: the probe's model
+        shipped = accuracy["shipped"]["attacks"][0]["robust_accuracy"]
+        assert shipped == pytest.approx(search["probes"][search["chosen"]]["robust"])
+    assert "## Accuracy on the held-out images" in report.to_markdown()
 
 
 # --- the other way round: --min-speedup -------------------------------------------------------

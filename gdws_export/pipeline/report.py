@@ -25,6 +25,11 @@ bumps `schema_version`. The fields of "report":
   original's accuracies, every probe (MAC ratio, measure, clean and robust accuracy, paired
   drop with its 95 % interval, verdict), the probe shipped (its index, null for the original)
   and why; else null.
+- `held_out_accuracy`: with held-out `calib` images (the search or `--sensitivity auto`),
+  `AccuracyReport.to_dict()` of the original and the shipped model on them: clean and
+  white-box robust accuracy in PyTorch (the attack that judged the candidates) and the same
+  adversarial images replayed on each engine (original.onnx on ONNX Runtime, the shipped
+  engine); else null.
 - `refit`: `RefitReport.to_dict()` when the 1x1 convs were refit on the calibration data
   (inputs, ridge, per layer the relative output error before and after), else null.
 - `exports`: "original" and "gdws": the lowering's `ExportResult.to_dict()` (forms, timings).
@@ -72,6 +77,7 @@ class ExportReport:
     refit: dict[str, Any] | None = None
     sensitivity_choice: dict[str, Any] | None = None
     search: dict[str, Any] | None = None
+    held_out_accuracy: dict[str, Any] | None = None
     exports: dict[str, dict[str, Any]] = field(default_factory=dict)
     build: dict[str, Any] | None = None
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -208,6 +214,8 @@ class ExportReport:
             lines += ["", "## Sensitivity choice", "", _choice_text(self.sensitivity_choice)]
         if self.search:
             lines += ["", "## Operating point", "", _search_text(self.search)]
+        if self.held_out_accuracy:
+            lines += ["", _held_out_text(self.held_out_accuracy)]
         if self.refit:
             lines += [
                 "",
@@ -331,3 +339,11 @@ def _search_text(search: dict) -> str:
             f"| {verdict} {speed}| {'yes' if index == chosen else ''} |"
         )
     return "\n".join(lines)
+
+
+def _held_out_text(accuracy: dict) -> str:
+    """The original's and the shipped engine's accuracy on the held-out images."""
+    from gdws_export.harness.accuracy import AccuracyReport
+
+    table = AccuracyReport.from_dict(accuracy).to_markdown()
+    return table.replace("## Accuracy", "## Accuracy on the held-out images", 1).rstrip("\n")

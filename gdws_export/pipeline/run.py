@@ -84,6 +84,7 @@ STAGES = {
     "refit": "refitting the 1x1 convs on the calibration data",
     "choose": "choosing the sensitivity on held-out calibration images",
     "search": "judging a candidate on held-out calibration images",
+    "held_out": "measuring the original and the shipped engine on held-out images",
     "export_original": "exporting the original ONNX graph",
     "export_gdws": "exporting the GDWS ONNX graph",
     "export_program": "saving the torch.export program",
@@ -153,6 +154,8 @@ def run_export(
         report, state = _plan(cfg, clock, show_bars)
         report.warnings += staged.notes + (triton.notes if triton is not None else [])
         _export_and_build(cfg, report, state, staged.path, clock)
+        if state.held_out is not None and len(state.held_out[0]):
+            _held_out_accuracy(cfg, report, state, staged.path, clock)
         if triton is not None:
             report.triton = state.engine.write_triton(triton.path, cfg.triton_name)
             report.triton["model_dir"] = os.fspath(triton_dir)
@@ -374,7 +377,7 @@ def _choose(cfg: ExportConfig, built: dict[str, _Candidate], state: _State, repo
             {m: c.model for m, c in built.items()}, x, y,
             selection_attack(cfg.alpha_eps, seed=cfg.seed),
             build_seconds={m: c.seconds for m, c in built.items()},
-            batch_size=state.loaded.fixed_batch or 128,
+            batch_size=_attack_batch(state),
         )  # fmt: skip
     report.sensitivity_choice = choice.to_dict()
     return choice.chosen
@@ -393,7 +396,7 @@ def _search(cfg: ExportConfig, state: _State, report, clock, show_bars) -> _Cand
             "needed): pass more images, a smaller --calib-samples, or a fixed --mac-ratio"
         )
     attack = selection_attack(cfg.alpha_eps, seed=cfg.seed)
-    batch = state.loaded.fixed_batch or 128
+    batch = _attack_batch(state)
     with clock("search", f" (the original, {attack.describe()}, {len(x)} images)"):
         original_clean, original = judge(state.model, x, y, attack, batch)
     measures = AUTO_MEASURES if cfg.sensitivity == "auto" else (cfg.sensitivity,)
@@ -490,6 +493,36 @@ class _ProbeTimer:
         timed = benchmark(runners, batch_sizes=(self.batch,), duration_s=PROBE_TIMING_S,
                           reference="original")  # fmt: skip
         return round(float(timed.speedup("probe", self.batch)), 3)
+
+
+def _attack_batch(state: _State) -> int:
+    """Images per attack batch on held-out images: the same everywhere, so the same model and
+    images get the same adversarial images (each batch draws its own random start)."""
+    return state.loaded.fixed_batch or 128
+
+
+def _held_out_accuracy(cfg, report: ExportReport, state: _State, out: Path, clock) -> None:
+    """Clean and robust accuracy of the original and of what ships, on the held-out images:
+    the attack that judged the candidates, white-box on each PyTorch model, and its images
+    replayed on each engine (original.onnx on ONNX Runtime; the shipped engine), so the
+    report says what the engine keeps, not only what PyTorch measured."""
+    from gdws_export.harness.accuracy import evaluate_accuracy
+    from gdws_export.runtimes.build import open_runner
+    from gdws_export.runtimes.onnxruntime import OrtRunner
+
+    x, y = state.held_out
+    attack = selection_attack(cfg.alpha_eps, seed=cfg.seed)
+    engines = {
+        "original": OrtRunner(os.fspath(out / "original.onnx"), threads=cfg.threads),
+        "shipped": open_runner(cfg.target, out / report.files["engine"],
+                               out / report.files["engine_settings"]),
+    }  # fmt: skip
+    models = {"original": state.model, "shipped": state.shipped_model or state.model}
+    with clock("held_out", f" ({len(x)} images, {attack.describe()}, replayed on the engines)"):
+        accuracy = evaluate_accuracy(models, x, y, attacks=[attack], engines=engines,
+                                     batch_size=_attack_batch(state),
+                                     data=f"{cfg.calib} (held-out images)")  # fmt: skip
+    report.held_out_accuracy = accuracy.to_dict()
 
 
 def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock) -> None:
