@@ -125,8 +125,18 @@ def test_ort_export_writes_a_complete_directory(ckpt, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["original.onnx", "gdws.onnx", "gdws.fp32.ort.onnx", "gdws.fp32.ort.json",
          "alphas.pt", "report.json", "report.md",  # alphas: the default relative ones
+         "shipped.pt2",  # the engine's PyTorch twin
          ".gdws-export"]  # the marker that lets a later --force replace the folder
     )  # fmt: skip
+    # The twin computes what the engine does (the parity inputs the export checked).
+    from gdws_export.runtimes.torch_program import load_program
+
+    twin = load_program(out / "shipped.pt2").module()
+    x = torch.rand(4, *files.SHAPE)
+    engine = OrtRunner(str(out / "gdws.fp32.ort.onnx"))
+    with engine:
+        (logits,) = engine.infer({engine.inputs()[0].name: x.numpy()}).values()
+    np.testing.assert_allclose(twin(x).detach().numpy(), logits, rtol=1e-4, atol=1e-4)
     assert _leftovers(tmp_path) == []
     assert stat.S_IMODE(os.stat(out / "report.json").st_mode) & 0o044  # readable by others
     # The report: schema, figures, files, and a reload that gives the same object.

@@ -52,6 +52,8 @@ def summary(report: ExportReport) -> str:
     rows += [("onnx", report.files[k]) for k in ("original_onnx", "gdws_onnx") if k in report.files]
     if "alphas" in report.files:
         rows.append(("alphas", report.files["alphas"]))
+    if report.files.get("shipped_program") not in (None, report.files.get("engine")):
+        rows.append(("twin", report.files["shipped_program"]))
     lines += [f"  {name:<8}{out}/{path}" for name, path in rows]
     if report.triton:
         lines.append(f"  {'triton':<8}{report.triton['model_dir']} ({report.triton['platform']})")

@@ -87,7 +87,7 @@ STAGES = {
     "held_out": "measuring the original and the shipped engine on held-out images",
     "export_original": "exporting the original ONNX graph",
     "export_gdws": "exporting the GDWS ONNX graph",
-    "export_program": "saving the torch.export program",
+    "export_program": "saving what ships as a torch.export program",
     "build": "building the engine",
     "check_engine": "checking the engine against its source",
 }
@@ -596,16 +596,20 @@ def _build_and_check(cfg, report, state, out, clock, source, dynamic, batch, pro
     ONNX graph, for every target, so the torch target's program is held to what it ships."""
     from gdws_export.runtimes.build import build
     from gdws_export.runtimes.onnxruntime import OrtRunner
+    from gdws_export.runtimes.torch_program import export_program
 
     graph = source
-    if cfg.target == "torch":  # the torch target runs a torch.export program, not ONNX
-        from gdws_export.runtimes.torch_program import export_program
-
-        with clock("export_program"):
-            example = torch.rand(2 if dynamic else batch, *state.shape)
-            # gdws.onnx's per-layer decisions applied: the program computes what the graph does
-            source = export_program(state.shipped_model, example, source.with_suffix(".pt2"),
-                                    dynamic_batch=dynamic)  # fmt: skip
+    # What ships as a torch.export program: the torch target's engine, and for the other
+    # targets the engine's PyTorch twin (shipped.pt2), which white-box attacks and benchmarks
+    # can load to evaluate exactly what the engine computes. gdws.onnx's per-layer decisions
+    # are applied to it: the program computes what the graph does.
+    program = source.with_suffix(".pt2") if cfg.target == "torch" else out / "shipped.pt2"
+    with clock("export_program"):
+        example = torch.rand(2 if dynamic else batch, *state.shape)
+        export_program(state.shipped_model, example, program, dynamic_batch=dynamic)
+    report.files["shipped_program"] = program.name
+    if cfg.target == "torch":  # the torch target runs the program, not ONNX
+        source = program
     options = {
         "ort": {"threads": cfg.threads},
         "trt": {"batch": profile, "workspace_mib": cfg.workspace_mib,
