@@ -85,11 +85,19 @@ def judge(
 
     The same images, attack and seed give paired outcomes for different models, as the
     measure choice and the operating-point search compare them."""
+    clean, robust, _ = judge_with_images(model, x, y, attack, batch_size)
+    return clean, robust
+
+
+def judge_with_images(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackConfig, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`judge`, and the adversarial images (to replay on an engine)."""
     judged = attack_copy(model)  # the same function, attacked faster
     x_adv = attack_batched(judged, x, y, attack, batch_size)
     clean = predict_torch(judged, x, batch_size).argmax(1) == y
     robust = clean & (predict_torch(judged, x_adv, batch_size).argmax(1) == y)
-    return clean, robust
+    return clean, robust, x_adv
 
 
 def choose_measure(
@@ -145,5 +153,6 @@ __all__ = [
     "MeasureTrial",
     "choose_measure",
     "judge",
+    "judge_with_images",
     "selection_attack",
 ]
