@@ -34,3 +34,15 @@ def test_every_package_and_module_is_in_the_layout_table():
         or (p.suffix == ".py" and p.name not in ("__init__.py", "__main__.py"))
     }
     assert sorted(entries - listed) == []
+
+
+def test_the_first_screen_holds_both_commands():
+    """The main job on a bundled model and the tests, each one line a newcomer can paste; the
+    test command is the one CI runs, and the files the main command names are bundled."""
+    first_screen = (ROOT / "README.md").read_text().splitlines()[:40]
+    commands = [line for line in first_screen if line.startswith("bash scripts/setup.sh && ")]
+    assert len(commands) == 2
+    export, tests = commands
+    assert tests.split("&& ", 1)[1] in (ROOT / ".ci" / "run").read_text()
+    for path in re.findall(r"models/\S+", export):
+        assert (ROOT / path).is_file(), path
