@@ -8,7 +8,7 @@ is rewritten after every run, so an interrupted run keeps what it measured.
     PYTHONPATH=. .venv/bin/python benchmarks/conformance.py                  # everything
     PYTHONPATH=. .venv/bin/python benchmarks/conformance.py --formats pickle --runs default torch
 
-The whole matrix (14 x 5 x 7 exports) takes over an hour on a 2-core CPU.
+The whole matrix (20 x 5 x 10 runs) takes a few hours on a 2-core CPU.
 """
 
 from __future__ import annotations

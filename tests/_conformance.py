@@ -568,7 +568,14 @@ RUNS: dict[str, list[str]] = {
     "fold": ["--lowering", "fold"],
     "dense": ["--lowering", "dense"],
     "torch": ["--target", "torch"],
+    # --calib without a budget: the operating-point search, the refit and auto measure choice
+    # (a small calibration file of random images: 32 fit, 64 judge)
+    "calib": ["--calib", "{calib}", "--calib-samples", "32"],
+    # other commands on the same model file: a one-setting sweep, bench on an export's engine
+    "sweep": [],
+    "bench": ["--lowering", "gather"],
 }
+CALIB_IMAGES = 96
 COMMON = ["--threads", "1", "--force", "-q"]
 
 
@@ -600,16 +607,38 @@ def export(
 
     path, options = save(model, fmt, folder / arch / fmt)
     out = folder / arch / fmt / f"out-{run}"
+    calib = calibration_file(folder)
+    run_options = [option.format(calib=calib) for option in RUNS[run]]
+    argv = [str(path), *options, *run_options, *COMMON, *extra, "-o", str(out)]
+    if run == "sweep":  # the sweep's own options; its report stands in for the export's
+        argv = ["sweep", str(path), *options, "--mac-ratios", "0.5", "--data", str(calib),
+                "--limit", "16", "--steps", "2", "--iterations", "2", "--warmup", "0",
+                "--batch-sizes", "1", "--threads", "1", *extra, "--output-dir", str(out)]  # fmt: skip
     stderr = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        code = main([str(path), *options, *RUNS[run], *COMMON, *extra, "-o", str(out)])
+        code = main(argv)
+        if code == 0 and run == "bench":  # the engine against the original graph
+            code = main(["bench", str(out / "gdws.fp32.ort.json"), "--reference",
+                         str(out / "original.onnx"), "--iterations", "2", "--warmup", "0",
+                         "--batch-sizes", "1", "2", "--output", str(out / "bench.json")])  # fmt: skip
     seconds = time.perf_counter() - start
     report = {}
     if code == 0:
-        report = json.loads((out / "report.json").read_text())["report"]
+        name = "sweep.json" if run == "sweep" else "report.json"
+        report = json.loads((out / name).read_text())["report"]
     error = stderr.getvalue().strip().splitlines()[-1] if code and stderr.getvalue().strip() else ""
     return Outcome(arch, fmt, run, code, seconds, error, report, out, flop_macs(model))
+
+
+def calibration_file(folder: Path) -> Path:
+    """A calibration `.npz` of random images of SHAPE with labels (made once per folder)."""
+    path = folder / "calib.npz"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        np.savez(path, x=rng.random((CALIB_IMAGES, *SHAPE), dtype=np.float32),
+                 y=rng.integers(0, CLASSES, CALIB_IMAGES))  # fmt: skip
+    return path
 
 
 def flop_macs(model: nn.Module) -> int:
@@ -622,14 +651,15 @@ def flop_macs(model: nn.Module) -> int:
     return counter.get_total_flops() // 2
 
 
-def program_matches_graph(out: Path, images: int = 16) -> dict:
-    """Parity figures of the shipped `gdws.pt2` against `gdws.onnx` on the same images."""
+def program_matches_graph(out: Path, program_name: str, images: int = 16) -> dict:
+    """Parity figures of the shipped program (the torch target's `gdws.pt2`, the other
+    targets' twin `shipped.pt2`) against `gdws.onnx` on the same images."""
     from gdws_export.pipeline.engine import TOLERANCES, compare
     from gdws_export.runtimes import OrtRunner
     from gdws_export.runtimes.torch_program import load_program
 
     x = np.random.default_rng(0).random((images, *SHAPE), dtype=np.float32)
-    program = load_program(out / "gdws.pt2").module()
+    program = load_program(out / program_name).module()
     one_by_one = [x[i : i + 1] for i in range(images)]  # a static batch of 1 takes no more
     with torch.no_grad():
         shipped = np.concatenate([program(torch.from_numpy(one)).numpy() for one in one_by_one])
@@ -642,22 +672,34 @@ def check_run(outcome: Outcome) -> list[str]:
     """What is wrong with one run (empty: it conforms), MACs aside (see `macs_problem`)."""
     if outcome.code != 0:
         return [f"exit {outcome.code}: {outcome.error}"]
+    if outcome.run == "sweep":
+        rows = outcome.report.get("rows", [])
+        return [] if len(rows) == 2 else [f"the sweep reported {len(rows)} rows, not 2"]
     problems = []
+    if outcome.run == "bench" and not (outcome.out / "bench.json").is_file():
+        problems.append("bench wrote no report")
     parity = outcome.report["parity"]
     for key in ("onnx_original", "onnx_gdws", "engine"):
         if key in parity and not parity[key]["passed"]:
             problems.append(f"{key} parity failed: {parity[key]['relative_diff']:.2g}")
     if "engine" not in parity:
         problems.append("the engine was not checked")
-    if outcome.run == "torch":
-        figures = program_matches_graph(outcome.out)
+    program = outcome.report["files"].get("shipped_program")
+    if program is None:
+        problems.append("no shipped program was written")
+    elif (outcome.out / "gdws.onnx").is_file():  # the original ships alone otherwise
+        figures = program_matches_graph(outcome.out, program)
         if not figures["passed"]:
-            problems.append(f"gdws.pt2 differs from gdws.onnx: {figures['relative_diff']:.2g}")
+            problems.append(f"{program} differs from gdws.onnx: {figures['relative_diff']:.2g}")
+    if outcome.run == "calib" and outcome.report.get("search") is None:
+        problems.append("--calib without a budget did not search")
     return problems
 
 
 def macs_problem(outcome: Outcome) -> str:
     """'' when the report's original MACs equal FlopCounterMode's count, else the two."""
+    if outcome.run == "sweep":
+        return ""  # the sweep reports ratios, checked by its own tests
     reported = outcome.macs.get("original")
     if reported == outcome.flop_macs:
         return ""
