@@ -203,11 +203,15 @@ class ExportConfig:
             check_model_name(c.triton_name, "--triton-name")
         return c
 
+    def searches(self) -> bool:
+        """Whether the export searches its operating point (`--max-robust-drop`, the default
+        with `calib` and no budget, or `--min-speedup`) rather than take a fixed budget."""
+        return self.max_robust_drop is not None or self.min_speedup is not None
+
     def holds_out(self) -> bool:
         """Whether images of `calib` after the first `calib_samples` judge candidates: for
         `--sensitivity auto` or the operating-point search."""
-        searching = self.max_robust_drop is not None or self.min_speedup is not None
-        return self.gdws and (self.sensitivity == "auto" or searching)
+        return self.gdws and (self.sensitivity == "auto" or self.searches())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable settings (as given or, after `resolved()`, as used)."""

@@ -262,7 +262,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
         if cfg.time_ratio is not None:
             from gdws_export.lowering import measure_layer_costs
 
-            batch = state.loaded.fixed_batch or cfg.batch or 1
+            batch = _engine_batch(cfg, state)
             with clock("layer_costs", f" (ONNX Runtime, batch {batch})"):
                 costs = measure_layer_costs(model, shape, batch=batch, threads=cfg.threads)
             if cfg.target != "ort":
@@ -270,7 +270,7 @@ def _plan(cfg: ExportConfig, clock: _Clock, show_bars: bool) -> tuple[ExportRepo
                     f"--time-ratio priced the layers by ONNX Runtime CPU timings, not on the "
                     f"{cfg.target} target: check the engine's speed with `gdws-export bench`"
                 )
-        if cfg.max_robust_drop is not None or cfg.min_speedup is not None:
+        if cfg.searches():
             candidate = _search(cfg, state, report, clock, show_bars)
         else:
             measures = _candidate_measures(cfg, state, report)
@@ -330,7 +330,7 @@ def _build(cfg: ExportConfig, measure: str, state: _State, costs, clock, show_ba
         state.alphas_by_measure[measure] = _alphas(cfg, measure, state, clock, show_bars)
     alphas = state.alphas_by_measure[measure]
     which = f" ({measure} alphas)" if cfg.sensitivity == "auto" else ""
-    if cfg.max_robust_drop is not None:
+    if cfg.searches():
         which = f" (MAC ratio {cfg.mac_ratio:g}{', ' + measure + ' alphas' if which else ''})"
     with clock("approximate", which):
         model, approx = approximate(
@@ -399,7 +399,7 @@ def _search(cfg: ExportConfig, state: _State, report, clock, show_bars) -> _Cand
     batch = _attack_batch(state)
     with clock("search", f" (the original, {attack.describe()}, {len(x)} images)"):
         original_clean, original = judge(state.model, x, y, attack, batch)
-    measures = AUTO_MEASURES if cfg.sensitivity == "auto" else (cfg.sensitivity,)
+    measures = _candidate_measures(cfg, state, report)  # enough held-out images: checked above
     built: dict[tuple[float, str], _Candidate] = {}
     probes: list[Probe] = []
 
@@ -462,7 +462,7 @@ class _ProbeTimer:
 
     def __init__(self, cfg: ExportConfig, state: _State) -> None:
         self.cfg, self.state = cfg, state
-        self.batch = state.loaded.fixed_batch or cfg.batch or 1
+        self.batch = _engine_batch(cfg, state)
 
     def __enter__(self) -> _ProbeTimer:
         self._folder = tempfile.TemporaryDirectory(prefix="gdws-probe-")
@@ -495,6 +495,11 @@ class _ProbeTimer:
         return round(float(timed.speedup("probe", self.batch)), 3)
 
 
+def _engine_batch(cfg: ExportConfig, state: _State) -> int:
+    """The batch the engine is exported and timed at: the model's fixed batch, or --batch."""
+    return state.loaded.fixed_batch or cfg.batch or 1
+
+
 def _attack_batch(state: _State) -> int:
     """Images per attack batch on held-out images: the same everywhere, so the same model and
     images get the same adversarial images (each batch draws its own random start)."""
@@ -517,7 +522,7 @@ def _held_out_accuracy(cfg, report: ExportReport, state: _State, out: Path, cloc
         "shipped": open_runner(cfg.target, out / report.files["engine"],
                                out / report.files["engine_settings"]),
     }  # fmt: skip
-    models = {"original": state.model, "shipped": state.shipped_model or state.model}
+    models = {"original": state.model, "shipped": state.shipped_model}
     with clock("held_out", f" ({len(x)} images, {attack.describe()}, replayed on the engines)"):
         accuracy = evaluate_accuracy(models, x, y, attacks=[attack], engines=engines,
                                      batch_size=_attack_batch(state),
@@ -535,7 +540,7 @@ def _export_and_build(cfg, report: ExportReport, state: _State, out: Path, clock
         report.warnings.append(
             f"the model fixes its batch size to {fixed}: exported with that static batch"
         )
-    batch = fixed or cfg.batch or 1
+    batch = _engine_batch(cfg, state)
     if not dynamic:
         profile = (batch, batch, batch)
     else:
