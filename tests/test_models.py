@@ -11,6 +11,7 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.models import (
+    ModelArgs,
     ModelConfig,
     Normalize,
     create_model,
@@ -324,3 +325,42 @@ def test_saving_identical_weights_gives_identical_files(tmp_path):
     save_checkpoint(model, tmp_path / "a.pt")
     save_checkpoint(model, tmp_path / "b.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_register_model_takes_model_args_builders(monkeypatch):
+    from gdws_export.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # leave no test entry
+
+    def tiny(args, depth=1):
+        assert args == ModelArgs(2, 1, 4, 8, None, None) and depth == 3
+        return nn.Linear(1, 1)
+
+    register_model(ModelConfig("test_model_args", "tiny", default_width=4))(tiny)
+    model = create_model("test_model_args", num_classes=2, in_channels=1, input_size=8, depth=3)
+    assert model.arch_kwargs["depth"] == 3 and model.input_shape == (1, 8, 8)
+
+    def no_default(args, depth):
+        raise AssertionError("never called")
+
+    with pytest.raises(InvalidInputError, match="must give defaults to depth"):
+        register_model(ModelConfig("test_no_default", "bad", default_width=4))(no_default)
+
+
+BUNDLED_LOGITS = Path(__file__).parent / "data" / "bundled_checkpoint_logits.json"
+
+
+def test_bundled_checkpoints_give_their_recorded_logits():
+    # Module names are the checkpoints' state_dict keys: a refactor of the architectures must
+    # keep every bundled checkpoint loading, and computing what it computed when recorded.
+    from gdws_export.harness.data import load_dataset
+
+    recorded = json.loads(BUNDLED_LOGITS.read_text())
+    checkpoints = sorted((Path(__file__).resolve().parents[1] / "models").glob("*.pt"))
+    assert sorted(recorded) == [path.stem for path in checkpoints]
+    x, _ = load_dataset(Path(__file__).parent / "data" / "fashion_mnist_test_1k.npz", limit=4)
+    for path in checkpoints:
+        with torch.no_grad():
+            logits = load_model(path)(x)
+        expected = torch.tensor(recorded[path.stem])
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4, msg=path.stem)

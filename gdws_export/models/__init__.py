@@ -13,6 +13,7 @@ from gdws_export.models.checkpoint import (
 )
 from gdws_export.models.layers import Normalize
 from gdws_export.models.registry import (
+    ModelArgs,
     ModelConfig,
     create_model,
     list_models,
@@ -22,6 +23,7 @@ from gdws_export.models.registry import (
 )
 
 __all__ = [
+    "ModelArgs",
     "ModelConfig",
     "Normalize",
     "create_model",

@@ -1,8 +1,9 @@
 """The architecture registry: `register_model`, `create_model`, `list_models`, `load_model`.
 
 As in timm, each architecture is one builder function decorated with `register_model`, which
-records it with its `ModelConfig`. Every builder takes the same keyword arguments (those in
-`STANDARD_ARGS`), plus any extras of its own that have defaults. `create_model` resolves the
+records it with its `ModelConfig`. A builder takes the resolved standard arguments as one
+`ModelArgs` (its first parameter, named `args`) or, the older form, as the keyword arguments
+in `STANDARD_ARGS`; plus any extras of its own that have defaults. `create_model` resolves the
 defaults, validates the arguments, builds the model and records on it what is needed to save
 and re-create it:
 
@@ -59,10 +60,33 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class ModelArgs:
+    """The standard arguments of every architecture, resolved and validated by `create_model`.
+
+    Attributes:
+        num_classes: number of outputs.
+        in_channels: image channels.
+        width: base width, the channels of the first stage.
+        input_size: height and width of the square input images.
+        mean: per-channel mean applied inside the model, None for none.
+        std: per-channel std, None exactly when `mean` is.
+    """
+
+    num_classes: int
+    in_channels: int
+    width: int
+    input_size: int
+    mean: Sequence[float] | None
+    std: Sequence[float] | None
+
+
+@dataclass(frozen=True)
 class _Entry:
     config: ModelConfig
     builder: Callable[..., nn.Module]
     extra_args: tuple[str, ...]
+    # True: the builder takes one ModelArgs first; False: the STANDARD_ARGS as keywords.
+    takes_model_args: bool
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -71,31 +95,38 @@ _REGISTRY: dict[str, _Entry] = {}
 def register_model(config: ModelConfig) -> Callable[[Builder], Builder]:
     """Decorator that registers a builder function under `config.name`.
 
-    The builder must accept the keyword arguments in `STANDARD_ARGS`; any other argument it
-    takes must have a default, and becomes an extra keyword of `create_model` for it.
+    The builder's first parameter is `args: ModelArgs`, or it accepts the keyword arguments in
+    `STANDARD_ARGS` instead; any other argument it takes must have a default, and becomes an
+    extra keyword of `create_model` for it.
 
     Example:
         >>> @register_model(ModelConfig("tiny", "a tiny CNN", default_width=8))
-        ... def tiny(*, num_classes, in_channels, width, input_size, mean, std): ...
+        ... def tiny(args: ModelArgs) -> nn.Module: ...
     """
 
     def decorate(builder: Builder) -> Builder:
         if config.name in _REGISTRY:
             raise InvalidInputError(f"register_model: '{config.name}' is already registered")
         parameters = inspect.signature(builder).parameters
-        lacking = [arg for arg in STANDARD_ARGS if arg not in parameters]
+        takes_model_args = next(iter(parameters), None) == "args"
+        standard = ("args",) if takes_model_args else STANDARD_ARGS
+        lacking = [arg for arg in standard if arg not in parameters]
         no_default = [
             name
             for name, p in parameters.items()
-            if name not in STANDARD_ARGS and p.default is inspect.Parameter.empty
+            if name not in standard and p.default is inspect.Parameter.empty
         ]
-        if lacking or no_default:
+        problems = []
+        if lacking:
+            problems.append(f"accept {', '.join(lacking)} (or take `args: ModelArgs` first)")
+        if no_default:
+            problems.append(f"give defaults to {', '.join(no_default)}")
+        if problems:
             raise InvalidInputError(
-                f"register_model: builder {builder.__name__} must accept {', '.join(lacking)} "
-                f"and give defaults to {', '.join(no_default) or 'its extra arguments'}"
+                f"register_model: builder {builder.__name__} must {' and '.join(problems)}"
             )
-        extras = tuple(name for name in parameters if name not in STANDARD_ARGS)
-        _REGISTRY[config.name] = _Entry(config, builder, extras)
+        extras = tuple(name for name in parameters if name not in standard)
+        _REGISTRY[config.name] = _Entry(config, builder, extras, takes_model_args)
         return builder
 
     return decorate
@@ -185,7 +216,11 @@ def create_model(
             f"create_model({name!r}): extra arguments must be JSON-serializable, to be saved "
             f"with the checkpoint ({exc})"
         ) from exc
-    model = entry.builder(**arch_kwargs)
+    if entry.takes_model_args:
+        args = ModelArgs(num_classes, in_channels, width, input_size, mean, std)
+        model = entry.builder(args, **kwargs)
+    else:
+        model = entry.builder(**arch_kwargs)
     model.arch_name = config.name
     model.arch_kwargs = arch_kwargs
     model.input_shape = (in_channels, input_size, input_size)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gdws_export.models.layers import Normalize
-from gdws_export.models.registry import ModelConfig, register_model
+from gdws_export.models.registry import ModelArgs, ModelConfig, register_model
 
 
 def _conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
@@ -79,25 +79,17 @@ class ResNet(nn.Module):
     """ResNet for small images: 3x3 stem, four stages of widths w, 2w, 4w, 8w.
 
     `preact=True` gives the pre-activation variant: no BN-ReLU after the stem, and one BN-ReLU
-    before the global pooling. The pooling is adaptive, so any input size runs.
+    before the global pooling. The pooling is adaptive, so any input size runs
+    (`args.input_size` is not used).
     """
 
-    def __init__(
-        self,
-        blocks_per_stage: Sequence[int],
-        *,
-        preact: bool,
-        num_classes: int,
-        in_channels: int,
-        width: int,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-    ) -> None:
+    def __init__(self, blocks_per_stage: Sequence[int], args: ModelArgs, *, preact: bool) -> None:
         super().__init__()
         block = PreActBlock if preact else BasicBlock
+        width = args.width
         widths = [width * 2**i for i in range(len(blocks_per_stage))]
-        self.normalize = Normalize(mean, std)
-        self.conv1 = _conv3x3(in_channels, width)
+        self.normalize = Normalize(args.mean, args.std)
+        self.conv1 = _conv3x3(args.in_channels, width)
         # Post-activation nets normalize the stem; pre-activation nets do it in the first block.
         self.bn1 = None if preact else nn.BatchNorm2d(width)
         in_planes = width
@@ -107,7 +99,7 @@ class ResNet(nn.Module):
             in_planes = planes
         self.stages = len(widths)
         self.bn = nn.BatchNorm2d(in_planes) if preact else None
-        self.linear = nn.Linear(in_planes, num_classes)
+        self.linear = nn.Linear(in_planes, args.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.normalize(x))
@@ -128,25 +120,8 @@ class ResNet(nn.Module):
         default_width=64,
     )
 )
-def preact_resnet18(
-    *,
-    num_classes: int,
-    in_channels: int,
-    width: int,
-    input_size: int,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> nn.Module:
-    del input_size  # adaptive pooling: every input size runs
-    return ResNet(
-        [2, 2, 2, 2],
-        preact=True,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width=width,
-        mean=mean,
-        std=std,
-    )
+def preact_resnet18(args: ModelArgs) -> nn.Module:
+    return ResNet([2, 2, 2, 2], args, preact=True)
 
 
 @register_model(
@@ -156,22 +131,5 @@ def preact_resnet18(
         default_width=64,
     )
 )
-def resnet18(
-    *,
-    num_classes: int,
-    in_channels: int,
-    width: int,
-    input_size: int,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> nn.Module:
-    del input_size  # adaptive pooling: every input size runs
-    return ResNet(
-        [2, 2, 2, 2],
-        preact=False,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width=width,
-        mean=mean,
-        std=std,
-    )
+def resnet18(args: ModelArgs) -> nn.Module:
+    return ResNet([2, 2, 2, 2], args, preact=False)

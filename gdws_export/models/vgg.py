@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from gdws_export.models.layers import Normalize
-from gdws_export.models.registry import ModelConfig, register_model
+from gdws_export.models.registry import ModelArgs, ModelConfig, register_model
 
 # Channel multiples of the base width per conv, "M" for a 2x2 max-pool.
 VGG16_LAYOUT: tuple[int | str, ...] = (
@@ -23,27 +23,21 @@ VGG16_LAYOUT: tuple[int | str, ...] = (
 
 
 class VGG(nn.Module):
-    """VGG with BatchNorm for small images; `layout` as in `VGG16_LAYOUT`."""
+    """VGG with BatchNorm for small images; `layout` as in `VGG16_LAYOUT`.
 
-    def __init__(
-        self,
-        layout: Sequence[int | str],
-        *,
-        num_classes: int,
-        in_channels: int,
-        width: int,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-    ) -> None:
+    Ceil-mode pools and a global pool: every input size runs (`args.input_size` is not used).
+    """
+
+    def __init__(self, layout: Sequence[int | str], args: ModelArgs) -> None:
         super().__init__()
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(args.mean, args.std)
         layers: list[nn.Module] = []
-        channels = in_channels
+        channels = args.in_channels
         for item in layout:
             if item == "M":
                 layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
                 continue
-            out_channels = width * int(item)
+            out_channels = args.width * int(item)
             layers += [
                 nn.Conv2d(channels, out_channels, 3, padding=1),
                 nn.BatchNorm2d(out_channels),
@@ -52,7 +46,7 @@ class VGG(nn.Module):
             channels = out_channels
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
+        self.classifier = nn.Linear(channels, args.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.pool(self.features(self.normalize(x)))
@@ -66,21 +60,5 @@ class VGG(nn.Module):
         default_width=64,
     )
 )
-def vgg16_bn(
-    *,
-    num_classes: int,
-    in_channels: int,
-    width: int,
-    input_size: int,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> nn.Module:
-    del input_size  # ceil-mode pools and a global pool: every input size runs
-    return VGG(
-        VGG16_LAYOUT,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width=width,
-        mean=mean,
-        std=std,
-    )
+def vgg16_bn(args: ModelArgs) -> nn.Module:
+    return VGG(VGG16_LAYOUT, args)

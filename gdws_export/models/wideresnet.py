@@ -6,15 +6,13 @@ Module names follow the WideResNet used by TRADES and RobustBench (`block1.layer
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.models.layers import Normalize
-from gdws_export.models.registry import ModelConfig, register_model
+from gdws_export.models.registry import ModelArgs, ModelConfig, register_model
 
 STEM_WIDTH = 16  # the stem is not widened in WRN-d-k
 
@@ -62,28 +60,21 @@ class WideStage(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-depth-k: a 16-channel stem, three stages of widths w, 2w, 4w (w = 16k), BN-ReLU."""
+    """WRN-depth-k: a 16-channel stem, three stages of widths w, 2w, 4w (w = 16k), BN-ReLU.
 
-    def __init__(
-        self,
-        depth: int,
-        *,
-        num_classes: int,
-        in_channels: int,
-        width: int,
-        dropout: float,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-    ) -> None:
+    The pooling is adaptive, so any input size runs (`args.input_size` is not used).
+    """
+
+    def __init__(self, depth: int, args: ModelArgs, *, dropout: float) -> None:
         super().__init__()
-        blocks = (depth - 4) // 6
-        self.normalize = Normalize(mean, std)
-        self.conv1 = nn.Conv2d(in_channels, STEM_WIDTH, 3, padding=1, bias=False)
+        blocks, width = (depth - 4) // 6, args.width
+        self.normalize = Normalize(args.mean, args.std)
+        self.conv1 = nn.Conv2d(args.in_channels, STEM_WIDTH, 3, padding=1, bias=False)
         self.block1 = WideStage(STEM_WIDTH, width, blocks, 1, dropout)
         self.block2 = WideStage(width, 2 * width, blocks, 2, dropout)
         self.block3 = WideStage(2 * width, 4 * width, blocks, 2, dropout)
         self.bn1 = nn.BatchNorm2d(4 * width)
-        self.fc = nn.Linear(4 * width, num_classes)
+        self.fc = nn.Linear(4 * width, args.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.normalize(x))
@@ -92,25 +83,10 @@ class WideResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-def _wrn28(
-    num_classes: int,
-    in_channels: int,
-    width: int,
-    dropout: float,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> nn.Module:
+def _wrn28(args: ModelArgs, dropout: float) -> nn.Module:
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
         raise InvalidInputError(f"wrn28: dropout must be in [0, 1), got {dropout}")
-    return WideResNet(
-        28,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width=width,
-        dropout=dropout,
-        mean=mean,
-        std=std,
-    )
+    return WideResNet(28, args, dropout=dropout)
 
 
 @register_model(
@@ -120,18 +96,8 @@ def _wrn28(
         default_width=4 * STEM_WIDTH,
     )
 )
-def wrn28_4(
-    *,
-    num_classes: int,
-    in_channels: int,
-    width: int,
-    input_size: int,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    dropout: float = 0.0,
-) -> nn.Module:
-    del input_size  # adaptive pooling: every input size runs
-    return _wrn28(num_classes, in_channels, width, dropout, mean, std)
+def wrn28_4(args: ModelArgs, dropout: float = 0.0) -> nn.Module:
+    return _wrn28(args, dropout)
 
 
 @register_model(
@@ -141,15 +107,5 @@ def wrn28_4(
         default_width=10 * STEM_WIDTH,
     )
 )
-def wrn28_10(
-    *,
-    num_classes: int,
-    in_channels: int,
-    width: int,
-    input_size: int,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-    dropout: float = 0.0,
-) -> nn.Module:
-    del input_size  # adaptive pooling: every input size runs
-    return _wrn28(num_classes, in_channels, width, dropout, mean, std)
+def wrn28_10(args: ModelArgs, dropout: float = 0.0) -> nn.Module:
+    return _wrn28(args, dropout)
