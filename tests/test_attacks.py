@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdws_export.attacks import AttackConfig, fgsm, pgd, run_attack, square_attack
+from gdws_export.attacks import (
+    AttackConfig,
+    CalibrationConfig,
+    fgsm,
+    pgd,
+    run_attack,
+    square_attack,
+)
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.data import load_dataset
 
@@ -235,6 +242,36 @@ def test_attack_config_rejects_bad_fields(fields):
 def test_attack_config_rejects_unknown_keys():
     with pytest.raises(InvalidInputError, match="unknown keys"):
         AttackConfig.from_dict({"name": "pgd", "epsilon": 0.1})
+
+
+@pytest.mark.parametrize(
+    "fields, fragment",
+    [
+        ({"attack": "fgsm"}, "attack must be 'pgd' or None"),
+        ({"samples": 0}, "samples"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"steps": True}, "steps"),
+        ({"eps": -0.1}, "eps"),
+        ({"norm": "l1"}, "norm"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_calibration_config_rejects_bad_fields(fields, fragment):
+    with pytest.raises(InvalidInputError, match=fragment):
+        CalibrationConfig(**fields)
+
+
+def test_calibration_config_resolves_keyword_overrides():
+    base = CalibrationConfig(eps=0.1, samples=64)
+    assert CalibrationConfig.resolve(None) == CalibrationConfig()
+    assert CalibrationConfig.resolve(base, seed=3) == CalibrationConfig(eps=0.1, samples=64, seed=3)
+    with pytest.raises(InvalidInputError, match=r"unknown calibration settings \['epsilon'\]"):
+        CalibrationConfig.resolve(base, epsilon=0.1)
+    with pytest.raises(InvalidInputError, match="must be a CalibrationConfig"):
+        CalibrationConfig.resolve(AttackConfig())
+    scaled = CalibrationConfig(eps=0.1, step_size=0.025).scaled(2)
+    assert (scaled.eps, scaled.step_size) == pytest.approx((0.2, 0.05))
+    assert CalibrationConfig(step_size=None).scaled(2).step_size is None
 
 
 def test_run_attack_matches_the_functions_and_is_reproducible(trained):

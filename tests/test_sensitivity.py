@@ -108,6 +108,17 @@ def test_adversarial_alphas_differ_from_clean_and_restore_the_mode():
     assert all(torch.equal(adversarial[n], again[n]) for n in adversarial)
 
 
+def test_a_calibration_config_equals_its_keywords():
+    from gdws_export.attacks import CalibrationConfig
+
+    model = _net()
+    x, y = torch.rand(6, 3, 12, 12), torch.randint(0, 5, (6,))
+    by_keywords = noise_gains(model, (x, y), eps=8 / 255, steps=2, seed=1, batch_size=4)
+    config = CalibrationConfig(eps=8 / 255, steps=2, seed=1)
+    by_config = noise_gains(model, (x, y), calibration=config, batch_size=4)
+    assert all(torch.equal(by_keywords[n], by_config[n]) for n in by_keywords)
+
+
 def test_eval_mode_is_used_not_batch_statistics():
     model = _net()
     x, y = torch.rand(4, 3, 12, 12), torch.randint(0, 5, (4,))

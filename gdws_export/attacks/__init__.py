@@ -6,13 +6,19 @@ exported engines. We implement them here rather than wrap torchattacks (pins old
 needs torchvision, pulls a CUDA torch) or ART (scipy + scikit-learn, numpy-based wrappers).
 """
 
-from gdws_export.attacks.config import ATTACK_NAMES, AttackConfig, run_attack
+from gdws_export.attacks.config import (
+    ATTACK_NAMES,
+    AttackConfig,
+    CalibrationConfig,
+    run_attack,
+)
 from gdws_export.attacks.gradient import default_step_size, fgsm, pgd
 from gdws_export.attacks.square import square_attack
 
 __all__ = [
     "ATTACK_NAMES",
     "AttackConfig",
+    "CalibrationConfig",
     "default_step_size",
     "fgsm",
     "pgd",

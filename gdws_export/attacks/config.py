@@ -1,5 +1,6 @@
 """`AttackConfig`: one validated, JSON-friendly description of a white-box attack, and
-`run_attack`, which runs it reproducibly from its seed."""
+`run_attack`, which runs it reproducibly from its seed. `CalibrationConfig`: the images and
+PGD attack that sensitivities and the 1x1 refit measure a model on."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gdws_export.attacks.gradient import Model, default_step_size, fgsm, pgd
 from gdws_export.errors import InvalidInputError
 
 ATTACK_NAMES = ("pgd", "fgsm", "none")
+CALIBRATION_ATTACKS = ("pgd", None)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,73 @@ class AttackConfig:
                 f"AttackConfig: unknown keys {unknown}; known keys are {sorted(known)}"
             )
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """The inputs a model is calibrated on: its first `samples` images and, with
+    `attack="pgd"`, their PGD images (attack=None: clean images only).
+
+    Shared by `noise_gains`, `input_moments`, `calibrated_gains` and `refit_pointwise`, which
+    also take every field as a keyword argument (`eps=0.1` overrides `config.eps`). Defaults:
+    PGD-10, L-inf, eps 8/255 in steps of 2/255 (the paper's), 512 images in batches of 128,
+    seed 0. One generator seeded with `seed` drives the random starts of every batch.
+
+    Example:
+        >>> CalibrationConfig(eps=0.1, step_size=0.025).scaled(2.0).eps
+        0.2
+    """
+
+    attack: str | None = "pgd"
+    eps: float = 8 / 255
+    steps: int = 10
+    step_size: float | None = 2 / 255
+    norm: str = "linf"
+    samples: int = 512
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        where = "CalibrationConfig"
+        if self.attack not in CALIBRATION_ATTACKS:
+            raise InvalidInputError(
+                f"{where}: attack must be 'pgd' or None (clean inputs), got {self.attack!r}"
+            )
+        check_norm(self.norm, where)
+        object.__setattr__(self, "eps", check_eps(self.eps, where))
+        if self.step_size is not None:
+            object.__setattr__(self, "step_size", check_eps(self.step_size, where, "step_size"))
+        for name in ("steps", "samples", "batch_size"):
+            check_positive_int(getattr(self, name), name, where)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise InvalidInputError(f"{where}: seed must be an integer >= 0, got {self.seed!r}")
+
+    @classmethod
+    def resolve(
+        cls, config: CalibrationConfig | None = None, **overrides: Any
+    ) -> CalibrationConfig:
+        """`config` (defaults when None) with `overrides` applied; unknown names are an error.
+
+        Example:
+            >>> CalibrationConfig.resolve(None, samples=64).samples
+            64
+        """
+        if config is not None and not isinstance(config, cls):
+            raise InvalidInputError(
+                f"calibration must be a CalibrationConfig, got {type(config).__name__}"
+            )
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown calibration settings {unknown}; known ones are {sorted(known)}"
+            )
+        return dataclasses.replace(config or cls(), **overrides)
+
+    def scaled(self, factor: float) -> CalibrationConfig:
+        """The same settings with eps and step_size multiplied by `factor`."""
+        step = None if self.step_size is None else self.step_size * factor
+        return dataclasses.replace(self, eps=self.eps * factor, step_size=step)
 
 
 def run_attack(

@@ -20,14 +20,16 @@ per-layer search.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdws_export.gdws.calibration import _approximable_sites, _check_attack, _inputs
+from gdws_export.attacks.config import CalibrationConfig
 from gdws_export.gdws.decomposition import channel_blocks, moment_root
+from gdws_export.gdws.inputs import CalibrationData, approximable_sites, clean_and_attacked
 from gdws_export.gdws.selection import find_convs
 
 PATCH_CHUNK = 16  # samples unfolded at a time: unfold holds Kh*Kw copies of the input
@@ -35,38 +37,30 @@ PATCH_CHUNK = 16  # samples unfolded at a time: unfold holds Kh*Kw copies of the
 
 def input_moments(
     model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor] | Iterable,
+    data: CalibrationData,
     *,
-    attack: str | None = "pgd",
-    eps: float = 8 / 255,
-    steps: int = 10,
-    step_size: float | None = 2 / 255,
-    norm: str = "linf",
-    samples: int = 512,
-    batch_size: int = 128,
+    calibration: CalibrationConfig | None = None,
     skip_first: bool = True,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
-    seed: int = 0,
+    **settings: Any,
 ) -> dict[str, torch.Tensor]:
     """Per-channel patch second moments of every approximable conv's input.
 
     Args:
         model: a classifier taking [0, 1] images; evaluated in eval mode (mode restored).
         data: (images, labels) tensors or an iterable of such batches; the first `samples`.
-        attack, eps, steps, step_size, norm: the PGD attack whose images join the clean ones
-            (attack=None: clean images only). Defaults as in `noise_gains`.
-        batch_size: images per forward pass.
+        calibration: the samples and the PGD attack whose images join the clean ones
+            (attack=None: clean images only). Defaults to `CalibrationConfig()`.
         skip_first, include, exclude: which convs (as in `approximate`).
-        seed: seeds the attack's random start.
+        **settings: any `CalibrationConfig` field, overriding `calibration`'s.
 
     Returns:
         {layer name: (C, K, K) float64 moments E[p p^T], K = Kh*Kw}, averaged over every
         output position of every input, for `approximate(input_moments=...)`.
     """
-    _check_attack(attack)
-    sites = _approximable_sites(model, skip_first, include, exclude)
-    param = next(model.parameters())
+    config = CalibrationConfig.resolve(calibration, **settings)
+    sites = approximable_sites(model, skip_first, include, exclude)
     was_training = model.training
     model.eval()
     sums: dict[str, torch.Tensor] = {}
@@ -81,18 +75,14 @@ def input_moments(
         return hook
 
     try:
-        images = [_inputs(model, data, None, eps, steps, step_size, norm, samples, seed, param,
-                          batch_size)]  # fmt: skip
-        if attack == "pgd":
-            images.append(_inputs(model, data, attack, eps, steps, step_size, norm, samples,
-                                  seed, param, batch_size))  # fmt: skip
+        images = clean_and_attacked(model, data, config)
         # Hooks only now, so the attack's own forward passes are not counted.
         handles = [s.conv.register_forward_hook(record(s.name, s.conv)) for s in sites]
         try:
             with torch.no_grad():
                 for x in images:
-                    for i in range(0, len(x), batch_size):
-                        model(x[i : i + batch_size])
+                    for i in range(0, len(x), config.batch_size):
+                        model(x[i : i + config.batch_size])
         finally:
             for handle in handles:
                 handle.remove()

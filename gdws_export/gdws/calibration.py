@@ -28,13 +28,15 @@ Cost: one PGD pass over the samples, then (layers x 3) forward passes: far less 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.attacks.config import CalibrationConfig
+from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.conv import GDWSConv2d
 from gdws_export.gdws.decomposition import (
     channel_svd,
@@ -43,55 +45,48 @@ from gdws_export.gdws.decomposition import (
     lego,
     weighted_error,
 )
-from gdws_export.gdws.selection import find_convs, replace_module
-from gdws_export.gdws.sensitivity import _batches
+from gdws_export.gdws.inputs import CalibrationData, approximable_sites, calibration_images
+from gdws_export.gdws.selection import replace_module
 
 ERROR_FRACTIONS = (0.05, 0.1, 0.2)
 
 
 def calibrated_gains(
     model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor] | Iterable,
+    data: CalibrationData,
     *,
+    calibration: CalibrationConfig | None = None,
     base: Mapping[str, torch.Tensor] | None = None,
-    attack: str | None = "pgd",
-    eps: float = 8 / 255,
-    steps: int = 10,
-    step_size: float | None = 2 / 255,
-    norm: str = "linf",
-    samples: int = 512,
-    batch_size: int = 128,
     fractions: Sequence[float] = ERROR_FRACTIONS,
     skip_first: bool = True,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
-    seed: int = 0,
+    **settings: Any,
 ) -> dict[str, torch.Tensor]:
     """Alphas scaled per layer by the measured output change on adversarial inputs.
 
     Args:
         model: a classifier taking [0, 1] images; evaluated in eval mode (mode restored).
         data: (images, labels) tensors or an iterable of such batches; the first `samples`.
+        calibration: the samples and the PGD attack making the inputs (attack=None: clean
+            inputs). Defaults to `CalibrationConfig()`.
         base: per-channel alphas within each layer (e.g. from `noise_gains`); None means ones.
-        attack, eps, steps, step_size, norm: the PGD attack making the inputs (attack=None:
-            clean inputs). Defaults as in `noise_gains`.
         fractions: error levels, as fractions of each layer's total weighted energy.
         skip_first, include, exclude: which convs (as in `approximate`).
-        seed: seeds the attack's random start.
+        **settings: any `CalibrationConfig` field, overriding `calibration`'s.
 
     Returns:
         {layer name: (C,) float64 alphas}, for `approximate(alphas=...)`.
     """
-    _check_attack(attack)
+    config = CalibrationConfig.resolve(calibration, **settings)
     if not fractions or any(not 0 < f < 1 for f in fractions):
         raise InvalidInputError(f"fractions must lie in (0, 1), got {list(fractions)}")
-    sites = _approximable_sites(model, skip_first, include, exclude)
-    param = next(model.parameters())
+    sites = approximable_sites(model, skip_first, include, exclude)
+    batch_size = config.batch_size
     was_training = model.training
     model.eval()
     try:
-        inputs = _inputs(model, data, attack, eps, steps, step_size, norm, samples, seed, param,
-                         batch_size)  # fmt: skip
+        inputs = calibration_images(model, data, config)
         reference = _log_probs(model, inputs, batch_size)
         scales: dict[str, float] = {}
         bases: dict[str, torch.Tensor] = {}
@@ -129,40 +124,6 @@ def _unmeasured_scales(scales: dict[str, float]) -> dict[str, float]:
     if not measured:
         return dict.fromkeys(scales, 1.0)
     return {name: s if s > 0 else min(measured) for name, s in scales.items()}
-
-
-def _check_attack(attack: str | None) -> None:
-    if attack not in ("pgd", None):
-        raise InvalidInputError(f"attack must be 'pgd' or None (clean inputs), got {attack!r}")
-
-
-def _approximable_sites(model, skip_first, include, exclude) -> list:
-    sites = [s for s in find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
-             if s.skip_reason is None]  # fmt: skip
-    if not sites:
-        raise UnsupportedModelError("the model has no conv that GDWS can approximate")
-    return sites
-
-
-def _inputs(model, data, attack, eps, steps, step_size, norm, samples, seed, param,
-            batch_size=128):  # fmt: skip
-    """The first `samples` images of `data`, attacked when `attack` is "pgd", in batches of
-    `batch_size` (a program exported with a fixed batch takes no other)."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise InvalidInputError(f"samples must be a positive int, got {samples!r}")
-    generator = torch.Generator(device=param.device).manual_seed(seed)
-    batches = []
-    for x, y in _batches(data, samples, batch_size=batch_size):
-        x, y = x.to(param.device, param.dtype), y.to(param.device)
-        if attack == "pgd":
-            from gdws_export.attacks import pgd
-
-            x = pgd(model, x, y, eps=eps, steps=steps, step_size=step_size, norm=norm,
-                    generator=generator)  # fmt: skip
-        batches.append(x.detach())
-    if not batches:
-        raise InvalidInputError("data holds no samples")
-    return torch.cat(batches)
 
 
 @torch.no_grad()

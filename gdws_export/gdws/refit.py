@@ -37,15 +37,17 @@ stopped at that layer, and one (G/groups + 1)-sized solve per group.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from gdws_export.attacks.config import CalibrationConfig
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
-from gdws_export.gdws.calibration import _check_attack, _inputs
 from gdws_export.gdws.conv import GDWSConv2d
+from gdws_export.gdws.inputs import CalibrationData, clean_and_attacked
 
 DEFAULT_RIDGE = 1e-3
 DEFAULT_EPS_SCALE = 2.0  # calibration attack radius over the threat model's (module docstring)
@@ -90,18 +92,12 @@ class RefitReport:
 def refit_pointwise(
     model: nn.Module,
     original: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor] | Iterable,
+    data: CalibrationData,
     *,
-    attack: str | None = "pgd",
-    eps: float = 8 / 255,
-    steps: int = 10,
-    step_size: float | None = 2 / 255,
-    norm: str = "linf",
-    samples: int = 512,
-    batch_size: int = 128,
+    calibration: CalibrationConfig | None = None,
     ridge: float = DEFAULT_RIDGE,
-    seed: int = 0,
     eps_scale: float = DEFAULT_EPS_SCALE,
+    **settings: Any,
 ) -> tuple[nn.Module, RefitReport]:
     """Refit every GDWS layer's 1x1 conv, in forward order (module docstring); the input
     models are left untouched.
@@ -110,14 +106,13 @@ def refit_pointwise(
         model: a GDWS model from `approximate` (GDWSConv2d layers where `original` has convs).
         original: the model it approximates, taking [0, 1] images.
         data: (images, labels) tensors or an iterable of such batches; the first `samples`.
-        attack, eps, steps, step_size, norm: the threat model's PGD attack; its images against
-            `original`, made at `eps_scale` times eps and step_size, join the clean ones
-            (attack=None: clean images only). Defaults as in `noise_gains`.
-        samples: calibration images (twice as many inputs with the attack).
-        batch_size: images per forward pass.
+        calibration: the samples (twice as many inputs with the attack) and the threat
+            model's PGD attack; its images against `original`, made at `eps_scale` times eps
+            and step_size, join the clean ones (attack=None: clean images only). Defaults to
+            `CalibrationConfig()`.
         ridge: relative Tikhonov weight (module docstring); 0 for plain least squares.
-        seed: seeds the attack's random start.
         eps_scale: > 0; the calibration attack's radius over `eps` (module docstring).
+        **settings: any `CalibrationConfig` field, overriding `calibration`'s.
 
     Returns:
         (the refit model, a RefitReport with each layer's output error before and after).
@@ -127,29 +122,23 @@ def refit_pointwise(
         >>> gdws_model, report = refit_pointwise(gdws_model, model, (x, y), eps=0.1)
         >>> print(report.table())  # doctest: +SKIP
     """
-    _check_attack(attack)
+    config = CalibrationConfig.resolve(calibration, **settings)
     if not (isinstance(ridge, int | float) and ridge >= 0):
         raise InvalidInputError(f"ridge must be a number >= 0, got {ridge!r}")
     if isinstance(eps_scale, bool) or not (isinstance(eps_scale, int | float) and eps_scale > 0):
         raise InvalidInputError(f"eps_scale must be a number > 0, got {eps_scale!r}")
-    calib_eps = eps * eps_scale
-    calib_step = None if step_size is None else step_size * eps_scale
+    calib = config.scaled(eps_scale)
+    batch_size = config.batch_size
     refit = copy.deepcopy(model)
     names = [name for name, module in refit.named_modules() if isinstance(module, GDWSConv2d)]
     if not names:
         raise UnsupportedModelError("the model has no GDWS layer to refit; approximate it first")
     convs = {name: _original_conv(original, name, refit.get_submodule(name)) for name in names}
-    param = next(original.parameters())
     modes = (model.training, original.training)
     refit.eval()
     original.eval()
     try:
-        images = [_inputs(original, data, None, eps, steps, step_size, norm, samples, seed, param,
-                          batch_size)]  # fmt: skip
-        if attack == "pgd":
-            images.append(_inputs(original, data, attack, calib_eps, steps, calib_step, norm,
-                                  samples, seed, param, batch_size))  # fmt: skip
-        x = torch.cat(images)
+        x = torch.cat(clean_and_attacked(original, data, calib))
         layers = []
         for name in _forward_order(refit, names, x[:batch_size]):
             layer = refit.get_submodule(name)
@@ -158,7 +147,7 @@ def refit_pointwise(
     finally:
         refit.train(modes[0])
         original.train(modes[1])
-    attack_eps = float(calib_eps) if attack == "pgd" else None
+    attack_eps = float(calib.eps) if config.attack == "pgd" else None
     return refit, RefitReport(len(x), float(ridge), layers, attack_eps)
 
 

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gdws_export._files import atomic_output, check_zip_integrity
+from gdws_export.attacks.config import CalibrationConfig
 from gdws_export.errors import InvalidInputError, UnsupportedModelError, plain_line
-from gdws_export.gdws.selection import ConvSite, find_convs
+from gdws_export.gdws.inputs import CalibrationData, approximable_sites, calibration_batches
+from gdws_export.gdws.selection import ConvSite
 
 _FORMAT = "gdws-export/alphas/1"
 # Largest per-sample gradient block materialised at once, in elements (about 256 MB of float32).
@@ -37,20 +40,14 @@ _BLOCK_ELEMENTS = 64 * 2**20
 
 def noise_gains(
     model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor] | Iterable,
+    data: CalibrationData,
     *,
-    attack: str | None = "pgd",
-    eps: float = 8 / 255,
-    steps: int = 10,
-    step_size: float | None = 2 / 255,
-    norm: str = "linf",
-    samples: int = 1000,
-    batch_size: int = 100,
+    calibration: CalibrationConfig | None = None,
     skip_first: bool = True,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
-    seed: int = 0,
     progress: bool = False,
+    **settings: Any,
 ) -> dict[str, torch.Tensor]:
     """Alpha of every input channel of every approximable conv, from adversarial examples.
 
@@ -59,43 +56,31 @@ def noise_gains(
             mode; its mode is restored afterwards.
         data: an (images, labels) pair of tensors, or an iterable of such batches (a
             DataLoader). The first `samples` samples are used.
-        attack: "pgd" (the paper's setting) or None for clean inputs.
-        eps, steps, step_size, norm: the PGD attack. Defaults are the paper's: L-inf,
-            eps 8/255, 10 steps of 2/255.
-        samples: number of samples to average over (the paper used 1000).
-        batch_size: samples per batch when `data` is a pair of tensors.
+        calibration: the samples and the PGD attack (attack=None: clean inputs). Defaults to
+            `CalibrationConfig()`: the paper's L-inf attack, eps 8/255, 10 steps of 2/255, on
+            512 samples (the paper used 1000) in batches of 128.
         skip_first, include, exclude: which convs (as in `approximate`).
-        seed: seeds the attack's random start.
         progress: show a progress bar.
+        **settings: any `CalibrationConfig` field (attack, eps, steps, step_size, norm,
+            samples, batch_size, seed), overriding `calibration`'s.
 
     Returns:
         {layer name: (C,) float64 tensor of alphas}, ready for `approximate(alphas=...)`.
+
+    Example:
+        >>> alphas = noise_gains(model, (x, y), samples=1000)  # doctest: +SKIP
     """
-    if attack not in ("pgd", None):
-        raise InvalidInputError(f"attack must be 'pgd' or None (clean inputs), got {attack!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise InvalidInputError(f"samples must be a positive int, got {samples!r}")
-    sites = [s for s in find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
-             if s.skip_reason is None]  # fmt: skip
-    if not sites:
-        raise UnsupportedModelError("the model has no conv that GDWS can approximate")
-    param = next(model.parameters())
+    config = CalibrationConfig.resolve(calibration, **settings)
+    sites = approximable_sites(model, skip_first, include, exclude)
     sums = {s.name: torch.zeros(s.conv.in_channels, dtype=torch.float64) for s in sites}
     seen = 0
-    generator = torch.Generator(device=param.device).manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=samples, desc="noise gains", unit="img", disable=not progress)
-        for x, y in _batches(data, samples, batch_size):
-            x, y = x.to(param.device, param.dtype), y.to(param.device)
-            if attack == "pgd":
-                from gdws_export.attacks import pgd
-
-                x = pgd(model, x, y, eps=eps, steps=steps, step_size=step_size, norm=norm,
-                        generator=generator)  # fmt: skip
+        bar = tqdm(total=config.samples, desc="noise gains", unit="img", disable=not progress)
+        for x, _ in calibration_batches(model, data, config):
             for name, total in _batch_gains(model, sites, x).items():
                 sums[name] += total
             seen += len(x)
@@ -196,25 +181,6 @@ def _channel_grad_norms(
             u_gram = torch.einsum("bgckp,bgckq->bgcpq", u, u)
             norms.append(torch.einsum("jbgpq,bgcpq->jbgc", d_gram, u_gram).reshape(pairs, -1, c))
     return torch.cat(norms, dim=1)
-
-
-def _batches(data, samples: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (x, y) batches holding the first `samples` samples of `data`."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        images, labels = data
-        if len(images) != len(labels):
-            raise InvalidInputError(f"{len(images)} images but {len(labels)} labels")
-        data = [
-            (images[i : i + batch_size], labels[i : i + batch_size])
-            for i in range(0, len(images), batch_size)
-        ]
-    left = samples
-    for batch in data:
-        if left <= 0:
-            break
-        x, y = batch[0][:left], batch[1][:left]
-        yield x, y
-        left -= len(x)
 
 
 def save_alphas(
