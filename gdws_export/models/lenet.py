@@ -43,12 +43,10 @@ class LeNet(nn.Module):
         return self.classifier(self.features(self.normalize(x)))
 
 
-@register_model(
-    ModelConfig(
-        "lenet",
-        "LeNet-style CNN, two 5x5 convs (16, 32 channels) and two linear layers",
-        default_width=16,
-    )
-)
+# The ModelConfig descriptions: one line each, for listings.
+_LENET_DESCRIPTION = "LeNet-style CNN, two 5x5 convs (16, 32 channels) and two linear layers"
+
+
+@register_model(ModelConfig("lenet", _LENET_DESCRIPTION, default_width=16))
 def lenet(args: ModelArgs) -> nn.Module:
     return LeNet(args)

@@ -113,23 +113,18 @@ class ResNet(nn.Module):
         return self.linear(out)
 
 
-@register_model(
-    ModelConfig(
-        "preact_resnet18",
-        "PreActResNet-18 for 32x32 images, as in robust-training repositories (11.2M params)",
-        default_width=64,
-    )
+# The ModelConfig descriptions: one line each, for listings.
+_PREACT_RESNET18_DESCRIPTION = (
+    "PreActResNet-18 for 32x32 images, as in robust-training repositories (11.2M params)"
 )
+_RESNET18_DESCRIPTION = "ResNet-18 for 32x32 images (3x3 stem, no max-pool; 11.2M params)"
+
+
+@register_model(ModelConfig("preact_resnet18", _PREACT_RESNET18_DESCRIPTION, default_width=64))
 def preact_resnet18(args: ModelArgs) -> nn.Module:
     return ResNet([2, 2, 2, 2], args, preact=True)
 
 
-@register_model(
-    ModelConfig(
-        "resnet18",
-        "ResNet-18 for 32x32 images (3x3 stem, no max-pool; 11.2M params)",
-        default_width=64,
-    )
-)
+@register_model(ModelConfig("resnet18", _RESNET18_DESCRIPTION, default_width=64))
 def resnet18(args: ModelArgs) -> nn.Module:
     return ResNet([2, 2, 2, 2], args, preact=False)

@@ -53,12 +53,12 @@ class VGG(nn.Module):
         return self.classifier(out.flatten(1))
 
 
-@register_model(
-    ModelConfig(
-        "vgg16_bn",
-        "VGG-16 with BatchNorm for 32x32 images, one linear classifier (14.7M params)",
-        default_width=64,
-    )
+# The ModelConfig descriptions: one line each, for listings.
+_VGG16_BN_DESCRIPTION = (
+    "VGG-16 with BatchNorm for 32x32 images, one linear classifier (14.7M params)"
 )
+
+
+@register_model(ModelConfig("vgg16_bn", _VGG16_BN_DESCRIPTION, default_width=64))
 def vgg16_bn(args: ModelArgs) -> nn.Module:
     return VGG(VGG16_LAYOUT, args)

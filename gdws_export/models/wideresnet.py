@@ -89,23 +89,16 @@ def _wrn28(args: ModelArgs, dropout: float) -> nn.Module:
     return WideResNet(28, args, dropout=dropout)
 
 
-@register_model(
-    ModelConfig(
-        "wrn28_4",
-        "WideResNet-28-4 for 32x32 images, pre-activation blocks (5.8M params)",
-        default_width=4 * STEM_WIDTH,
-    )
-)
+# The ModelConfig descriptions: one line each, for listings.
+_WRN28_4_DESCRIPTION = "WideResNet-28-4 for 32x32 images, pre-activation blocks (5.8M params)"
+_WRN28_10_DESCRIPTION = "WideResNet-28-10 for 32x32 images, pre-activation blocks (36.5M params)"
+
+
+@register_model(ModelConfig("wrn28_4", _WRN28_4_DESCRIPTION, default_width=4 * STEM_WIDTH))
 def wrn28_4(args: ModelArgs, dropout: float = 0.0) -> nn.Module:
     return _wrn28(args, dropout)
 
 
-@register_model(
-    ModelConfig(
-        "wrn28_10",
-        "WideResNet-28-10 for 32x32 images, pre-activation blocks (36.5M params)",
-        default_width=10 * STEM_WIDTH,
-    )
-)
+@register_model(ModelConfig("wrn28_10", _WRN28_10_DESCRIPTION, default_width=10 * STEM_WIDTH))
 def wrn28_10(args: ModelArgs, dropout: float = 0.0) -> nn.Module:
     return _wrn28(args, dropout)
