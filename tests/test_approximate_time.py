@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from gdws_export.gdws import approximate as approx_module
+from gdws_export.gdws import budget as budget_module
+from gdws_export.gdws import config as config_module
 from gdws_export.gdws.approximate import ApproximationReport, LayerCost, approximate
 from gdws_export.gdws.decomposition import channel_svd, error_values
 
@@ -104,10 +105,10 @@ def test_price_choice_is_optimal_for_its_own_cost(tiny):
     prices against every combination of options."""
     sites = {n: tiny.get_submodule(n) for n in COSTS}
     values = {n: error_values(channel_svd(conv.weight, conv.groups)) for n, conv in sites.items()}
-    options = {n: approx_module._options(sites[n], values[n], COSTS[n]) for n in COSTS}
+    options = {n: budget_module._options(sites[n], values[n], COSTS[n]) for n in COSTS}
     for lam in [0.0, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 1e3]:
-        choice = approx_module._pick(options, lam)
-        spent = approx_module._spent(options, choice)
+        choice = budget_module._pick(options, lam)
+        spent = budget_module._spent(options, choice)
         error = sum(float(options[n].error[k]) for n, k in choice.items())
         assert error == pytest.approx(_brute_force(tiny, COSTS, spent), abs=1e-6)
 
@@ -210,13 +211,13 @@ def test_leftover_never_buys_a_kernel_dearer_than_the_original_conv():
     its conv, the conv itself is taken (error 0, no dearer); elsewhere the next kernel."""
     options = {
         # original 10; 1..3 units cost 6, 9, 12 with errors 5, 2, 0
-        "a": approx_module._Options(
+        "a": budget_module._Options(
             ["original", "units", "units", "units"], torch.tensor([0, 1, 2, 3]),
             torch.tensor([10.0, 6.0, 9.0, 12.0], dtype=torch.float64),
             torch.tensor([0.0, 5.0, 2.0, 0.0], dtype=torch.float64), 3,
         ),
         # original 100; 1..2 units cost 1, 2 with errors 4, 1
-        "b": approx_module._Options(
+        "b": budget_module._Options(
             ["original", "units", "units"], torch.tensor([0, 1, 2]),
             torch.tensor([100.0, 1.0, 2.0], dtype=torch.float64),
             torch.tensor([0.0, 4.0, 1.0], dtype=torch.float64), 2,
@@ -224,9 +225,9 @@ def test_leftover_never_buys_a_kernel_dearer_than_the_original_conv():
     }  # fmt: skip
     # Start at a=2 units (cost 9), b=1 unit (cost 1); 3 left: b's next unit (ratio 3) then
     # a's conv (cost 1 more, error 2 -> 0) rather than a third unit costing 12 > 10.
-    filled = approx_module._fill_leftover(options, {"a": 2, "b": 1}, budget=13.0)
+    filled = budget_module._fill_leftover(options, {"a": 2, "b": 1}, budget=13.0)
     assert filled == {"a": 0, "b": 2}
-    assert approx_module._spent(options, filled) == 12.0
+    assert budget_module._spent(options, filled) == 12.0
 
 
 # max_layer_error: a cap on each layer's share of dropped error.
@@ -298,7 +299,7 @@ def test_cap_defaults(tiny):
     """Time budgets are capped at TIME_MAX_LAYER_ERROR unless told otherwise; MAC budgets
     are not capped, and a cap of 1 changes nothing."""
     _, timed = approximate(tiny, time_ratio=0.5, layer_costs=COSTS, skip_first=False)
-    assert timed.max_layer_error == approx_module.TIME_MAX_LAYER_ERROR == 0.35
+    assert timed.max_layer_error == config_module.TIME_MAX_LAYER_ERROR == 0.35
     _, by_macs = approximate(tiny, mac_ratio=0.5, skip_first=False)
     _, capped_at_one = approximate(tiny, mac_ratio=0.5, skip_first=False, max_layer_error=1.0)
     assert by_macs.max_layer_error is None

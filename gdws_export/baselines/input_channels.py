@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from gdws_export.errors import InvalidInputError
+from gdws_export.gdws.budget import check_budget_ratio
 from gdws_export.gdws.conv import conv_macs_per_pixel
 from gdws_export.gdws.selection import find_convs, output_sizes, replace_module
 
@@ -78,8 +79,7 @@ def prune_input_channels(
     Returns:
         (pruned copy in eval mode, InputPruningReport). Every conv keeps at least one channel.
     """
-    if not 0 < mac_ratio <= 1:
-        raise InvalidInputError(f"mac_ratio must be in (0, 1], got {mac_ratio}")
+    mac_ratio = check_budget_ratio(mac_ratio, "mac_ratio")
     shape = tuple(input_shape if input_shape is not None else getattr(model, "input_shape", ()))
     if len(shape) != 3:
         raise InvalidInputError("prune_input_channels needs input_shape (C, H, W)")

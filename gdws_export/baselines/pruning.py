@@ -34,8 +34,14 @@ from torch import fx, nn
 from torch.nn.utils import skip_init
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.gdws.budget import check_budget_ratio
 from gdws_export.gdws.conv import conv_macs_per_pixel
-from gdws_export.gdws.selection import output_sizes, replace_module, traced_sites
+from gdws_export.gdws.selection import (
+    output_sizes,
+    replace_module,
+    resolve_input_shape,
+    traced_sites,
+)
 
 # Modules that act on each channel alone and hold no per-channel state.
 _STATELESS_MODULES = (
@@ -212,11 +218,11 @@ def prune_filters(
         raise InvalidInputError("give exactly one of fraction or mac_ratio")
     if fraction is not None and not (_number(fraction) and 0 <= fraction < 1):
         raise InvalidInputError(f"fraction must be in [0, 1), got {fraction!r}")
-    if mac_ratio is not None and not (_number(mac_ratio) and 0 < mac_ratio <= 1):
-        raise InvalidInputError(f"mac_ratio must be in (0, 1], got {mac_ratio!r}")
+    if mac_ratio is not None:
+        mac_ratio = check_budget_ratio(mac_ratio, "mac_ratio")
     if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
         raise InvalidInputError(f"multiple_of must be a positive int, got {multiple_of!r}")
-    shape = _input_shape(model, input_shape)
+    shape = resolve_input_shape(model, input_shape, needed_by="pruning")
     sites, reasons = find_prune_sites(model, skip_first=skip_first)
     if not sites:
         raise UnsupportedModelError(
@@ -347,20 +353,6 @@ def _batchnorm_slice(bn: nn.BatchNorm2d, index: torch.Tensor) -> nn.BatchNorm2d:
     new.load_state_dict(state)
     device = next(iter(bn.state_dict().values()), torch.empty(0)).device
     return new.to(device).train(bn.training)
-
-
-def _input_shape(model: nn.Module, input_shape) -> tuple[int, ...]:
-    if input_shape is None:
-        input_shape = getattr(model, "input_shape", None)
-    if input_shape is None:
-        raise InvalidInputError(
-            "pruning needs the input shape: pass input_shape=(C, H, W) "
-            "(registry models carry it as model.input_shape)"
-        )
-    shape = tuple(int(d) for d in input_shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise InvalidInputError(f"input_shape must be (C, H, W) of positive sizes, got {shape}")
-    return shape
 
 
 def _number(value: object) -> bool:

@@ -19,11 +19,24 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from gdws_export.errors import InvalidInputError
-from gdws_export.gdws.approximate import ApproximationReport, LayerReport
-from gdws_export.gdws.conv import GDWSConv2d, conv_macs_per_pixel
-from gdws_export.gdws.decomposition import channel_svd, check_alpha, error_values, weighted_error
-from gdws_export.gdws.selection import find_convs, output_sizes, replace_module
+from gdws_export.gdws.approximation_report import ApproximationReport, LayerReport
+from gdws_export.gdws.budget import check_budget_ratio
+from gdws_export.gdws.conv import GDWSConv2d
+from gdws_export.gdws.decomposition import (
+    ChannelSVD,
+    channel_svd,
+    check_alpha,
+    error_values,
+    weighted_error,
+)
+from gdws_export.gdws.selection import (
+    ConvSite,
+    count_params,
+    find_convs,
+    output_sizes,
+    replace_module,
+    resolve_input_shape,
+)
 
 
 def depthwise_separable(
@@ -55,63 +68,64 @@ def depthwise_separable(
     Example:
         >>> dws_model, report = depthwise_separable(model, mac_ratio=0.5)   # doctest: +SKIP
     """
-    if mac_ratio is not None and (
-        isinstance(mac_ratio, bool)
-        or not isinstance(mac_ratio, (int, float))
-        or not 0 < mac_ratio <= 1
-    ):
-        raise InvalidInputError(f"mac_ratio must be in (0, 1] or None, got {mac_ratio!r}")
-    if input_shape is None:
-        input_shape = getattr(model, "input_shape", None)
-    if input_shape is None:
-        raise InvalidInputError("pass input_shape=(C, H, W) (registry models carry it)")
-    shape = tuple(int(d) for d in input_shape)
+    if mac_ratio is not None:
+        mac_ratio = check_budget_ratio(mac_ratio, "mac_ratio")
+    shape = resolve_input_shape(model, input_shape, needed_by="depthwise_separable")
     sites = find_convs(model, skip_first=skip_first, include=include, exclude=exclude)
     sizes = output_sizes(model, [s.name for s in sites], shape)
     reports, cost, error, svds = {}, {}, {}, {}
     for site in sites:
-        conv = site.conv
         pixels = sizes[site.name][0] * sizes[site.name][1]
-        report = LayerReport(
-            name=site.name, in_channels=conv.in_channels, out_channels=conv.out_channels,
-            kernel_size=tuple(conv.kernel_size), groups=conv.groups, status="skipped",
-            reason=site.skip_reason or "", pixels=pixels,
-            macs_before=conv_macs_per_pixel(conv) * pixels, params_before=_params(conv),
-        )  # fmt: skip
-        report.macs_after, report.params_after = report.macs_before, report.params_before
-        reports[site.name] = report
+        report = reports[site.name] = LayerReport.for_conv(
+            site.name, site.conv, pixels, reason=site.skip_reason or ""
+        )
         if site.skip_reason is not None:
             continue
-        alpha = check_alpha(None if alphas is None else alphas.get(site.name), conv.in_channels,
-                            site.name)  # fmt: skip
         moment = None if input_moments is None else input_moments.get(site.name)
-        svd = svds[site.name] = channel_svd(conv.weight, conv.groups, moment)
-        ones = torch.ones(conv.in_channels, dtype=torch.long)
-        error[site.name] = weighted_error(error_values(svd, alpha), ones)
-        kh, kw = conv.kernel_size
-        cost[site.name] = conv.in_channels * (kh * kw + conv.out_channels // conv.groups) * pixels
+        svds[site.name] = channel_svd(site.conv.weight, site.conv.groups, moment)
+        alpha = None if alphas is None else alphas.get(site.name)
+        error[site.name], cost[site.name] = _separable_error_and_cost(
+            site, svds[site.name], alpha, pixels
+        )
         report.status, report.reason = "original", "not converted (MAC budget met without it)"
         if cost[site.name] >= report.macs_before:
             report.reason = f"separable form would cost {cost[site.name]:,} MACs"
             del cost[site.name]
-    convert = _choose_layers(reports, cost, error, mac_ratio)
     new_model = copy.deepcopy(model)
-    for name in convert:
+    for name in _choose_layers(reports, cost, error, mac_ratio):
         conv = model.get_submodule(name)
-        ones = torch.ones(conv.in_channels, dtype=torch.long)
-        layer = GDWSConv2d._build(conv, svds[name], ones, error[name])
-        replace_module(new_model, name, layer.train(conv.training))
-        report = reports[name]
-        report.status, report.reason = "gdws", ""
-        report.kernels = layer.kernels
-        report.full_rank_kernels = int((svds[name].s > 0).sum())
-        report.kernels_per_channel = ones.tolist()
-        report.macs_after, report.params_after = cost[name], _params(layer)
-        report.weighted_error = error[name]
+        _convert(new_model, conv, svds[name], reports[name], cost[name], error[name])
     return new_model, ApproximationReport(
         beta=None, mac_ratio=mac_ratio, input_shape=shape, weighted=alphas is not None,
         layers=list(reports.values()),
     )  # fmt: skip
+
+
+def _separable_error_and_cost(
+    site: ConvSite, svd: ChannelSVD, alpha: torch.Tensor | None, pixels: int
+) -> tuple[float, int]:
+    """The weighted error of one kernel per channel, and that form's MACs per image."""
+    conv = site.conv
+    alpha = check_alpha(alpha, conv.in_channels, site.name)
+    ones = torch.ones(conv.in_channels, dtype=torch.long)
+    kh, kw = conv.kernel_size
+    cost = conv.in_channels * (kh * kw + conv.out_channels // conv.groups) * pixels
+    return weighted_error(error_values(svd, alpha), ones), cost
+
+
+def _convert(
+    model: nn.Module, conv: nn.Conv2d, svd: ChannelSVD, report: LayerReport, cost: int, error: float
+) -> None:
+    """Swap the conv `report` names for its separable form, and say so in `report`."""
+    ones = torch.ones(conv.in_channels, dtype=torch.long)
+    layer = GDWSConv2d._build(conv, svd, ones, error)
+    replace_module(model, report.name, layer.train(conv.training))
+    report.status, report.reason = "gdws", ""
+    report.kernels = layer.kernels
+    report.full_rank_kernels = int((svd.s > 0).sum())
+    report.kernels_per_channel = ones.tolist()
+    report.macs_after, report.params_after = cost, count_params(layer)
+    report.weighted_error = error
 
 
 def _choose_layers(reports, cost, error, mac_ratio) -> list[str]:
@@ -130,10 +144,6 @@ def _choose_layers(reports, cost, error, mac_ratio) -> list[str]:
         chosen.append(name)
         total -= reports[name].macs_before - cost[name]
     return chosen
-
-
-def _params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 __all__ = ["depthwise_separable"]

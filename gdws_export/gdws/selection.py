@@ -93,6 +93,32 @@ def output_sizes(
     return sizes
 
 
+def resolve_input_shape(
+    model: nn.Module, input_shape: Sequence[int] | None, *, needed_by: str | None = None
+) -> tuple[int, ...] | None:
+    """`input_shape`, else `model.input_shape` (registry models carry it), as (C, H, W).
+
+    Without either, None, or an error naming `needed_by` when that is given (what needs it).
+
+    Example:
+        >>> resolve_input_shape(model, None, needed_by="mac_ratio")  # doctest: +SKIP
+        (3, 32, 32)
+    """
+    if input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+    if input_shape is None:
+        if needed_by is None:
+            return None
+        raise InvalidInputError(
+            f"{needed_by} needs the input shape: pass input_shape=(C, H, W) "
+            "(registry models carry it as model.input_shape)"
+        )
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InvalidInputError(f"input_shape must be (C, H, W) of positive sizes, got {shape}")
+    return shape
+
+
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-accumulates of one image of shape (C, H, W) through every conv and matrix
     product that runs (GDWS layers count through their depthwise and 1x1 convs).

@@ -17,6 +17,7 @@ Models take images in [0, 1]; their first submodule, `normalize`, applies mean/s
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import json
@@ -200,15 +201,8 @@ def create_model(
             f"create_model({name!r}) got unknown arguments {', '.join(unknown)}; it takes "
             f"{', '.join(STANDARD_ARGS + entry.extra_args)}"
         )
-    arch_kwargs: dict[str, Any] = {
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "width": width,
-        "input_size": input_size,
-        "mean": mean,
-        "std": std,
-        **kwargs,
-    }
+    args = ModelArgs(num_classes, in_channels, width, input_size, mean, std)
+    arch_kwargs: dict[str, Any] = {**dataclasses.asdict(args), **kwargs}
     try:
         json.dumps(arch_kwargs)
     except (TypeError, ValueError) as exc:
@@ -217,7 +211,6 @@ def create_model(
             f"with the checkpoint ({exc})"
         ) from exc
     if entry.takes_model_args:
-        args = ModelArgs(num_classes, in_channels, width, input_size, mean, std)
         model = entry.builder(args, **kwargs)
     else:
         model = entry.builder(**arch_kwargs)
