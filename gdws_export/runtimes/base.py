@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from gdws_export._files import atomic_write_text, read_json_record
 from gdws_export.errors import InvalidInputError
+
+_Settings = TypeVar("_Settings", bound="SettingsFile")
 
 
 @dataclass(frozen=True)
@@ -128,3 +135,44 @@ def time_cuda_ms(run, iterations: int, warmup: int, stream=None) -> list[float]:
         end.record(stream)
     (stream or torch.cuda.current_stream()).synchronize()
     return [start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)]
+
+
+class SettingsFile:
+    """A runner's settings dataclass, saved as JSON beside the file it runs.
+
+    The file's path (the field `path_field` names) is stored relative to the JSON file, so the
+    pair can be moved together. A subclass is a dataclass that sets `path_field` and
+    `file_kind` ("ONNX Runtime settings file"); it gets to_dict, from_dict, save and load.
+    """
+
+    path_field: ClassVar[str]
+    file_kind: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+
+    @classmethod
+    def from_dict(cls: type[_Settings], data: dict[str, Any]) -> _Settings:
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the settings to `path`, the run file's path made relative to its folder."""
+        path = Path(path)
+        data = self.to_dict()
+        target = Path(getattr(self, self.path_field)).resolve()
+        data[self.path_field] = os.path.relpath(target, path.parent.resolve())
+        return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls: type[_Settings], path: str | os.PathLike) -> _Settings:
+        """Read settings saved by `save`; the run file's path is resolved against the file's
+        folder."""
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInputError(f"{cls.file_kind} {path} does not exist")
+        article = "an" if cls.file_kind[0] in "AEIOU" else "a"
+        settings = read_json_record(cls, path, f"{article} {cls.file_kind}")
+        setattr(
+            settings, cls.path_field, os.fspath(path.parent / getattr(settings, cls.path_field))
+        )
+        return settings

@@ -152,11 +152,60 @@ def build(
     wrong = [k for k, v in given.items() if v is not None and k not in _TARGET_OPTIONS[target]]
     if wrong:
         raise InvalidInputError(f"{', '.join(wrong)} do(es) not apply to target {target!r}")
+    if target != "torch":
+        _check_onnx_build(target, precision, calibration, optimization_level, threads)
+    source = Path(onnx_path)
+    onnx_model = None if target == "torch" else load_onnx(source)
+    out_dir = Path(output_dir) if output_dir is not None else source.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = f"{source.stem}.{precision}"
+    start = time.perf_counter()
+    warnings: list[str] = []
     if target == "torch":
-        return _build_torch_target(
-            onnx_path, precision=precision, output_dir=output_dir, device=device,
-            compile=compile, cuda_graphs=cuda_graphs, threads=threads,
+        engine, settings, versions = _build_torch_target(
+            source, out_dir, precision=precision, device=device, compile=compile,
+            cuda_graphs=cuda_graphs, threads=threads,
         )  # fmt: skip
+    elif target == "trt":
+        versions = _versions()
+        engine = out_dir / f"{name}.engine"
+        info = build_engine(
+            source, engine, precision=precision, calibration=calibration,
+            batch=batch or DEFAULT_BATCH, workspace_mib=workspace_mib, timing_cache=timing_cache,
+            hardware_compatibility=hardware_compatibility, keep_io_types=keep_io_types,
+        )  # fmt: skip
+        versions["tensorrt"] = info.tensorrt_version
+        settings, warnings = Path(f"{engine}.json"), info.warnings
+    else:
+        versions = _versions()
+        engine, settings = out_dir / f"{name}.ort.onnx", out_dir / f"{name}.ort.json"
+        warnings = _build_ort(
+            onnx_model, source, engine, settings, precision=precision, calibration=calibration,
+            keep_io_types=keep_io_types, threads=threads or available_cores(),
+            providers=list(providers or ["CPUExecutionProvider"]),
+            optimization_level=optimization_level, onnxruntime_version=versions["onnxruntime"],
+        )  # fmt: skip
+    return BuildResult(
+        target=target,
+        precision=precision,
+        engine_path=os.fspath(engine),
+        settings_path=os.fspath(settings),
+        source_onnx=os.fspath(source),
+        source_onnx_sha256=file_sha256(source),
+        versions=versions,
+        build_seconds=round(time.perf_counter() - start, 3),
+        warnings=warnings,
+    )
+
+
+def _check_onnx_build(
+    target: str,
+    precision: str,
+    calibration: CalibrationData | None,
+    optimization_level: str,
+    threads: int | None,
+) -> None:
+    """The checks of an ONNX Runtime or TensorRT build, before any work."""
     check_precision(precision)
     if precision == "int8":
         require_calibration(calibration)
@@ -168,75 +217,22 @@ def build(
     if threads is not None and threads < 1:
         raise InvalidInputError(f"threads must be >= 1, got {threads}")
     if target == "trt":
-        import_tensorrt()  # before any work: MissingDependencyError says what to install
-
-    onnx_path = Path(onnx_path)
-    source = load_onnx(onnx_path)
-    out_dir = Path(output_dir) if output_dir is not None else onnx_path.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{onnx_path.stem}.{precision}"
-    start = time.perf_counter()
-    versions = _versions()
-    if target == "trt":
-        engine_path = out_dir / f"{name}.engine"
-        info = build_engine(
-            onnx_path,
-            engine_path,
-            precision=precision,
-            calibration=calibration,
-            batch=batch or DEFAULT_BATCH,
-            workspace_mib=workspace_mib,
-            timing_cache=timing_cache,
-            hardware_compatibility=hardware_compatibility,
-            keep_io_types=keep_io_types,
-        )
-        versions["tensorrt"] = info.tensorrt_version
-        engine, settings, warnings = engine_path, Path(f"{engine_path}.json"), info.warnings
-    else:
-        engine, settings = out_dir / f"{name}.ort.onnx", out_dir / f"{name}.ort.json"
-        warnings = _build_ort(
-            source,
-            onnx_path,
-            engine,
-            settings,
-            precision=precision,
-            calibration=calibration,
-            keep_io_types=keep_io_types,
-            threads=threads or available_cores(),
-            providers=list(providers or ["CPUExecutionProvider"]),
-            optimization_level=optimization_level,
-            onnxruntime_version=versions["onnxruntime"],
-        )
-    return BuildResult(
-        target=target,
-        precision=precision,
-        engine_path=os.fspath(engine),
-        settings_path=os.fspath(settings),
-        source_onnx=os.fspath(onnx_path),
-        source_onnx_sha256=file_sha256(onnx_path),
-        versions=versions,
-        build_seconds=round(time.perf_counter() - start, 3),
-        warnings=warnings,
-    )
+        import_tensorrt()  # MissingDependencyError says what to install
 
 
 def _build_torch_target(
-    program_path: str | os.PathLike,
+    source: Path,
+    out_dir: Path,
     *,
     precision: str,
-    output_dir: str | os.PathLike | None,
     device: str | None,
     compile: bool | str | None,
     cuda_graphs: bool | None,
     threads: int | None,
-) -> BuildResult:
+) -> tuple[Path, Path, dict[str, str]]:
     """build(target="torch"): settings for a .pt2 program (see torch_program.build_torch)."""
     import torch
 
-    source = Path(program_path)
-    out_dir = Path(output_dir) if output_dir is not None else source.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     program, settings, versions = build_torch(
         source,
         out_dir,
@@ -246,16 +242,22 @@ def _build_torch_target(
         cuda_graphs=bool(cuda_graphs),
         threads=threads,
     )
-    return BuildResult(
-        target="torch",
-        precision=precision,
-        engine_path=os.fspath(program),
-        settings_path=os.fspath(settings),
-        source_onnx=os.fspath(source),
-        source_onnx_sha256=file_sha256(source),
-        versions=versions,
-        build_seconds=round(time.perf_counter() - start, 3),
-    )
+    _check_loads(TorchRunner, settings, written=[settings])
+    return program, settings, versions
+
+
+def _check_loads(
+    runner: type[OrtRunner | TorchRunner], settings: Path, written: list[Path]
+) -> None:
+    """Open a runner on the saved settings once: the pair must load as saved. When it does
+    not, the files just `written` are removed and the error goes up."""
+    try:
+        with runner.from_settings(settings):
+            pass
+    except Exception:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def available_cores() -> int:
@@ -312,13 +314,7 @@ def _build_ort(
         source_onnx_sha256=file_sha256(onnx_path),
         onnxruntime_version=onnxruntime_version,
     ).save(settings)
-    try:
-        with OrtRunner.from_settings(settings):  # the pair must load as saved
-            pass
-    except Exception:
-        engine.unlink(missing_ok=True)
-        settings.unlink(missing_ok=True)
-        raise
+    _check_loads(OrtRunner, settings, written=[engine, settings])
     return warnings
 
 

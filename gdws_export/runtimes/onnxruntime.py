@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from gdws_export._files import atomic_write_text, file_sha256, read_json_record
+from gdws_export._files import file_sha256
 from gdws_export.errors import InvalidInputError
-from gdws_export.runtimes.base import Runner, TensorSpec
+from gdws_export.runtimes.base import Runner, SettingsFile, TensorSpec
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -137,12 +138,15 @@ class OrtRunner(Runner):
 
 
 @dataclass
-class OrtSettings:
+class OrtSettings(SettingsFile):
     """Everything that fixes an ONNX Runtime benchmark: the model file and session settings.
 
     Saved as JSON beside the model; `model` is stored relative to the JSON file so the pair
     can be moved together.
     """
+
+    path_field: ClassVar[str] = "model"
+    file_kind: ClassVar[str] = "ONNX Runtime settings file"
 
     model: str
     threads: int | None = None
@@ -156,29 +160,5 @@ class OrtSettings:
     source_onnx_sha256: str = ""
     onnxruntime_version: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> OrtSettings:
-        return cls(**data)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the settings to `path`, the model path made relative to its folder."""
-        path = Path(path)
-        data = self.to_dict()
-        data["model"] = os.path.relpath(Path(self.model).resolve(), path.parent.resolve())
-        return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> OrtSettings:
-        """Read settings saved by `save`; the model path is resolved against the file's folder."""
-        path = Path(path)
-        if not path.is_file():
-            raise InvalidInputError(f"ONNX Runtime settings file {path} does not exist")
-        settings = read_json_record(cls, path, "an ONNX Runtime settings file")
-        settings.model = os.fspath(path.parent / settings.model)
-        return settings

@@ -15,16 +15,17 @@ not baked into the file, so one `.pt2` serves every setting.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from gdws_export._files import atomic_output, atomic_write_text, file_sha256, read_json_record
+from gdws_export._files import atomic_output, file_sha256
 from gdws_export.errors import InvalidInputError, UnsupportedModelError, plain_line
 from gdws_export.loading.gate import check_program_archive
+from gdws_export.runtimes.base import SettingsFile
 
 DEVICES = ("cpu", "cuda")
 TORCH_PRECISIONS = ("fp32", "fp16")
@@ -32,12 +33,15 @@ PROGRAM_SUFFIX = ".pt2"
 
 
 @dataclass
-class TorchSettings:
+class TorchSettings(SettingsFile):
     """The program file and the settings a `TorchRunner` runs it with.
 
     Saved as JSON; `program` is stored relative to the JSON file so the pair can be moved
     together. `compile` is None (eager) or a torch.compile backend name ("inductor").
     """
+
+    path_field: ClassVar[str] = "program"
+    file_kind: ClassVar[str] = "torch runner settings file"
 
     program: str
     device: str = "cpu"
@@ -47,30 +51,6 @@ class TorchSettings:
     threads: int | None = None
     program_sha256: str = ""
     torch_version: str = ""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TorchSettings:
-        return cls(**data)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the settings to `path`, the program path made relative to its folder."""
-        path = Path(path)
-        data = self.to_dict()
-        data["program"] = os.path.relpath(Path(self.program).resolve(), path.parent.resolve())
-        return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TorchSettings:
-        """Read settings saved by `save`; the program path is resolved against the file's folder."""
-        path = Path(path)
-        if not path.is_file():
-            raise InvalidInputError(f"torch runner settings file {path} does not exist")
-        settings = read_json_record(cls, path, "a torch runner settings file")
-        settings.program = os.fspath(path.parent / settings.program)
-        return settings
 
 
 def export_program(
@@ -205,7 +185,8 @@ def build_torch(
     cuda_graphs: bool,
     threads: int | None,
 ) -> tuple[Path, Path, dict[str, str]]:
-    """`build(target="torch")`: write the settings beside the program (copied into `out_dir`).
+    """`build(target="torch")`: write the settings beside the program (copied into `out_dir`);
+    `build` then checks that a `TorchRunner` loads them.
 
     Returns:
         (program path, settings path, versions).
@@ -238,14 +219,6 @@ def build_torch(
         program_sha256=file_sha256(program),
         torch_version=torch.__version__,
     ).save(settings_path)
-    from gdws_export.runtimes.torch_runner import TorchRunner
-
-    try:
-        with TorchRunner.from_settings(settings_path):  # the pair must load as saved
-            pass
-    except Exception:
-        settings_path.unlink(missing_ok=True)
-        raise
     versions = {"torch": torch.__version__}
     if torch.version.cuda:
         versions["cuda"] = torch.version.cuda
