@@ -79,12 +79,12 @@ class AttackConfig:
         if self.name == "none":
             return "clean (no attack)"
         norm = "L-inf" if self.norm == "linf" else "L2"
-        eps = _format_radius(self.eps, self.norm)
+        eps = format_radius(self.eps, self.norm)
         if self.name == "fgsm":
             return f"FGSM ({norm}, eps={eps})"
         restarts = f"{self.restarts} restart{'s' if self.restarts > 1 else ''}"
         start = "random start" if self.random_start else "no random start"
-        step = _format_radius(self.resolved_step_size, self.norm)
+        step = format_radius(self.resolved_step_size, self.norm)
         return (
             f"PGD-{self.steps} ({norm}, eps={eps}, step={step}, {restarts}, {start}, "
             f"seed {self.seed})"
@@ -212,7 +212,7 @@ def run_attack(
     )
 
 
-def _format_radius(value: float, norm: str) -> str:
+def format_radius(value: float, norm: str) -> str:
     """k/255 for L-inf radii that are whole numbers of 8-bit grey levels, else the number."""
     levels = value * 255
     if norm == "linf" and value > 0 and abs(levels - round(levels)) < 1e-6:
