@@ -142,3 +142,22 @@ def test_bad_arguments(tmp_path, kwargs, match):
     args = {"input_shape": (3, 16, 16), "path": tmp_path / "m.onnx", **kwargs}
     with pytest.raises(InvalidInputError, match=match):
         export_onnx(model, **args)
+
+
+def test_export_options_equal_their_keywords(tmp_path):
+    from gdws_export.lowering.options import ExportOptions
+
+    torch.manual_seed(0)
+    model = gdwsify(randomize_batchnorm(VGG()), 0.1)
+    common = {"input_shape": (3, 16, 16), "parity_inputs": _inputs()}
+    options = ExportOptions(lowering="slots", exporter="legacy", align=8)
+    by_options = export_onnx(model, options, path=tmp_path / "a.onnx", **common)
+    by_keywords = export_onnx(
+        model, path=tmp_path / "b.onnx", lowering="slots", exporter="legacy", align=8, **common
+    )
+    assert by_options.forms == by_keywords.forms and by_options.align == 8
+    assert onnx.load(by_options.onnx_path).graph == onnx.load(by_keywords.onnx_path).graph
+    overridden = export_onnx(model, options, path=tmp_path / "c.onnx", lowering="gather", **common)
+    assert set(overridden.forms.values()) == {"gather"}
+    with pytest.raises(TypeError, match="lowerings"):
+        ExportOptions.resolve(None, lowerings="gather")

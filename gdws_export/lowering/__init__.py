@@ -10,6 +10,7 @@ from gdws_export.lowering.fold import FoldSite, find_fold_sites
 from gdws_export.lowering.forms import FORMS, lower_layer
 from gdws_export.lowering.lower import lower_model
 from gdws_export.lowering.metadata import read_metadata, write_metadata
+from gdws_export.lowering.options import ExportOptions
 from gdws_export.lowering.parity import ParityReport, check_parity, compare_logits
 from gdws_export.lowering.pipeline import ExportResult, LayerLowering, export_onnx
 from gdws_export.lowering.simplify import SimplifyResult, simplify_model
@@ -17,6 +18,7 @@ from gdws_export.lowering.timing import measure_layer_costs, time_networks
 
 __all__ = [
     "FORMS",
+    "ExportOptions",
     "ExportResult",
     "FoldSite",
     "LayerLowering",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,179 +16,48 @@ from torch import nn
 from gdws_export._files import atomic_output
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.conv import GDWSConv2d, conv_macs_per_pixel
-from gdws_export.lowering.auto import (
-    DEFAULT_CANDIDATES,
-    SPEED_MARGIN,
-    beats_original,
-    choose_forms,
-    fastest_form,
-)
-from gdws_export.lowering.export import EXPORTERS, default_opset, export_model
+from gdws_export.lowering.auto import SPEED_MARGIN, beats_original, choose_forms, fastest_form
+from gdws_export.lowering.export import default_opset, export_model
+from gdws_export.lowering.export_result import ExportResult, LayerLowering
 from gdws_export.lowering.fold import find_fold_sites
-from gdws_export.lowering.forms import fold_slots, is_form
+from gdws_export.lowering.forms import fold_slots
 from gdws_export.lowering.lower import gdws_layers, lower_model, put_back_originals
 from gdws_export.lowering.metadata import write_metadata
-from gdws_export.lowering.parity import DEFAULT_TOLERANCE, ParityReport, check_parity
+from gdws_export.lowering.options import ExportOptions
+from gdws_export.lowering.parity import ParityReport, check_parity
 from gdws_export.lowering.simplify import simplify_model
 from gdws_export.lowering.timing import record_shapes, time_networks
 
 DEFAULT_PARITY_INPUTS = 16
 
 
-@dataclass
-class LayerLowering:
-    """How one GDWS conv was lowered.
-
-    Attributes:
-        name: module name.
-        form: the lowering form shipped ("dense" = the original conv kept).
-        kernels: G, the GDWS kernels kept; kernels_per_channel: g_c per input channel.
-        macs_original / macs_gdws: multiply-accumulates per image of the original conv and of
-            the GDWS conv (padding kernels of grouped convs included).
-        median_ms / p90_ms / fastest_ms: `auto` timings per candidate form (empty for a fixed
-            lowering); the fastest round decides.
-        notes: fallbacks and candidates left out, one line each.
-    """
-
-    name: str
-    form: str
-    kernels: int
-    kernels_per_channel: list[int]
-    macs_original: int
-    macs_gdws: int
-    median_ms: dict[str, float] = field(default_factory=dict)
-    p90_ms: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    fastest_ms: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class ExportResult:
-    """What `export_onnx` wrote and how: paths, per-layer lowering, parity, settings.
-
-    With `auto`, `network_ms` holds the whole-model [median, p90, fastest round]
-    milliseconds per batch of the per-layer choice ("auto"), the reference lowering ("gather")
-    and the original convs ("dense"), and `network_plan` the one shipped (the fastest round
-    decides; a GDWS plan must beat "dense" by `speed_margin`). A GDWS plan that wins is timed
-    again against "dense" alone (`confirmation_ms`) and ships only if it is still faster by
-    the margin; `speed_check` says in one line what was decided.
-    """
-
-    onnx_path: str
-    report_path: str
-    lowering: str
-    exporter: str
-    opset: int
-    dynamic_batch: bool
-    batch: int
-    threads: int | None
-    align: int
-    simplifier: str
-    simplify_notes: list[str]
-    parity: ParityReport
-    layers: list[LayerLowering]
-    settings: dict
-    tool_version: str
-    seconds: dict[str, float]
-    network_plan: str = ""
-    network_ms: dict[str, list[float]] = field(default_factory=dict)
-    confirmation_ms: dict[str, list[float]] = field(default_factory=dict)
-    speed_margin: float | None = None
-    speed_check: str = ""
-
-    @property
-    def forms(self) -> dict[str, str]:
-        """Layer name -> form shipped."""
-        return {layer.name: layer.form for layer in self.layers}
-
-    @property
-    def dense_layers(self) -> list[str]:
-        """Layers shipped as one ordinary conv: the original conv where `export_onnx` got the
-        original model (see `lower.put_back_originals`), else the GDWS weights made dense."""
-        return [layer.name for layer in self.layers if layer.form == "dense"]
-
-    @property
-    def macs(self) -> dict[str, int]:
-        """MACs per image summed over the GDWS layers: original, GDWS, and as shipped."""
-        shipped = sum(
-            lay.macs_original if lay.form == "dense" else lay.macs_gdws for lay in self.layers
-        )
-        return {
-            "original": sum(lay.macs_original for lay in self.layers),
-            "gdws": sum(lay.macs_gdws for lay in self.layers),
-            "shipped": shipped,
-        }
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["parity"] = self.parity.to_dict()
-        data["macs"] = self.macs
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ExportResult:
-        data = {k: v for k, v in data.items() if k != "macs"}
-        data["parity"] = ParityReport.from_dict(data["parity"])
-        data["layers"] = [LayerLowering(**lay) for lay in data["layers"]]
-        return cls(**data)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> ExportResult:
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-
 def export_onnx(
     model: nn.Module,
+    options: ExportOptions | None = None,
     *,
     input_shape: tuple[int, ...],
     path: str | os.PathLike,
-    lowering: str = "auto",
-    exporter: str = "dynamo",
-    opset: int | None = None,
-    dynamic_batch: bool = True,
-    simplify: bool = True,
     parity_inputs: torch.Tensor | np.ndarray | None = None,
-    parity_tolerance: float = DEFAULT_TOLERANCE,
-    threads: int | None = None,
-    batch: int = 1,
     original: nn.Module | None = None,
-    align: int | None = None,
-    candidates: tuple[str, ...] = DEFAULT_CANDIDATES,
-    repeats: int = 7,
     metadata: dict | None = None,
+    **settings: Any,
 ) -> ExportResult:
     """Export a GDWS model (or any CNN) to a plain ONNX graph, checked against PyTorch.
 
     Args:
         model: the PyTorch model, GDWS convs included; it is not modified.
+        options: lowering, exporter, opset, batch, timing and parity settings
+            (`ExportOptions`); None: the defaults ("auto" lowering, dynamo, opset 18).
         input_shape: (C, H, W) of one input image ((N, C, H, W) is accepted, N ignored).
         path: the .onnx file to write; the report goes next to it as `<stem>.report.json`.
-        lowering: "auto" (time the forms per layer on ONNX Runtime, keep the fastest, the
-            original conv included, a GDWS form only by `SPEED_MARGIN`; then time the whole
-            model so chosen against all-"gather" and the original convs, ship the fastest of
-            the three, a GDWS one only if a confirmation round against the original convs
-            finds it still faster by the margin), or one form for every
-            layer: "gather" (reference), "uniform", "slots", "fold", "fold-<S>", "dense" (see
-            `forms`). Layers a fold cannot
-            reach fall back to "gather" (noted in the report).
-        exporter: "dynamo" (default) or "legacy".
-        opset: ONNX opset; None means 18.
-        dynamic_batch: symbolic batch axis (default); False fixes it to `batch`.
-        simplify: run onnxsim (onnxslim as fallback); outputs are re-checked.
         parity_inputs: (N, C, H, W) images in [0, 1] to check parity on; None uses 16 random
             images (prefer real ones).
-        parity_tolerance: max |logit difference| / logit scale allowed.
-        threads: ONNX Runtime intra-op threads for `auto`'s timings (None: its default).
-        batch: batch size `auto` times at (and the fixed batch when not dynamic).
         original: the model before GDWS; layers where "dense" wins ship its conv. Without it
             they ship the GDWS weights as one dense conv (same speed, GDWS accuracy).
-        align: channel alignment of the forms; None picks 16 on AVX-512 CPUs, else 8.
-        candidates: forms `auto` times.
-        repeats: `auto`'s interleaved timing rounds.
         metadata: GDWS settings to store (beta or mac_ratio, alphas source...), JSON-able.
+        **settings: any `ExportOptions` field (lowering, exporter, opset, dynamic_batch,
+            simplify, parity_tolerance, threads, batch, align, candidates, repeats),
+            overriding `options`'.
 
     Returns:
         ExportResult with the paths, the per-layer forms and timings, and the parity figures.
@@ -204,70 +73,34 @@ def export_onnx(
         >>> result.parity.relative_diff < 1e-4                   # doctest: +SKIP
         True
     """
+    opts = ExportOptions.resolve(options, **settings)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    shape = _check_args(input_shape, lowering, exporter, batch)
-    path = Path(path)
-    align = _default_align() if align is None else int(align)
-    inputs = _parity_inputs(parity_inputs, shape)
+    path, inputs = Path(path), _parity_inputs(parity_inputs, _check_input_shape(input_shape))
+    align = _default_align() if opts.align is None else int(opts.align)
     was_training = model.training
     model.eval()
     try:
         layers = gdws_layers(model)
         originals = _originals(original, layers)
-        needs_fold = lowering == "auto" or fold_slots(lowering) is not None
-        sites, fold_reasons = find_fold_sites(model) if layers and needs_fold else ({}, {})
-        example = torch.from_numpy(inputs[:2] if dynamic_batch else _fixed_batch(inputs, batch))
-        timings, notes, network = {}, {n: [] for n in layers}, _NetworkCheck()
-        if lowering == "auto" and layers:
-            timings = choose_forms(
-                model, example, sites=sites, originals=originals, candidates=candidates,
-                align=align, batch=batch, threads=threads, repeats=repeats,
-            )  # fmt: skip
-            for n, t in timings.items():
-                notes[n] += t.notes
-            network = _check_network(
-                model, {n: t.form for n, t in timings.items()}, example, sites=sites,
-                originals=originals, align=align, batch=batch, threads=threads, repeats=repeats,
-            )  # fmt: skip
-            forms = network.forms
-        else:
-            forms = {}
-            for n in layers:
-                if fold_slots(lowering) is not None and n not in sites:
-                    forms[n] = "gather"
-                    notes[n].append(f"{lowering} impossible ({fold_reasons.get(n)}); gather")
-                else:
-                    forms[n] = lowering
+        example = _example(inputs, opts)
+        plan = _plan_forms(model, opts, layers, originals, example, align)
         seconds["choose"] = time.perf_counter() - clock
-
-        lowered = lower_model(model, forms, sites=sites, originals=originals, align=align)
-        restored = [n for n, f in forms.items() if f == "dense" and n in originals]
-        reference = model
-        if restored:  # the graph computes the original conv there: check against that
-            reference = copy.deepcopy(model)
-            put_back_originals(reference, original, restored)
-        proto = export_model(
-            lowered, example, exporter=exporter, opset=opset, dynamic_batch=dynamic_batch
-        )
-        seconds["export"] = time.perf_counter() - clock - sum(seconds.values())
-        tool, simplify_notes = "none", []
-        if simplify:
-            simplified = simplify_model(proto, example.numpy(), dynamic_batch=dynamic_batch)
-            proto, tool, simplify_notes = simplified.model, simplified.tool, simplified.notes
-        seconds["simplify"] = time.perf_counter() - clock - sum(seconds.values())
-        parity = _check_final(reference, proto, inputs, parity_tolerance, dynamic_batch, batch)
+        lowered = lower_model(model, plan.forms, sites=plan.sites, originals=originals, align=align)
+        proto, tool, simplify_notes = _export_graph(lowered, example, opts, seconds, clock)
+        reference = _reference(model, original, originals, plan.forms)
+        parity = _check_final(reference, proto, inputs, opts)
         seconds["parity"] = time.perf_counter() - clock - sum(seconds.values())
-
-        layer_reports = _layer_reports(model, layers, forms, timings, notes, example)
+        layer_reports = _layer_reports(model, layers, plan, example)
     finally:
         model.train(was_training)
     from gdws_export import __version__
 
+    network = plan.network
     result = ExportResult(
-        onnx_path=str(path), report_path=str(_report_path(path)), lowering=lowering,
-        exporter=exporter, opset=default_opset(proto), dynamic_batch=dynamic_batch,
-        batch=batch, threads=threads, align=align, simplifier=tool,
+        onnx_path=str(path), report_path=str(_report_path(path)), lowering=opts.lowering,
+        exporter=opts.exporter, opset=default_opset(proto), dynamic_batch=opts.dynamic_batch,
+        batch=opts.batch, threads=opts.threads, align=align, simplifier=tool,
         simplify_notes=simplify_notes, parity=parity, layers=layer_reports,
         settings=dict(metadata or {}), tool_version=__version__, seconds=seconds,
         network_plan=network.plan, network_ms=network.ms,
@@ -277,6 +110,74 @@ def export_onnx(
     write_metadata(proto, _metadata(result))
     _write_atomically(path, proto.SerializeToString(), result.to_json().encode())
     return result
+
+
+def _export_graph(lowered, example, opts: ExportOptions, seconds: dict[str, float], clock: float):
+    """Export the lowered model and simplify it; records both stages in `seconds` (measured
+    from `clock`, less the stages before). Returns (graph, simplifier, its notes)."""
+    proto = export_model(
+        lowered, example, exporter=opts.exporter, opset=opts.opset,
+        dynamic_batch=opts.dynamic_batch,
+    )  # fmt: skip
+    seconds["export"] = time.perf_counter() - clock - sum(seconds.values())
+    tool, notes = "none", []
+    if opts.simplify:
+        simplified = simplify_model(proto, example.numpy(), dynamic_batch=opts.dynamic_batch)
+        proto, tool, notes = simplified.model, simplified.tool, simplified.notes
+    seconds["simplify"] = time.perf_counter() - clock - sum(seconds.values())
+    return proto, tool, notes
+
+
+def _reference(model, original, originals, forms: dict[str, str]) -> nn.Module:
+    """What the graph must compute: `model`, with the original conv put back in every layer
+    shipped as the original ("dense" with an original given)."""
+    restored = [n for n, f in forms.items() if f == "dense" and n in originals]
+    if not restored:
+        return model
+    reference = copy.deepcopy(model)
+    put_back_originals(reference, original, restored)
+    return reference
+
+
+@dataclass
+class _FormPlan:
+    """The form of every GDWS layer, the fold sites, `auto`'s timings, notes for the report,
+    and (with `auto`) the whole-network check."""
+
+    forms: dict[str, str]
+    sites: dict
+    timings: dict = field(default_factory=dict)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    network: _NetworkCheck = field(default_factory=lambda: _NetworkCheck())
+
+
+def _plan_forms(model, opts: ExportOptions, layers, originals, example, align) -> _FormPlan:
+    """Each layer's form: `auto`'s timed choice (checked on the whole network), or the one
+    form asked for, "gather" where a fold cannot reach."""
+    lowering = opts.lowering
+    needs_fold = lowering == "auto" or fold_slots(lowering) is not None
+    sites, fold_reasons = find_fold_sites(model) if layers and needs_fold else ({}, {})
+    notes: dict[str, list[str]] = {n: [] for n in layers}
+    if lowering == "auto" and layers:
+        timed = dict(align=align, batch=opts.batch, threads=opts.threads, repeats=opts.repeats)
+        timings = choose_forms(
+            model, example, sites=sites, originals=originals, candidates=opts.candidates, **timed
+        )
+        for n, t in timings.items():
+            notes[n] += t.notes
+        network = _check_network(
+            model, {n: t.form for n, t in timings.items()}, example, sites=sites,
+            originals=originals, **timed,
+        )  # fmt: skip
+        return _FormPlan(network.forms, sites, timings, notes, network)
+    forms = {}
+    for n in layers:
+        if fold_slots(lowering) is not None and n not in sites:
+            forms[n] = "gather"
+            notes[n].append(f"{lowering} impossible ({fold_reasons.get(n)}); gather")
+        else:
+            forms[n] = lowering
+    return _FormPlan(forms, sites, notes=notes)
 
 
 @dataclass
@@ -340,21 +241,12 @@ def _check_network(
     return _NetworkCheck(plan, plans[plan], ms, confirmation_ms, speed_check)
 
 
-def _check_args(input_shape, lowering, exporter, batch) -> tuple[int, int, int]:
+def _check_input_shape(input_shape) -> tuple[int, int, int]:
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 4:
         shape = shape[1:]
     if len(shape) != 3 or min(shape) < 1:
         raise InvalidInputError(f"input_shape must be (C, H, W), got {tuple(input_shape)}")
-    if lowering != "auto" and not is_form(lowering):
-        raise InvalidInputError(
-            f"unknown lowering {lowering!r}; use 'auto', 'gather', 'uniform', 'slots', 'fold', "
-            "'fold-<S>' or 'dense'"
-        )
-    if exporter not in EXPORTERS:
-        raise InvalidInputError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InvalidInputError(f"batch must be a positive int, got {batch!r}")
     return shape
 
 
@@ -370,6 +262,12 @@ def _parity_inputs(inputs, shape) -> np.ndarray:
             f"parity_inputs must have shape (N, {', '.join(map(str, shape))}), got {inputs.shape}"
         )
     return inputs
+
+
+def _example(inputs: np.ndarray, opts: ExportOptions) -> torch.Tensor:
+    """The batch the model is exported and `auto` timed with: two images with a dynamic batch
+    axis, else the fixed batch."""
+    return torch.from_numpy(inputs[:2] if opts.dynamic_batch else _fixed_batch(inputs, opts.batch))
 
 
 def _fixed_batch(inputs: np.ndarray, batch: int) -> np.ndarray:
@@ -398,19 +296,21 @@ def _originals(original: nn.Module | None, layers: dict[str, GDWSConv2d]) -> dic
     return found
 
 
-def _check_final(reference, proto, inputs, tolerance, dynamic_batch, batch) -> ParityReport:
+def _check_final(reference, proto, inputs, opts: ExportOptions) -> ParityReport:
     from gdws_export.runtimes import OrtRunner
 
+    tolerance = opts.parity_tolerance
     with OrtRunner(proto.SerializeToString()) as runner:
-        if dynamic_batch:  # batch 1 and larger batches both, so a fixed batch shows up
+        if opts.dynamic_batch:  # batch 1 and larger batches both, so a fixed batch shows up
             return check_parity(
                 reference, runner, inputs, tolerance=tolerance, batch=max(2, min(len(inputs), 8)),
                 first_alone=True,
             )  # fmt: skip
-        return check_parity(reference, runner, inputs, tolerance=tolerance, batch=batch)
+        return check_parity(reference, runner, inputs, tolerance=tolerance, batch=opts.batch)
 
 
-def _layer_reports(model, layers, forms, timings, notes, example) -> list[LayerLowering]:
+def _layer_reports(model, layers, plan: _FormPlan, example) -> list[LayerLowering]:
+    forms, timings, notes = plan.forms, plan.timings, plan.notes
     shapes = record_shapes(model, example[:1], set(layers))
     reports = []
     for name, gdws in layers.items():
@@ -469,4 +369,4 @@ def _default_align() -> int:
         return 8
 
 
-__all__ = ["ExportResult", "LayerLowering", "export_onnx"]
+__all__ = ["ExportOptions", "ExportResult", "LayerLowering", "export_onnx"]
