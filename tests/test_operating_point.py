@@ -283,9 +283,9 @@ def test_bad_min_speedup_settings(tmp_path, kwargs, message):
 def test_min_speedup_search_end_to_end(tmp_path, monkeypatch):
     """Each probe is exported and timed against the original graph; the report gives the
     speed-ups (not asserted: speed is a benchmark's business) and the probe it shipped."""
-    import gdws_export.pipeline.run as run_module
+    import gdws_export.pipeline.search as search
 
-    monkeypatch.setattr(run_module, "PROBE_TIMING_S", 0.05)
+    monkeypatch.setattr(search, "PROBE_TIMING_S", 0.05)
     model = files.checkpoint(tmp_path)
     calib = files.calib_npz(tmp_path, n=80)  # 16 fit, 64 judge
     config = ExportConfig(str(model), output=str(tmp_path / "out"), calib=str(calib),
