@@ -26,6 +26,7 @@ STAGES = {
     "refit": "refitting the 1x1 convs on the calibration data",
     "choose": "choosing the sensitivity on held-out calibration images",
     "search": "judging a candidate on held-out calibration images",
+    "rank_exact": "ranking the layers to keep exact on the calibration images",
     "held_out": "measuring the original and the shipped engine on held-out images",
     "export_original": "exporting the original ONNX graph",
     "export_gdws": "exporting the GDWS ONNX graph",
