@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _row(outcome: conformance.Outcome, problems: list[str], macs: str) -> str:
-    verdict = "ok" if not problems else "; ".join(problems).replace("|", "/")
+    verdict = "; ".join(problems).replace("|", "/") if problems else "ok"
+    if not problems and outcome.code != 0:
+        verdict = "ok: documented refusal"
     shipped = outcome.macs.get("shipped", outcome.macs.get("gdws", ""))
     ratio = f"{shipped / outcome.macs['original']:.2f}" if shipped else ""
     return (

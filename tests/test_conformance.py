@@ -27,6 +27,8 @@ FAST = [
     ("densenet", "pt2-bounded", "dense", LEGACY),
     ("res2net", "pt2-static", "calib", LEGACY),  # the search, on a model the project did not make
     ("hrnet", "pickle", "sweep", ()),
+    ("vgg", "pt2-static", "bench", LEGACY),  # bench times a static batch at the batch it takes
+    ("resnet18", "pt2-static", "sweep", ()),  # the documented refusal, one line, exit 3
 ]
 FULL = [
     pytest.param(arch, fmt, run, (), id=f"{arch}-{fmt}-{run}")

@@ -193,13 +193,13 @@ def test_force_refuses_a_triton_model_folder_it_did_not_write(capsys, place):
 def test_a_triton_model_appearing_mid_run_commits_neither_folder(capsys, place, monkeypatch):
     import gdws_export.pipeline.run as run
 
-    build = run._export_and_build
+    build = run.ship
 
     def build_while_another_run_writes_the_model(*args, **kwargs):
         build(*args, **kwargs)
         (place / "repo" / "lenet").mkdir()  # another run, or a person, got there first
 
-    monkeypatch.setattr(run, "_export_and_build", build_while_another_run_writes_the_model)
+    monkeypatch.setattr(run, "ship", build_while_another_run_writes_the_model)
     argv = [_model(place), "-o", str(place / "out"), "--triton-repo", str(place / "repo"), *FAST]
     assert main(argv) == 2
     _one_plain_line(capsys.readouterr().err, "lenet appeared while exporting")

@@ -88,7 +88,7 @@ def _auto(path, calib, out, **kwargs):
 
 
 def test_auto_ships_the_measure_it_chose(lenet_and_calib, tmp_path, monkeypatch):
-    import gdws_export.pipeline.run as run
+    import gdws_export.pipeline.candidates as candidates
 
     path, calib = lenet_and_calib
     judged = {}
@@ -97,7 +97,7 @@ def test_auto_ships_the_measure_it_chose(lenet_and_calib, tmp_path, monkeypatch)
         judged.update(models=list(models), images=len(x))
         return MeasureChoice("calibrated", len(x), attack.describe(), [])
 
-    monkeypatch.setattr(run, "choose_measure", choose_calibrated)
+    monkeypatch.setattr(candidates, "choose_measure", choose_calibrated)
     report = run_export(_auto(path, calib, tmp_path / "out"))
     assert judged == {"models": list(AUTO_MEASURES), "images": 64}
     assert report.model["alphas"].startswith("calibrated") and "auto" in report.model["alphas"]

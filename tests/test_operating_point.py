@@ -13,18 +13,22 @@ from gdws_export.cli import main
 from gdws_export.errors import InvalidInputError
 from gdws_export.pipeline import ExportConfig, run_export
 from gdws_export.pipeline.operating_point import (
+    ExactLayer,
     PairedDrop,
     Probe,
     SearchResult,
     bisect_ratio,
     choose_for_speed,
     choose_operating_point,
+    rank_exact_layers,
 )
 from tests import _model_files as files
 
 
-def _probe(ratio: float, lost: int, gained: int = 0, images: int = 1000, measure="none"):
-    return Probe(ratio, measure, 0.9, 0.7, PairedDrop(images, lost, gained), 1000, 1.0)
+def _probe(ratio: float, lost: int, gained: int = 0, images: int = 1000, measure="none",
+           macs: int = 1000, exact: tuple[str, ...] = ()):  # fmt: skip
+    drop = PairedDrop(images, lost, gained)
+    return Probe(ratio, measure, 0.9, 0.7, drop, macs, 1.0, exact=exact)
 
 
 # --- the paired drop -------------------------------------------------------------------------
@@ -102,6 +106,77 @@ def test_reports_too_few_images():
 def test_nothing_within_the_budget_ships_the_original():
     chosen, reason, _ = choose_operating_point([_probe(0.3, 9, images=256)], 0.5)
     assert chosen is None and "the original ships" in reason
+
+
+def test_a_probe_with_layers_kept_exact_ships_when_it_costs_fewer_macs():
+    """Probes are priced by their MACs: a deeper cut with one layer kept exact beats a
+    shallower cut that passes, and loses to it when it costs more."""
+    shallow = _probe(0.6, 0, macs=600)
+    deeper = _probe(0.3, 1, macs=450, exact=("features.3",))
+    chosen, reason, _ = choose_operating_point([shallow, deeper], 0.5)
+    assert chosen is deeper and "features.3 kept exact" in reason
+    costly = _probe(0.3, 1, macs=700, exact=("features.3",))
+    assert choose_operating_point([shallow, costly], 0.5)[0] is shallow
+
+
+def test_layers_are_ranked_by_robust_accuracy_per_mac():
+    layers = [ExactLayer("big", 2.0, 1000), ExactLayer("small", 1.0, 100),
+              ExactLayer("useless", 0.0, 10), ExactLayer("harmful", -1.0, 10)]  # fmt: skip
+    assert [layer.name for layer in rank_exact_layers(layers)] == ["small", "big"]
+
+
+class _FakeProber:
+    """A network whose layer "b" refutes every cut below ratio 0.6; kept exact, any ratio
+    down to 0.15 passes. MACs: 1000 x ratio, plus 100 per layer kept exact."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.probes, self.built, self.calls = [], {}, []
+        self.report = SimpleNamespace(macs={"original": 1000})
+
+    def evaluate(self, ratio, exact=()):
+        self.calls.append((ratio, exact))
+        passes = ratio >= 0.6 or ("b" in exact and ratio >= 0.15)
+        probe = _probe(ratio, 0 if passes else 60, macs=int(1000 * ratio) + 100 * len(exact),
+                       exact=exact)  # fmt: skip
+        self.probes.append(probe)
+        self.built[(ratio, "none", exact)] = object()
+        return probe
+
+
+def test_the_search_keeps_the_ranked_layer_exact_and_cuts_deeper(monkeypatch):
+    import gdws_export.pipeline.search as search
+
+    prober = _FakeProber()
+    ranked = []
+
+    def rank(prober_, base, room):
+        ranked.append(room)
+        return [ExactLayer("b", 3.0, 50), ExactLayer("a", 0.5, 50)]
+
+    monkeypatch.setattr(search, "_rank_layers", rank)
+    bisect_ratio(prober.evaluate, lambda probe: probe.eligible(0.5))
+    before, _, _ = choose_operating_point(prober.probes, 0.5)
+    ranking, note = search._keep_layers_exact(prober, 0.5)
+    chosen, _, _ = choose_operating_point(prober.probes, 0.5)
+    assert [layer.name for layer in ranking] == ["b", "a"] and len(ranked) == 1
+    assert before.exact == () and before.mac_ratio >= 0.6
+    assert chosen.exact == ("b",) and chosen.macs < before.macs
+    assert 0.15 <= chosen.mac_ratio < 0.6
+    # "b" found cheaper probes, so "a" was tried too; it found nothing cheaper: the walk ends
+    tried = {exact for _, exact in prober.calls}
+    assert tried == {(), ("b",), ("b", "a")}
+
+
+def test_the_search_takes_nothing_apart_when_every_probe_passes(monkeypatch):
+    import gdws_export.pipeline.search as search
+
+    prober = _FakeProber()
+    prober.evaluate(0.7)
+    monkeypatch.setattr(search, "_rank_layers", lambda *a: pytest.fail("nothing to rank"))
+    ranking, note = search._keep_layers_exact(prober, 0.5)
+    assert ranking == [] and "no layer needs keeping exact" in note
 
 
 def re_number(text: str, pattern: str) -> int:
@@ -209,14 +284,17 @@ def test_small_search_end_to_end(tmp_path):
                           threads=1)  # fmt: skip
     report = run_export(config)
     search = report.search
-    assert search["held_out"] == 64 and len(search["probes"]) == 4
-    ratios = [p["mac_ratio"] for p in search["probes"]]
-    assert math.isclose(ratios[0], 10**-0.5, rel_tol=1e-3)
+    bisection = [p for p in search["probes"] if not p["exact"]]
+    assert search["held_out"] == 64 and len(bisection) == 4
+    assert math.isclose(bisection[0]["mac_ratio"], 10**-0.5, rel_tol=1e-3)
+    ranked = [layer["name"] for layer in search["exact_ranking"]]
+    assert all(set(p["exact"]) <= set(ranked) for p in search["probes"])
     eligible = [p for p in search["probes"] if p["verdict"] != "fails" and p["drop_points"] <= 2]
     if eligible:
         shipped = search["probes"][search["chosen"]]
-        assert shipped["mac_ratio"] == min(p["mac_ratio"] for p in eligible)
+        assert shipped["macs"] == min(p["macs"] for p in eligible)
         assert report.settings["mac_ratio"] == shipped["mac_ratio"]
+        assert report.settings["exclude"] == shipped["exact"]  # what the CLI would rebuild
         assert report.approximation is not None
     else:
         assert search["chosen"] is None and report.approximation is None
@@ -283,9 +361,9 @@ def test_bad_min_speedup_settings(tmp_path, kwargs, message):
 def test_min_speedup_search_end_to_end(tmp_path, monkeypatch):
     """Each probe is exported and timed against the original graph; the report gives the
     speed-ups (not asserted: speed is a benchmark's business) and the probe it shipped."""
-    import gdws_export.pipeline.run as run_module
+    import gdws_export.pipeline.search as search
 
-    monkeypatch.setattr(run_module, "PROBE_TIMING_S", 0.05)
+    monkeypatch.setattr(search, "PROBE_TIMING_S", 0.05)
     model = files.checkpoint(tmp_path)
     calib = files.calib_npz(tmp_path, n=80)  # 16 fit, 64 judge
     config = ExportConfig(str(model), output=str(tmp_path / "out"), calib=str(calib),

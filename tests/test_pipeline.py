@@ -558,12 +558,12 @@ def test_auto_sensitivity_without_held_out_images_builds_only_the_model_it_ships
     ckpt, tmp_path, monkeypatch
 ):
     """A calibrated candidate that no held-out image can judge is never built."""
-    import gdws_export.pipeline.run as run_module
+    import gdws_export.pipeline.candidates as candidates
 
     def never(*args, **kwargs):
         raise AssertionError("calibrated alphas computed for a candidate that cannot be judged")
 
-    monkeypatch.setattr(run_module, "calibrated_gains", never)
+    monkeypatch.setattr(candidates, "calibrated_gains", never)
     calib = files.calib_npz(tmp_path, n=8)  # all 8 fit; 0 held out
     report = run_export(_config(ckpt, tmp_path / "out", calib=str(calib), mac_ratio=0.3,
                                 dry_run=True))  # fmt: skip

@@ -42,8 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--reference", type=Path, help="a second model timed alongside (e.g. the original)"
     )
     parser.add_argument(
-        "--batch-sizes", type=int, nargs="+", default=list(DEFAULT_BATCH_SIZES),
-        help=f"batch sizes to time (default: {' '.join(map(str, DEFAULT_BATCH_SIZES))})",
+        "--batch-sizes", type=int, nargs="+",
+        help=f"batch sizes to time (default: {' '.join(map(str, DEFAULT_BATCH_SIZES))}, or the "
+        "one batch a model exported with a fixed batch takes)",
     )  # fmt: skip
     parser.add_argument(
         "--duration", type=float, default=None,

@@ -124,8 +124,9 @@ def search_line(search: dict) -> str:
     p = search["probes"][search["chosen"]]
     low, high = p["interval"]
     speed = f", {p['speedup']:.2f}x" if p.get("speedup") else ""
+    exact = f", {', '.join(p['exact'])} kept exact" if p.get("exact") else ""
     return (
-        f"MAC ratio {p['mac_ratio']:g} ({p['measure']} alphas{speed}): robust accuracy "
+        f"MAC ratio {p['mac_ratio']:g} ({p['measure']} alphas{exact}{speed}): robust accuracy "
         f"{original:.1f} % -> {100 * p['robust']:.1f} % on {search['held_out']} held-out images "
         f"(drop {p['drop_points']:+.2f} points, 95 % interval {low:+.2f} .. {high:+.2f})"
     )

@@ -92,30 +92,43 @@ def plot_operating_point(search: dict, path: str | os.PathLike) -> Path:
     figure, axes = _new_figure()
     from matplotlib.ticker import FormatStrFormatter
 
-    probes = sorted(search["probes"], key=lambda p: p["mac_ratio"])
-    for measure in dict.fromkeys(p["measure"] for p in probes):
-        mine = [p for p in probes if p["measure"] == measure]
+    original = search.get("original_macs") or 0
+
+    def share(p: dict) -> float:  # the model's MACs against the original's
+        return p["macs"] / original if original else p["mac_ratio"]
+
+    def group(p: dict) -> str:
+        exact = p.get("exact") or []
+        return f"{p['measure']} alphas" + (f", {', '.join(exact)} exact" if exact else "")
+
+    probes = sorted(search["probes"], key=share)
+    for label in dict.fromkeys(group(p) for p in probes):
+        mine = [p for p in probes if group(p) == label]
         drops = [p["drop_points"] for p in mine]
         errors = [[d - p["interval"][0] for d, p in zip(drops, mine, strict=True)],
                   [p["interval"][1] - d for d, p in zip(drops, mine, strict=True)]]  # fmt: skip
-        axes.errorbar([p["mac_ratio"] for p in mine], drops, yerr=errors, fmt="o", capsize=3,
-                      label=f"{measure} alphas", zorder=3)  # fmt: skip
+        axes.errorbar([share(p) for p in mine], drops, yerr=errors, fmt="o", capsize=3,
+                      label=label, zorder=3)  # fmt: skip
         for p in mine:
             if p.get("speedup"):
-                axes.annotate(f"{p['speedup']:.2f}x", (p["mac_ratio"], p["drop_points"]),
+                axes.annotate(f"{p['speedup']:.2f}x", (share(p), p["drop_points"]),
                               textcoords="offset points", xytext=(6, 4), fontsize=7)  # fmt: skip
     if search.get("max_robust_drop") is not None:
         axes.axhline(search["max_robust_drop"], color="tab:red", linewidth=0.8, linestyle=":",
                      label=f"budget ({search['max_robust_drop']:g} points)")  # fmt: skip
     if search.get("chosen") is not None:
         shipped = search["probes"][search["chosen"]]
-        axes.scatter([shipped["mac_ratio"]], [shipped["drop_points"]], s=260, facecolors="none",
+        axes.scatter([share(shipped)], [shipped["drop_points"]], s=260, facecolors="none",
                      edgecolors="tab:green", linewidths=1.5, label="shipped", zorder=4)  # fmt: skip
     axes.axhline(0, color="grey", linewidth=0.6)
     axes.set_xscale("log")
     axes.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     axes.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
-    axes.set_xlabel("MAC ratio of the replaceable convs (log scale)")
+    axes.set_xlabel(
+        "MACs of the model / the original's (log scale)"
+        if original
+        else "MAC ratio of the replaceable convs (log scale)"
+    )
     axes.set_ylabel("robust-accuracy drop vs the original (points)")
     axes.set_title(f"{search['held_out']} held-out images, {search['attack']}", fontsize=8)
     return _finish(figure, axes, path)

@@ -44,7 +44,7 @@ from gdws_export.runtimes.base import Runner
 def benchmark(
     runners: Mapping[str, Runner],
     *,
-    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    batch_sizes: Sequence[int] | None = None,
     duration_s: float | None = DEFAULT_DURATION_S,
     iterations: int | None = None,
     warmup_s: float = DEFAULT_WARMUP_S,
@@ -63,7 +63,8 @@ def benchmark(
         runners: name -> runner (e.g. {"original": OrtRunner(a), "gdws": OrtRunner(b)}); each
             takes one image batch and returns logits.
         batch_sizes: batch sizes to time; batch 1 gives SingleStream latency, the largest
-            Offline throughput.
+            Offline throughput. None: `DEFAULT_BATCH_SIZES`, or the one batch that runners
+            with a fixed batch size all take.
         duration_s: minimum timed seconds per runner and batch size (None: no minimum).
         iterations: minimum timed runs per runner and batch size; with duration_s None, exactly
             this many. At least one of duration_s and iterations must be given.
@@ -86,15 +87,17 @@ def benchmark(
         >>> report.speedup("gdws", 64)  # doctest: +SKIP
         1.8
     """
-    settings = _check_settings(
-        runners, batch_sizes, duration_s, iterations, warmup_s, warmup_iterations, rounds,
-        reference, seed,
-    )  # fmt: skip
     names = list(runners)
     results: list[BatchResult] = []
     with contextlib.ExitStack() as stack:
         for runner in runners.values():
-            stack.enter_context(runner)
+            stack.enter_context(runner)  # active runners say what their inputs take
+        if batch_sizes is None:
+            batch_sizes = default_batch_sizes(runners)
+        settings = _check_settings(
+            runners, batch_sizes, duration_s, iterations, warmup_s, warmup_iterations, rounds,
+            reference, seed,
+        )  # fmt: skip
         shape = resolve_input_shape(runners, input_shape, settings.batch_sizes)
         settings.input_shape = list(shape)
         check_input_dims("benchmark: input shape", shape)
@@ -115,6 +118,21 @@ def benchmark(
     )
 
 
+def default_batch_sizes(runners: Mapping[str, Runner]) -> tuple[int, ...]:
+    """`DEFAULT_BATCH_SIZES`, or (b,) when every runner's graph fixes its batch to the same b:
+    a model exported with a static batch is timed at the batch it takes, not refused."""
+    fixed = {_fixed_batch(runner.inputs()[0].shape) for runner in runners.values()
+             if len(runner.inputs()) == 1}  # fmt: skip
+    if len(fixed) == 1 and None not in fixed:
+        return (fixed.pop(),)
+    return DEFAULT_BATCH_SIZES
+
+
+def _fixed_batch(dims: Sequence) -> int | None:
+    """The batch size an input's shape fixes, None when it is dynamic."""
+    return dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+
+
 def resolve_input_shape(
     runners: Mapping[str, Runner], input_shape: Sequence[int] | None, batch_sizes: Sequence[int]
 ) -> tuple[int, ...]:
@@ -133,7 +151,7 @@ def resolve_input_shape(
                 "classifiers with one input"
             )
         dims = specs[0].shape
-        fixed_batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+        fixed_batch = _fixed_batch(dims)
         if fixed_batch is not None and any(b != fixed_batch for b in batch_sizes):
             raise InvalidInputError(
                 f"runner {name!r} takes batch {fixed_batch} only (input shape {dims}); "

@@ -13,7 +13,8 @@ from gdws_export.pipeline.config import (
 )
 from gdws_export.pipeline.model import NormalizedInput, count_macs_params
 from gdws_export.pipeline.report import SCHEMA_VERSION, ExportReport
-from gdws_export.pipeline.run import STAGES, ProgressCallback, run_export
+from gdws_export.pipeline.run import run_export
+from gdws_export.pipeline.stages import STAGES, ProgressCallback
 
 __all__ = [
     "DEFAULT_CALIB_SAMPLES",

@@ -21,6 +21,20 @@ drop (an Agresti-Min adjusted Wald interval for paired proportions) sorts each p
 is within the budget; when that probe's interval still reaches past the budget, the report
 says so and how many held-out images would resolve it.
 
+Which layers stay exact is searched too. One sensitive layer (say the second conv of a
+VGG-16) can refute every deep cut although the rest of the network bears it. After the
+bisection, the refuted probe nearest the boundary is taken apart: each of its GDWS layers is put
+back to its original conv, one at a time, and attacked on the *calibration* images (the fit
+split, not the held-out judge), and the layers are ranked by the robust accuracy their GDWS form
+costs per MAC it saves (`rank_exact_layers`). The best-ranked layer is then kept exact
+(`--exclude`) and the MAC ratio bisected again below the shipped probe's, with
+`EXACT_PROBES` probes judged on the held-out images as before; the next-ranked layer is added
+while that keeps finding cheaper passing probes, up to `MAX_EXACT_LAYERS`. Ranking on other
+images than the judge keeps the choice of layer from being fitted to the judge's noise. The
+search so builds at most SEARCH_PROBES + MAX_EXACT_LAYERS * EXACT_PROBES models (plus one per
+extra measure at the first probe) and attacks the calibration images once per GDWS layer of
+one probe. Every probe is priced by its MACs: the cheapest eligible one ships.
+
 `--min-speedup S` turns the search around: each probe is also exported with the export's
 lowering and timed against the original graph on ONNX Runtime (interleaved, medians, at
 `--batch` and `--threads`); a probe slower than S moves the search to deeper cuts, a faster
@@ -39,6 +53,8 @@ import torch
 DEFAULT_MAX_ROBUST_DROP = 0.5  # points of robust accuracy
 RATIO_RANGE = (0.1, 1.0)  # MAC ratios searched; 1.0 is the original's cost
 SEARCH_PROBES = 4
+MAX_EXACT_LAYERS = 2  # layers the search may keep exact beyond --exclude
+EXACT_PROBES = 3  # ratios bisected per kept-exact layer
 Z_95 = 1.959964
 
 
@@ -102,6 +118,7 @@ class Probe:
     macs: int
     seconds: float
     speedup: float | None = None  # measured on the target, with `--min-speedup` only
+    exact: tuple[str, ...] = ()  # layers the search kept exact (beyond --exclude)
 
     def verdict(self, max_drop: float) -> str:
         """ "passes", "fails" or "unresolved" (module docstring)."""
@@ -118,6 +135,7 @@ class Probe:
 
     def to_dict(self, max_drop: float) -> dict:
         data = asdict(self)
+        data["exact"] = list(self.exact)
         low, high = self.drop.interval()
         data.update(drop_points=round(self.drop.points, 3), interval=[round(low, 3),
                     round(high, 3)], verdict=self.verdict(max_drop))  # fmt: skip
@@ -138,6 +156,9 @@ class SearchResult:
     chosen: Probe | None
     reason: str
     warnings: list[str] = field(default_factory=list)
+    original_macs: int = 0
+    exact_ranking: list[ExactLayer] = field(default_factory=list)
+    exact_note: str = ""  # what the search of the layers to keep exact tried
 
     def to_dict(self) -> dict:
         return {
@@ -150,13 +171,16 @@ class SearchResult:
             "chosen": None if self.chosen is None else self.probes.index(self.chosen),
             "reason": self.reason,
             "warnings": list(self.warnings),
+            "original_macs": self.original_macs,
+            "exact_ranking": [asdict(layer) for layer in self.exact_ranking],
+            "exact_note": self.exact_note,
         }
 
 
 def choose_operating_point(
     probes: list[Probe], max_drop: float
 ) -> tuple[Probe | None, str, list[str]]:
-    """The fastest eligible probe (the smallest MAC ratio), why, and warnings.
+    """The fastest eligible probe (the fewest MACs), why, and warnings.
 
     Returns:
         (chosen probe or None when no probe may ship, the reason, warnings such as "too few
@@ -172,11 +196,12 @@ def choose_operating_point(
             "on the held-out images: the original ships"
         )
         return None, reason, []
-    chosen = min(eligible, key=lambda p: (p.mac_ratio, p.drop.points))
+    chosen = min(eligible, key=lambda p: (p.macs, p.mac_ratio, p.drop.points))
     low, high = chosen.drop.interval()
+    exact = f", {', '.join(chosen.exact)} kept exact" if chosen.exact else ""
     reason = (
-        f"the smallest MAC ratio within the budget: {chosen.mac_ratio:.3f} ({chosen.measure} "
-        f"alphas) lost {chosen.drop.points:+.2f} points (95 % interval {low:+.2f} .. "
+        f"the fewest MACs within the budget: MAC ratio {chosen.mac_ratio:.3f} ({chosen.measure} "
+        f"alphas{exact}) lost {chosen.drop.points:+.2f} points (95 % interval {low:+.2f} .. "
         f"{high:+.2f}) against a budget of {max_drop:g}"
     )
     warnings = []
@@ -213,6 +238,30 @@ def choose_for_speed(
     return chosen, reason, []
 
 
+@dataclass(frozen=True)
+class ExactLayer:
+    """One GDWS layer of the probe taken apart: robust accuracy (points, on the calibration
+    images) gained by putting its original conv back, and the MACs that costs."""
+
+    name: str
+    gain_points: float
+    macs: int
+
+
+def rank_exact_layers(layers: list[ExactLayer]) -> list[ExactLayer]:
+    """The layers worth keeping exact, most robust accuracy per MAC first; a layer whose
+    original conv gained nothing is dropped (keeping it exact would buy no robustness).
+
+    Example:
+        >>> ranked = rank_exact_layers([ExactLayer("a", 1.0, 100), ExactLayer("b", 1.0, 10),
+        ...                             ExactLayer("c", 0.0, 1)])
+        >>> [layer.name for layer in ranked]
+        ['b', 'a']
+    """
+    useful = [layer for layer in layers if layer.gain_points > 0]
+    return sorted(useful, key=lambda layer: -layer.gain_points / max(layer.macs, 1))
+
+
 def bisect_ratio(
     evaluate: Callable[[float], Probe],
     go_lower: Callable[[Probe], bool],
@@ -244,10 +293,14 @@ def bisect_ratio(
 
 __all__ = [
     "DEFAULT_MAX_ROBUST_DROP",
+    "EXACT_PROBES",
+    "MAX_EXACT_LAYERS",
+    "ExactLayer",
     "PairedDrop",
     "Probe",
     "SearchResult",
     "bisect_ratio",
     "choose_for_speed",
     "choose_operating_point",
+    "rank_exact_layers",
 ]

@@ -314,8 +314,10 @@ def _refit_inputs(refit: dict) -> str:
 
 
 def _search_text(search: dict) -> str:
-    """The operating-point section: the goal, the original's accuracies, every probe."""
+    """The operating-point section: the goal, the original's accuracies, every probe (fewest
+    MACs first) and the ranking of the layers to keep exact."""
     timed = any(p.get("speedup") is not None for p in search["probes"])
+    original_macs = search.get("original_macs") or 0
     lines = [
         f"Searched for {search['goal']}, judged on {search['held_out']} held-out calibration "
         f"images ({search['attack']}; the original: clean "
@@ -323,21 +325,32 @@ def _search_text(search: dict) -> str:
         f"{100 * search['original']['robust']:.1f} %), paired on the same images; "
         f"{search['reason']}.",
         "",
-        "| MAC ratio | measure | clean % | robust % | drop (points) | 95 % interval | verdict "
-        + ("| speed-up " if timed else "")
-        + "| shipped |",
-        "|---:|---|---:|---:|---:|---|---|" + ("---:|" if timed else "") + "---|",
+        "| MAC ratio | kept exact | MACs | measure | clean % | robust % | drop (points) "
+        "| 95 % interval | verdict " + ("| speed-up " if timed else "") + "| shipped |",
+        "|---:|---|---:|---|---:|---:|---:|---|---|" + ("---:|" if timed else "") + "---|",
     ]
     chosen = search["chosen"]
-    for index, p in sorted(enumerate(search["probes"]), key=lambda ip: ip[1]["mac_ratio"]):
+    for index, p in sorted(enumerate(search["probes"]), key=lambda ip: ip[1]["macs"]):
         low, high = p["interval"]
         speed = f"| {p['speedup']:.2f}x " if timed and p.get("speedup") else ("| " if timed else "")
         verdict = p["verdict"] if search["max_robust_drop"] is not None else "-"
+        share = f" ({p['macs'] / original_macs:.2f}x)" if original_macs else ""
         lines.append(
-            f"| {p['mac_ratio']:.3f} | {p['measure']} | {100 * p['clean']:.1f} "
+            f"| {p['mac_ratio']:.3f} | {', '.join(p.get('exact', [])) or '-'} "
+            f"| {p['macs']:,}{share} | {p['measure']} | {100 * p['clean']:.1f} "
             f"| {100 * p['robust']:.1f} | {p['drop_points']:+.2f} | {low:+.2f} .. {high:+.2f} "
             f"| {verdict} {speed}| {'yes' if index == chosen else ''} |"
         )
+    ranking = search.get("exact_ranking") or []
+    if search.get("exact_note"):
+        lines += ["", f"Layers kept exact: {search['exact_note']}" + (":" if ranking else ".")]
+    if ranking:
+        lines += [
+            "",
+            "| layer | robust gain (points) | MACs put back |",
+            "|---|---:|---:|",
+            *(f"| {r['name']} | {r['gain_points']:+.2f} | {r['macs']:,} |" for r in ranking),
+        ]
     return "\n".join(lines)
 
 
