@@ -1,0 +1,34 @@
+"""Low-rank compression methods beside GDWS (issue #30): the math and the modules only.
+
+- `Tucker2Conv2d` / `LowRankConv2d`: a KxK conv as 1x1 -> KxK core -> 1x1 (Tucker-2, from
+  the HOSVD) or KxK -> 1x1 (truncated SVD of the M x C*Kh*Kw matricization); `factors`
+  holds the factorizations and their exact errors for every rank.
+- `approximate_lowrank`: ranks of all convs chosen together under a MAC budget
+  (`allocation`: exact multiple-choice knapsack by Pareto DP, or the GDWS-style greedy).
+- `KroneckerLinear`: a Linear layer as a sum of Kronecker products (Van Loan-Pitsianis).
+
+Like `gdws_export.gdws` this floor imports only torch, `gdws_export.errors` and
+`gdws_export.gdws`; every module is plain `nn.Conv2d` / matmul, so it exports to plain ONNX.
+
+Example:
+    >>> small, report = approximate_lowrank(model, mac_ratio=0.5, input_shape=(3, 32, 32))
+    ... # doctest: +SKIP
+"""
+
+from gdws_export.lowrank.conv import ConvGeometry, LowRankConv2d, Tucker2Conv2d
+from gdws_export.lowrank.factors import (
+    LowRankFactors,
+    Tucker2Factors,
+    lowrank_factors,
+    tucker2_factors,
+)
+
+__all__ = [
+    "ConvGeometry",
+    "LowRankConv2d",
+    "LowRankFactors",
+    "Tucker2Conv2d",
+    "Tucker2Factors",
+    "lowrank_factors",
+    "tucker2_factors",
+]
