@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from _trained import fashion_slice
@@ -9,6 +10,17 @@ from torch import nn
 
 from gdws_export.lowering.export import export_model
 from gdws_export.runtimes import OrtRunner
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One intra-op thread: the SVDs here are tiny, and on a shared CPU a multi-threaded
+    LAPACK call on an 80 x 80 matrix takes 0.3 s instead of 1 ms (threads wait for each
+    other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def images(n: int = 8, channels: int = 1, size: int = 28) -> torch.Tensor:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
-from _lowrank import images, onnx_roundtrip, relative_gap
+from _lowrank import (
+    images,
+    onnx_roundtrip,
+    relative_gap,
+    single_thread,  # noqa: F401 (an autouse fixture: importing it applies it)
+)
 from torch import nn
 
 from gdws_export.errors import InvalidInputError
@@ -168,3 +176,14 @@ def test_modules_export_to_plain_conv_nodes(kw):
         assert relative_gap(got, module(x).detach()) <= 1e-4
         assert relative_gap(got, conv(x).detach()) > 1e-3  # a real approximation was exported
         assert ops == conv_ops  # Conv nodes and what the conv's own padding needs, nothing else
+
+
+def test_the_package_is_a_math_floor():
+    code = (
+        "import sys, gdws_export.lowrank\n"
+        "print([m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnxsim',"
+        " 'tensorrt') or m.startswith(('gdws_export.lowering', 'gdws_export.pipeline',"
+        " 'gdws_export.harness', 'gdws_export.cli', 'gdws_export.runtimes'))])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -22,13 +22,23 @@ from gdws_export.lowrank.factors import (
     lowrank_factors,
     tucker2_factors,
 )
+from gdws_export.lowrank.kronecker import (
+    KroneckerLinear,
+    kronecker_factors,
+    kronecker_macs,
+    kronecker_shape,
+)
 
 __all__ = [
     "ConvGeometry",
+    "KroneckerLinear",
     "LowRankConv2d",
     "LowRankFactors",
     "Tucker2Conv2d",
     "Tucker2Factors",
+    "kronecker_factors",
+    "kronecker_macs",
+    "kronecker_shape",
     "lowrank_factors",
     "tucker2_factors",
 ]
