@@ -15,6 +15,13 @@ Example:
     ... # doctest: +SKIP
 """
 
+from gdws_export.lowrank.allocation import (
+    Allocation,
+    allocate,
+    exact_allocation,
+    greedy_allocation,
+)
+from gdws_export.lowrank.approximate import METHODS, approximate_lowrank
 from gdws_export.lowrank.conv import ConvGeometry, LowRankConv2d, Tucker2Conv2d
 from gdws_export.lowrank.factors import (
     LowRankFactors,
@@ -28,14 +35,23 @@ from gdws_export.lowrank.kronecker import (
     kronecker_macs,
     kronecker_shape,
 )
+from gdws_export.lowrank.report import LowRankLayerReport, LowRankReport
 
 __all__ = [
+    "METHODS",
+    "Allocation",
     "ConvGeometry",
     "KroneckerLinear",
     "LowRankConv2d",
     "LowRankFactors",
+    "LowRankLayerReport",
+    "LowRankReport",
     "Tucker2Conv2d",
     "Tucker2Factors",
+    "allocate",
+    "approximate_lowrank",
+    "exact_allocation",
+    "greedy_allocation",
     "kronecker_factors",
     "kronecker_macs",
     "kronecker_shape",
