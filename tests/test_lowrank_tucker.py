@@ -128,6 +128,12 @@ def test_alpha_weighting_minimizes_the_weighted_error():
     assert werr(weighted) < werr(plain)
     tucker = Tucker2Conv2d.from_conv(conv, (3, 2), alpha=alpha)
     assert werr(tucker) == pytest.approx(tucker.weighted_error, rel=1e-9)
+    alpha[2] = 0.0  # a channel whose error costs nothing is dropped, not divided by zero
+    for module in (LowRankConv2d.from_conv(conv, 2, alpha=alpha),
+                   Tucker2Conv2d.from_conv(conv, (3, 2), alpha=alpha)):  # fmt: skip
+        assert torch.isfinite(module.dense_weight()).all()
+        assert not module.dense_weight()[:, 2].any()
+        assert werr(module) == pytest.approx(module.weighted_error, rel=1e-9)
 
 
 def test_from_conv_keeps_dtype_device_mode_and_no_grad():

@@ -36,8 +36,9 @@ import torch
 
 from gdws_export.errors import InvalidInputError
 
-# Candidate (partial choice, option) pairs one exact merge may consider: ~100 MB of float64.
-MAX_PAIRS = 4_000_000
+# Candidate (partial choice, option) pairs one exact merge may consider: about a second of
+# sorting; past it (VGG-16 with every Tucker-2 rank pair) the greedy solver takes over.
+MAX_PAIRS = 1_000_000
 SOLVERS = ("auto", "exact", "greedy")
 
 
@@ -178,13 +179,12 @@ def pareto_front(cost: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
 def lower_hull(cost: torch.Tensor, error: torch.Tensor) -> list[int]:
     """Positions (into a Pareto front sorted by cost) of its lower convex hull: the options
     some price per unit cost makes best, cheapest first."""
+    xs, ys = cost.tolist(), error.tolist()  # Python floats: this loop is scalar work
     hull: list[int] = []
-    for k in range(cost.numel()):
+    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
         while len(hull) >= 2:
             o, a = hull[-2], hull[-1]
-            cross = (cost[a] - cost[o]) * (error[k] - error[o]) - (error[a] - error[o]) * (
-                cost[k] - cost[o]
-            )
+            cross = (xs[a] - xs[o]) * (y - ys[o]) - (ys[a] - ys[o]) * (x - xs[o])
             if cross > 0:
                 break
             hull.pop()  # a lies on or above the chord o-k: no price prefers it

@@ -36,18 +36,24 @@ from gdws_export.gdws.decomposition import check_alpha
 
 @dataclass(frozen=True)
 class LowRankFactors:
-    """SVD of the mode-0 matricization of every group of a conv weight (float64, CPU).
+    """Truncated SVD of the mode-0 matricization A of every group of a conv weight (float64,
+    CPU), kept as A's projections on its left singular vectors.
 
     Attributes:
         u: (g, M/g, R) left singular vectors, R = min(M/g, C/g*Kh*Kw).
         s: (g, R) singular values, descending (in the alpha-scaled space when weighted).
-        vh: (g, R, C/g*Kh*Kw) right singular vectors, unscaled back (1/sqrt(alpha)).
+        projection: (g, R, C/g*Kh*Kw) U^T A = S V^T, unscaled back (1/sqrt(alpha)).
+        kept: (g, R) squared norms of the rows of U^T A in the scaled space (= s^2 up to
+            round-off), which give the exact error of the projection that is built.
+        energy: ||A||^2 summed over groups (weighted).
         kernel_size: (Kh, Kw).
     """
 
     u: torch.Tensor
     s: torch.Tensor
-    vh: torch.Tensor
+    projection: torch.Tensor
+    kept: torch.Tensor
+    energy: float
     kernel_size: tuple[int, int]
 
     @property
@@ -56,20 +62,23 @@ class LowRankFactors:
         return self.s.shape[1]
 
     def errors(self) -> torch.Tensor:
-        """(R,) squared (weighted) error of ranks 1..R: the discarded squared singular values,
-        summed over groups."""
-        return _tails(self.s)
+        """(R,) squared (weighted) error of ranks 1..R, summed over groups: ||A||^2 minus the
+        energy kept, which is the sum of the discarded squared singular values."""
+        return (self.energy - self.kept.sum(0).cumsum(0)).clamp_min(0)
 
     def weights(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(KxK weight (g*r, C/g, Kh, Kw), 1x1 weight (M, r, 1, 1)) of rank r, float64.
 
         sqrt(s) goes to each side, so both factors have the weight's magnitude (FP16 engines
-        prefer that to one large and one unit-norm factor).
+        prefer that to one large and one unit-norm factor); directions with s ~ 0 stay as
+        they are rather than be divided by ~0.
         """
         groups, m_per_group, _ = self.u.shape
-        root = self.s[:, :rank].sqrt()
         kh, kw = self.kernel_size
-        spatial = (root[:, :, None] * self.vh[:, :rank]).reshape(groups * rank, -1, kh, kw)
+        s = self.s[:, :rank]
+        tiny = 1e-12 * self.s[:, :1].clamp_min(1e-300)
+        root = torch.where(s > tiny, s, torch.ones_like(s)).sqrt()
+        spatial = (self.projection[:, :rank] / root[:, :, None]).reshape(groups * rank, -1, kh, kw)
         pointwise = (self.u[:, :, :rank] * root[:, None, :]).reshape(groups * m_per_group, rank)
         return spatial, pointwise[:, :, None, None]
 
@@ -145,10 +154,20 @@ def lowrank_factors(
     """
     blocks, unscale = _scaled_blocks(weight, groups, alpha)
     g, m, c, kh, kw = blocks.shape
-    u, s, vh = torch.linalg.svd(blocks.reshape(g, m, c * kh * kw), full_matrices=False)
+    matrix = blocks.reshape(g, m, c * kh * kw)
+    u, s = _left_singular(matrix)
+    projection = u.transpose(1, 2) @ matrix
+    kept = projection.pow(2).sum(2)
     if unscale is not None:
-        vh = (vh.reshape(g, -1, c, kh * kw) * unscale[:, None, :, None]).reshape(vh.shape)
-    return LowRankFactors(u=u, s=s, vh=vh, kernel_size=(kh, kw))
+        projection = projection.reshape(g, -1, c, kh * kw) * unscale[:, None, :, None]
+    return LowRankFactors(
+        u=u,
+        s=s,
+        projection=projection.reshape(g, -1, c * kh * kw),
+        kept=kept,
+        energy=float(matrix.pow(2).sum()),
+        kernel_size=(kh, kw),
+    )
 
 
 def tucker2_factors(
@@ -168,9 +187,8 @@ def tucker2_factors(
     """
     blocks, unscale = _scaled_blocks(weight, groups, alpha)
     g, m, c, kh, kw = blocks.shape
-    u_out, s_out, _ = torch.linalg.svd(blocks.reshape(g, m, -1), full_matrices=False)
-    mode1 = blocks.transpose(1, 2).reshape(g, c, -1)
-    u_in, s_in, _ = torch.linalg.svd(mode1, full_matrices=False)
+    u_out, s_out = _left_singular(blocks.reshape(g, m, -1))
+    u_in, s_in = _left_singular(blocks.transpose(1, 2).reshape(g, c, -1))
     core = torch.einsum("gmo,gmcxy,gci->goixy", u_out, blocks, u_in)
     return Tucker2Factors(
         u_out=u_out,
@@ -203,6 +221,19 @@ def _scaled_blocks(
     root = alpha.sqrt()
     unscale = torch.where(root > 0, 1 / root.clamp_min(1e-300), torch.zeros_like(root))
     return blocks * root[:, None, :, None, None], unscale
+
+
+def _left_singular(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors and values (descending) of a batch of matrices, from the
+    eigendecomposition of A A^T: no right vectors are needed (U^T A = S V^T), and for a
+    512 x 4608 unfolding this is ~10x faster than an SVD. Squared values lose precision only
+    below eps * s_max^2, far under any error a budget trades; the factors are projections on
+    these U, and their errors are computed from the projections, so the error identities
+    hold for the weights that are built."""
+    rank = min(matrix.shape[1], matrix.shape[2])
+    values, vectors = torch.linalg.eigh(matrix @ matrix.transpose(1, 2))
+    values, vectors = values.flip(-1)[:, :rank], vectors.flip(-1)[:, :, :rank]
+    return vectors, values.clamp_min(0).sqrt()
 
 
 def _tails(s: torch.Tensor) -> torch.Tensor:
