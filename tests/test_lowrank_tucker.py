@@ -170,8 +170,14 @@ def test_bad_ranks_and_depthwise_are_refused():
         LowRankConv2d.from_conv(nn.Linear(3, 4), 1)
 
 
-@pytest.mark.parametrize("kw", [dict(padding=1), dict(padding=(1, 2), padding_mode="reflect",
-                                                        stride=2, groups=2)])  # fmt: skip
+EXPORTED = [
+    dict(padding=1),
+    dict(padding=(1, 2), padding_mode="reflect", stride=2, groups=2),
+    dict(padding="same", dilation=2, padding_mode="circular"),
+]
+
+
+@pytest.mark.parametrize("kw", EXPORTED, ids=[str(v) for v in EXPORTED])
 def test_modules_export_to_plain_conv_nodes(kw):
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 8, (3, 5), **kw).eval()
