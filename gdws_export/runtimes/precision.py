@@ -315,7 +315,13 @@ def _quantize_static(model_path: Path, output: Path, reader, settings: Int8Setti
         "entropy": ortq.CalibrationMethod.Entropy,
         "percentile": ortq.CalibrationMethod.Percentile,
     }
-    extra = {"ActivationSymmetric": settings.activation_symmetric, "WeightSymmetric": True}
+    extra = {
+        "ActivationSymmetric": settings.activation_symmetric,
+        "WeightSymmetric": True,
+        # A BatchNormalization's scale is rank 1: per channel along axis 0, not ORT's default 1
+        # (which fails with a warning per node and falls back to one scale per tensor).
+        "QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0},
+    }
     if settings.target == "tensorrt":
         # TensorRT has no INT32 DequantizeLinear (float biases) and fuses a Q/DQ pair per layer.
         extra.update({"QuantizeBias": False, "DedicatedQDQPair": True})
