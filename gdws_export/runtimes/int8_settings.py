@@ -14,11 +14,12 @@ U8U8?"):
   kernels and says uint8 activations also work.
 
 U8S8 (asymmetric uint8 activations) is used on every CPU here, ARM included, so the numerics
-checked on one machine hold on the others: measured on this project's GDWS graphs (docs/cli.md,
-"INT8 on ONNX Runtime"), uint8 activations let ONNX Runtime absorb each ReLU into the conv's
-output range and keep the whole network in INT8, where int8 activations left ReLUs, and on x86
-even depthwise convs, in float. `ort_int8_settings` is a pure function of the CPU flags, so
-every branch is testable on any machine; `host_ort_int8_settings` reads this machine's.
+checked on one machine hold on the others: measured on this project's GDWS graphs
+(docs/cli.md, "INT8 on ONNX Runtime and TensorRT"), uint8 activations let ONNX Runtime absorb
+each ReLU into the conv's output range and keep the whole network in INT8, where int8
+activations left ReLUs, and on x86 even depthwise convs, in float. `ort_int8_settings` is a
+pure function of the CPU flags, so every branch is testable on any machine;
+`host_ort_int8_settings` reads this machine's.
 """
 
 from __future__ import annotations
