@@ -126,10 +126,22 @@ class Profile:
 
 
 class Config:
-    def __init__(self) -> None:
+    def __init__(self, major: int) -> None:
+        self.major = major
         self.flags = {"TF32"}  # TensorRT enables TF32 by default
         self.pools, self.profiles, self.cache = {}, [], None
         self.hardware_compatibility_level = None
+        self.calibrator = None
+
+    @property
+    def int8_calibrator(self):
+        return self.calibrator
+
+    @int8_calibrator.setter
+    def int8_calibrator(self, calibrator) -> None:
+        if self.major >= 11:  # implicit calibration is gone in TensorRT 11
+            raise AttributeError("'IBuilderConfig' object has no attribute 'int8_calibrator'")
+        self.calibrator = calibrator
 
     def set_flag(self, flag: str) -> None:
         self.flags.add(flag)
@@ -164,7 +176,7 @@ class Builder:
         return Network(flags)
 
     def create_builder_config(self) -> Config:
-        return Config()
+        return Config(int(self.trt.__version__.split(".")[0]))
 
     def create_optimization_profile(self) -> Profile:
         return Profile()

@@ -83,3 +83,13 @@ def test_a_hanging_or_missing_tool_gives_an_empty_string(fake_path, monkeypatch)
 def test_cpu_model_falls_back_without_proc_cpuinfo(monkeypatch, tmp_path):
     monkeypatch.setattr(machine, "CPUINFO", tmp_path / "missing")
     assert machine.cpu_model()  # platform.processor() or the architecture
+
+
+def test_cpu_isa_lists_the_int8_flags_of_proc_cpuinfo(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse4_1 avx2 avx512_vnni sha_ni\n")
+    monkeypatch.setattr(machine, "CPUINFO", cpuinfo)
+    assert machine.cpu_isa() == ["avx512_vnni", "avx2", "sse4_1"]
+    assert machine.machine_info(gpu=False).cpu_isa == ["avx512_vnni", "avx2", "sse4_1"]
+    monkeypatch.setattr(machine, "CPUINFO", tmp_path / "missing")
+    assert machine.cpu_isa() == []

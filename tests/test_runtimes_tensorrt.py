@@ -175,7 +175,14 @@ def test_int8_builds_the_qdq_graph(fake_trt, net_onnx, tmp_path, version, flags)
     parsed = onnx.load(fake.calls["parsed"])
     assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in parsed.graph.node}
     assert fake.calls["config"].flags == flags
+    assert fake.calls["config"].calibrator is None  # explicit Q/DQ: no implicit calibration
     assert info.warnings == []  # the Q/DQ graph passes check_trt_support
+    # the same symmetric INT8 Q/DQ graph on both versions, whatever CPU built it
+    assert info.quantization["target"] == "tensorrt"
+    assert info.quantization["activation_type"] == info.quantization["weight_type"] == "int8"
+    assert info.quantization["activation_symmetric"] and not info.quantization["reduce_range"]
+    assert info.quantization["preprocessed"] and info.quantization["calibration_samples"] == 16
+    assert EngineInfo.load(sidecar_path(tmp_path / "net.int8.engine")) == info
 
 
 def test_fp32_turns_tf32_off_and_sets_the_batch_profile(fake_trt, net_onnx, tmp_path):
@@ -238,6 +245,15 @@ def test_build_api_uses_build_engine(fake_trt, net_onnx, tmp_path):
     assert result.versions["tensorrt"] == "11.1.0"
     info = EngineInfo.load(result.settings_path)
     assert info.profile["input"]["opt"] == [2, 3, 16, 16]
+    assert result.quantization is None  # FP16: nothing quantized
+
+
+def test_build_api_reports_the_int8_settings(fake_trt, net_onnx, tmp_path):
+    fake_trt("11.1.0")
+    result = build(net_onnx, target="trt", precision="int8", calibration=stripes(16, 3)[0],
+                   output_dir=tmp_path)  # fmt: skip
+    assert result.quantization == EngineInfo.load(result.settings_path).quantization
+    assert result.quantization["summary"].startswith("S8S8 QDQ (int8 symmetric activations")
 
 
 # --- with TensorRT and a GPU ---------------------------------------------------------------

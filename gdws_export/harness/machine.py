@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gdws_export.runtimes.int8_settings import ISA_FLAGS, parse_cpu_flags
+
 # External tools get this long to answer; a hung nvidia-smi must not hang the benchmark.
 _TOOL_TIMEOUT_S = 10.0
 
@@ -51,6 +53,9 @@ class MachineInfo:
     os: str = ""
     python: str = ""
     cpu_model: str = ""
+    # INT8-relevant instruction sets (VNNI, AMX, AVX-512, AVX2, ARM dot product): ONNX Runtime's
+    # INT8 speed and its `reduce_range` choice depend on them
+    cpu_isa: list[str] = field(default_factory=list)
     cpu_threads: int | None = None  # logical CPUs of the machine
     usable_threads: int | None = None  # CPUs this process may run on (affinity mask)
     packages: dict[str, str] = field(default_factory=dict)
@@ -112,6 +117,7 @@ def machine_info(*, gpu: bool | None = None) -> MachineInfo:
         os=platform.platform(),
         python=platform.python_version(),
         cpu_model=cpu_model(),
+        cpu_isa=cpu_isa(),
         cpu_threads=os.cpu_count(),
         usable_threads=_usable_threads(),
         packages={name: v for name in PACKAGES if (v := package_version(name))},
@@ -136,6 +142,15 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_isa() -> list[str]:
+    """The flags of `int8_settings.ISA_FLAGS` this CPU has (/proc/cpuinfo); [] when unreadable."""
+    try:
+        flags = parse_cpu_flags(CPUINFO.read_text(errors="replace"))
+    except OSError:
+        return []
+    return [flag for flag in ISA_FLAGS if flag in flags]
 
 
 def package_version(name: str) -> str:

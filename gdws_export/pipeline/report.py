@@ -33,7 +33,9 @@ bumps `schema_version`. The fields of "report":
 - `refit`: `RefitReport.to_dict()` when the 1x1 convs were refit on the calibration data
   (inputs, ridge, per layer the relative output error before and after), else null.
 - `exports`: "original" and "gdws": the lowering's `ExportResult.to_dict()` (forms, timings).
-- `build`: `BuildResult.to_dict()`, paths relative to the output directory.
+- `build`: `BuildResult.to_dict()`, paths relative to the output directory; for INT8,
+  `build.quantization`: the data types, weight range (`reduce_range`) and format, the CPU
+  flags and reason they were chosen for, calibration samples and ORT's pre-processing.
 - `parity`: `ParityReport` dicts: "onnx_original" and "onnx_gdws" (ONNX vs PyTorch), "engine"
   (engine vs its source), "approximation" (the GDWS model as shipped vs the original PyTorch
   model, informative: `passed` and `tolerance` null; `original_convs_kept` lists the layers
@@ -199,6 +201,7 @@ class ExportReport:
         elif self.exports.get("gdws", {}).get("speed_check"):
             lines += [f"- speed check: {self.exports['gdws']['speed_check']}"]
         lines += [f"- target: {s['target']} {s['precision']}, lowering {s['lowering']}"]
+        lines += _int8_lines((self.build or {}).get("quantization"))
         for key in ("original", "gdws", "shipped"):
             if key in self.macs:
                 params = f", params {self.params[key]:,}" if key in self.params else ""
@@ -263,6 +266,19 @@ def top1_text(parity: dict[str, Any]) -> str:
     if not decided:
         return f"{text} (every input near a tie)"
     return f"{text} ({100 * parity['decided_top1_agreement']:.1f} % of {decided} not near a tie)"
+
+
+def _int8_lines(quantization: dict[str, Any] | None) -> list[str]:
+    """The INT8 settings of the build and why they were chosen (none for FP32/FP16)."""
+    if not quantization:
+        return []
+    from gdws_export.runtimes.int8_settings import settings_text
+
+    return [
+        f"- INT8: {settings_text(quantization)}, calibrated on "
+        f"{quantization['calibration_samples']} samples ({quantization['calibration_method']}); "
+        f"{quantization['reason']}"
+    ]
 
 
 def _yes_no(passed: bool | None) -> str:

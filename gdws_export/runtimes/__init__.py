@@ -11,8 +11,9 @@ not re-exported here, where it would shadow its own module's name.
 
 from gdws_export.runtimes.base import Runner, TensorSpec
 from gdws_export.runtimes.build import BuildResult, open_runner
+from gdws_export.runtimes.int8_settings import Int8Settings, host_ort_int8_settings
 from gdws_export.runtimes.onnxruntime import OrtRunner, OrtSettings
-from gdws_export.runtimes.precision import convert_to_fp16, quantize_int8
+from gdws_export.runtimes.precision import QuantizedGraph, convert_to_fp16, quantize_int8
 from gdws_export.runtimes.tensorrt import EngineInfo, build_engine
 from gdws_export.runtimes.tensorrt_runner import TrtRunner
 from gdws_export.runtimes.torch_program import TorchSettings, export_program
@@ -22,8 +23,10 @@ from gdws_export.runtimes.trt_support import check_trt_support
 __all__ = [
     "BuildResult",
     "EngineInfo",
+    "Int8Settings",
     "OrtRunner",
     "OrtSettings",
+    "QuantizedGraph",
     "Runner",
     "TensorSpec",
     "TorchRunner",
@@ -33,6 +36,7 @@ __all__ = [
     "check_trt_support",
     "convert_to_fp16",
     "export_program",
+    "host_ort_int8_settings",
     "open_runner",
     "quantize_int8",
 ]

@@ -24,10 +24,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gdws_export._files import JsonRecord, atomic_output, file_sha256
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.runtimes.base import Runner
+from gdws_export.runtimes.int8_settings import host_ort_int8_settings
 from gdws_export.runtimes.onnx_files import load_onnx, save_onnx
 from gdws_export.runtimes.onnxruntime import OPTIMIZATION_LEVELS, OrtRunner, OrtSettings
 from gdws_export.runtimes.precision import (
@@ -59,6 +61,8 @@ class BuildResult(JsonRecord):
     `engine_path` is what a runner loads (the .ort.onnx model, the .engine, or the .pt2
     program); `settings_path` is its JSON beside it (ONNX Runtime session settings, the
     TensorRT EngineInfo, or the TorchSettings). For target "torch", `source_onnx` is the .pt2.
+    `quantization` (INT8 only) is `QuantizedGraph.to_dict()`: the data types, weight range and
+    format, the CPU flags and reason they were chosen for, calibration and pre-processing.
     """
 
     target: str
@@ -70,6 +74,7 @@ class BuildResult(JsonRecord):
     versions: dict[str, str]
     build_seconds: float
     warnings: list[str] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None
 
     def runner(self) -> Runner:
         """A runner (not yet activated) for what this build wrote."""
@@ -161,6 +166,7 @@ def build(
     name = f"{source.stem}.{precision}"
     start = time.perf_counter()
     warnings: list[str] = []
+    quantization = None  # INT8: how the graph was quantized
     if target == "torch":
         engine, settings, versions = _build_torch_target(
             source, out_dir, precision=precision, device=device, compile=compile,
@@ -176,10 +182,11 @@ def build(
         )  # fmt: skip
         versions["tensorrt"] = info.tensorrt_version
         settings, warnings = Path(f"{engine}.json"), info.warnings
+        quantization = info.quantization
     else:
         versions = _versions()
         engine, settings = out_dir / f"{name}.ort.onnx", out_dir / f"{name}.ort.json"
-        warnings = _build_ort(
+        warnings, quantization = _build_ort(
             onnx_model, source, engine, settings, precision=precision, calibration=calibration,
             keep_io_types=keep_io_types, threads=threads or available_cores(),
             providers=list(providers or ["CPUExecutionProvider"]),
@@ -195,6 +202,7 @@ def build(
         versions=versions,
         build_seconds=round(time.perf_counter() - start, 3),
         warnings=warnings,
+        quantization=quantization,
     )
 
 
@@ -280,9 +288,10 @@ def _build_ort(
     providers: list[str],
     optimization_level: str,
     onnxruntime_version: str,
-) -> list[str]:
-    """Write the ONNX Runtime model file and its settings; returns warnings for the user."""
-    warnings = []
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Write the ONNX Runtime model file and its settings; returns warnings for the user and,
+    for INT8, how it was quantized."""
+    warnings, quantization = [], None
     file_level = ORT_FILE_OPTIMIZATION_LEVEL
     if precision == "fp16":
         source = convert_to_fp16(source, keep_io_types=keep_io_types)
@@ -295,12 +304,9 @@ def _build_ort(
                 "at load): FP16 saves memory here, not time; use TensorRT or a GPU provider"
             )
     elif precision == "int8":
-        # 7-bit weights: ONNX Runtime's INT8 kernels saturate on x86 CPUs without VNNI.
-        source = quantize_int8(source, calibration, reduce_range=True)
-        warnings.append(
-            "ONNX Runtime INT8 uses 7-bit weights (reduce_range), so x86 CPUs without VNNI do "
-            "not saturate; TensorRT engines get full 8-bit weights"
-        )
+        quantized = quantize_int8(source, calibration, settings=host_ort_int8_settings())
+        source, quantization = quantized.model, quantized.to_dict()
+        warnings += _int8_warnings(quantized.settings, quantized.preprocess_error)
     _write_ort_model(source, engine, file_level)
     OrtSettings(
         model=os.fspath(engine),
@@ -315,7 +321,24 @@ def _build_ort(
         onnxruntime_version=onnxruntime_version,
     ).save(settings)
     _check_loads(OrtRunner, settings, written=[engine, settings])
-    return warnings
+    return warnings, quantization
+
+
+def _int8_warnings(settings, preprocess_error: str) -> list[str]:
+    """What the user should know about an ONNX Runtime INT8 model: its settings fit this CPU."""
+    if settings.reduce_range:
+        lines = [f"ONNX Runtime INT8 uses 7-bit weights (reduce_range): {settings.reason}"]
+    elif settings.machine.lower() in ("x86_64", "amd64", "x64"):
+        lines = [
+            "ONNX Runtime INT8 has full 8-bit weights for this CPU's VNNI; on x86 CPUs without "
+            "VNNI its U8S8 kernels can saturate: build there for 7-bit weights"
+        ]
+    else:
+        lines = []
+    if preprocess_error:
+        lines.append(f"ONNX Runtime's quant_pre_process failed ({preprocess_error}); the graph "
+                     "was quantized without it")  # fmt: skip
+    return lines
 
 
 def _write_ort_model(model, path: Path, level: str) -> None:

@@ -5,22 +5,24 @@ an FP16 engine needs an FP16 graph and an INT8 engine needs QuantizeLinear/Dequa
 nodes. The same graphs run on ONNX Runtime, which is how they are checked without a GPU.
 
 FP16 uses ONNX Runtime's maintained converter (`onnxruntime.transformers.float16`, a fork of
-onnxconverter-common's), so no extra dependency; INT8 uses `onnxruntime.quantization`.
+onnxconverter-common's), so no extra dependency; INT8 uses `onnxruntime.quantization`, with
+settings per target (`int8_settings`): symmetric INT8 for TensorRT, and for ONNX Runtime's CPU
+kernels uint8 activations with the weight range chosen from the CPU's instruction set.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError, shown
+from gdws_export.runtimes.int8_settings import TENSORRT_INT8, Int8Settings
 from gdws_export.runtimes.onnx_files import load_onnx
 from gdws_export.runtimes.trt_support import qdq_problems
 
@@ -29,8 +31,6 @@ if TYPE_CHECKING:
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-# Q/DQ goes on the inputs of weighted layers, where INT8 kernels pay (TensorRT's guidance).
-DEFAULT_QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 # Ops whose input 1 is a weight that FP16 conversion must turn into float16.
 _WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -181,72 +181,74 @@ def load_calibration(
     return feeds
 
 
+@dataclass
+class QuantizedGraph:
+    """What `quantize_int8` made: the Q/DQ graph and how (see `to_dict`)."""
+
+    model: onnx.ModelProto
+    settings: Int8Settings
+    method: str
+    samples: int
+    preprocessed: bool  # ONNX Runtime's quant_pre_process ran on the float graph
+    preprocess_error: str = ""  # why it could not run, when it could not
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings, calibration and pre-processing, for reports (not the model)."""
+        return {
+            **self.settings.to_dict(),
+            "summary": self.settings.summary(),
+            "calibration_method": self.method,
+            "calibration_samples": self.samples,
+            "preprocessed": self.preprocessed,
+            "preprocess_error": self.preprocess_error,
+        }
+
+
 def quantize_int8(
     model: onnx.ModelProto | str | os.PathLike,
     calibration: CalibrationData | None,
     *,
+    settings: Int8Settings = TENSORRT_INT8,
     method: str = "minmax",
-    op_types: Sequence[str] = DEFAULT_QUANTIZED_OPS,
     batch_size: int = 16,
-    reduce_range: bool = False,
-) -> onnx.ModelProto:
-    """Quantize a float32 graph to an explicitly quantized INT8 Q/DQ graph, as TensorRT takes it.
+) -> QuantizedGraph:
+    """Quantize a float32 graph to an explicitly quantized INT8 Q/DQ graph.
 
-    Symmetric INT8 for activations (per tensor) and weights (per output channel), zero points 0,
-    float biases and one Q/DQ pair per consumer: TensorRT rejects non-zero zero points and
-    UINT8 or INT32 (quantized bias) Q/DQ, and fuses each pair into the layer it feeds.
+    The float graph first goes through ONNX Runtime's `quant_pre_process` (ORT's own
+    optimizations at the basic level, which keep standard ONNX ops, then shape inference), as
+    ONNX Runtime advises before static quantization. Weights are quantized per output channel.
+
+    With the default `TENSORRT_INT8` settings the graph is what TensorRT takes: symmetric INT8
+    activations (per tensor) and weights, zero points 0, float biases and one Q/DQ pair per
+    consumer (TensorRT rejects non-zero zero points and UINT8 or INT32 Q/DQ, and fuses each pair
+    into the layer it feeds). ONNX Runtime's CPU kernels want `host_ort_int8_settings()`.
 
     Args:
         model: the float32 model or its path.
         calibration: representative inputs (see `load_calibration`); a few hundred images
             are typical.
+        settings: data types, range and op types (`int8_settings`).
         method: how activation ranges are calibrated: "minmax", "entropy" or "percentile".
-        op_types: the op types whose inputs are quantized.
         batch_size: samples per calibration run (the model's own batch if that is fixed).
-        reduce_range: 7-bit weights. ONNX Runtime's x86 INT8 kernels saturate on CPUs without
-            VNNI (AVX2 only) and give wrong outputs with full-range weights; the ONNX Runtime
-            target sets this. TensorRT takes full 8-bit weights (the default).
 
     Example:
-        >>> qdq = quantize_int8("model.onnx", images[:256])  # doctest: +SKIP
+        >>> qdq = quantize_int8("model.onnx", images[:256]).model  # doctest: +SKIP
     """
     import onnx
-    from onnxruntime import quantization as ortq
 
-    methods = {
-        "minmax": ortq.CalibrationMethod.MinMax,
-        "entropy": ortq.CalibrationMethod.Entropy,
-        "percentile": ortq.CalibrationMethod.Percentile,
-    }
-    if method not in methods:
+    if method not in CALIBRATION_METHODS:
         raise InvalidInputError(
             f"unknown calibration method {method!r}; choose one of {CALIBRATION_METHODS}"
         )
     source = _at_least_opset(load_onnx(model), 13)  # per-channel DequantizeLinear needs opset 13
     feeds = load_calibration(calibration, source)
     batch = _fixed_batch(source) or batch_size
-    with tempfile.TemporaryDirectory(prefix="gdws-qdq-") as tmp, _quiet_root_logger():
+    with tempfile.TemporaryDirectory(prefix="gdws-qdq-") as tmp:
         output, model_path = Path(tmp) / "model.int8.onnx", Path(tmp) / "model.onnx"
         onnx.save(source, model_path)  # older onnxruntime releases take paths only
+        ready, error = _preprocess(model_path, Path(tmp) / "model.pre.onnx")
         try:
-            ortq.quantize_static(
-                model_path,
-                output,
-                _ArrayReader(feeds, batch),
-                quant_format=ortq.QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types),
-                per_channel=True,
-                reduce_range=reduce_range,
-                activation_type=ortq.QuantType.QInt8,
-                weight_type=ortq.QuantType.QInt8,
-                calibrate_method=methods[method],
-                extra_options={
-                    "ActivationSymmetric": True,
-                    "WeightSymmetric": True,
-                    "QuantizeBias": False,
-                    "DedicatedQDQPair": True,
-                },
-            )
+            _quantize_static(ready, output, _ArrayReader(feeds, batch), settings, method)
         except Exception as exc:
             raise InvalidInputError(
                 f"INT8 calibration failed in onnxruntime.quantization ({type(exc).__name__}: "
@@ -254,15 +256,89 @@ def quantize_int8(
                 "calibration arrays match the model's input shapes"
             ) from exc
         quantized = onnx.load(output)
-    problems = qdq_problems(quantized)
+    problems = qdq_problems(quantized) if settings.target == "tensorrt" else []
     if not any(n.op_type == "QuantizeLinear" for n in quantized.graph.node):
-        problems.append(f"no QuantizeLinear node: the graph has none of the ops {list(op_types)}")
+        ops = list(settings.op_types or ["any op ONNX Runtime quantizes"])
+        problems.append(f"no QuantizeLinear node: the graph has none of the ops {ops}")
     if problems:
         raise UnsupportedModelError(
-            "INT8 Q/DQ graph (gdws_export/runtimes/precision.py) is not what TensorRT takes: "
-            + shown(problems, 5, "; ")
+            f"INT8 Q/DQ graph for {settings.target} (gdws_export/runtimes/precision.py) is not "
+            "what it takes: " + shown(problems, 5, "; ")
         )
-    return quantized
+    samples = len(next(iter(feeds.values())))
+    return QuantizedGraph(quantized, settings, method, samples, ready != model_path, error)
+
+
+def preprocess_for_quantization(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
+    """The float graph after ONNX Runtime's `quant_pre_process` (what `quantize_int8` quantizes).
+
+    Raises:
+        UnsupportedModelError: the pre-processing failed on this graph.
+    """
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="gdws-pre-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(_at_least_opset(load_onnx(model), 13), path)
+        ready, error = _preprocess(path, Path(tmp) / "model.pre.onnx")
+        if error:
+            raise UnsupportedModelError(f"quant_pre_process failed: {error}")
+        return onnx.load(ready)
+
+
+def _preprocess(model_path: Path, output: Path) -> tuple[Path, str]:
+    """(the pre-processed graph's path, "") or, when it fails, (`model_path`, why).
+
+    ORT recommends it, and warns without it, but quantizes without it too: a graph its
+    optimizer or shape inference cannot take is quantized as it is, and the reason recorded.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        # Positional: the first parameter was renamed (input_model_path -> input_model).
+        # Symbolic shape inference is skipped: it serves transformers, needs sympy (an optional
+        # extra of onnxruntime), and ONNX shape inference covers a CNN with a symbolic batch.
+        quant_pre_process(model_path, output, skip_symbolic_shape=True)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        return model_path, f"{type(exc).__name__}: {text[0] if text else ''}"
+    return output, ""
+
+
+def _quantize_static(model_path: Path, output: Path, reader, settings: Int8Settings, method: str):
+    """ORT's quantize_static with `settings`."""
+    from onnxruntime import quantization as ortq
+
+    types = {"uint8": ortq.QuantType.QUInt8, "int8": ortq.QuantType.QInt8}
+    methods = {
+        "minmax": ortq.CalibrationMethod.MinMax,
+        "entropy": ortq.CalibrationMethod.Entropy,
+        "percentile": ortq.CalibrationMethod.Percentile,
+    }
+    extra = {
+        "ActivationSymmetric": settings.activation_symmetric,
+        "WeightSymmetric": True,
+        # A BatchNormalization's scale is rank 1: per channel along axis 0, not ORT's default 1
+        # (which fails with a warning per node and falls back to one scale per tensor).
+        "QDQOpTypePerChannelSupportToAxis": {"BatchNormalization": 0},
+    }
+    if settings.target == "tensorrt":
+        # TensorRT has no INT32 DequantizeLinear (float biases) and fuses a Q/DQ pair per layer.
+        extra.update({"QuantizeBias": False, "DedicatedQDQPair": True})
+    formats = {"qdq": ortq.QuantFormat.QDQ, "qoperator": ortq.QuantFormat.QOperator}
+    ortq.quantize_static(
+        model_path,
+        output,
+        reader,
+        quant_format=formats[settings.quant_format],
+        op_types_to_quantize=None if settings.op_types is None else list(settings.op_types),
+        per_channel=settings.per_channel,
+        reduce_range=settings.reduce_range,
+        activation_type=types[settings.activation_type],
+        weight_type=types[settings.weight_type],
+        calibrate_method=methods[method],
+        extra_options=extra,
+    )
 
 
 class _ArrayReader:
@@ -320,15 +396,3 @@ def _load_array_file(path: Path, names: list[str]) -> np.ndarray | dict[str, np.
     if len(arrays) == 1 and len(names) == 1:
         return next(iter(arrays.values()))
     return arrays
-
-
-@contextlib.contextmanager
-def _quiet_root_logger():
-    """Hide onnxruntime.quantization's advice to pre-process, logged on the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)

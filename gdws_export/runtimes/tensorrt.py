@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from gdws_export._files import JsonRecord, atomic_write_bytes, file_sha256
 from gdws_export._optional import require
@@ -31,6 +32,7 @@ from gdws_export.errors import (
     UnsupportedModelError,
     shown,
 )
+from gdws_export.runtimes.int8_settings import TENSORRT_INT8
 from gdws_export.runtimes.onnx_files import load_onnx, save_onnx
 from gdws_export.runtimes.precision import (
     CalibrationData,
@@ -92,6 +94,7 @@ class EngineInfo(JsonRecord):
     build_seconds: float = 0.0
     built_at: str = ""
     warnings: list[str] = field(default_factory=list)
+    quantization: dict[str, Any] | None = None  # INT8: `QuantizedGraph.to_dict()`
 
 
 def sidecar_path(engine_path: str | os.PathLike) -> Path:
@@ -149,15 +152,18 @@ def build_engine(
     start = time.perf_counter()
 
     # TensorRT 11: strongly typed only, precision from the graph. TensorRT 10: builder flags.
-    graph_path, flags = onnx_path, []
+    graph_path, flags, quantization = onnx_path, [], None
     if precision == "fp16" and major >= 11:
         fp16 = convert_to_fp16(source, keep_io_types=keep_io_types)
         graph_path = _save_converted(fp16, engine_path, onnx_path)
     elif precision == "fp16":
         flags = ["FP16"]
     elif precision == "int8":
-        qdq = quantize_int8(source, calibration)
-        graph_path = _save_converted(qdq, engine_path, onnx_path)
+        # Both versions: explicit Q/DQ, symmetric INT8, no calibrator (TensorRT 11 removed
+        # implicit calibration; on 10 the Q/DQ graph makes the same engine without one).
+        qdq = quantize_int8(source, calibration, settings=TENSORRT_INT8)
+        graph_path = _save_converted(qdq.model, engine_path, onnx_path)
+        quantization = qdq.to_dict()
         # TensorRT 10: Q/DQ layers need the INT8 flag, and FP16 lets the layers the Q/DQ graph
         # leaves unquantized run in FP16 rather than FP32 (TensorRT's own guidance).
         flags = [] if major >= 11 else ["INT8", "FP16"]
@@ -230,6 +236,7 @@ def build_engine(
         build_seconds=round(time.perf_counter() - start, 3),
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         warnings=warnings,
+        quantization=quantization,
     )
     atomic_write_bytes(engine_path, serialized)  # each file atomic; the sidecar last
     info.save(sidecar_path(engine_path))
