@@ -101,7 +101,7 @@ from gdws_export.harness.data import load_dataset, load_train_and_test
 from gdws_export.harness.machine import machine_info
 from gdws_export.harness.shipping import export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
-from gdws_export.harness.sweep import pareto_front
+from gdws_export.harness.sweep_report import pareto_front
 from gdws_export.lowering import measure_layer_costs
 from gdws_export.lowering.auto import DEFAULT_CANDIDATES
 from gdws_export.lowering.forms import FORMS, is_form

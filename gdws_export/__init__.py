@@ -49,7 +49,7 @@ _LAZY = {
     "run_export": "gdws_export.pipeline",
     "benchmark": "gdws_export.harness.speed",
     "evaluate_accuracy": "gdws_export.harness.accuracy",
-    "sweep": "gdws_export.harness.sweep",
+    "sweep": "gdws_export.studies.sweep",
 }
 
 

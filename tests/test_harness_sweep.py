@@ -5,8 +5,6 @@ Small samples (100 images, PGD-5, 30 timed runs) keep the whole sweep to a few s
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import json
 
 import numpy as np
@@ -20,10 +18,17 @@ from gdws_export.cli import sweep as sweep_command
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.selection import count_macs
 from gdws_export.harness.report import read_json
-from gdws_export.harness.sweep import pareto_front
-from gdws_export.harness.sweep_report import SweepConfig, SweepReport, SweepSetting, parse_settings
+from gdws_export.harness.sweep_report import (
+    SweepConfig,
+    SweepReport,
+    SweepSetting,
+    pareto_front,
+    parse_settings,
+)
 from gdws_export.models import save_checkpoint
+from gdws_export.pipeline import ExportConfig
 from gdws_export.pipeline.outputs import read_marker
+from gdws_export.studies import sweep
 
 MAC_RATIOS = (0.3, 0.5, 0.8)
 
@@ -170,7 +175,6 @@ def test_count_macs_of_lenet():
         (lambda: SweepConfig(()), "at least one setting"),
         (lambda: SweepConfig(parse_settings([0.1, 0.1])), "repeat"),
         (lambda: SweepConfig(parse_settings([0.1]), attacks=()), "at least one attack"),
-        (lambda: SweepConfig(parse_settings([0.1]), target="tvm"), "target"),
         (lambda: SweepConfig(parse_settings([0.1]), batch_sizes=(0,)), "batch_sizes"),
         (lambda: SweepConfig(parse_settings([0.1]), eval_batch_size=0), "eval_batch_size"),
         (lambda: SweepConfig(parse_settings([0.1]), attacks=(AttackConfig(steps=0),)), "steps"),
@@ -199,10 +203,15 @@ def test_cli_refuses_bad_attack_settings(checkpoint_and_data, tmp_path):
     checkpoint, data = checkpoint_and_data
     assert "eps" in _cli_error(checkpoint, data, tmp_path, "--eps", "-0.1")
     assert "steps" in _cli_error(checkpoint, data, tmp_path, "--steps", 0)
-    assert "--held-out-samples must be >= 0" in _cli_error(
+    assert "--held-out-samples needs --calib" in _cli_error(
         checkpoint, data, tmp_path, "--held-out-samples", -1
     )
     assert "needs --calib" in _cli_error(checkpoint, data, tmp_path, "--calib-samples", 64)
+    # every export's settings are checked as `export` checks them, before anything runs
+    assert "--max-layer-error caps a budget" in _cli_error(
+        checkpoint, data, tmp_path, "--max-layer-error", 0.5
+    )
+    assert "--target" in _cli_error(checkpoint, data, tmp_path, "--timing-cache", "x.cache")
 
 
 def test_cli_refuses_an_unreadable_image(checkpoint_and_data, tmp_path):
@@ -225,44 +234,43 @@ def test_cli_refuses_empty_data_out_of_range_labels_and_wrong_shapes(checkpoint_
         assert expected in _cli_error(checkpoint, tmp_path / f"{name}.npz", tmp_path)
 
 
+def _config(**kwargs) -> SweepConfig:
+    """A quick measurement: 3 timed runs at batch 4, PGD-2."""
+    return SweepConfig(
+        attacks=(AttackConfig(eps=0.05, steps=2),), batch_sizes=(4,), duration_s=None,
+        iterations=3, warmup_s=0.0, **kwargs,
+    )  # fmt: skip
+
+
+def _export(checkpoint, **kwargs) -> ExportConfig:
+    return ExportConfig(str(checkpoint), threads=1, exporter="legacy", **kwargs)
+
+
 def test_layers_shipped_as_original_convs_are_attacked_as_such(checkpoint_and_data, tmp_path):
     """With the "dense" lowering every GDWS layer ships its original conv: PyTorch must then
     attack the original layers too, so GDWS rows measure exactly what the original does."""
-    from gdws_export import load_model
     from gdws_export.harness.data import load_dataset
-    from gdws_export.harness.sweep import sweep
-    from gdws_export.harness.sweep_report import SweepConfig, parse_settings
 
     checkpoint, data = checkpoint_and_data
-    model = load_model(checkpoint)
     x, y = load_dataset(data)
-    config = SweepConfig(
-        parse_settings(mac_ratios=[0.5]), threads=1, lowering="dense", exporter="legacy",
-        attacks=(AttackConfig(eps=0.05, steps=3),), batch_sizes=(4,), duration_s=None,
-        iterations=3, warmup_s=0.0,
-    )  # fmt: skip
-    report = sweep(model, config, (x[:60], y[:60]), work_dir=tmp_path)
+    config = _config(settings=parse_settings(mac_ratios=[0.5]))
+    report = sweep(_export(checkpoint, lowering="dense"), config, (x[:60], y[:60]),
+                   work_dir=tmp_path)  # fmt: skip
     original, gdws = report.rows[0], report.rows[1]
     assert original.setting == "original"
     assert gdws.robust_accuracy == original.robust_accuracy
     assert gdws.clean_accuracy == original.clean_accuracy
-    assert any("keeps its original conv" in note for note in report.notes)
+    assert gdws.macs == original.macs  # what ships: the original convs, counted as such
 
 
 def test_time_budget_sweep_prices_layers_by_measured_time(checkpoint_and_data, tmp_path):
-    from gdws_export import load_model
     from gdws_export.harness.data import load_dataset
-    from gdws_export.harness.sweep import sweep
-    from gdws_export.harness.sweep_report import SweepConfig, parse_settings
 
     checkpoint, data = checkpoint_and_data
     x, y = load_dataset(data)
-    config = SweepConfig(
-        parse_settings(time_ratios=[1.0]), threads=1, lowering="gather", exporter="legacy",
-        attacks=(AttackConfig(eps=0.05, steps=2),), batch_sizes=(4,), duration_s=None,
-        iterations=3, warmup_s=0.0,
-    )  # fmt: skip
-    report = sweep(load_model(checkpoint), config, (x[:40], y[:40]), work_dir=tmp_path)
+    config = _config(settings=parse_settings(time_ratios=[1.0]))
+    report = sweep(_export(checkpoint, lowering="gather"), config, (x[:40], y[:40]),
+                   work_dir=tmp_path)  # fmt: skip
     row = report.row("time_ratio=1")
     assert row.time_ratio == 1.0 and row.mac_ratio is None and row.beta is None
     layers = report.approximations["time_ratio=1"]["layers"]
@@ -272,185 +280,103 @@ def test_time_budget_sweep_prices_layers_by_measured_time(checkpoint_and_data, t
 
 
 def test_torch_target_sweep_runs_on_the_cpu(checkpoint_and_data, tmp_path):
-    from gdws_export import load_model
     from gdws_export.harness.data import load_dataset
-    from gdws_export.harness.sweep import sweep
-    from gdws_export.harness.sweep_report import SweepConfig, parse_settings
 
     checkpoint, data = checkpoint_and_data
     x, y = load_dataset(data)
-    config = SweepConfig(
-        parse_settings(mac_ratios=[0.5]), target="torch", attacks=(AttackConfig(eps=0.05, steps=2),),
-        batch_sizes=(4,), duration_s=None, iterations=3, warmup_s=0.0,
-    )  # fmt: skip
-    report = sweep(load_model(checkpoint), config, (x[:40], y[:40]), work_dir=tmp_path)
+    config = _config(settings=parse_settings(mac_ratios=[0.5]))
+    report = sweep(_export(checkpoint, target="torch"), config, (x[:40], y[:40]),
+                   work_dir=tmp_path)  # fmt: skip
     assert [row.setting for row in report.rows][0] == "original" and len(report.rows) == 2
     assert all(row.engine_path.endswith(".pt2") for row in report.rows)
     for row in report.rows:  # the torch runner runs the same model PyTorch attacked
         assert row.engine_robust_accuracy == row.robust_accuracy
 
 
-def test_refit_sweep_ships_the_refit_models(checkpoint_and_data, tmp_path):
-    from gdws_export import approximate, load_model, refit_pointwise
-    from gdws_export.harness.sweep import sweep
+def test_the_sweep_and_the_cli_ship_the_same_engine(tmp_path):
+    """One export algorithm: a sweep row and `gdws-export` at that row's budget, with the same
+    flags (calibration data: alphas, the sensitivity choice and the 1x1 refit), ship graphs
+    that compute the same function, and the same kernels per channel."""
+    from gdws_export.cli import main
     from gdws_export.runtimes import OrtRunner
 
-    checkpoint, _ = checkpoint_and_data
-    model = load_model(checkpoint)
-    _, x, y = trained_lenet()
-    calibration, evaluation = (x[100:160], y[100:160]), (x[:40], y[:40])  # disjoint images
-    config = SweepConfig(
-        parse_settings(mac_ratios=[0.3]), threads=1, lowering="gather", exporter="legacy",
-        attacks=(AttackConfig(eps=0.05, steps=2),), batch_sizes=(4,), duration_s=None,
-        iterations=3, warmup_s=0.0,
-    )  # fmt: skip
-    report = sweep(model, config, evaluation, work_dir=tmp_path, refit_data=calibration)
-    assert any("refit on 60 calibration images" in note for note in report.notes)
-    expected, _ = refit_pointwise(approximate(model, mac_ratio=0.3)[0], model, calibration,
-                                  eps=0.05, step_size=0.0125, samples=60)  # fmt: skip
-    with OrtRunner(report.row("mac_ratio=0.3").onnx_path, threads=1) as runner:
-        shipped = runner.predict(x[:8].numpy())
-    with torch.no_grad():
-        np.testing.assert_allclose(shipped, expected(x[:8]).numpy(), rtol=1e-4, atol=1e-4)
-
-
-def test_sweep_with_measures_ships_the_one_most_robust_on_held_out_images(
-    checkpoint_and_data, tmp_path, monkeypatch
-):
-    """gdws-export's --sensitivity auto per MAC budget: every candidate built (refit
-    included), judged by `choose_measure` on the held-out images only, and the chosen one's
-    model is the one exported, timed and attacked."""
-    from gdws_export import approximate, load_model, refit_pointwise
-    from gdws_export.gdws.activations import relative_gains
-    from gdws_export.harness.measure_choice import choose_measure
-    from gdws_export.runtimes import OrtRunner
-
-    checkpoint, _ = checkpoint_and_data
-    model = load_model(checkpoint)
-    _, x, y = trained_lenet()
-    calibration, held_out, evaluation = (x[100:140], y[100:140]), (x[140:180], y[140:180]), (
-        x[:40], y[:40])  # fmt: skip
-    measures = {"none": None, "relative": relative_gains(model)}
-    judged = []
-
-    def spy(models, xh, yh, attack, **kwargs):
-        judged.append((list(models), xh, attack))
-        choice = choose_measure(models, xh, yh, attack, **kwargs)
-        # the second candidate, so that shipping it shows the choice was followed
-        return dataclasses.replace(choice, chosen="relative")
-
-    # the package exports the function `sweep` under the module's name
-    sweep_module = importlib.import_module("gdws_export.harness.sweep")
-    monkeypatch.setattr(sweep_module, "choose_measure", spy)
-    config = SweepConfig(
-        parse_settings(mac_ratios=[0.3]), threads=1, lowering="gather", exporter="legacy",
-        attacks=(AttackConfig(eps=0.05, steps=2),), batch_sizes=(4,), duration_s=None,
-        iterations=3, warmup_s=0.0,
-    )  # fmt: skip
-    report = sweep_module.sweep(model, config, evaluation, work_dir=tmp_path,
-                                refit_data=calibration, measures=measures, held_out=held_out)  # fmt: skip
-    ((names, xh, attack),) = judged
-    assert names == ["none", "relative"] and torch.equal(xh, held_out[0])
-    assert attack.steps == 10 and attack.eps == 0.05  # PGD-10 at the sweep's eps
-    choice = report.approximations["mac_ratio=0.3"]["sensitivity_choice"]
-    assert choice["chosen"] == "relative" and choice["held_out"] == 40
-    assert [t["measure"] for t in choice["trials"]] == ["none", "relative"]
-    assert any(n.startswith("mac_ratio=0.3: shipped relative alphas") for n in report.notes)
-    gdws, _ = approximate(model, mac_ratio=0.3, alphas=measures["relative"])
-    expected, _ = refit_pointwise(gdws, model, calibration, eps=0.05, step_size=0.0125,
-                                  samples=40)  # fmt: skip
-    with OrtRunner(report.row("mac_ratio=0.3").onnx_path, threads=1) as runner:
-        shipped = runner.predict(x[:8].numpy())
-    with torch.no_grad():
-        np.testing.assert_allclose(shipped, expected(x[:8]).numpy(), rtol=1e-4, atol=1e-4)
-
-
-def test_sweep_measures_need_held_out_images_and_no_alphas(checkpoint_and_data, tmp_path):
-    from gdws_export import load_model
-    from gdws_export.harness.sweep import sweep
-
-    checkpoint, _ = checkpoint_and_data
-    model = load_model(checkpoint)
-    _, x, y = trained_lenet()
-    config = SweepConfig(parse_settings(mac_ratios=[0.3]), threads=1)
-    for kwargs in ({"measures": {"none": None}},
-                   {"measures": {"none": None}, "held_out": (x[:8], y[:8]), "alphas": {}},
-                   {"measures": {}, "held_out": (x[:8], y[:8])}):  # fmt: skip
-        with pytest.raises(InvalidInputError, match="measures"):
-            sweep(model, config, (x[:8], y[:8]), work_dir=tmp_path, **kwargs)
-
-
-def test_cli_sweep_with_calib_chooses_the_measure_per_mac_ratio(tmp_path):
-    """`gdws-export sweep --calib`: as gdws-export's default, unweighted and calibrated
-    alphas are built and judged on the --calib images after the --calib-samples ones;
-    --held-out-samples 0 turns the choice off."""
     model, x, y = trained_lenet()
     checkpoint = save_checkpoint(model, tmp_path / "lenet.pt")
     data, calib = tmp_path / "eval.npz", tmp_path / "calib.npz"
     np.savez(data, x=x[:30].numpy(), y=y[:30].numpy())
-    np.savez(calib, x=x[30:200].numpy(), y=y[30:200].numpy())
-    common = [checkpoint, "--mac-ratios", 0.3, "--data", data, "--calib", calib,
-              "--calib-samples", 32, "--threads", 1, "--lowering", "gather", "--exporter",
-              "legacy", "--eps", "0.05", "--steps", 2, "--batch-sizes", 4, "--iterations", 3,
-              "--warmup", 0]  # fmt: skip
-    assert run_command(sweep_command, [*common, "--held-out-samples", 100,
-                                       "--output-dir", tmp_path / "auto"]) == 0  # fmt: skip
-    report = read_json(tmp_path / "auto" / "sweep.json")
-    choice = report.approximations["mac_ratio=0.3"]["sensitivity_choice"]
-    assert choice["held_out"] == 100 and choice["chosen"] in ("none", "calibrated")
-    assert [t["measure"] for t in choice["trials"]] == ["none", "calibrated"]
-    assert any("refit on 32 calibration images" in n for n in report.notes)
-    assert run_command(sweep_command, [*common, "--held-out-samples", 0,
-                                       "--output-dir", tmp_path / "off"]) == 0  # fmt: skip
-    report = read_json(tmp_path / "off" / "sweep.json")
-    assert "sensitivity_choice" not in report.approximations["mac_ratio=0.3"]
+    np.savez(calib, x=x[30:230].numpy(), y=y[30:230].numpy())
+    flags = ["--calib", calib, "--calib-samples", 64, "--threads", 1, "--lowering", "gather",
+             "--exporter", "legacy"]  # fmt: skip
+    assert run_command(sweep_command, [
+        checkpoint, "--mac-ratios", 0.3, "--data", data, *flags, "--eps", "0.05", "--steps", 2,
+        "--batch-sizes", 4, "--iterations", 3, "--warmup", 0, "--output-dir", tmp_path / "sweep",
+    ]) == 0  # fmt: skip
+    argv = [checkpoint, "--mac-ratio", 0.3, *flags, "--batch", 4, "-q", "-o", tmp_path / "cli"]
+    assert main([str(a) for a in argv]) == 0
+    swept = read_json(tmp_path / "sweep" / "sweep.json")
+    by_sweep = json.loads((tmp_path / "sweep/models/mac_ratio_0.3/report.json").read_text())[
+        "report"
+    ]
+    by_cli = json.loads((tmp_path / "cli" / "report.json").read_text())["report"]
+    assert swept.approximations["mac_ratio=0.3"]["sensitivity_choice"]["held_out"] > 64
+    for key in ("approximation", "sensitivity_choice", "refit", "macs"):
+        assert _untimed(by_sweep[key]) == _untimed(by_cli[key]), key
+    images = x[:16].numpy()
+    outputs = []
+    for folder in (tmp_path / "sweep/models/mac_ratio_0.3", tmp_path / "cli"):
+        with OrtRunner(str(folder / "gdws.onnx"), threads=1) as runner:
+            outputs.append(runner.predict(images))
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
 
 
-def test_cli_sweep_with_too_few_held_out_images_warns_and_stays_unweighted(tmp_path, capsys):
+def _untimed(value):
+    """`value` without the seconds things took (they differ from run to run)."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if "seconds" not in k}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
+
+
+def test_cli_sweep_without_a_sensitivity_choice_ships_one_measure(tmp_path, capsys):
+    """--sensitivity none, as `export` takes it; and too few held-out images for `auto` is
+    the export's own warning, printed."""
     model, x, y = trained_lenet()
     checkpoint = save_checkpoint(model, tmp_path / "lenet.pt")
     data, calib = tmp_path / "eval.npz", tmp_path / "calib.npz"
     np.savez(data, x=x[:30].numpy(), y=y[:30].numpy())
     np.savez(calib, x=x[30:102].numpy(), y=y[30:102].numpy())  # 32 fit, 40 left: below 64
-    code = run_command(sweep_command, [
-        checkpoint, "--mac-ratios", 0.3, "--data", data, "--calib", calib, "--calib-samples", 32,
-        "--threads", 1, "--lowering", "gather", "--exporter", "legacy", "--eps", "0.05",
-        "--steps", 2, "--batch-sizes", 4, "--iterations", 3, "--warmup", 0,
-        "--output-dir", tmp_path / "out"])  # fmt: skip
-    assert code == 0
-    err = capsys.readouterr().err
-    assert "has 40 images after the first 32, too few to judge the measures" in err
+    common = [checkpoint, "--mac-ratios", 0.3, "--data", data, "--calib", calib,
+              "--calib-samples", 32, "--threads", 1, "--lowering", "gather", "--exporter",
+              "legacy", "--eps", "0.05", "--steps", 2, "--batch-sizes", 4, "--iterations", 3,
+              "--warmup", 0]  # fmt: skip
+    assert run_command(sweep_command, [*common, "--sensitivity", "none",
+                                       "--output-dir", tmp_path / "none"]) == 0  # fmt: skip
+    report = read_json(tmp_path / "none" / "sweep.json")
+    built = report.approximations["mac_ratio=0.3"]
+    assert built["sensitivity_choice"] is None and built["refit"]["inputs"] == 64  # 32 + PGD
+    assert run_command(sweep_command, [*common, "--output-dir", tmp_path / "out"]) == 0
+    assert "has 40 images after the first --calib-samples (32), too few" in capsys.readouterr().err
     report = read_json(tmp_path / "out" / "sweep.json")
-    assert "sensitivity_choice" not in report.approximations["mac_ratio=0.3"]
-    assert any("refit on 32 calibration images" in n for n in report.notes)
+    assert report.approximations["mac_ratio=0.3"]["sensitivity_choice"] is None
     # A folder the sweep created is marked as gdws-export's (the swept fixture's, which
     # existed before, is not).
     assert read_marker(tmp_path / "out")["written_by"] == "gdws-export sweep"
 
 
-def test_sweep_times_the_auto_lowering_at_its_largest_batch(checkpoint_and_data, tmp_path,
-                                                            monkeypatch):  # fmt: skip
-    """The table ranks throughput at the largest batch size, so `auto` picks forms there."""
-    from gdws_export import load_model
-
-    sweep_module = importlib.import_module("gdws_export.harness.sweep")
-    batches = []
-    real = sweep_module.export_and_build
-
-    def spy(model, stem, **kwargs):
-        batches.append(kwargs["auto_batch"])
-        return real(model, stem, **kwargs)
-
-    monkeypatch.setattr(sweep_module, "export_and_build", spy)
-    checkpoint, _ = checkpoint_and_data
+def test_sweep_times_the_auto_lowering_at_its_largest_batch(checkpoint_and_data, tmp_path):
+    """The table ranks throughput at the largest batch size, so `auto` picks forms there:
+    the export batch of every setting is the largest --batch-sizes."""
+    checkpoint, data = checkpoint_and_data
     _, x, y = trained_lenet()
-    config = SweepConfig(
-        parse_settings(mac_ratios=[0.5]), threads=1, exporter="legacy",
-        attacks=(AttackConfig(eps=0.05, steps=1),), batch_sizes=(1, 4), duration_s=None,
-        iterations=2, warmup_s=0.0,
-    )  # fmt: skip
-    sweep_module.sweep(load_model(checkpoint), config, (x[:8], y[:8]), work_dir=tmp_path)
-    assert batches == [4, 4]  # the original and the GDWS model
+    out = tmp_path / "out"
+    assert run_command(sweep_command, [
+        checkpoint, "--mac-ratios", 0.5, "--data", data, "--limit", 8, "--threads", 1,
+        "--exporter", "legacy", "--eps", "0.05", "--steps", 1, "--batch-sizes", 1, 4,
+        "--iterations", 2, "--warmup", 0, "--output-dir", out,
+    ]) == 0  # fmt: skip
+    report = json.loads((out / "models" / "mac_ratio_0.5" / "report.json").read_text())["report"]
+    assert report["settings"]["batch"] == 4 and report["settings"]["lowering"] == "auto"
 
 
 def test_cli_sweep_loads_a_torch_export_program_as_export_does(tmp_path):

@@ -20,6 +20,7 @@ from gdws_export.pipeline.operating_point import (
     bisect_ratio,
     choose_for_speed,
     choose_operating_point,
+    logit_error,
     rank_exact_layers,
 )
 from tests import _model_files as files
@@ -119,10 +120,18 @@ def test_a_probe_with_layers_kept_exact_ships_when_it_costs_fewer_macs():
     assert choose_operating_point([shallow, costly], 0.5)[0] is shallow
 
 
-def test_layers_are_ranked_by_robust_accuracy_per_mac():
+def test_layers_are_ranked_by_error_removed_per_mac():
     layers = [ExactLayer("big", 2.0, 1000), ExactLayer("small", 1.0, 100),
               ExactLayer("useless", 0.0, 10), ExactLayer("harmful", -1.0, 10)]  # fmt: skip
     assert [layer.name for layer in rank_exact_layers(layers)] == ["small", "big"]
+
+
+def test_logit_error_is_scale_free_and_zero_when_equal():
+    reference = torch.tensor([[2.0, -2.0], [1.0, 3.0]])
+    assert logit_error(reference, reference) == 0.0
+    off = reference + torch.tensor([[1.0, 0.0], [0.0, -1.0]])
+    assert logit_error(reference, off) == pytest.approx(0.5 / 4.5)
+    assert logit_error(10 * reference, 10 * off) == pytest.approx(logit_error(reference, off))
 
 
 class _FakeProber:

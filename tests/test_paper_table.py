@@ -26,7 +26,7 @@ from gdws_export import approximate
 from gdws_export.gdws.conv import GDWSConv2d
 from gdws_export.harness.data import load_dataset
 from gdws_export.harness.measure_choice import AUTO_MEASURES, MeasureChoice
-from gdws_export.harness.sweep import pareto_front
+from gdws_export.harness.sweep_report import pareto_front
 from gdws_export.models import create_model, save_checkpoint
 from gdws_export.runtimes import build as build_module
 from tests._trained import SLICE, trained_lenet

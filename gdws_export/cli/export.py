@@ -411,21 +411,25 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
 
 
-def config_from_args(args: argparse.Namespace) -> ExportConfig:
-    """The ExportConfig for parsed arguments (validated later by `resolved()`)."""
+def calib_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ExportConfig fields of --calib, --calib-samples and --held-out-samples."""
     for option, value in (("--calib-samples", args.calib_samples),
                           ("--held-out-samples", args.held_out_samples)):  # fmt: skip
         if value is not None and args.calib is None:
             raise InvalidInputError(f"{option} needs --calib (the data it counts samples of)")
     held_out = DEFAULT_HELD_OUT if args.held_out_samples is None else args.held_out_samples
+    return dict(calib=args.calib, calib_samples=args.calib_samples, held_out_samples=held_out)
+
+
+def config_from_args(args: argparse.Namespace) -> ExportConfig:
+    """The ExportConfig for parsed arguments (validated later by `resolved()`)."""
     return ExportConfig(
         **model_settings(args), output=args.output, target=args.target,
         precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
         time_ratio=args.time_ratio, max_layer_error=args.max_layer_error,
         max_robust_drop=args.max_robust_drop, min_speedup=args.min_speedup,
         exclude=tuple(args.exclude),
-        alphas=args.alphas, calib=args.calib, calib_samples=args.calib_samples,
-        held_out_samples=held_out,
+        alphas=args.alphas, **calib_settings(args),
         alpha_eps=args.alpha_eps, sensitivity=args.sensitivity, refit=args.refit,
         lowering=args.lowering,
         exporter=args.exporter,

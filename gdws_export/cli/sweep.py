@@ -13,27 +13,32 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gdws_export.attacks import AttackConfig
-from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.errors import InvalidInputError
 from gdws_export.harness.accuracy import DEFAULT_BATCH_SIZE, SquareConfig
-from gdws_export.harness.measure_choice import MIN_HELD_OUT
 from gdws_export.harness.report import write_sweep
 from gdws_export.harness.speed_report import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_DURATION_S,
     DEFAULT_WARMUP_S,
 )
-from gdws_export.harness.sweep import sweep
 from gdws_export.harness.sweep_report import SweepConfig, parse_settings
-from gdws_export.pipeline.config import AUTO_CALIB_SAMPLES, DEFAULT_CALIB_SAMPLES, DEFAULT_HELD_OUT
+from gdws_export.pipeline.config import (
+    AUTO_CALIB_SAMPLES,
+    DEFAULT_CALIB_SAMPLES,
+    DEFAULT_HELD_OUT,
+    EXPORTERS,
+    PRECISIONS,
+    SENSITIVITIES,
+    TARGETS,
+    ExportConfig,
+)
 from gdws_export.pipeline.outputs import check_output_folder, ensure_output_folder
-
-if TYPE_CHECKING:
-    from torch import nn
 
 NAME = "sweep"
 
@@ -69,37 +74,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--limit", type=int, help="use the first N samples")
-    parser.add_argument(
-        "--alphas", type=Path,
-        help="alphas file (save_alphas, or an export's alphas.pt); default: as gdws-export's "
-        "default --sensitivity: with --calib, auto (see --held-out-samples), else relative "
-        "alphas from the weights",
-    )  # fmt: skip
-    parser.add_argument(
-        "--calib", metavar="DATA",
-        help="calibration images (not the evaluation data; train split of a named dataset): "
-        "every GDWS model's 1x1 convs are refit on them, clean and PGD at twice --eps, as "
-        "gdws-export --calib does; default: no refit",
-    )  # fmt: skip
-    parser.add_argument(
-        "--calib-samples", type=int, default=None, metavar="N",
-        help=f"samples of --calib used to calibrate and refit (default {AUTO_CALIB_SAMPLES} "
-        f"when --held-out-samples follow them, else {DEFAULT_CALIB_SAMPLES})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--held-out-samples", type=int, default=DEFAULT_HELD_OUT, metavar="N",
-        help="with --calib and no --alphas, gdws-export's --sensitivity auto per MAC or time "
-        "budget: the model is built with unweighted and with calibrated alphas, refit "
-        "included, and the more robust on these --calib images after the --calib-samples "
-        f"ones (PGD-10 at --eps) ships (default {DEFAULT_HELD_OUT}; 0: unweighted, no choice)",
-    )  # fmt: skip
+    gdws = parser.add_argument_group(
+        "how each model is exported: as `gdws-export export` with the same flags (see there)"
+    )
+    gdws.add_argument("--calib", metavar="DATA",
+                      help="calibration data (not the evaluation data): alphas, the 1x1 "
+                      "refit and --sensitivity auto, as gdws-export --calib")  # fmt: skip
+    gdws.add_argument("--calib-samples", type=int, metavar="N",
+                      help=f"samples of --calib that calibrate and refit (default "
+                      f"{DEFAULT_CALIB_SAMPLES}; {AUTO_CALIB_SAMPLES} with --sensitivity "
+                      "auto)")  # fmt: skip
+    gdws.add_argument("--held-out-samples", type=int, metavar="N",
+                      help="with --sensitivity auto: --calib images after the first "
+                      f"--calib-samples that judge the measures (default "
+                      f"{DEFAULT_HELD_OUT})")  # fmt: skip
+    gdws.add_argument("--alphas", metavar="FILE", help="per-channel alphas file (alphas.pt)")
+    gdws.add_argument("--sensitivity", choices=SENSITIVITIES,
+                      help="how errors are weighed (default: auto with --calib, relative "
+                      "without)")  # fmt: skip
+    gdws.add_argument("--alpha-eps", type=parse_number, metavar="EPS",
+                      help="radius of the PGD attacks on --calib data (default: the "
+                      "checkpoint's training eps, else 8/255)")  # fmt: skip
+    gdws.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                      help="refit the 1x1 convs on --calib (default: with --calib)")  # fmt: skip
+    gdws.add_argument("--exclude", action="append", default=[], metavar="LAYER",
+                      help="keep this conv exact (a name or pattern); repeat for more")  # fmt: skip
+    gdws.add_argument("--max-layer-error", type=float, metavar="E",
+                      help="cap each layer's share of the error under a budget, "
+                      "in (0, 1]")  # fmt: skip
     parser.add_argument("--output-dir", type=Path, required=True, help="where to write")
-    parser.add_argument("--target", choices=("ort", "trt", "torch"), default="ort")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    parser.add_argument("--target", choices=TARGETS, default="ort")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     parser.add_argument("--lowering", default="auto", help="ONNX lowering form (default: auto)")
     parser.add_argument(
-        "--exporter", choices=("dynamo", "legacy"), default="dynamo",
+        "--exporter", choices=EXPORTERS, default="dynamo",
         help="torch.onnx exporter (default: dynamo)",
     )  # fmt: skip
     parser.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
@@ -139,96 +148,55 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model and data, run the sweep, write sweep.json / .md / .png."""
-    from gdws_export.gdws.activations import relative_gains
-    from gdws_export.gdws.calibration import calibrated_gains
-    from gdws_export.gdws.sensitivity import load_alphas, load_input_moments
+    """Run the sweep through the export pipeline, write sweep.json / .md / .png."""
     from gdws_export.harness.data import load_dataset
-    from gdws_export.pipeline.model import match_alpha_names
+    from gdws_export.studies.sweep import sweep
 
     config = config_from_args(args)  # settings first: bad flags fail before any loading
+    export = export_config_from_args(args)
+    for setting in config.settings:  # every export's settings, as `export` would check them
+        replace(export, beta=setting.beta, mac_ratio=setting.mac_ratio,
+                time_ratio=setting.time_ratio).resolved()  # fmt: skip
     check_output_folder(args.output_dir, "--output-dir")
-    model, shape, num_classes = load_model_from_args(args)
-    x, y = load_dataset(
-        args.data, split=args.split, limit=args.limit, num_classes=num_classes,
-        input_shape=shape,
-    )  # fmt: skip
-    choose = (args.calib is not None and args.alphas is None and args.held_out_samples > 0
-              and any(s.beta is None for s in config.settings))  # fmt: skip
-    calibration = held_out = None
-    if args.calib is not None:
-        samples = args.calib_samples or (AUTO_CALIB_SAMPLES if choose else DEFAULT_CALIB_SAMPLES)
-        x_calib, y_calib = load_dataset(
-            args.calib, split="train", limit=samples + (args.held_out_samples if choose else 0),
-            num_classes=num_classes, input_shape=shape,
-        )  # fmt: skip
-        calibration = (x_calib[:samples], y_calib[:samples])
-        if choose:
-            held_out = (x_calib[samples:], y_calib[samples:])
-        if choose and len(held_out[1]) < MIN_HELD_OUT:  # as gdws-export: unweighted, warned
-            print(f"gdws-export: warning: --calib {args.calib} has {len(held_out[1])} images "
-                  f"after the first {samples}, too few to judge the measures (at least "
-                  f"{MIN_HELD_OUT}); every model is unweighted", file=sys.stderr)  # fmt: skip
-            choose, held_out = False, None
-    alphas = moments = measures = None
-    if args.alphas is not None:
-        alphas = match_alpha_names(load_alphas(args.alphas), model, args.alphas)
-        moments = load_input_moments(args.alphas)
-        if moments is not None:
-            moments = match_alpha_names(moments, model, args.alphas)
-    elif choose:  # gdws-export's default --sensitivity auto
-        x_fit, y_fit = calibration
-        measures = {"none": None, "calibrated": calibrated_gains(
-            model, (x_fit, y_fit), eps=args.eps, step_size=args.eps / 4, samples=len(y_fit),
-            norm=args.norm, seed=args.seed,
-        )}  # fmt: skip
-    elif args.calib is None:  # without the refit, gdws-export's default is relative
-        alphas = relative_gains(model)
-    ensure_output_folder(args.output_dir, "sweep", "--output-dir")
-    report = sweep(
-        model, config, (x, y), work_dir=args.output_dir / "models", alphas=alphas,
-        input_moments=moments, refit_data=calibration, measures=measures, held_out=held_out,
-        data_name=_describe_data(args.data, args.split, len(y)),
-    )  # fmt: skip
+
+    def data(shape: tuple[int, ...], classes: int):
+        """Read once the model says its shape; the output folder is made once both loaded."""
+        images = load_dataset(args.data, split=args.split, limit=args.limit,
+                              num_classes=classes, input_shape=shape)  # fmt: skip
+        ensure_output_folder(args.output_dir, "sweep", "--output-dir")
+        return images
+
+    report = sweep(export, config, data, work_dir=args.output_dir / "models",
+                   data_name=_describe_data(args.data, args.split, args.limit))  # fmt: skip
     paths = write_sweep(report, args.output_dir)
+    for note in report.notes:  # each export's warnings, as `export` prints them
+        print(f"gdws-export: warning: {note}", file=sys.stderr)
     print(report.table())
     print(f"Pareto-optimal: {', '.join(report.pareto_settings)}")
     print(f"Wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
     return 0
 
 
-def load_model_from_args(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, ...], int]:
-    """(model, (C, H, W), classes) of the model options, loaded as `export` loads them
-    (--mean/--std baked in).
+def export_config_from_args(args: argparse.Namespace) -> ExportConfig:
+    """How every model of the sweep is exported: `gdws-export export`'s settings for the same
+    flags (its budget left out: each setting gives one)."""
+    from gdws_export.cli.export import calib_settings, model_settings
 
-    Raises:
-        UnsupportedModelError: a program whose batch is fixed (the sweep runs batches).
-    """
-    from gdws_export.cli.export import model_settings
-    from gdws_export.pipeline.config import ExportConfig
-    from gdws_export.pipeline.model import check_forward, load_configured_model, prepare_model
-
-    settings = ExportConfig(**model_settings(args)).resolved()
-    loaded = load_configured_model(settings)
-    if loaded.fixed_batch is not None:
-        raise UnsupportedModelError(
-            f"{loaded.path} fixes the batch size to {loaded.fixed_batch}; the sweep runs "
-            "batches of several sizes: export it again with a dynamic batch"
-        )
-    model, shape, _ = prepare_model(loaded, settings)
-    return model, tuple(shape), check_forward(model, shape, None)
+    return ExportConfig(
+        **model_settings(args), **calib_settings(args), output=os.fspath(args.output_dir),
+        alphas=args.alphas, sensitivity=args.sensitivity, alpha_eps=args.alpha_eps,
+        refit=args.refit,
+        exclude=tuple(args.exclude or ()), max_layer_error=args.max_layer_error,
+        target=args.target, precision=args.precision, threads=args.threads,
+        lowering=args.lowering, exporter=args.exporter, timing_cache=args.timing_cache,
+        batch=max(args.batch_sizes), seed=args.seed,
+    )  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> SweepConfig:
     """The SweepConfig the command line asks for (validated)."""
     if args.square_queries < 0:
         raise InvalidInputError(f"--square-queries must be >= 0, got {args.square_queries}")
-    if args.calib_samples is not None and args.calib is None:
-        raise InvalidInputError("--calib-samples needs --calib (the data it counts samples of)")
-    if args.calib_samples is not None and args.calib_samples < 1:
-        raise InvalidInputError(f"--calib-samples must be >= 1, got {args.calib_samples}")
-    if args.held_out_samples < 0:
-        raise InvalidInputError(f"--held-out-samples must be >= 0, got {args.held_out_samples}")
     duration = args.duration
     if duration is None and args.iterations is None:
         duration = DEFAULT_DURATION_S
@@ -243,12 +211,6 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         square = SquareConfig(eps=args.eps, queries=args.square_queries, seed=args.seed)
     return SweepConfig(
         settings=parse_settings(args.betas, args.mac_ratios, args.time_ratios),
-        target=args.target,
-        precision=args.precision,
-        threads=args.threads,
-        lowering=args.lowering,
-        exporter=args.exporter,
-        timing_cache=args.timing_cache,
         attacks=(white_box,),
         square=square,
         batch_sizes=tuple(args.batch_sizes),
@@ -259,12 +221,12 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     )
 
 
-def _describe_data(spec: str, split: str, samples: int) -> str:
-    """'cifar10 (test), 1000 samples'; files and folders have no split to name."""
+def _describe_data(spec: str, split: str, limit: int | None) -> str:
+    """'cifar10 (test), first 1000 samples'; files and folders have no split to name."""
     from gdws_export.harness.data import NAMED_DATASETS
 
     named = f" ({split})" if str(spec).lower() in NAMED_DATASETS else ""
-    return f"{spec}{named}, {samples} samples"
+    return f"{spec}{named}" + (f", first {limit} samples" if limit else ", all samples")
 
 
 def parse_number(text: str) -> float:

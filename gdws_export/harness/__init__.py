@@ -12,7 +12,8 @@ Speed and robustness are measured on the runtime that will serve the model:
   for one runtime, naming the layers that ship their original conv (shipping.py);
 - `choose_measure(models, x, y, attack)` -> MeasureChoice: the candidate GDWS model most
   robust on held-out images (`--sensitivity auto`, measure_choice.py);
-- `sweep(model, config, data, ...)` -> SweepReport: all of it per GDWS setting (sweep.py);
+- SweepConfig / SweepReport: a sweep's settings and results (sweep_report.py; the procedure,
+  which exports through the pipeline, is `gdws_export.studies.sweep`);
 - `write_json` / `read_json` / `write_markdown` / `write_sweep`: report files with a versioned
   schema, written atomically (report.py, docs/report-schema.md); `plot_sweep` (plots.py).
 
@@ -42,12 +43,12 @@ from gdws_export.harness.runners import load_runner
 from gdws_export.harness.shipping import Shipped, export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.speed_report import BatchResult, LatencyStats, SpeedReport
-from gdws_export.harness.sweep import pareto_front, sweep
 from gdws_export.harness.sweep_report import (
     SweepConfig,
     SweepReport,
     SweepRow,
     SweepSetting,
+    pareto_front,
     parse_settings,
 )
 
@@ -79,7 +80,6 @@ __all__ = [
     "put_back_originals",
     "read_json",
     "render_markdown",
-    "sweep",
     "write_json",
     "write_markdown",
     "write_sweep",

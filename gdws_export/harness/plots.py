@@ -71,7 +71,7 @@ def plot_sweep(report: SweepReport, path: str | os.PathLike) -> Path:
             fontsize=7,
         )
     batch = max(report.config.batch_sizes)
-    axes.set_xlabel(f"images/s, batch {batch}, {report.config.target} {report.config.precision}")
+    axes.set_xlabel(f"images/s, batch {batch}, {report.target} {report.precision}")
     axes.set_ylabel("robust accuracy (%)")
     axes.set_title(f"{report.model.get('name', 'model')}: {report.robust_attack}", fontsize=8)
     return _finish(figure, axes, path)

@@ -1,6 +1,8 @@
 """The sweep's settings and report: SweepSetting, SweepConfig, SweepRow, SweepReport.
 
-See `gdws_export.harness.sweep` for the procedure and docs/report-schema.md for the JSON form.
+See `gdws_export.studies.sweep` for the procedure and docs/report-schema.md for the JSON form.
+How each model is built and shipped is an `ExportConfig`'s business (the report keeps its
+settings); SweepConfig says which budgets are swept and how they are measured.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from gdws_export.harness.speed_report import (
 )
 from gdws_export.limits import check_batch
 
-TARGETS = ("ort", "trt", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
 BUDGETS = ("beta", "mac_ratio", "time_ratio")
 
 
@@ -68,17 +68,11 @@ class SweepSetting:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """What a sweep runs and how it measures. None fields take the documented defaults.
+    """Which budgets a sweep exports and how it measures them. None fields take the documented
+    defaults.
 
     Attributes:
         settings: the GDWS settings to try.
-        target, precision, threads: passed to `runtimes.build` ("ort", "trt" or "torch"; "fp32",
-            "fp16" or "int8"; ONNX Runtime threads).
-        lowering: the ONNX lowering ("auto" times the forms per layer at the largest of
-            `batch_sizes`, where the table ranks throughput; where the original conv is
-            fastest it ships, and the GDWS model PyTorch attacks keeps it too).
-        exporter: the torch.onnx exporter, "dynamo" or "legacy".
-        timing_cache: TensorRT timing cache file (read and updated).
         attacks: white-box attacks on PyTorch, replayed on the engines; the first is the one
             the table's robust accuracy (and the plot) uses.
         square: the query-only Square Attack through each engine, or None.
@@ -87,12 +81,6 @@ class SweepConfig:
     """
 
     settings: tuple[SweepSetting, ...]
-    target: str = "ort"
-    precision: str = "fp32"
-    threads: int | None = None
-    lowering: str = "auto"
-    exporter: str = "dynamo"
-    timing_cache: str | None = None
     attacks: tuple[AttackConfig, ...] = (AttackConfig(),)
     square: SquareConfig | None = None
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
@@ -109,28 +97,16 @@ class SweepConfig:
             raise InvalidInputError(f"sweep: settings repeat: {labels}")
         if not self.attacks and self.square is None:
             raise InvalidInputError("sweep: give at least one attack (white-box or square)")
-        if self.target not in TARGETS:
-            raise InvalidInputError(f"sweep: target must be one of {TARGETS}, got {self.target!r}")
-        if self.exporter not in ("dynamo", "legacy"):
-            raise InvalidInputError(
-                f"sweep: exporter must be dynamo or legacy, got {self.exporter!r}"
-            )
-        if self.timing_cache is not None and self.target != "trt":
-            raise InvalidInputError("sweep: --timing-cache applies to --target trt only")
-        if self.precision not in PRECISIONS:
-            raise InvalidInputError(
-                f"sweep: precision must be one of {PRECISIONS}, got {self.precision!r}"
-            )
         # The benchmark's own checks, run now so that bad settings fail before any export.
         check_bench_settings(
             self.batch_sizes, self.duration_s, self.iterations, self.warmup_s,
             where="sweep",
         )  # fmt: skip
-        for label, value in (("threads", self.threads), ("eval_batch_size", self.eval_batch_size)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise InvalidInputError(f"sweep: {label} must be an integer >= 1, got {value!r}")
+        value = self.eval_batch_size
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInputError(
+                f"sweep: eval_batch_size must be an integer >= 1, got {value!r}"
+            )
         check_batch("sweep: eval_batch_size", self.eval_batch_size)
 
     def to_dict(self) -> dict:
@@ -143,7 +119,7 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> SweepConfig:
-        data = dict(data)
+        data = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         data["settings"] = tuple(SweepSetting(**s) for s in data["settings"])
         data["attacks"] = tuple(AttackConfig.from_dict(a) for a in data["attacks"])
         data["square"] = SquareConfig(**data["square"]) if data["square"] is not None else None
@@ -182,7 +158,8 @@ class SweepRow:
 
 @dataclass
 class SweepReport:
-    """`sweep`'s result: the table rows, the reports behind them, and how they were made."""
+    """`sweep`'s result: the table rows, the reports behind them, and how they were made
+    (`export`: the ExportConfig settings every model was exported with, its budget aside)."""
 
     model: dict
     data: str
@@ -194,6 +171,15 @@ class SweepReport:
     approximations: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    export: dict = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return self.export.get("target", "ort")
+
+    @property
+    def precision(self) -> str:
+        return self.export.get("precision", "fp32")
 
     def row(self, setting: str) -> SweepRow:
         for row in self.rows:
@@ -220,6 +206,7 @@ class SweepReport:
             "approximations": self.approximations,
             "notes": list(self.notes),
             "seconds": self.seconds,
+            "export": dict(self.export),
         }
 
     @classmethod
@@ -235,6 +222,7 @@ class SweepReport:
             approximations=dict(data["approximations"]),
             notes=list(data["notes"]),
             seconds=data["seconds"],
+            export=dict(data.get("export", {})),
         )
 
     def table(self) -> str:
@@ -261,9 +249,11 @@ class SweepReport:
         lines = [
             f"## Sweep of {name}",
             "",
-            f"Target {self.config.target} ({self.config.precision}), lowering "
-            f"{self.config.lowering}; data {self.data or 'given tensors'}; robust accuracy "
-            f"under {self.robust_attack}.",
+            f"Target {self.target} ({self.precision}), lowering "
+            f"{self.export.get('lowering', 'auto')}, exporter "
+            f"{self.export.get('exporter', 'dynamo')}; every model exported as `gdws-export` "
+            f"exports it; data {self.data or 'given tensors'}; robust accuracy under "
+            f"{self.robust_attack}.",
             "",
             self.table(),
             "",
@@ -277,6 +267,19 @@ class SweepReport:
             lines += [*(f"Note: {note}" for note in self.notes), ""]
         sections = ["\n".join(lines), self.speed.to_markdown(), self.accuracy.to_markdown()]
         return "\n".join(sections)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Which (speed, accuracy) points no other point dominates (>= in both, > in one)."""
+    flags = []
+    for i, (speed, acc) in enumerate(points):
+        dominated = any(
+            s >= speed and a >= acc and (s > speed or a > acc)
+            for j, (s, a) in enumerate(points)
+            if j != i
+        )
+        flags.append(not dominated)
+    return flags
 
 
 def parse_settings(

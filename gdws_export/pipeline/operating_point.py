@@ -24,16 +24,19 @@ says so and how many held-out images would resolve it.
 Which layers stay exact is searched too. One sensitive layer (say the second conv of a
 VGG-16) can refute every deep cut although the rest of the network bears it. After the
 bisection, the refuted probe nearest the boundary is taken apart: each of its GDWS layers is put
-back to its original conv, one at a time, and attacked on the *calibration* images (the fit
-split, not the held-out judge), and the layers are ranked by the robust accuracy their GDWS form
-costs per MAC it saves (`rank_exact_layers`). The best-ranked layer is then kept exact
-(`--exclude`) and the MAC ratio bisected again below the shipped probe's, with
-`EXACT_PROBES` probes judged on the held-out images as before; the next-ranked layer is added
-while that keeps finding cheaper passing probes, up to `MAX_EXACT_LAYERS`. Ranking on other
-images than the judge keeps the choice of layer from being fitted to the judge's noise. The
-search so builds at most SEARCH_PROBES + MAX_EXACT_LAYERS * EXACT_PROBES models (plus one per
-extra measure at the first probe) and attacks the calibration images once per GDWS layer of
-one probe. Every probe is priced by its MACs: the cheapest eligible one ships.
+back to its original conv, one at a time, and the layers are ranked by the error under attack
+their GDWS form costs per MAC it saves (`rank_exact_layers`): the distance of the logits from
+the original's (`logit_error`) on the *calibration* images and the original's PGD images of
+them (the fit split, not the held-out judge). A continuous error ranks layers where robust
+accuracy on a few hundred images would tie, and each layer costs one forward pass. The
+best-ranked layer is then kept exact (`--exclude`) and the MAC ratio bisected again below the
+shipped probe's, with `EXACT_PROBES` probes judged on the held-out images as before; the
+next-ranked layer is added while that keeps finding cheaper passing probes, up to
+`MAX_EXACT_LAYERS`. Ranking on other images than the judge keeps the choice of layer from
+being fitted to the judge's noise. The search so builds at most SEARCH_PROBES +
+MAX_EXACT_LAYERS * EXACT_PROBES models (plus one per extra measure at the first probe),
+attacks the calibration images once, and runs them through the probe once per GDWS layer.
+Every probe is priced by its MACs: the cheapest eligible one ships.
 
 `--min-speedup S` turns the search around: each probe is also exported with the export's
 lowering and timed against the original graph on ONNX Runtime (interleaved, medians, at
@@ -240,17 +243,18 @@ def choose_for_speed(
 
 @dataclass(frozen=True)
 class ExactLayer:
-    """One GDWS layer of the probe taken apart: robust accuracy (points, on the calibration
-    images) gained by putting its original conv back, and the MACs that costs."""
+    """One GDWS layer of the probe taken apart: the share of the probe's logit error under
+    attack (percent, on the calibration images) that putting its original conv back removes,
+    and the MACs that costs."""
 
     name: str
-    gain_points: float
+    gain: float
     macs: int
 
 
 def rank_exact_layers(layers: list[ExactLayer]) -> list[ExactLayer]:
-    """The layers worth keeping exact, most robust accuracy per MAC first; a layer whose
-    original conv gained nothing is dropped (keeping it exact would buy no robustness).
+    """The layers worth keeping exact, most error removed per MAC first; a layer whose
+    original conv removed none is dropped (keeping it exact would buy nothing).
 
     Example:
         >>> ranked = rank_exact_layers([ExactLayer("a", 1.0, 100), ExactLayer("b", 1.0, 10),
@@ -258,8 +262,15 @@ def rank_exact_layers(layers: list[ExactLayer]) -> list[ExactLayer]:
         >>> [layer.name for layer in ranked]
         ['b', 'a']
     """
-    useful = [layer for layer in layers if layer.gain_points > 0]
-    return sorted(useful, key=lambda layer: -layer.gain_points / max(layer.macs, 1))
+    useful = [layer for layer in layers if layer.gain > 0]
+    return sorted(useful, key=lambda layer: -layer.gain / max(layer.macs, 1))
+
+
+def logit_error(reference: torch.Tensor, logits: torch.Tensor) -> float:
+    """How far `logits` are from the `reference` logits: the mean squared difference over
+    the mean squared reference logit (scale-free, 0 when equal)."""
+    scale = float(reference.pow(2).mean())
+    return float((logits - reference).pow(2).mean()) / scale if scale > 0 else 0.0
 
 
 def bisect_ratio(
@@ -302,5 +313,6 @@ __all__ = [
     "bisect_ratio",
     "choose_for_speed",
     "choose_operating_point",
+    "logit_error",
     "rank_exact_layers",
 ]

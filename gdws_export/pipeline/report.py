@@ -363,9 +363,9 @@ def _search_text(search: dict) -> str:
     if ranking:
         lines += [
             "",
-            "| layer | robust gain (points) | MACs put back |",
+            "| layer | logit error under attack removed (% of the probe's) | MACs put back |",
             "|---|---:|---:|",
-            *(f"| {r['name']} | {r['gain_points']:+.2f} | {r['macs']:,} |" for r in ranking),
+            *(f"| {r['name']} | {r['gain']:.1f} | {r['macs']:,} |" for r in ranking),
         ]
     return "\n".join(lines)
 

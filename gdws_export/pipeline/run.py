@@ -136,6 +136,18 @@ def run_export(
 
 def _plan(cfg: ExportConfig, clock: Clock, show_bars: bool) -> tuple[ExportReport, ExportState]:
     """Load, prepare, alphas, approximate: everything `--dry-run` shows."""
+    report, state = load_for_export(cfg, clock)
+    plan_export(cfg, state, report, clock, show_bars)
+    return report, state
+
+
+def load_for_export(cfg: ExportConfig, clock: Clock) -> tuple[ExportReport, ExportState]:
+    """Load and prepare the model and read the calibration data: what every export of one
+    model shares (a sweep exports several from one load). Fills in `cfg.alpha_eps`.
+
+    Returns:
+        The report so far (settings, model, the original's MACs) and the stages' state.
+    """
     _check_memory_before_loading(cfg)
     with clock("load"):
         loaded = load_configured_model(cfg)
@@ -170,54 +182,79 @@ def _plan(cfg: ExportConfig, clock: Clock, show_bars: bool) -> tuple[ExportRepor
         versions=_versions(),
     )
     report.macs["original"], report.params["original"] = count_macs_params(model, shape)
-    exclude = match_layer_patterns(cfg.exclude, model)
-    report.original_ships = no_replacement_reason(model, cfg.model, exclude) if cfg.gdws else None
+    report.timings = dict(clock.timings)
+    return report, state
+
+
+def plan_export(
+    cfg: ExportConfig, state: ExportState, report: ExportReport, clock: Clock, show_bars: bool
+) -> None:
+    """Decide what ships: the GDWS model at the config's budget, the operating point the
+    search finds, or the original (`--no-gdws`, nothing to replace, nothing within budget).
+    Sets `state.gdws_model` (None: the original ships) and the report's approximation."""
+    exclude = match_layer_patterns(cfg.exclude, state.model)
+    report.original_ships = (
+        no_replacement_reason(state.model, cfg.model, exclude) if cfg.gdws else None
+    )
     if report.original_ships is not None:
         report.model["alphas"] = "not used (no replaceable conv)"
     elif cfg.gdws:
-        costs = None
-        if cfg.time_ratio is not None:
-            from gdws_export.lowering import measure_layer_costs
-
-            batch = engine_batch(cfg, state)
-            with clock("layer_costs", f" (ONNX Runtime, batch {batch})"):
-                costs = measure_layer_costs(model, shape, batch=batch, threads=cfg.threads)
-            if cfg.target != "ort":
-                report.warnings.append(
-                    f"--time-ratio priced the layers by ONNX Runtime CPU timings, not on the "
-                    f"{cfg.target} target: check the engine's speed with `gdws-export bench`"
-                )
         if cfg.searches():
             candidate = search_operating_point(cfg, state, report, clock, show_bars)
         else:
+            costs = _layer_costs(cfg, state, report, clock)
             measures = candidate_measures(cfg, state, report)
             built = {m: build_candidate(cfg, m, state, costs, clock, show_bars) for m in measures}
-            chosen = (
-                choose_candidate_measure(cfg, built, state, report, clock)
-                if len(built) > 1
-                else measures[0]
-            )
+            chosen = measures[0]
+            if len(built) > 1:
+                chosen = choose_candidate_measure(cfg, built, state, report, clock)
             candidate = built[chosen]
         if candidate is None:  # nothing within the robust-accuracy budget: the original ships
             report.model["alphas"] = "not used (the search shipped the original)"
-            report.timings = dict(clock.timings)
-            return report, state
-        state.gdws_model, state.alphas = candidate.model, candidate.alphas
-        report.model["alphas"] = candidate.alphas.source
-        if candidate.refit is not None:
-            report.refit = candidate.refit.to_dict()
-        report.approximation = candidate.approximation.to_dict()
-        not_run = [lay.name for lay in candidate.approximation.layers if lay.reason == NOT_RUN]
-        if not_run:
-            report.warnings.append(
-                f"conv {', '.join(not_run)} did not run on an input of shape "
-                f"{'x'.join(map(str, shape))}: kept exact; a forward that branches on the "
-                "data exports only the branch such inputs take"
-            )
-        report.macs["gdws"], report.params["gdws"] = count_macs_params(state.gdws_model, shape)
-        report.parity["approximation"] = approximation_figures(model, state.gdws_model, state, cfg)
+        else:
+            _take_candidate(cfg, state, report, candidate)
     report.timings = dict(clock.timings)
-    return report, state
+
+
+def _layer_costs(cfg: ExportConfig, state: ExportState, report: ExportReport, clock: Clock):
+    """`--time-ratio`: every replaceable conv's measured cost (once per state), else None."""
+    if cfg.time_ratio is None:
+        return None
+    if state.layer_costs is None:
+        from gdws_export.lowering import measure_layer_costs
+
+        batch = engine_batch(cfg, state)
+        with clock("layer_costs", f" (ONNX Runtime, batch {batch})"):
+            state.layer_costs = measure_layer_costs(
+                state.model, state.shape, batch=batch, threads=cfg.threads
+            )
+    if cfg.target != "ort":
+        report.warnings.append(
+            f"--time-ratio priced the layers by ONNX Runtime CPU timings, not on the "
+            f"{cfg.target} target: check the engine's speed with `gdws-export bench`"
+        )
+    return state.layer_costs
+
+
+def _take_candidate(cfg: ExportConfig, state: ExportState, report: ExportReport, candidate):
+    """The chosen candidate ships: into the state and the report."""
+    shape = state.shape
+    state.gdws_model, state.alphas = candidate.model, candidate.alphas
+    report.model["alphas"] = candidate.alphas.source
+    if candidate.refit is not None:
+        report.refit = candidate.refit.to_dict()
+    report.approximation = candidate.approximation.to_dict()
+    not_run = [lay.name for lay in candidate.approximation.layers if lay.reason == NOT_RUN]
+    if not_run:
+        report.warnings.append(
+            f"conv {', '.join(not_run)} did not run on an input of shape "
+            f"{'x'.join(map(str, shape))}: kept exact; a forward that branches on the "
+            "data exports only the branch such inputs take"
+        )
+    report.macs["gdws"], report.params["gdws"] = count_macs_params(state.gdws_model, shape)
+    report.parity["approximation"] = approximation_figures(
+        state.model, state.gdws_model, state, cfg
+    )
 
 
 def _forward_batch(cfg: ExportConfig, fixed_batch: int | None) -> int:

@@ -10,12 +10,15 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from gdws_export.errors import InvalidInputError
+from gdws_export.harness.accuracy import predict_torch
 from gdws_export.harness.measure_choice import (
     MIN_HELD_OUT,
     judge,
+    judge_with_images,
     selection_attack,
 )
 from gdws_export.lowering.lower import put_back_originals
@@ -35,6 +38,7 @@ from gdws_export.pipeline.operating_point import (
     bisect_ratio,
     choose_for_speed,
     choose_operating_point,
+    logit_error,
     rank_exact_layers,
 )
 from gdws_export.pipeline.stages import ExportState, attack_batch, engine_batch, parity_inputs
@@ -159,7 +163,7 @@ def _keep_layers_exact(prober: _Prober, budget: float) -> tuple[list[ExactLayer]
     if not ranking:
         return [], (
             f"no GDWS layer of the probe at MAC ratio {boundary.mac_ratio:g} (over the budget) "
-            f"bought back robust accuracy on the calibration images when put back alone "
+            f"removed logit error under attack on the calibration images when put back alone "
             f"({_layers(len(base.approximation.replaced))}): none kept exact"
         )
     exact: tuple[str, ...] = ()
@@ -175,8 +179,8 @@ def _keep_layers_exact(prober: _Prober, budget: float) -> tuple[list[ExactLayer]
         ceiling, top = best.macs, best.mac_ratio
     return ranking, (
         f"the layers of the probe at MAC ratio {boundary.mac_ratio:g} (over the budget), each "
-        "put back alone and attacked on the calibration images, ranked by robust accuracy "
-        "bought back per MAC; the best-ranked kept exact in turn, the MAC ratio bisected again"
+        "put back alone, ranked by the logit error under attack it removes on the calibration "
+        "images per MAC; the best-ranked kept exact in turn, the MAC ratio bisected again"
     )
 
 
@@ -185,24 +189,32 @@ def _layers(count: int) -> str:
 
 
 def _rank_layers(prober: _Prober, base: Candidate, room: int) -> list[ExactLayer]:
-    """`base`'s GDWS layers by robust accuracy per MAC their original conv buys back, each put
-    back alone and attacked on the calibration images; layers costing `room` MACs or more
-    are not tried (they could not beat the probe already shipping)."""
+    """`base`'s GDWS layers by the error under attack their original conv buys back per MAC,
+    each put back alone; layers costing `room` MACs or more are not tried (they could not
+    beat the probe already shipping).
+
+    The error is the distance of the logits from the original's on the calibration images and
+    the original's PGD images of them (`logit_error`): continuous, so it ranks layers where
+    robust accuracy on a few hundred images ties at a handful of images, and each put-back
+    costs a forward pass, not an attack. The images are the calibration (fit) ones, never the
+    held-out judge's."""
     x, y = prober.state.data
-    attack, batch, clock = prober.attack, prober.batch, prober.clock
-    with clock("rank_exact", f" (the probe, {len(x)} calibration images)"):
-        _, before = judge(base.model, x, y, attack, batch)
+    with prober.clock("rank_exact", f" (PGD on the original, {len(x)} calibration images)"):
+        _, _, x_adv = judge_with_images(prober.state.model, x, y, prober.attack, prober.batch)
+    inputs = torch.cat([x, x_adv])  # clean and under attack
+    reference = predict_torch(prober.state.model, inputs, prober.batch)
+    before = logit_error(reference, predict_torch(base.model, inputs, prober.batch))
     layers = []
-    for layer in base.approximation.replaced:
-        macs = layer.macs_before - layer.macs_after
-        if macs >= room:
-            continue
-        model = copy.deepcopy(base.model)
-        put_back_originals(model, prober.state.model, [layer.name])
-        with clock("rank_exact", f" ({layer.name} put back, {len(x)} calibration images)"):
-            _, after = judge(model, x, y, attack, batch)
-        gain = 100.0 * float(after.float().mean() - before.float().mean())
-        layers.append(ExactLayer(layer.name, round(gain, 3), macs))
+    with prober.clock("rank_exact", f" ({len(base.approximation.replaced)} layers put back)"):
+        for layer in base.approximation.replaced:
+            macs = layer.macs_before - layer.macs_after
+            if macs >= room:
+                continue
+            model = copy.deepcopy(base.model)
+            put_back_originals(model, prober.state.model, [layer.name])
+            after = logit_error(reference, predict_torch(model, inputs, prober.batch))
+            share = (before - after) / before if before > 0 else 0.0
+            layers.append(ExactLayer(layer.name, round(100.0 * share, 3), macs))
     return rank_exact_layers(layers)
 
 

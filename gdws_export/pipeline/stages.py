@@ -67,7 +67,16 @@ class ExportState:
         self.held_out: tuple[torch.Tensor, torch.Tensor] | None = None  # sensitivity "auto"
         self.alphas: Alphas | None = None
         self.alphas_by_measure: dict[str, Alphas] = {}  # computed once, whatever the budget
+        self.layer_costs: dict | None = None  # --time-ratio's measured costs, once
         self.engine: EngineCheck | None = None
+
+    def for_another_export(self) -> ExportState:
+        """A state for one more export of the same model (a sweep's next setting): the model,
+        data, alphas and layer costs shared, nothing of what the last export shipped."""
+        other = ExportState(self.loaded, self.model, self.shape)
+        other.data, other.held_out = self.data, self.held_out
+        other.alphas_by_measure, other.layer_costs = self.alphas_by_measure, self.layer_costs
+        return other
 
 
 class Clock:
