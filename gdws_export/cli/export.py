@@ -446,7 +446,8 @@ def run(args: argparse.Namespace) -> int:
     from gdws_export.pipeline.run import run_export
 
     config = config_from_args(args)
-    line = StageLine(sys.stderr, enabled=not args.quiet and (args.verbose or _tty(sys.stderr)))
+    tty = _tty(sys.stderr)
+    line = StageLine(sys.stderr, enabled=not args.quiet and (args.verbose or tty), bars=tty)
     report = run_export(config, progress=line, show_bars=line.enabled)
     if not args.quiet:
         for warning in report.warnings:

@@ -4,40 +4,64 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from gdws_export import _progress
 from gdws_export.pipeline.report import ExportReport, top1_text
 
-# Stages that draw their own progress bar: the stage line must not share its terminal line.
-_BAR_STAGES = ("alphas",)
+# Stages that draw their own progress bar (noise gains): no second bar, and the stage line
+# must not share its terminal line.
+_OWN_BAR_STAGES = ("alphas",)
 
 
 class StageLine:
     """A `ProgressCallback` printing "label ... done (1.2 s)" per stage, or nothing if disabled.
+
+    With `bars`, each stage instead shows a tqdm bar of the images its attacks and calibration
+    passes have done (`gdws_export._progress` ticks), and "label: done (1.2 s)" when it ends.
 
     Example:
         >>> run_export(config, progress=StageLine(sys.stderr, enabled=True))  # doctest: +SKIP
         loading the model ... done (0.1 s)
     """
 
-    def __init__(self, stream: TextIO, *, enabled: bool) -> None:
+    def __init__(self, stream: TextIO, *, enabled: bool, bars: bool = False) -> None:
         self.stream = stream
         self.enabled = enabled
+        self.bars = bars and enabled
         self._open: str | None = None  # the label whose line awaits "done"
+        self._bar = None  # (tqdm bar, listener token) of the running stage
 
     def __call__(self, stage: str, label: str, seconds: float | None) -> None:
         if not self.enabled:
             return
         if seconds is None:
+            self._start(stage, label)
+        else:
+            self._end(label, seconds)
+        self.stream.flush()
+
+    def _start(self, stage: str, label: str) -> None:
+        if stage in _OWN_BAR_STAGES:
+            self.stream.write(f"{label} ...\n")
+        elif self.bars:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc=label, unit="img", leave=False, file=self.stream)
+            self._bar = (bar, _progress.listen(bar.update))
+        else:
             self._open = label
             self.stream.write(f"{label} ...")
-            if stage in _BAR_STAGES:
-                self.stream.write("\n")
-                self._open = None
-        elif self._open == label:
+
+    def _end(self, label: str, seconds: float) -> None:
+        if self._bar is not None:
+            bar, token = self._bar
+            _progress.stop(token)
+            bar.close()
+            self._bar = None
+        if self._open == label:
             self.stream.write(f" done ({seconds:.1f} s)\n")
             self._open = None
         else:
             self.stream.write(f"{label}: done ({seconds:.1f} s)\n")
-        self.stream.flush()
 
 
 def summary(report: ExportReport) -> str:

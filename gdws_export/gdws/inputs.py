@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gdws_export._progress import tick
 from gdws_export.attacks.config import CalibrationConfig
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.selection import ConvSite, find_convs
@@ -57,6 +58,7 @@ def calibration_batches(
 
             x = pgd(model, x, y, eps=config.eps, steps=config.steps, step_size=config.step_size,
                     norm=config.norm, generator=generator)  # fmt: skip
+        tick(len(x))
         yield x, y
 
 

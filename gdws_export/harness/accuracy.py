@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gdws_export._progress import tick
 from gdws_export.attacks import AttackConfig, run_attack, square_attack
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.accuracy_report import (
@@ -124,6 +125,7 @@ def attack_batched(
     for start in range(0, len(right), batch_size):
         index = right[start : start + batch_size]
         x_adv[index] = run_attack(model, x[index], y[index], config)
+        tick(len(index))
     return x_adv
 
 
