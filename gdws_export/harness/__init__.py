@@ -41,7 +41,7 @@ from gdws_export.harness.report import (
 from gdws_export.harness.runners import load_runner
 from gdws_export.harness.shipping import Shipped, export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
-from gdws_export.harness.speed_report import BatchResult, LatencyStats, SpeedReport
+from gdws_export.harness.speed_report import BatchResult, BenchOptions, LatencyStats, SpeedReport
 from gdws_export.harness.sweep import pareto_front, sweep
 from gdws_export.harness.sweep_report import (
     SweepConfig,
@@ -56,6 +56,7 @@ __all__ = [
     "AccuracyReport",
     "AttackResult",
     "BatchResult",
+    "BenchOptions",
     "LatencyStats",
     "MachineInfo",
     "ModelAccuracy",
