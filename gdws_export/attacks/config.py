@@ -51,21 +51,15 @@ class AttackConfig:
             raise InvalidInputError(
                 f"{where}: unknown attack {self.name!r}; use one of {', '.join(ATTACK_NAMES)}"
             )
-        check_norm(self.norm, where)
-        object.__setattr__(self, "eps", check_eps(self.eps, where))
-        if self.step_size is not None:
-            step = check_eps(self.step_size, where, name="step_size")
-            if step == 0:
-                raise InvalidInputError(f"{where}: step_size must be > 0 or None, got 0")
-            object.__setattr__(self, "step_size", step)
+        _check_shared(self, where)
+        if self.step_size == 0:
+            raise InvalidInputError(f"{where}: step_size must be > 0 or None, got 0")
         check_positive_int(self.steps, "steps", where)
         check_positive_int(self.restarts, "restarts", where)
         if not isinstance(self.random_start, bool):
             raise InvalidInputError(
                 f"{where}: random_start must be True or False, got {self.random_start!r}"
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise InvalidInputError(f"{where}: seed must be an integer >= 0, got {self.seed!r}")
 
     @property
     def resolved_step_size(self) -> float:
@@ -136,14 +130,9 @@ class CalibrationConfig:
             raise InvalidInputError(
                 f"{where}: attack must be 'pgd' or None (clean inputs), got {self.attack!r}"
             )
-        check_norm(self.norm, where)
-        object.__setattr__(self, "eps", check_eps(self.eps, where))
-        if self.step_size is not None:
-            object.__setattr__(self, "step_size", check_eps(self.step_size, where, "step_size"))
+        _check_shared(self, where)
         for name in ("steps", "samples", "batch_size"):
             check_positive_int(getattr(self, name), name, where)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise InvalidInputError(f"{where}: seed must be an integer >= 0, got {self.seed!r}")
 
     @classmethod
     def resolve(
@@ -173,6 +162,19 @@ class CalibrationConfig:
         return dataclasses.replace(self, eps=self.eps * factor, step_size=step)
 
 
+def _check_shared(config: AttackConfig | CalibrationConfig, where: str) -> None:
+    """The checks both configs make: norm, eps and step_size (finite, >= 0; made floats in
+    place) and seed (an integer >= 0)."""
+    check_norm(config.norm, where)
+    object.__setattr__(config, "eps", check_eps(config.eps, where))
+    if config.step_size is not None:
+        step = check_eps(config.step_size, where, name="step_size")
+        object.__setattr__(config, "step_size", step)
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InvalidInputError(f"{where}: seed must be an integer >= 0, got {seed!r}")
+
+
 def run_attack(
     model: Model, x: torch.Tensor, y: torch.Tensor, config: AttackConfig
 ) -> torch.Tensor:
@@ -198,18 +200,9 @@ def run_attack(
     if config.name == "fgsm":
         return fgsm(model, x, y, eps=config.eps, norm=config.norm)
     generator = torch.Generator().manual_seed(config.seed)
-    return pgd(
-        model,
-        x,
-        y,
-        eps=config.eps,
-        step_size=config.step_size,
-        steps=config.steps,
-        norm=config.norm,
-        random_start=config.random_start,
-        restarts=config.restarts,
-        generator=generator,
-    )
+    return pgd(model, x, y, eps=config.eps, step_size=config.step_size, steps=config.steps,
+               norm=config.norm, random_start=config.random_start, restarts=config.restarts,
+               generator=generator)  # fmt: skip
 
 
 def format_radius(value: float, norm: str) -> str:

@@ -23,10 +23,9 @@ the model's convs to at most `mac_ratio` of the original's.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +33,7 @@ from torch import fx, nn
 from torch.nn.utils import skip_init
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.gdws.approximation_report import MacRatioJson
 from gdws_export.gdws.budget import check_budget_ratio
 from gdws_export.gdws.conv import conv_macs_per_pixel
 from gdws_export.gdws.selection import (
@@ -84,7 +84,7 @@ class PrunedLayer:
 
 
 @dataclass
-class PruningReport:
+class PruningReport(MacRatioJson):
     """What `prune_filters` did. MACs are of all the model's convs, per image."""
 
     fraction: float
@@ -94,18 +94,6 @@ class PruningReport:
     skipped: dict[str, str]
     macs_before: int
     macs_after: int
-
-    @property
-    def achieved_mac_ratio(self) -> float:
-        return self.macs_after / self.macs_before if self.macs_before else 1.0
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["achieved_mac_ratio"] = self.achieved_mac_ratio
-        return data
-
-    def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
 
 
 def find_prune_sites(

@@ -135,24 +135,7 @@ def make_plan(args: list[str], environ: dict[str, str], probe: Probe) -> Plan | 
         raise InvalidInputError(f"unknown --target {target!r}; choose one of {TARGETS}")
     gpu = probe.gpu_name()
     if target == "trt":
-        trt_version = probe.tensorrt_version()
-        if trt_version is None:
-            raise MissingDependencyError(
-                "--target trt needs TensorRT and `import tensorrt` fails in this image; use the "
-                "image built from the Dockerfile (TensorRT base), or --target torch / ort"
-            )
-        if gpu is None:
-            raise MissingDependencyError(f"--target trt needs a GPU, none is visible: {GPU_HINT}")
-        if _option(options, "--timing-cache") is None:
-            cache = out / "timing-caches" / f"{_slug(gpu)}-trt{trt_version}.cache"
-            try:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:  # e.g. a file of that name in the mounted folder
-                raise InvalidInputError(
-                    f"cannot create the timing cache folder {cache.parent}: {exc.strerror}; "
-                    "move what is there, or pass --timing-cache FILE"
-                ) from exc
-            options += ["--timing-cache", str(cache)]
+        options += _tensorrt_options(options, out, gpu, probe.tensorrt_version())
     elif gpu is None and target == "torch":
         plan.notes.append("no GPU is visible: the torch target runs on the CPU")
     if not any(_option(options, flag) is not None for flag in OUTPUT_FLAGS):
@@ -181,6 +164,31 @@ def make_plan(args: list[str], environ: dict[str, str], probe: Probe) -> Plan | 
     plan.argv = [program, *(["sweep"] if command == "bench" else []), model, *options]
     plan.notes.append("running: " + shlex.join(plan.argv))
     return plan
+
+
+def _tensorrt_options(
+    options: list[str], out: Path, gpu: str | None, trt_version: str | None
+) -> list[str]:
+    """What --target trt adds to the options (a timing cache in `out` per GPU and TensorRT
+    version, unless one is given), after checking TensorRT and a GPU are there."""
+    if trt_version is None:
+        raise MissingDependencyError(
+            "--target trt needs TensorRT and `import tensorrt` fails in this image; use the "
+            "image built from the Dockerfile (TensorRT base), or --target torch / ort"
+        )
+    if gpu is None:
+        raise MissingDependencyError(f"--target trt needs a GPU, none is visible: {GPU_HINT}")
+    if _option(options, "--timing-cache") is not None:
+        return []
+    cache = out / "timing-caches" / f"{_slug(gpu)}-trt{trt_version}.cache"
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a file of that name in the mounted folder
+        raise InvalidInputError(
+            f"cannot create the timing cache folder {cache.parent}: {exc.strerror}; "
+            "move what is there, or pass --timing-cache FILE"
+        ) from exc
+    return ["--timing-cache", str(cache)]
 
 
 def main(argv: list[str] | None = None, *, probe: Probe | None = None) -> int:

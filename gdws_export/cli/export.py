@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from fractions import Fraction
 from typing import Any, TextIO
 
+from gdws_export.cli.model_options import add_model_options, fraction, model_settings
 from gdws_export.errors import InvalidInputError
 from gdws_export.limits import MAX_BATCH
 from gdws_export.pipeline.config import (
@@ -20,7 +19,6 @@ from gdws_export.pipeline.config import (
     SENSITIVITIES,
     TARGETS,
     ExportConfig,
-    parse_input_shape,
 )
 
 LOWERINGS = "auto, gather, uniform, slots, fold, fold-S (S = 2, 3, ...), dense"
@@ -75,67 +73,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(parser)
-    _gdws_options(parser)
-    _export_options(parser)
-    _engine_options(parser)
-    _output_options(parser)
-    _general_options(parser)
+    groups = {"GDWS approximation": (_budget_options, _data_options),
+              "ONNX export": (_export_options,), "engine": (_engine_options,),
+              "output": (_output_options,), "general": (_general_options,)}  # fmt: skip
+    for title, adders in groups.items():
+        group = parser.add_argument_group(title)
+        for add in adders:
+            add(group)
     return parser
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The "model" options: which file and how to load it (`export` and `sweep` share them;
-    `model_settings` reads them back)."""
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "model",
-        metavar="MODEL",
-        help="the model file: a gdws-export checkpoint, a state_dict (with --arch), a "
-        "TorchScript archive, a torch.export program (.pt2), or a pickled nn.Module "
-        "(with --trust-pickle)",
-    )
-    model.add_argument(
-        "--arch",
-        metavar="NAME",
-        help="architecture of a state_dict, from the "
-        "models registry (lenet, resnet18, preact_resnet18, vgg16_bn, wrn28_4, ...)",
-    )
-    model.add_argument(
-        "--num-classes",
-        type=int,
-        metavar="N",
-        help="classes of --arch (default: the architecture's, 10)",
-    )
-    model.add_argument(
-        "--arch-kwargs",
-        type=_json_object,
-        metavar="JSON",
-        help="other arguments of --arch, e.g. '{\"width\": 32}'",
-    )
-    model.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="allow a whole pickled "
-        "nn.Module; loading it RUNS CODE FROM THE FILE: only for files you trust",
-    )
-    model.add_argument(
-        "--input-shape",
-        type=_shape,
-        metavar="NxCxHxW",
-        help="input shape, e.g. 1x3x32x32 (default: what the file or architecture records)",
-    )
-    model.add_argument(
-        "--mean",
-        type=_floats,
-        metavar="M[,M,...]",
-        help="per-channel mean to bake into the graph, so engines take [0, 1] images (with --std)",
-    )
-    model.add_argument("--std", type=_floats, metavar="S[,S,...]", help="per-channel std")
-
-
-def _gdws_options(parser: argparse.ArgumentParser) -> None:
-    """The "GDWS approximation" options."""
-    gdws = parser.add_argument_group("GDWS approximation")
+def _budget_options(gdws: argparse._ArgumentGroup) -> None:
+    """GDWS approximation, how much: a budget, a search or none (--no-gdws), and which convs."""
     how = gdws.add_mutually_exclusive_group()
     how.add_argument(
         "--beta",
@@ -195,6 +144,11 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         help="keep this conv exact (not approximated): a module name or shell-style pattern "
         "(features.3, 'layer4.*'); repeat for more. The budget then covers the other convs",
     )
+
+
+def _data_options(gdws: argparse._ArgumentGroup) -> None:
+    """GDWS approximation, what errors are weighed by and the data measuring them: alphas,
+    --calib, the measure, the refit."""
     gdws.add_argument(
         "--alphas",
         metavar="FILE",
@@ -225,7 +179,7 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
     )
     gdws.add_argument(
         "--alpha-eps",
-        type=_fraction,
+        type=fraction,
         default=None,
         metavar="EPS",
         help="L-inf radius of the PGD attacks on --calib data (alphas, the refit, --sensitivity "
@@ -244,7 +198,6 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
         "on held-out --calib images ships); default: auto with the 1x1 refit (none under "
         "--beta or --alphas), relative without",
     )
-
     gdws.add_argument(
         "--refit",
         action=argparse.BooleanOptionalAction,
@@ -254,9 +207,8 @@ def _gdws_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _export_options(parser: argparse.ArgumentParser) -> None:
+def _export_options(export: argparse._ArgumentGroup) -> None:
     """The "ONNX export" options."""
-    export = parser.add_argument_group("ONNX export")
     export.add_argument(
         "--lowering",
         default="auto",
@@ -294,9 +246,8 @@ def _export_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _engine_options(parser: argparse.ArgumentParser) -> None:
+def _engine_options(engine: argparse._ArgumentGroup) -> None:
     """The "engine" options."""
-    engine = parser.add_argument_group("engine")
     engine.add_argument(
         "--target",
         choices=TARGETS,
@@ -348,9 +299,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _output_options(parser: argparse.ArgumentParser) -> None:
+def _output_options(output: argparse._ArgumentGroup) -> None:
     """The "output" options."""
-    output = parser.add_argument_group("output")
     output.add_argument(
         "-o",
         "--output",
@@ -382,9 +332,8 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _general_options(parser: argparse.ArgumentParser) -> None:
+def _general_options(general: argparse._ArgumentGroup) -> None:
     """The "general" options."""
-    general = parser.add_argument_group("general")
     general.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     loud = general.add_mutually_exclusive_group()
     loud.add_argument(
@@ -400,15 +349,6 @@ def _general_options(parser: argparse.ArgumentParser) -> None:
     from gdws_export.cli import version_text
 
     general.add_argument("--version", action="version", version=version_text())
-
-
-def model_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The ExportConfig fields the "model" options set (see `add_model_options`)."""
-    return dict(
-        model=str(args.model), arch=args.arch, num_classes=args.num_classes,
-        arch_kwargs=args.arch_kwargs, trust_pickle=args.trust_pickle,
-        input_shape=args.input_shape, mean=args.mean, std=args.std,
-    )  # fmt: skip
 
 
 def calib_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -459,37 +399,3 @@ def run(args: argparse.Namespace) -> int:
 
 def _tty(stream: TextIO) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        return parse_input_shape(text)
-    except InvalidInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--input-shape ")) from exc
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of numbers"
-        ) from exc
-
-
-def _fraction(text: str) -> float:
-    """'0.03' or '8/255' -> float."""
-    try:
-        return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError) as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.03 or 8/255)") from exc
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({exc.msg})") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f'{text!r} is not a JSON object ({{"name": value}})')
-    return value

@@ -13,15 +13,59 @@ from gdws_export.gdws.conv import conv_macs_per_pixel
 from gdws_export.gdws.selection import count_params
 
 
-@dataclass
-class LayerReport:
-    """What `approximate` did to one conv.
+class MacRatioJson:
+    """For report dataclasses with `macs_before` and `macs_after` (fields or properties): the
+    achieved MAC ratio, and the JSON form (the fields, then those three).
 
-    `status` is "gdws" (replaced), "original" (GDWS would cost more, the conv was kept) or
-    "skipped" (not approximable, see `reason`). MACs are per image when the input shape is
-    known (`pixels` > 0), else per output pixel. With `time_ratio`, `cost_before` and
-    `cost_after` are the layer's `LayerCost` before and after (predicted, in its unit).
+    Shared by the reports of `approximate`, `approximate_lowrank` and the baselines.
     """
+
+    @property
+    def achieved_mac_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["macs_before"] = self.macs_before
+        data["macs_after"] = self.macs_after
+        data["achieved_mac_ratio"] = self.achieved_mac_ratio
+        return data
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+class PerLayerReport(MacRatioJson):
+    """For report dataclasses with `layers` (each with `status`, `macs_before`, `macs_after`)
+    and a `table()`: MACs summed over the layers the method was allowed to replace."""
+
+    @property
+    def macs_before(self) -> int:
+        """MACs of the convs the method was allowed to replace, before."""
+        return sum(layer.macs_before for layer in self.layers if layer.status != "skipped")
+
+    @property
+    def macs_after(self) -> int:
+        """MACs of the same convs after (original convs kept count at full cost)."""
+        return sum(layer.macs_after for layer in self.layers if layer.status != "skipped")
+
+    def total_row(self, middle: str = "") -> str:
+        """The table's last row: the MACs of the approximable convs before and after and the
+        achieved ratio; `middle` holds the cells between them and the ratio."""
+        return (
+            f"| total (approximable convs) | | | | {self.macs_before:,} | {self.macs_after:,} "
+            f"|{middle} ratio {self.achieved_mac_ratio:.3f} |"
+        )
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+@dataclass
+class ConvLayerReport:
+    """The fields every per-layer report starts with: which conv, its shape, what became of
+    it (`status`) and why (`reason`), its MACs and parameters before and after, and the
+    (weighted) error its method traded."""
 
     name: str
     in_channels: int
@@ -30,15 +74,35 @@ class LayerReport:
     groups: int
     status: str
     reason: str = ""
-    kernels: int = 0
-    full_rank_kernels: int = 0
-    kernels_per_channel: list[int] = field(default_factory=list)
-    pixels: int = 0
     macs_before: int = 0
     macs_after: int = 0
     params_before: int = 0
     params_after: int = 0
     weighted_error: float = 0.0
+
+    @property
+    def shape_text(self) -> str:
+        """The conv's weight shape as a report table shows it: 'MxC/gxKhxKw'."""
+        return (
+            f"{self.out_channels}x{self.in_channels // self.groups}"
+            f"x{self.kernel_size[0]}x{self.kernel_size[1]}"
+        )
+
+
+@dataclass
+class LayerReport(ConvLayerReport):
+    """What `approximate` did to one conv.
+
+    `status` is "gdws" (replaced), "original" (GDWS would cost more, the conv was kept) or
+    "skipped" (not approximable, see `reason`). MACs are per image when the input shape is
+    known (`pixels` > 0), else per output pixel. With `time_ratio`, `cost_before` and
+    `cost_after` are the layer's `LayerCost` before and after (predicted, in its unit).
+    """
+
+    kernels: int = 0
+    full_rank_kernels: int = 0
+    kernels_per_channel: list[int] = field(default_factory=list)
+    pixels: int = 0
     cost_before: float | None = None
     cost_after: float | None = None
 
@@ -58,7 +122,7 @@ class LayerReport:
 
 
 @dataclass
-class ApproximationReport:
+class ApproximationReport(PerLayerReport):
     """Per-layer report of `approximate`, with the settings that produced it."""
 
     beta: float | None
@@ -74,20 +138,6 @@ class ApproximationReport:
         return [layer for layer in self.layers if layer.status == "gdws"]
 
     @property
-    def macs_before(self) -> int:
-        """MACs of the convs GDWS was allowed to replace, before."""
-        return sum(layer.macs_before for layer in self.layers if layer.status != "skipped")
-
-    @property
-    def macs_after(self) -> int:
-        """MACs of the same convs after (original convs kept count at full cost)."""
-        return sum(layer.macs_after for layer in self.layers if layer.status != "skipped")
-
-    @property
-    def achieved_mac_ratio(self) -> float:
-        return self.macs_after / self.macs_before if self.macs_before else 1.0
-
-    @property
     def predicted_time_ratio(self) -> float | None:
         """With `time_ratio`: the approximable convs' predicted cost after over before."""
         if self.time_ratio is None:
@@ -97,15 +147,9 @@ class ApproximationReport:
         return sum(layer.cost_after for layer in layers) / before if before else 1.0
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["macs_before"] = self.macs_before
-        data["macs_after"] = self.macs_after
-        data["achieved_mac_ratio"] = self.achieved_mac_ratio
+        data = super().to_dict()
         data["predicted_time_ratio"] = self.predicted_time_ratio
         return data
-
-    def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ApproximationReport:
@@ -135,10 +179,7 @@ class ApproximationReport:
             "|---|---|---|---|---|---|" + ("---|---|" if timed else "") + "---|",
         ]
         for layer in self.layers:
-            shape = (
-                f"{layer.out_channels}x{layer.in_channels // layer.groups}"
-                f"x{layer.kernel_size[0]}x{layer.kernel_size[1]}"
-            )
+            shape = layer.shape_text
             kernels = f"{layer.kernels}/{layer.full_rank_kernels}" if layer.kernels else ""
             status = layer.status + (f" ({layer.reason})" if layer.reason else "")
             costs = ""
@@ -156,11 +197,5 @@ class ApproximationReport:
                 f"| {layer.macs_after:,} |{costs} {layer.weighted_error:.4g} |"
             )
         ratio = f" ratio {self.predicted_time_ratio:.3f} | |" if timed else ""
-        rows.append(
-            f"| total (approximable convs) | | | | {self.macs_before:,} | {self.macs_after:,} "
-            f"|{ratio} ratio {self.achieved_mac_ratio:.3f} |"
-        )
+        rows.append(self.total_row(ratio))
         return "\n".join(rows)
-
-    def __str__(self) -> str:
-        return self.table()

@@ -39,11 +39,12 @@ from gdws_export.gdws.selection import ConvSite
 _OVER_CAP_PENALTY = 1e6
 
 
-def check_budget_ratio(ratio: float, name: str) -> float:
+def check_budget_ratio(ratio: float, name: str, meaning: str = "") -> float:
     """`ratio` as a float, after checking it is a finite number in (0, 1].
 
     The one check of every budget fraction (`mac_ratio`, `time_ratio`, `max_layer_error`);
-    `name` is how the caller's user spells the setting.
+    `name` is how the caller's user spells the setting, `meaning` (optional) what the
+    fraction is of, said in the message.
 
     Example:
         >>> check_budget_ratio(0.5, "mac_ratio")
@@ -55,7 +56,8 @@ def check_budget_ratio(ratio: float, name: str) -> float:
         or not math.isfinite(ratio)
         or not 0 < ratio <= 1
     ):
-        raise InvalidInputError(f"{name} must be in (0, 1], got {ratio!r}")
+        said = f" ({meaning})" if meaning else ""
+        raise InvalidInputError(f"{name} must be in (0, 1]{said}, got {ratio!r}")
     return float(ratio)
 
 

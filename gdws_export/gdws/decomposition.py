@@ -96,7 +96,7 @@ def channel_svd(
 
     Runs in float64 on the CPU (small matrices, exactness matters more than speed here).
     """
-    _check_weight(weight)
+    check_weight(weight)
     blocks = channel_blocks(weight.detach().to("cpu", torch.float64), groups)
     if input_moment is None:
         u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
@@ -230,7 +230,8 @@ def check_alpha(alpha: torch.Tensor | None, channels: int, layer: str = "") -> t
     return alpha
 
 
-def _check_weight(weight: torch.Tensor) -> None:
+def check_weight(weight: torch.Tensor) -> None:
+    """Refuse anything but a 4-D conv weight of finite values."""
     if weight.dim() != 4:
         raise InvalidInputError(f"expected a 4-D conv weight, got shape {tuple(weight.shape)}")
     if not torch.isfinite(weight).all():

@@ -138,21 +138,14 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
 
 # Arguments of aten ops that hold the layer's own weights (learned or stored tensors).
 _WEIGHT_ARGS = {
-    "aten.linear.default": (1, 2),
-    "aten.conv1d.default": (1, 2),
-    "aten.conv2d.default": (1, 2),
-    "aten.conv3d.default": (1, 2),
-    "aten.convolution.default": (1, 2),
+    **dict.fromkeys(("aten.linear.default", "aten.conv1d.default", "aten.conv2d.default",
+                     "aten.conv3d.default", "aten.convolution.default", "aten.batch_norm.default",
+                     "aten._native_batch_norm_legit_no_training.default"), (1, 2)),
+    **dict.fromkeys(("aten.layer_norm.default", "aten.group_norm.default"), (2, 3)),
+    **dict.fromkeys(("aten.mm.default", "aten.matmul.default", "aten.prelu.default"), (1,)),
     "aten.addmm.default": (0, 2),
-    "aten.mm.default": (1,),
-    "aten.matmul.default": (1,),
-    "aten.batch_norm.default": (1, 2),
-    "aten._native_batch_norm_legit_no_training.default": (1, 2),
-    "aten.layer_norm.default": (2, 3),
-    "aten.group_norm.default": (2, 3),
-    "aten.prelu.default": (1,),
     "aten.embedding.default": (0,),
-}
+}  # fmt: skip
 # Ops that only reshape or re-lay a weight on its way to its user (Linear as t + addmm).
 _WEIGHT_VIEWS = {"aten.t.default", "aten.permute.default", "aten.transpose.int",
                  "aten.view.default", "aten.reshape.default", "aten.contiguous.default",

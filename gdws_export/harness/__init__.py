@@ -42,7 +42,7 @@ from gdws_export.harness.report import (
 from gdws_export.harness.runners import load_runner
 from gdws_export.harness.shipping import Shipped, export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
-from gdws_export.harness.speed_report import BatchResult, LatencyStats, SpeedReport
+from gdws_export.harness.speed_report import BatchResult, BenchOptions, LatencyStats, SpeedReport
 from gdws_export.harness.sweep_report import (
     SweepConfig,
     SweepReport,
@@ -57,6 +57,7 @@ __all__ = [
     "AccuracyReport",
     "AttackResult",
     "BatchResult",
+    "BenchOptions",
     "LatencyStats",
     "MachineInfo",
     "ModelAccuracy",

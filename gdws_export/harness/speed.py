@@ -22,6 +22,8 @@ import contextlib
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 
@@ -29,31 +31,25 @@ from gdws_export.errors import InvalidInputError
 from gdws_export.harness.machine import MachineInfo, machine_info
 from gdws_export.harness.speed_report import (
     DEFAULT_BATCH_SIZES,
-    DEFAULT_DURATION_S,
-    DEFAULT_ROUNDS,
-    DEFAULT_WARMUP_S,
     BatchResult,
+    BenchOptions,
     BenchSettings,
     LatencyStats,
     SpeedReport,
+    check_batch_sizes,
+    check_bench_settings,  # noqa: F401 (imported from here by sweeps)
 )
-from gdws_export.limits import check_batch, check_input_dims, check_memory, input_bytes
+from gdws_export.limits import check_input_dims, check_memory, input_bytes
 from gdws_export.runtimes.base import Runner
 
 
 def benchmark(
     runners: Mapping[str, Runner],
     *,
-    batch_sizes: Sequence[int] | None = None,
-    duration_s: float | None = DEFAULT_DURATION_S,
-    iterations: int | None = None,
-    warmup_s: float = DEFAULT_WARMUP_S,
-    warmup_iterations: int = 1,
-    rounds: int = DEFAULT_ROUNDS,
-    reference: str | None = None,
+    options: BenchOptions | None = None,
     input_shape: Sequence[int] | None = None,
-    seed: int = 0,
     machine: MachineInfo | None = None,
+    **settings: Any,
 ) -> SpeedReport:
     """Time runners on the same random inputs, interleaved, at each batch size.
 
@@ -62,20 +58,13 @@ def benchmark(
     Args:
         runners: name -> runner (e.g. {"original": OrtRunner(a), "gdws": OrtRunner(b)}); each
             takes one image batch and returns logits.
-        batch_sizes: batch sizes to time; batch 1 gives SingleStream latency, the largest
-            Offline throughput. None: `DEFAULT_BATCH_SIZES`, or the one batch that runners
-            with a fixed batch size all take.
-        duration_s: minimum timed seconds per runner and batch size (None: no minimum).
-        iterations: minimum timed runs per runner and batch size; with duration_s None, exactly
-            this many. At least one of duration_s and iterations must be given.
-        warmup_s: untimed seconds per runner and batch size before timing.
-        warmup_iterations: minimum untimed runs, whatever warmup_s.
-        rounds: the timed runs are split into about this many interleaved rounds.
-        reference: the runner speed-ups are measured against (e.g. "original").
+        options: batch sizes, minimum time and runs, warm-up, rounds, reference and seed
+            (`BenchOptions`). None: its defaults.
         input_shape: (C, H, W) of one image; needed only when a runner's input has dynamic
             sizes besides the batch.
-        seed: seed of the random input images.
         machine: machine facts to record; None collects them (`machine_info()`).
+        **settings: any `BenchOptions` field (batch_sizes, duration_s, iterations, warmup_s,
+            warmup_iterations, rounds, reference, seed), overriding `options`'.
 
     Returns:
         A SpeedReport.
@@ -87,35 +76,53 @@ def benchmark(
         >>> report.speedup("gdws", 64)  # doctest: +SKIP
         1.8
     """
+    options = BenchOptions.resolve(options, **settings)
     names = list(runners)
     results: list[BatchResult] = []
     with contextlib.ExitStack() as stack:
         for runner in runners.values():
             stack.enter_context(runner)  # active runners say what their inputs take
-        if batch_sizes is None:
-            batch_sizes = default_batch_sizes(runners)
-        settings = _check_settings(
-            runners, batch_sizes, duration_s, iterations, warmup_s, warmup_iterations, rounds,
-            reference, seed,
-        )  # fmt: skip
-        shape = resolve_input_shape(runners, input_shape, settings.batch_sizes)
-        settings.input_shape = list(shape)
+        bench = _check_settings(runners, options)
+        shape = resolve_input_shape(runners, input_shape, bench.batch_sizes)
+        bench.input_shape = list(shape)
         check_input_dims("benchmark: input shape", shape)
-        largest = max(settings.batch_sizes)
+        largest = max(bench.batch_sizes)
         # float64 images, then one float32 copy per runner's feed
         needed = input_bytes(shape, largest) * (2 + len(runners))
         images = "x".join(map(str, shape))
         check_memory(f"benchmark batch {largest} of {images} inputs", needed)
-        images = np.random.default_rng(seed).random((max(settings.batch_sizes), *shape))
-        for batch in settings.batch_sizes:
+        images = np.random.default_rng(bench.seed).random((largest, *shape))
+        for batch in bench.batch_sizes:
             feeds = {name: _feed(runners[name], images[:batch]) for name in names}
-            results += _time_batch(runners, feeds, batch, settings)
+            results += _time_batch(runners, feeds, batch, bench)
     return SpeedReport(
-        settings=settings,
+        settings=bench,
         machine=machine if machine is not None else machine_info(),
         runners={name: describe_runner(runner) for name, runner in runners.items()},
         results=results,
     )
+
+
+def _check_settings(runners: Mapping[str, Runner], options: BenchOptions) -> BenchSettings:
+    """The settings `benchmark` measures with: `options`, the batch sizes chosen (`None`:
+    `default_batch_sizes`) and checked, after checking the runners and the reference."""
+    where = "benchmark"
+    if not isinstance(runners, Mapping) or not runners:
+        raise InvalidInputError(f"{where}: runners must be a non-empty dict of name -> Runner")
+    for name, runner in runners.items():
+        if not isinstance(runner, Runner):
+            raise InvalidInputError(
+                f"{where}: runner {name!r} is a {type(runner).__name__}, not a Runner"
+            )
+    sizes = options.batch_sizes
+    sizes = check_batch_sizes(default_batch_sizes(runners) if sizes is None else sizes, where)
+    if options.reference is not None and options.reference not in runners:
+        raise InvalidInputError(
+            f"{where}: reference {options.reference!r} is not one of the runners {list(runners)}"
+        )
+    duration = None if options.duration_s is None else float(options.duration_s)
+    return BenchSettings(**{**asdict(options), "batch_sizes": sizes, "duration_s": duration,
+                            "warmup_s": float(options.warmup_s)})  # fmt: skip
 
 
 def default_batch_sizes(runners: Mapping[str, Runner]) -> tuple[int, ...]:
@@ -301,82 +308,3 @@ def _done(samples: list[float], settings: BenchSettings) -> bool:
 def _feed(runner: Runner, images: np.ndarray) -> dict[str, np.ndarray]:
     (spec,) = runner.inputs()
     return {spec.name: np.ascontiguousarray(images, dtype=spec.dtype)}
-
-
-def check_bench_settings(
-    batch_sizes: Sequence[int],
-    duration_s: float | None,
-    iterations: int | None,
-    warmup_s: float,
-    *,
-    warmup_iterations: int = 1,
-    rounds: int = DEFAULT_ROUNDS,
-    seed: int = 0,
-    where: str = "benchmark",
-) -> list[int]:
-    """Validate benchmark settings (see `benchmark`); returns the sorted, distinct batch sizes.
-
-    Raises:
-        InvalidInputError: a one-line message naming the bad setting.
-    """
-    sizes = list(batch_sizes) if isinstance(batch_sizes, Sequence) else []
-    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
-        raise InvalidInputError(
-            f"{where}: batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}"
-        )
-    for size in sizes:
-        check_batch(f"{where}: batch size", size)
-    if duration_s is None and iterations is None:
-        raise InvalidInputError(f"{where}: give duration_s, iterations or both")
-    if duration_s is not None and not (_is_number(duration_s) and duration_s > 0):
-        raise InvalidInputError(f"{where}: duration_s must be > 0 or None, got {duration_s!r}")
-    counts = [("rounds", rounds, 1), ("warmup_iterations", warmup_iterations, 0), ("seed", seed, 0)]
-    if iterations is not None:
-        counts.append(("iterations", iterations, 1))
-    for label, value, low in counts:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InvalidInputError(f"{where}: {label} must be an integer >= {low}, got {value!r}")
-    if not (_is_number(warmup_s) and warmup_s >= 0):
-        raise InvalidInputError(f"{where}: warmup_s must be >= 0, got {warmup_s!r}")
-    return sorted(set(sizes))
-
-
-def _check_settings(
-    runners, batch_sizes, duration_s, iterations, warmup_s, warmup_iterations, rounds,
-    reference, seed,
-) -> BenchSettings:  # fmt: skip
-    where = "benchmark"
-    if not isinstance(runners, Mapping) or not runners:
-        raise InvalidInputError(f"{where}: runners must be a non-empty dict of name -> Runner")
-    for name, runner in runners.items():
-        if not isinstance(runner, Runner):
-            raise InvalidInputError(
-                f"{where}: runner {name!r} is a {type(runner).__name__}, not a Runner"
-            )
-    sizes = check_bench_settings(
-        batch_sizes, duration_s, iterations, warmup_s, warmup_iterations=warmup_iterations,
-        rounds=rounds, seed=seed,
-    )  # fmt: skip
-    if reference is not None and reference not in runners:
-        raise InvalidInputError(
-            f"{where}: reference {reference!r} is not one of the runners {list(runners)}"
-        )
-    return BenchSettings(
-        batch_sizes=sizes,
-        input_shape=[],
-        duration_s=None if duration_s is None else float(duration_s),
-        iterations=iterations,
-        warmup_s=float(warmup_s),
-        warmup_iterations=warmup_iterations,
-        rounds=rounds,
-        reference=reference,
-        seed=seed,
-    )
-
-
-def _is_number(value: object) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(float(value))
-    )

@@ -6,13 +6,16 @@ device compute, percentiles) and docs/report-schema.md for the JSON form.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from gdws_export._options import Options
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.machine import MachineInfo
+from gdws_export.limits import check_batch
 
 PERCENTILES = (50, 90, 95, 99)
 DEFAULT_BATCH_SIZES = (1, 32)
@@ -88,11 +91,24 @@ class BatchResult:
 
 
 @dataclass
-class BenchSettings:
-    """How `benchmark` measured; None for duration_s or iterations means "no minimum"."""
+class BenchOptions(Options):
+    """How `benchmark` times its runners (None for duration_s or iterations: "no minimum").
 
-    batch_sizes: list[int]
-    input_shape: list[int]
+    Attributes:
+        batch_sizes: batch sizes to time; batch 1 gives SingleStream latency, the largest
+            Offline throughput. None: `DEFAULT_BATCH_SIZES`, or the one batch that runners
+            with a fixed batch size all take.
+        duration_s: minimum timed seconds per runner and batch size.
+        iterations: minimum timed runs per runner and batch size; with duration_s None, exactly
+            this many. At least one of duration_s and iterations must be given.
+        warmup_s: untimed seconds per runner and batch size before timing.
+        warmup_iterations: minimum untimed runs, whatever warmup_s.
+        rounds: the timed runs are split into about this many interleaved rounds.
+        reference: the runner speed-ups are measured against (e.g. "original").
+        seed: seed of the random input images.
+    """
+
+    batch_sizes: list[int] | None = None
     duration_s: float | None = DEFAULT_DURATION_S
     iterations: int | None = None
     warmup_s: float = DEFAULT_WARMUP_S
@@ -100,6 +116,80 @@ class BenchSettings:
     rounds: int = DEFAULT_ROUNDS
     reference: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_sizes is not None:
+            check_batch_sizes(self.batch_sizes, "benchmark")
+        check_timing(self.duration_s, self.iterations, self.warmup_s, self.warmup_iterations,
+                     self.rounds, self.seed, "benchmark")  # fmt: skip
+
+
+@dataclass
+class BenchSettings(BenchOptions):
+    """How `benchmark` measured: its options, with the batch sizes it chose and the image
+    shape (C, H, W) it timed."""
+
+    input_shape: list[int] = field(default_factory=list)
+
+
+def check_bench_settings(
+    batch_sizes: Sequence[int],
+    duration_s: float | None,
+    iterations: int | None,
+    warmup_s: float,
+    *,
+    warmup_iterations: int = 1,
+    rounds: int = DEFAULT_ROUNDS,
+    seed: int = 0,
+    where: str = "benchmark",
+) -> list[int]:
+    """Validate benchmark settings (see `BenchOptions`); returns the sorted, distinct batch
+    sizes.
+
+    Raises:
+        InvalidInputError: a one-line message naming the bad setting.
+    """
+    sizes = check_batch_sizes(batch_sizes, where)
+    check_timing(duration_s, iterations, warmup_s, warmup_iterations, rounds, seed, where)
+    return sizes
+
+
+def check_batch_sizes(batch_sizes: Sequence[int], where: str) -> list[int]:
+    """The sorted, distinct batch sizes, after checking they are integers >= 1 in limits."""
+    sizes = list(batch_sizes) if isinstance(batch_sizes, Sequence) else []
+    if not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes):
+        raise InvalidInputError(
+            f"{where}: batch_sizes must be a non-empty list of integers >= 1, got {batch_sizes!r}"
+        )
+    for size in sizes:
+        check_batch(f"{where}: batch size", size)
+    return sorted(set(sizes))
+
+
+def check_timing(
+    duration_s, iterations, warmup_s, warmup_iterations, rounds, seed, where: str
+) -> None:
+    """Check the timing settings of `BenchOptions` (`where` starts the message)."""
+    if duration_s is None and iterations is None:
+        raise InvalidInputError(f"{where}: give duration_s, iterations or both")
+    if duration_s is not None and not (_is_number(duration_s) and duration_s > 0):
+        raise InvalidInputError(f"{where}: duration_s must be > 0 or None, got {duration_s!r}")
+    counts = [("rounds", rounds, 1), ("warmup_iterations", warmup_iterations, 0), ("seed", seed, 0)]
+    if iterations is not None:
+        counts.append(("iterations", iterations, 1))
+    for label, value, low in counts:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InvalidInputError(f"{where}: {label} must be an integer >= {low}, got {value!r}")
+    if not (_is_number(warmup_s) and warmup_s >= 0):
+        raise InvalidInputError(f"{where}: warmup_s must be >= 0, got {warmup_s!r}")
+
+
+def _is_number(value: object) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(float(value))
+    )
 
 
 @dataclass

@@ -197,37 +197,50 @@ def measure_layer_costs(
         shapes = record_shapes(model.eval(), example, {s.name for s in sites})
     finally:
         model.train(was_training)
-    costs: dict[str, LayerCost] = {}
-    for site in sites:
-        if site.name not in shapes:  # not called in the forward: no time
-            continue
-        conv = site.conv
-        in_shape = (batch, *shapes[site.name][0][1:])
-        rank = min(conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels // conv.groups)
-        points = sorted({min(low, rank), min(high, rank)})
-        modules: dict[object, nn.Module] = {"dense": conv}
-        kernels = {}
-        for g in points:
-            counts = torch.full((conv.in_channels,), g, dtype=torch.long)
-            gdws = GDWSConv2d.from_conv(conv, kernels_per_channel=counts)
-            kernels[g] = gdws.kernels
-            for form in ("gather", "slots"):
-                modules[form, g] = lower_layer(gdws, form, align=align)
-        graphs = {}
-        try:
-            for key, module in modules.items():
-                graphs[key] = timing_graph(module, in_shape, threads)
-            time_interleaved(graphs, repeats)
-        finally:
-            for g in graphs.values():
-                g.runner.deactivate()
-        ms = {key: graph.percentile_ms(50) for key, graph in graphs.items()}
-        if not all(math.isfinite(v) and v > 0 for v in ms.values()):
-            raise RuntimeError(f"layer {site.name!r}: timing failed ({ms})")
-        fixed, per_kernel = _line({kernels[g]: ms["gather", g] for g in points})
-        slot_fixed, per_slot = _line({g: ms["slots", g] for g in points})
-        costs[site.name] = LayerCost(ms["dense"], fixed, per_kernel, slot_fixed, per_slot)
-    return costs
+    return {
+        site.name: _layer_cost(site.name, site.conv, (batch, *shapes[site.name][0][1:]),
+                               (low, high), threads=threads, align=align, repeats=repeats)
+        for site in sites
+        if site.name in shapes  # not called in the forward: no time
+    }  # fmt: skip
+
+
+def _layer_cost(
+    name: str,
+    conv: nn.Conv2d,
+    in_shape: tuple[int, ...],
+    kernels_per_channel: tuple[int, int],
+    *,
+    threads: int | None,
+    align: int,
+    repeats: int,
+) -> LayerCost:
+    """One conv's `LayerCost` (see `measure_layer_costs`), timed at input shape `in_shape`."""
+    low, high = kernels_per_channel
+    rank = min(conv.kernel_size[0] * conv.kernel_size[1], conv.out_channels // conv.groups)
+    points = sorted({min(low, rank), min(high, rank)})
+    modules: dict[object, nn.Module] = {"dense": conv}
+    kernels = {}
+    for g in points:
+        counts = torch.full((conv.in_channels,), g, dtype=torch.long)
+        gdws = GDWSConv2d.from_conv(conv, kernels_per_channel=counts)
+        kernels[g] = gdws.kernels
+        for form in ("gather", "slots"):
+            modules[form, g] = lower_layer(gdws, form, align=align)
+    graphs = {}
+    try:
+        for key, module in modules.items():
+            graphs[key] = timing_graph(module, in_shape, threads)
+        time_interleaved(graphs, repeats)
+    finally:
+        for g in graphs.values():
+            g.runner.deactivate()
+    ms = {key: graph.percentile_ms(50) for key, graph in graphs.items()}
+    if not all(math.isfinite(v) and v > 0 for v in ms.values()):
+        raise RuntimeError(f"layer {name!r}: timing failed ({ms})")
+    fixed, per_kernel = _line({kernels[g]: ms["gather", g] for g in points})
+    slot_fixed, per_slot = _line({g: ms["slots", g] for g in points})
+    return LayerCost(ms["dense"], fixed, per_kernel, slot_fixed, per_slot)
 
 
 def _line(times: dict[int, float]) -> tuple[float, float]:

@@ -26,6 +26,7 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.approximate import NOT_RUN
+from gdws_export.gdws.budget import check_budget_ratio
 from gdws_export.gdws.decomposition import check_alpha
 from gdws_export.gdws.selection import ConvSite, find_convs, replace_module
 from gdws_export.lowrank.allocation import SOLVERS, allocate
@@ -108,7 +109,7 @@ def approximate_lowrank(
         >>> small, report = approximate_lowrank(model, mac_ratio=0.5)   # doctest: +SKIP
         >>> print(report.table())                                       # doctest: +SKIP
     """
-    mac_ratio = _check_ratio(mac_ratio)
+    mac_ratio = check_budget_ratio(mac_ratio, "mac_ratio")
     if method not in METHODS:
         raise InvalidInputError(f"method must be one of {METHODS}, got {method!r}")
     if solver not in SOLVERS:
@@ -299,17 +300,6 @@ def _check_alphas(alphas, sites, candidates) -> dict[str, tuple[float, torch.Ten
                 raise InvalidInputError(f"alpha of layer {site.name!r} must be >= 0, got {value}")
             weights[site.name] = (scale, None)
     return weights
-
-
-def _check_ratio(ratio: float) -> float:
-    if (
-        isinstance(ratio, bool)
-        or not isinstance(ratio, (int, float))
-        or not math.isfinite(ratio)
-        or not 0 < ratio <= 1
-    ):
-        raise InvalidInputError(f"mac_ratio must be in (0, 1], got {ratio!r}")
-    return float(ratio)
 
 
 def _resolve_input_shape(model: nn.Module, input_shape) -> tuple[int, ...]:

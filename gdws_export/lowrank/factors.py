@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from gdws_export.errors import InvalidInputError
-from gdws_export.gdws.decomposition import check_alpha
+from gdws_export.gdws.decomposition import check_alpha, check_weight
 
 
 @dataclass(frozen=True)
@@ -143,8 +143,7 @@ def lowrank_factors(
     """Truncated-SVD factors of the two-factor form, for every rank at once.
 
     Args:
-        weight: (M, C/g, Kh, Kw) conv weight.
-        groups: the conv's groups.
+        weight, groups: a conv's (M, C/g, Kh, Kw) weight and its groups.
         alpha: (C,) per-input-channel sensitivities; None means unweighted.
 
     Example:
@@ -173,12 +172,8 @@ def lowrank_factors(
 def tucker2_factors(
     weight: torch.Tensor, groups: int = 1, alpha: torch.Tensor | None = None
 ) -> Tucker2Factors:
-    """HOSVD (Tucker-2 over the output and input channel modes) of a conv weight.
-
-    Args:
-        weight: (M, C/g, Kh, Kw) conv weight.
-        groups: the conv's groups.
-        alpha: (C,) per-input-channel sensitivities; None means unweighted.
+    """HOSVD (Tucker-2 over the output and input channel modes) of a conv weight; the
+    arguments are those of `lowrank_factors`.
 
     Example:
         >>> f = tucker2_factors(torch.randn(8, 4, 3, 3))
@@ -190,15 +185,8 @@ def tucker2_factors(
     u_out, s_out = _left_singular(blocks.reshape(g, m, -1))
     u_in, s_in = _left_singular(blocks.transpose(1, 2).reshape(g, c, -1))
     core = torch.einsum("gmo,gmcxy,gci->goixy", u_out, blocks, u_in)
-    return Tucker2Factors(
-        u_out=u_out,
-        s_out=s_out,
-        u_in=u_in,
-        s_in=s_in,
-        core=core,
-        unscale=unscale,
-        energy=float(blocks.pow(2).sum()),
-    )
+    energy = float(blocks.pow(2).sum())
+    return Tucker2Factors(u_out, s_out, u_in, s_in, core, unscale, energy)
 
 
 def _scaled_blocks(
@@ -206,10 +194,7 @@ def _scaled_blocks(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(g, M/g, C/g, Kh, Kw) float64 blocks, input channels scaled by sqrt(alpha), and the
     (g, C/g) unscale factors (None when unweighted)."""
-    if weight.dim() != 4:
-        raise InvalidInputError(f"expected a 4-D conv weight, got shape {tuple(weight.shape)}")
-    if not torch.isfinite(weight).all():
-        raise InvalidInputError("conv weight contains NaN or Inf")
+    check_weight(weight)
     m, c_per_group, kh, kw = weight.shape
     if groups < 1 or m % groups:
         raise InvalidInputError(f"groups={groups} does not divide the {m} output channels")

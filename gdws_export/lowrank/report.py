@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+from gdws_export.gdws.approximation_report import ConvLayerReport, PerLayerReport
 
 
 @dataclass
-class LowRankLayerReport:
+class LowRankLayerReport(ConvLayerReport):
     """What `approximate_lowrank` did to one conv.
 
     `status` is "tucker2" or "lowrank" (replaced by that form), "original" (the budget kept
@@ -19,27 +20,15 @@ class LowRankLayerReport:
     ||W - W_hat||^2 / ||W||^2 (the fraction of weight energy dropped).
     """
 
-    name: str
-    in_channels: int
-    out_channels: int
-    kernel_size: tuple[int, int]
-    groups: int
-    status: str
-    reason: str = ""
     ranks: list[int] = field(default_factory=list)
     max_ranks: list[int] = field(default_factory=list)
     in_pixels: int = 0
     out_pixels: int = 0
-    macs_before: int = 0
-    macs_after: int = 0
-    params_before: int = 0
-    params_after: int = 0
-    weighted_error: float = 0.0
     relative_error: float = 0.0
 
 
 @dataclass
-class LowRankReport:
+class LowRankReport(PerLayerReport):
     """Per-layer report of `approximate_lowrank`, with the settings that produced it.
 
     `solver` is the allocator that chose the ranks ("exact" or "greedy", see
@@ -56,30 +45,6 @@ class LowRankReport:
     @property
     def replaced(self) -> list[LowRankLayerReport]:
         return [layer for layer in self.layers if layer.status in ("tucker2", "lowrank")]
-
-    @property
-    def macs_before(self) -> int:
-        """MACs of the convs the method was allowed to replace, before."""
-        return sum(layer.macs_before for layer in self.layers if layer.status != "skipped")
-
-    @property
-    def macs_after(self) -> int:
-        """MACs of the same convs after (kept convs at full cost)."""
-        return sum(layer.macs_after for layer in self.layers if layer.status != "skipped")
-
-    @property
-    def achieved_mac_ratio(self) -> float:
-        return self.macs_after / self.macs_before if self.macs_before else 1.0
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["macs_before"] = self.macs_before
-        data["macs_after"] = self.macs_after
-        data["achieved_mac_ratio"] = self.achieved_mac_ratio
-        return data
-
-    def to_json(self, **kwargs) -> str:
-        return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> LowRankReport:
@@ -104,10 +69,7 @@ class LowRankReport:
             "|---|---|---|---|---|---|---|---|",
         ]
         for layer in self.layers:
-            shape = (
-                f"{layer.out_channels}x{layer.in_channels // layer.groups}"
-                f"x{layer.kernel_size[0]}x{layer.kernel_size[1]}"
-            )
+            shape = layer.shape_text
             ranks = ""
             if layer.ranks:
                 ranks = f"{tuple(layer.ranks)}/{tuple(layer.max_ranks)}".replace(",)", ")")
@@ -116,11 +78,5 @@ class LowRankReport:
                 f"| {layer.name} | {shape} | {status} | {ranks} | {layer.macs_before:,} "
                 f"| {layer.macs_after:,} | {layer.params_after:,} | {layer.relative_error:.4g} |"
             )
-        rows.append(
-            f"| total (approximable convs) | | | | {self.macs_before:,} | {self.macs_after:,} "
-            f"| | ratio {self.achieved_mac_ratio:.3f} |"
-        )
+        rows.append(self.total_row(" |"))
         return "\n".join(rows)
-
-    def __str__(self) -> str:
-        return self.table()

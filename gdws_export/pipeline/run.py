@@ -167,21 +167,7 @@ def load_for_export(cfg: ExportConfig, clock: Clock) -> tuple[ExportReport, Expo
     if cfg.calib is not None:
         with clock("data"):
             state.data, state.held_out = calibration_data(cfg, shape, classes)
-    report = ExportReport(
-        tool_version=_tool_version(),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        dry_run=cfg.dry_run,
-        settings=cfg.to_dict(),
-        model={
-            **loaded.to_dict(),
-            "input_shape": list(shape),
-            "normalization": normalization,
-            "alphas": "not used (--no-gdws)",
-            "classes": classes,
-        },
-        versions=_versions(),
-    )
-    report.macs["original"], report.params["original"] = count_macs_params(model, shape)
+    report = _new_report(cfg, state, normalization, classes)
     report.timings = dict(clock.timings)
     return report, state
 
@@ -255,6 +241,27 @@ def _take_candidate(cfg: ExportConfig, state: ExportState, report: ExportReport,
     report.parity["approximation"] = approximation_figures(
         state.model, state.gdws_model, state, cfg
     )
+
+
+def _new_report(cfg: ExportConfig, state: ExportState, normalization, classes) -> ExportReport:
+    """The report as loading leaves it: settings, the model and its MACs, versions."""
+    report = ExportReport(
+        tool_version=_tool_version(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        dry_run=cfg.dry_run,
+        settings=cfg.to_dict(),
+        model={
+            **state.loaded.to_dict(),
+            "input_shape": list(state.shape),
+            "normalization": normalization,
+            "alphas": "not used (--no-gdws)",
+            "classes": classes,
+        },
+        versions=_versions(),
+    )
+    original = count_macs_params(state.model, state.shape)
+    report.macs["original"], report.params["original"] = original
+    return report
 
 
 def _forward_batch(cfg: ExportConfig, fixed_batch: int | None) -> int:

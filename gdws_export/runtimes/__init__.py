@@ -10,7 +10,13 @@ not re-exported here, where it would shadow its own module's name.
 """
 
 from gdws_export.runtimes.base import Runner, TensorSpec
-from gdws_export.runtimes.build import BuildResult, open_runner
+from gdws_export.runtimes.build import (
+    BuildResult,
+    OrtBuildOptions,
+    TorchBuildOptions,
+    TrtBuildOptions,
+    open_runner,
+)
 from gdws_export.runtimes.int8_settings import Int8Settings, host_ort_int8_settings
 from gdws_export.runtimes.onnxruntime import OrtRunner, OrtSettings
 from gdws_export.runtimes.precision import QuantizedGraph, convert_to_fp16, quantize_int8
@@ -24,13 +30,16 @@ __all__ = [
     "BuildResult",
     "EngineInfo",
     "Int8Settings",
+    "OrtBuildOptions",
     "OrtRunner",
     "OrtSettings",
     "QuantizedGraph",
     "Runner",
     "TensorSpec",
+    "TorchBuildOptions",
     "TorchRunner",
     "TorchSettings",
+    "TrtBuildOptions",
     "TrtRunner",
     "build_engine",
     "check_trt_support",

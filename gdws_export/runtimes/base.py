@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from gdws_export._files import atomic_write_text, read_json_record
+from gdws_export._files import atomic_write_text, file_sha256, read_json_record
 from gdws_export.errors import InvalidInputError
 
 _Settings = TypeVar("_Settings", bound="SettingsFile")
@@ -162,6 +162,24 @@ class SettingsFile:
         target = Path(getattr(self, self.path_field)).resolve()
         data[self.path_field] = os.path.relpath(target, path.parent.resolve())
         return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def loaded(cls: type[_Settings], settings: _Settings | str | os.PathLike) -> _Settings:
+        """`settings` itself, or the settings saved at that path (`load`)."""
+        return settings if isinstance(settings, cls) else cls.load(settings)
+
+    def checked_file(self, sha256: str, name: str) -> Path:
+        """The file these settings run (`name` says what it is), after checking that it is
+        there and, when `sha256` is given, that it has not changed since they were saved."""
+        path = Path(getattr(self, self.path_field))
+        if not path.is_file():
+            owner = self.file_kind.removesuffix(" file")
+            raise InvalidInputError(f"{name} {path} of the {owner} is missing")
+        if sha256 and file_sha256(path) != sha256:
+            raise InvalidInputError(
+                f"{path} changed since its settings were saved (SHA-256 differs); rebuild it"
+            )
+        return path
 
     @classmethod
     def load(cls: type[_Settings], path: str | os.PathLike) -> _Settings:

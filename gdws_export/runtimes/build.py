@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gdws_export._files import JsonRecord, atomic_output, file_sha256
+from gdws_export._options import Options
 from gdws_export.errors import InvalidInputError, UnsupportedModelError
 from gdws_export.runtimes.base import Runner
 from gdws_export.runtimes.int8_settings import host_ort_int8_settings
@@ -39,19 +40,90 @@ from gdws_export.runtimes.precision import (
     quantize_int8,
     require_calibration,
 )
-from gdws_export.runtimes.tensorrt import DEFAULT_BATCH, build_engine, import_tensorrt
+from gdws_export.runtimes.tensorrt import (
+    DEFAULT_BATCH,
+    build_engine,
+    import_tensorrt,
+    sidecar_path,
+)
 from gdws_export.runtimes.tensorrt_runner import TrtRunner
 from gdws_export.runtimes.torch_program import build_torch
 from gdws_export.runtimes.torch_runner import TorchRunner
 
 TARGETS = ("ort", "trt", "torch")
-# The options of build() that each target takes (the others must be left at None).
-_TARGET_OPTIONS = {
-    "ort": {"calibration", "threads", "providers"},
-    "trt": {"calibration", "batch", "workspace_mib", "timing_cache", "hardware_compatibility"},
-    "torch": {"threads", "device", "compile", "cuda_graphs"},
-}
 ORT_FILE_OPTIMIZATION_LEVEL = "basic"  # portable: standard ONNX ops only (see module doc)
+
+
+@dataclass(frozen=True)
+class OrtBuildOptions(Options):
+    """Options of `build(target="ort")`.
+
+    Attributes:
+        threads: intra-op threads. None: the cores this process may use (`available_cores`).
+        providers: execution providers. None: ["CPUExecutionProvider"].
+        optimization_level: the level applied when the session loads ("all" by default).
+    """
+
+    threads: int | None = None
+    providers: list[str] | None = None
+    optimization_level: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.optimization_level not in OPTIMIZATION_LEVELS:
+            raise InvalidInputError(
+                f"unknown optimization_level {self.optimization_level!r}; "
+                f"choose one of {OPTIMIZATION_LEVELS}"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise InvalidInputError(f"threads must be >= 1, got {self.threads}")
+
+
+@dataclass(frozen=True)
+class TrtBuildOptions(Options):
+    """Options of `build(target="trt")` (checked by `build_engine`).
+
+    Attributes:
+        batch: (min, opt, max) batch of the optimization profile. None: DEFAULT_BATCH,
+            (1, 1, 64).
+        workspace_mib: workspace cap; None lets TensorRT decide.
+        timing_cache: a timing cache file to reuse and extend.
+        hardware_compatibility: "ampere_plus" or "same_compute_capability", or None.
+    """
+
+    batch: tuple[int, int, int] | None = None
+    workspace_mib: int | None = None
+    timing_cache: str | os.PathLike | None = None
+    hardware_compatibility: str | None = None
+
+    def engine_settings(self) -> dict[str, Any]:
+        """The keywords of `build_engine` these options set, the batch default filled in."""
+        return {
+            "batch": self.batch or DEFAULT_BATCH,
+            "workspace_mib": self.workspace_mib,
+            "timing_cache": self.timing_cache,
+            "hardware_compatibility": self.hardware_compatibility,
+        }
+
+
+@dataclass(frozen=True)
+class TorchBuildOptions(Options):
+    """Options of `build(target="torch")` (checked by `torch_program.check_torch_settings`).
+
+    Attributes:
+        threads: CPU intra-op threads. None: PyTorch's own setting.
+        device: "cpu" or "cuda". None: "cuda" when a GPU is visible.
+        compile: torch.compile the model (True: inductor, or a backend name). None: False.
+        cuda_graphs: replay CUDA graphs (device "cuda"). None: False.
+    """
+
+    threads: int | None = None
+    device: str | None = None
+    compile: bool | str | None = None
+    cuda_graphs: bool | None = None
+
+
+BuildOptions = OrtBuildOptions | TrtBuildOptions | TorchBuildOptions
+_OPTIONS = {"ort": OrtBuildOptions, "trt": TrtBuildOptions, "torch": TorchBuildOptions}
 
 
 @dataclass
@@ -103,16 +175,8 @@ def build(
     output_dir: str | os.PathLike | None = None,
     calibration: CalibrationData | None = None,
     keep_io_types: bool = True,
-    threads: int | None = None,
-    providers: list[str] | None = None,
-    optimization_level: str = "all",
-    batch: tuple[int, int, int] | None = None,
-    workspace_mib: int | None = None,
-    timing_cache: str | os.PathLike | None = None,
-    hardware_compatibility: str | None = None,
-    device: str | None = None,
-    compile: bool | str | None = None,
-    cuda_graphs: bool | None = None,
+    options: BuildOptions | None = None,
+    **settings: Any,
 ) -> BuildResult:
     """Build an ONNX Runtime model or a TensorRT engine from an FP32 ONNX file.
 
@@ -123,20 +187,13 @@ def build(
         precision: "fp32", "fp16" or "int8" (Q/DQ graph calibrated on `calibration`); the torch
             target offers "fp32" and, on "cuda", "fp16".
         output_dir: where to write; defaults to the ONNX file's folder.
-        calibration: representative inputs, needed for "int8" (array, {input: array}, .npy/.npz).
+        calibration: representative inputs, needed for "int8" (array, {input: array}, .npy/.npz;
+            not for "torch").
         keep_io_types: keep float32 inputs/outputs for "fp16" (False: float16 I/O).
-        threads: ONNX Runtime (or torch CPU) intra-op threads; defaults to the cores this
-            process may use for ONNX Runtime, to PyTorch's own setting for torch.
-        providers: ONNX Runtime execution providers; defaults to CPU.
-        optimization_level: ONNX Runtime level applied at session load ("all" by default).
-        batch: TensorRT (min, opt, max) batch of the optimization profile; defaults to
-            DEFAULT_BATCH, (1, 1, 64).
-        workspace_mib: TensorRT workspace cap; None lets TensorRT decide.
-        timing_cache: TensorRT timing cache file to reuse and extend.
-        hardware_compatibility: TensorRT "ampere_plus" or "same_compute_capability", or None.
-        device: torch "cpu" or "cuda"; defaults to "cuda" when a GPU is visible.
-        compile: torch.compile the model (True: inductor, or a backend name); default False.
-        cuda_graphs: torch only: replay CUDA graphs (device "cuda"); default False.
+        options: the target's options: `OrtBuildOptions`, `TrtBuildOptions` or
+            `TorchBuildOptions`. None: their defaults.
+        **settings: any field of the target's options (threads=2, batch=(1, 8, 32), ...),
+            overriding `options`'. A field of another target's options is an error unless None.
 
     Returns:
         A BuildResult naming the files written.
@@ -146,57 +203,36 @@ def build(
         >>> result.engine_path  # doctest: +SKIP
         'vgg16.fp16.engine'
     """
-    if target not in TARGETS:
-        raise InvalidInputError(f"unknown target {target!r}; choose one of {TARGETS}")
-    given = {
-        "calibration": calibration, "threads": threads, "providers": providers,
-        "batch": batch, "workspace_mib": workspace_mib, "timing_cache": timing_cache,
-        "hardware_compatibility": hardware_compatibility,
-        "device": device, "compile": compile, "cuda_graphs": cuda_graphs,
-    }  # fmt: skip
-    wrong = [k for k, v in given.items() if v is not None and k not in _TARGET_OPTIONS[target]]
-    if wrong:
-        raise InvalidInputError(f"{', '.join(wrong)} do(es) not apply to target {target!r}")
+    options = _target_options(target, options, calibration, settings)
     if target != "torch":
-        _check_onnx_build(target, precision, calibration, optimization_level, threads)
+        _check_onnx_build(target, precision, calibration)
     source = Path(onnx_path)
     onnx_model = None if target == "torch" else load_onnx(source)
     out_dir = Path(output_dir) if output_dir is not None else source.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{source.stem}.{precision}"
+    stem = out_dir / f"{source.stem}.{precision}"
     start = time.perf_counter()
     warnings: list[str] = []
     quantization = None  # INT8: how the graph was quantized
-    if target == "torch":
-        engine, settings, versions = _build_torch_target(
-            source, out_dir, precision=precision, device=device, compile=compile,
-            cuda_graphs=cuda_graphs, threads=threads,
-        )  # fmt: skip
-    elif target == "trt":
-        versions = _versions()
-        engine = out_dir / f"{name}.engine"
-        info = build_engine(
-            source, engine, precision=precision, calibration=calibration,
-            batch=batch or DEFAULT_BATCH, workspace_mib=workspace_mib, timing_cache=timing_cache,
-            hardware_compatibility=hardware_compatibility, keep_io_types=keep_io_types,
-        )  # fmt: skip
-        versions["tensorrt"] = info.tensorrt_version
-        settings, warnings = Path(f"{engine}.json"), info.warnings
-        quantization = info.quantization
+    if isinstance(options, TorchBuildOptions):
+        engine, settings_path, versions = _build_torch_target(source, out_dir, precision, options)
+    elif isinstance(options, TrtBuildOptions):
+        versions, engine = _versions(), Path(f"{stem}.engine")
+        info = build_engine(source, engine, precision=precision, calibration=calibration,
+                            keep_io_types=keep_io_types, **options.engine_settings())  # fmt: skip
+        versions["tensorrt"], settings_path = info.tensorrt_version, sidecar_path(engine)
+        warnings, quantization = info.warnings, info.quantization
     else:
         versions = _versions()
-        engine, settings = out_dir / f"{name}.ort.onnx", out_dir / f"{name}.ort.json"
-        warnings, quantization = _build_ort(
-            onnx_model, source, engine, settings, precision=precision, calibration=calibration,
-            keep_io_types=keep_io_types, threads=threads or available_cores(),
-            providers=list(providers or ["CPUExecutionProvider"]),
-            optimization_level=optimization_level, onnxruntime_version=versions["onnxruntime"],
+        engine, settings_path, warnings, quantization = _build_ort(
+            onnx_model, source, stem, versions, precision=precision, calibration=calibration,
+            keep_io_types=keep_io_types, options=options,
         )  # fmt: skip
     return BuildResult(
         target=target,
         precision=precision,
         engine_path=os.fspath(engine),
-        settings_path=os.fspath(settings),
+        settings_path=os.fspath(settings_path),
         source_onnx=os.fspath(source),
         source_onnx_sha256=file_sha256(source),
         versions=versions,
@@ -206,37 +242,40 @@ def build(
     )
 
 
-def _check_onnx_build(
-    target: str,
-    precision: str,
-    calibration: CalibrationData | None,
-    optimization_level: str,
-    threads: int | None,
-) -> None:
+def _target_options(
+    target: str, options: BuildOptions | None, calibration: object, settings: dict[str, Any]
+) -> BuildOptions:
+    """The target's options: `options` with `settings` applied, after checking that no
+    setting (but None) belongs to another target."""
+    if target not in TARGETS:
+        raise InvalidInputError(f"unknown target {target!r}; choose one of {TARGETS}")
+    kind = _OPTIONS[target]
+    known = {name for cls in _OPTIONS.values() for name in cls.field_names()}
+    unknown = [name for name in settings if name not in known]
+    if unknown:
+        raise TypeError(f"build() got an unexpected keyword argument {unknown[0]!r}")
+    given = {"calibration": calibration, **settings} if target == "torch" else settings
+    wrong = [k for k, v in given.items() if v is not None and k not in kind.field_names()]
+    if wrong:
+        raise InvalidInputError(f"{', '.join(wrong)} do(es) not apply to target {target!r}")
+    if options is not None and not isinstance(options, kind):
+        raise InvalidInputError(
+            f"target {target!r} takes {kind.__name__} options, got {type(options).__name__}"
+        )
+    return kind.resolve(options, **{k: v for k, v in settings.items() if k in kind.field_names()})
+
+
+def _check_onnx_build(target: str, precision: str, calibration: CalibrationData | None) -> None:
     """The checks of an ONNX Runtime or TensorRT build, before any work."""
     check_precision(precision)
     if precision == "int8":
         require_calibration(calibration)
-    if optimization_level not in OPTIMIZATION_LEVELS:
-        raise InvalidInputError(
-            f"unknown optimization_level {optimization_level!r}; "
-            f"choose one of {OPTIMIZATION_LEVELS}"
-        )
-    if threads is not None and threads < 1:
-        raise InvalidInputError(f"threads must be >= 1, got {threads}")
     if target == "trt":
         import_tensorrt()  # MissingDependencyError says what to install
 
 
 def _build_torch_target(
-    source: Path,
-    out_dir: Path,
-    *,
-    precision: str,
-    device: str | None,
-    compile: bool | str | None,
-    cuda_graphs: bool | None,
-    threads: int | None,
+    source: Path, out_dir: Path, precision: str, options: TorchBuildOptions
 ) -> tuple[Path, Path, dict[str, str]]:
     """build(target="torch"): settings for a .pt2 program (see torch_program.build_torch)."""
     import torch
@@ -245,10 +284,10 @@ def _build_torch_target(
         source,
         out_dir,
         precision=precision,
-        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
-        compile=compile or False,
-        cuda_graphs=bool(cuda_graphs),
-        threads=threads,
+        device=options.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        compile=options.compile or False,
+        cuda_graphs=bool(options.cuda_graphs),
+        threads=options.threads,
     )
     _check_loads(TorchRunner, settings, written=[settings])
     return program, settings, versions
@@ -278,19 +317,19 @@ def available_cores() -> int:
 def _build_ort(
     source,
     onnx_path: Path,
-    engine: Path,
-    settings: Path,
+    stem: Path,
+    versions: dict[str, str],
     *,
     precision: str,
     calibration: CalibrationData | None,
     keep_io_types: bool,
-    threads: int,
-    providers: list[str],
-    optimization_level: str,
-    onnxruntime_version: str,
-) -> tuple[list[str], dict[str, Any] | None]:
-    """Write the ONNX Runtime model file and its settings; returns warnings for the user and,
-    for INT8, how it was quantized."""
+    options: OrtBuildOptions,
+) -> tuple[Path, Path, list[str], dict[str, Any] | None]:
+    """build(target="ort"): write `<stem>.ort.onnx` and its settings `<stem>.ort.json`;
+    returns them, warnings for the user and, for INT8, how the graph was quantized."""
+    engine = Path(f"{stem}.ort.onnx")
+    settings = Path(f"{stem}.ort.json")
+    providers = list(options.providers or ["CPUExecutionProvider"])
     warnings, quantization = [], None
     file_level = ORT_FILE_OPTIMIZATION_LEVEL
     if precision == "fp16":
@@ -310,18 +349,18 @@ def _build_ort(
     _write_ort_model(source, engine, file_level)
     OrtSettings(
         model=os.fspath(engine),
-        threads=threads,
-        optimization_level=optimization_level,
+        threads=options.threads or available_cores(),
+        optimization_level=options.optimization_level,
         providers=providers,
         precision=precision,
         file_optimization_level=file_level,
         model_sha256=file_sha256(engine),
         source_onnx=os.fspath(onnx_path),
         source_onnx_sha256=file_sha256(onnx_path),
-        onnxruntime_version=onnxruntime_version,
+        onnxruntime_version=versions["onnxruntime"],
     ).save(settings)
     _check_loads(OrtRunner, settings, written=[engine, settings])
-    return warnings, quantization
+    return engine, settings, warnings, quantization
 
 
 def _int8_warnings(settings, preprocess_error: str) -> list[str]:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from gdws_export._files import file_sha256
 from gdws_export.errors import InvalidInputError
 from gdws_export.runtimes.base import Runner, SettingsFile, TensorSpec
 
@@ -76,17 +74,9 @@ class OrtRunner(Runner):
         Example:
             >>> runner = OrtRunner.from_settings("model.fp16.ort.json")  # doctest: +SKIP
         """
-        if not isinstance(settings, OrtSettings):
-            settings = OrtSettings.load(settings)
-        model = Path(settings.model)
-        if not model.is_file():
-            raise InvalidInputError(f"model file {model} of the ONNX Runtime settings is missing")
-        if settings.model_sha256 and file_sha256(model) != settings.model_sha256:
-            raise InvalidInputError(
-                f"{model} changed since its settings were saved (SHA-256 differs); rebuild it"
-            )
+        settings = OrtSettings.loaded(settings)
         return cls(
-            model,
+            settings.checked_file(settings.model_sha256, "model file"),
             threads=settings.threads,
             providers=list(settings.providers),
             optimization_level=settings.optimization_level,

@@ -136,85 +136,25 @@ def build_engine(
     Example:
         >>> info = build_engine("m.onnx", "m.fp16.engine", precision="fp16")  # doctest: +SKIP
     """
-    check_precision(precision)
-    _check_batch(batch)
-    if hardware_compatibility not in (None, *HARDWARE_COMPATIBILITY):
-        raise InvalidInputError(
-            f"unknown hardware_compatibility {hardware_compatibility!r}; choose None or one of "
-            f"{HARDWARE_COMPATIBILITY}"
-        )
-    if precision == "int8":
-        require_calibration(calibration)
+    _check_engine_settings(precision, calibration, batch, hardware_compatibility)
     trt = import_tensorrt()
     major = trt_major(trt)
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     source = load_onnx(onnx_path)
     start = time.perf_counter()
-
-    # TensorRT 11: strongly typed only, precision from the graph. TensorRT 10: builder flags.
-    graph_path, flags, quantization = onnx_path, [], None
-    if precision == "fp16" and major >= 11:
-        fp16 = convert_to_fp16(source, keep_io_types=keep_io_types)
-        graph_path = _save_converted(fp16, engine_path, onnx_path)
-    elif precision == "fp16":
-        flags = ["FP16"]
-    elif precision == "int8":
-        # Both versions: explicit Q/DQ, symmetric INT8, no calibrator (TensorRT 11 removed
-        # implicit calibration; on 10 the Q/DQ graph makes the same engine without one).
-        qdq = quantize_int8(source, calibration, settings=TENSORRT_INT8)
-        graph_path = _save_converted(qdq.model, engine_path, onnx_path)
-        quantization = qdq.to_dict()
-        # TensorRT 10: Q/DQ layers need the INT8 flag, and FP16 lets the layers the Q/DQ graph
-        # leaves unquantized run in FP16 rather than FP32 (TensorRT's own guidance).
-        flags = [] if major >= 11 else ["INT8", "FP16"]
-    warnings = check_trt_support(graph_path)
-    for warning in warnings:
-        log.warning("TensorRT support check: %s", warning)
-
+    graph_path, flags, quantization = _precision_graph(
+        major, source, onnx_path, engine_path, precision, calibration, keep_io_types
+    )
     logger = make_trt_logger(trt)
-    builder = trt.Builder(logger)
-    if not builder:
-        raise MissingDependencyError(
-            "TensorRT could not start a builder (no usable CUDA GPU or driver?): "
-            + "; ".join(logger.errors[-2:])
-        )
-    # TensorRT 10: flags 0 = weakly typed (explicit batch is always on; EXPLICIT_BATCH is a
-    # deprecated no-op). TensorRT 11: every network is strongly typed (STRONGLY_TYPED is a
-    # deprecated no-op), so the same call gives each version what it needs.
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(os.fspath(graph_path)):
-        raise UnsupportedModelError(_parser_message(parser, graph_path, warnings))
-
-    config = builder.create_builder_config()
-    for flag in flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
+    builder, network, warnings = _parse_network(trt, logger, graph_path)
     tf32 = precision != "fp32"
-    if not tf32:
-        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 convs drift ~1e-3 from FP32: no parity
-    if precision == "fp16" and major < 11 and not keep_io_types:
-        _set_float_io_dtype(trt, network, trt.DataType.HALF)
-    if workspace_mib is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
-    if hardware_compatibility is not None:
-        config.hardware_compatibility_level = getattr(
-            trt.HardwareCompatibilityLevel, hardware_compatibility.upper()
-        )
+    config = _builder_config(trt, builder, network, flags, tf32=tf32,
+                             half_io=precision == "fp16" and major < 11 and not keep_io_types,
+                             workspace_mib=workspace_mib,
+                             hardware_compatibility=hardware_compatibility)  # fmt: skip
     profile = _add_batch_profile(builder, network, config, batch, graph_path)
-    _load_timing_cache(config, timing_cache)
-
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise UnsupportedModelError(
-            f"TensorRT could not build an engine from {graph_path}: "
-            + ("; ".join(logger.errors[-3:]) or "no error was logged")
-        )
-    if timing_cache is not None:
-        _save_timing_cache(config, Path(timing_cache))
-
+    serialized = _serialize(builder, network, config, logger, graph_path, timing_cache)
     gpu_name, capability = gpu_info()
-    io_tensors = [network.get_input(i) for i in range(network.num_inputs)]
-    io_tensors += [network.get_output(i) for i in range(network.num_outputs)]
     info = EngineInfo(
         engine_path=os.fspath(engine_path),
         onnx_path=os.fspath(graph_path),
@@ -229,7 +169,7 @@ def build_engine(
         builder_flags=flags,
         tf32=tf32,
         profile=profile,
-        io_dtypes={t.name: str(t.dtype) for t in io_tensors},
+        io_dtypes={t.name: str(t.dtype) for t in _io_tensors(network)},
         workspace_mib=workspace_mib,
         hardware_compatibility=hardware_compatibility,
         timing_cache=os.fspath(timing_cache) if timing_cache is not None else None,
@@ -241,6 +181,118 @@ def build_engine(
     atomic_write_bytes(engine_path, serialized)  # each file atomic; the sidecar last
     info.save(sidecar_path(engine_path))
     return info
+
+
+def _check_engine_settings(
+    precision: str,
+    calibration: CalibrationData | None,
+    batch: tuple[int, int, int],
+    hardware_compatibility: str | None,
+) -> None:
+    """The checks of `build_engine`'s settings, before TensorRT is imported."""
+    check_precision(precision)
+    _check_batch(batch)
+    if hardware_compatibility not in (None, *HARDWARE_COMPATIBILITY):
+        raise InvalidInputError(
+            f"unknown hardware_compatibility {hardware_compatibility!r}; choose None or one of "
+            f"{HARDWARE_COMPATIBILITY}"
+        )
+    if precision == "int8":
+        require_calibration(calibration)
+
+
+def _precision_graph(
+    major: int,
+    source,
+    onnx_path: Path,
+    engine_path: Path,
+    precision: str,
+    calibration: CalibrationData | None,
+    keep_io_types: bool,
+) -> tuple[Path, list[str], dict[str, Any] | None]:
+    """(the graph TensorRT parses, builder flags, INT8: `QuantizedGraph.to_dict()`).
+
+    TensorRT 11: strongly typed only, precision from the graph. TensorRT 10: builder flags.
+    """
+    if precision == "fp16" and major >= 11:
+        fp16 = convert_to_fp16(source, keep_io_types=keep_io_types)
+        return _save_converted(fp16, engine_path, onnx_path), [], None
+    if precision == "fp16":
+        return onnx_path, ["FP16"], None
+    if precision == "int8":
+        # Both versions: explicit Q/DQ, symmetric INT8, no calibrator (TensorRT 11 removed
+        # implicit calibration; on 10 the Q/DQ graph makes the same engine without one).
+        qdq = quantize_int8(source, calibration, settings=TENSORRT_INT8)
+        graph_path = _save_converted(qdq.model, engine_path, onnx_path)
+        # TensorRT 10: Q/DQ layers need the INT8 flag, and FP16 lets the layers the Q/DQ graph
+        # leaves unquantized run in FP16 rather than FP32 (TensorRT's own guidance).
+        return graph_path, [] if major >= 11 else ["INT8", "FP16"], qdq.to_dict()
+    return onnx_path, [], None
+
+
+def _parse_network(trt: ModuleType, logger, graph_path: Path) -> tuple[Any, Any, list[str]]:
+    """(builder, network, warnings): the graph at `graph_path` parsed into the network, after
+    the support check (`check_trt_support`), whose warnings are logged and returned."""
+    warnings = check_trt_support(graph_path)
+    for warning in warnings:
+        log.warning("TensorRT support check: %s", warning)
+    builder = trt.Builder(logger)
+    if not builder:
+        raise MissingDependencyError(
+            "TensorRT could not start a builder (no usable CUDA GPU or driver?): "
+            + "; ".join(logger.errors[-2:])
+        )
+    # TensorRT 10: flags 0 = weakly typed (explicit batch is always on; EXPLICIT_BATCH is a
+    # deprecated no-op). TensorRT 11: every network is strongly typed (STRONGLY_TYPED is a
+    # deprecated no-op), so the same call gives each version what it needs.
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(os.fspath(graph_path)):
+        raise UnsupportedModelError(_parser_message(parser, graph_path, warnings))
+    return builder, network, warnings
+
+
+def _serialize(builder, network, config, logger, graph_path: Path, timing_cache) -> Any:
+    """The serialized engine, built with the timing cache loaded (if any) and saved after."""
+    _load_timing_cache(config, timing_cache)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UnsupportedModelError(
+            f"TensorRT could not build an engine from {graph_path}: "
+            + ("; ".join(logger.errors[-3:]) or "no error was logged")
+        )
+    if timing_cache is not None:
+        _save_timing_cache(config, Path(timing_cache))
+    return serialized
+
+
+def _builder_config(
+    trt: ModuleType,
+    builder,
+    network,
+    flags: list[str],
+    *,
+    tf32: bool,
+    half_io: bool,
+    workspace_mib: int | None,
+    hardware_compatibility: str | None,
+):
+    """The builder config: precision flags (TF32 off for FP32 parity), float16 network I/O
+    (`half_io`, TensorRT 10), workspace cap and hardware compatibility."""
+    config = builder.create_builder_config()
+    for flag in flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if not tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 convs drift ~1e-3 from FP32: no parity
+    if half_io:
+        _set_float_io_dtype(trt, network, trt.DataType.HALF)
+    if workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mib) << 20)
+    if hardware_compatibility is not None:
+        config.hardware_compatibility_level = getattr(
+            trt.HardwareCompatibilityLevel, hardware_compatibility.upper()
+        )
+    return config
 
 
 def gpu_info() -> tuple[str, str]:
@@ -291,11 +343,15 @@ def _save_converted(model, engine_path: Path, onnx_path: Path) -> Path:
     return save_onnx(model, path)
 
 
+def _io_tensors(network) -> list:
+    """The network's inputs, then its outputs."""
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    return inputs + [network.get_output(i) for i in range(network.num_outputs)]
+
+
 def _set_float_io_dtype(trt: ModuleType, network, dtype) -> None:
     """TensorRT 10, weakly typed: make the float32 network inputs/outputs `dtype`."""
-    tensors = [network.get_input(i) for i in range(network.num_inputs)]
-    tensors += [network.get_output(i) for i in range(network.num_outputs)]
-    for tensor in tensors:
+    for tensor in _io_tensors(network):
         if tensor.dtype == trt.DataType.FLOAT:
             tensor.dtype = dtype
 

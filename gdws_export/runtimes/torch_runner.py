@@ -91,17 +91,8 @@ class TorchRunner(Runner):
         Example:
             >>> runner = TorchRunner.from_settings("vgg16.fp16.torch.json")  # doctest: +SKIP
         """
-        from gdws_export._files import file_sha256
-
-        if not isinstance(settings, TorchSettings):
-            settings = TorchSettings.load(settings)
-        if not os.path.isfile(settings.program):
-            raise InvalidInputError(f"program {settings.program} of the torch settings is missing")
-        if settings.program_sha256 and file_sha256(settings.program) != settings.program_sha256:
-            raise InvalidInputError(
-                f"{settings.program} changed since its settings were saved (SHA-256 differs); "
-                "rebuild it"
-            )
+        settings = TorchSettings.loaded(settings)
+        settings.checked_file(settings.program_sha256, "program")
         return cls(
             settings.program,
             device=settings.device,
