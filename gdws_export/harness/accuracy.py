@@ -8,7 +8,13 @@ For each model (e.g. "original" and "gdws"):
    inputs replayed through it (a transfer check: the engine should keep what PyTorch
    measured; `transfer_gap_points` says by how much it does not);
 4. with `square`: the query-only Square Attack (L-inf) run through the engine itself (on the
-   PyTorch model when there is no engine).
+   PyTorch model when there is no engine);
+5. the headline, `worst_case_accuracy`: per image, right clean and under every attack on
+   every target above, so an image counts as robust only if every attack fails.
+
+For an INT8 engine, pass its fake-quantized twin (`runtimes.fake_quant.twin_of_engine`) as the
+PyTorch model: the white-box attacks then run on what the engine computes, and their replay
+measures the engine, not transfer from the float model (`quantized.quantized_robustness`).
 
 As in RobustBench, a sample counts as robust when it is classified correctly both clean and
 under attack, so robust accuracy never exceeds clean accuracy; an attack with eps = 0 gives
