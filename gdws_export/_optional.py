@@ -14,6 +14,9 @@ _INSTALL_HINTS = {
     "onnxslim": 'pip install "gdws-export[slim]"',
     "tritonclient": "pip install tritonclient",
     "PIL": "pip install pillow",
+    # AutoAttack: its PyPI release; the authors' git package (import name autoattack) also works
+    "pyautoattack": 'pip install "gdws-export[autoattack]" (or pip install pyautoattack)',
+    "autoattack": 'pip install "gdws-export[autoattack]" (or pip install pyautoattack)',
 }
 
 

@@ -26,7 +26,7 @@ from gdws_export.attacks._common import (
 from gdws_export.errors import InvalidInputError
 
 # The paper halves the square's area fraction p at these iterations of a 10,000-query budget;
-# other budgets use the same schedule, rescaled.
+# other budgets use the same schedule, rescaled (or not: AutoAttack's Square does not).
 _SCHEDULE_BUDGET = 10_000
 _HALVING_POINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -44,6 +44,7 @@ def square_attack(
     queries: int = 1000,
     p_init: float = 0.05,
     generator: torch.Generator | None = None,
+    rescale_schedule: bool = True,
 ) -> tuple[Any, Any]:
     """Run the L-inf Square Attack on a model seen only through its logits.
 
@@ -60,6 +61,9 @@ def square_attack(
         p_init: the square's initial area as a fraction of the image; it shrinks on the
             paper's schedule, rescaled to `queries`.
         generator: source of randomness; None uses torch's global generator.
+        rescale_schedule: stretch the paper's p schedule (set for 10,000 queries) to
+            `queries`; False keeps it as it is, as AutoAttack's Square does (p_init 0.8,
+            5000 queries).
 
     Returns:
         (x_adv, queries_used): adversarial images of x's type (numpy inputs come back as
@@ -92,7 +96,10 @@ def square_attack(
         return torch.as_tensor(logits).to(device=x_torch.device, dtype=torch.float32)
 
     with torch.no_grad():
-        x_adv, used = _square_linf(predict, x_torch, y_torch, eps, queries, p_init, generator)
+        schedule = queries if rescale_schedule else _SCHEDULE_BUDGET
+        x_adv, used = _square_linf(
+            predict, x_torch, y_torch, eps, (queries, schedule), p_init, generator
+        )
     if numpy_io:
         return x_adv.cpu().numpy(), used.cpu().numpy()
     return x_adv, used
@@ -103,10 +110,11 @@ def _square_linf(
     x: torch.Tensor,
     y: torch.Tensor,
     eps: float,
-    budget: int,
+    budgets: tuple[int, int],
     p_init: float,
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    budget, schedule = budgets  # queries per sample; the budget the p schedule is stretched to
     n, channels, height, width = x.shape
     logits = predict(x)
     check_logits(logits, y, "square_attack")
@@ -129,7 +137,7 @@ def _square_linf(
         todo = ((~fooled) & (used < budget)).nonzero().squeeze(1)
         if todo.numel() == 0:
             break
-        side = _square_side(p_init, iteration, budget, height, width)
+        side = _square_side(p_init, iteration, schedule, height, width)
         window = _random_windows(todo.numel(), side, height, width, generator, x)
         current, original = x_best[todo], x[todo]
         signs = eps * _random_signs((todo.numel(), channels, 1, 1), generator, x)
@@ -175,7 +183,7 @@ def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def _square_side(p_init: float, iteration: int, budget: int, height: int, width: int) -> int:
     """Side of the square at this iteration: sqrt(p * H * W), with p halved on schedule."""
-    scaled = int(iteration / budget * _SCHEDULE_BUDGET)
+    scaled = iteration * _SCHEDULE_BUDGET // budget  # integers: exact at the halving points
     p = p_init / 2 ** sum(scaled > point for point in _HALVING_POINTS)
     side = round(math.sqrt(p * height * width))
     # At least one pixel, and smaller than the image so that its position varies.

@@ -8,6 +8,10 @@ Speed and robustness are measured on the runtime that will serve the model:
   accuracy on PyTorch, replayed on the engines, and the Square Attack through the engines
   (accuracy.py); `attack_copy(model)`: the same function, faster to attack in PyTorch
   (GDWS convs as dense ones, BatchNorms folded; attack_copy.py);
+- `quantized_robustness(engine, twin, x, y)` -> AccuracyReport: an INT8 engine attacked three
+  ways (PGD on its fake-quantized twin, replayed on it, Square on it), the per-image worst case
+  the headline (quantized.py); `autoattack_accuracy(model, x, y, eps)`: AutoAttack, an optional
+  package (autoattack.py);
 - `export_and_build(model, stem, ...)` -> Shipped: export (checked against PyTorch) and build
   for one runtime, naming the layers that ship their original conv (shipping.py);
 - `choose_measure(models, x, y, attack)` -> MeasureChoice: the candidate GDWS model most
@@ -28,9 +32,11 @@ from gdws_export.harness.accuracy import (
     evaluate_accuracy,
 )
 from gdws_export.harness.attack_copy import attack_copy
+from gdws_export.harness.autoattack import autoattack_accuracy
 from gdws_export.harness.data import load_dataset
 from gdws_export.harness.machine import MachineInfo, machine_info
 from gdws_export.harness.plots import plot_sweep
+from gdws_export.harness.quantized import quantized_robustness
 from gdws_export.harness.report import (
     SCHEMA_VERSION,
     read_json,
@@ -69,6 +75,7 @@ __all__ = [
     "SweepRow",
     "SweepSetting",
     "attack_copy",
+    "autoattack_accuracy",
     "benchmark",
     "evaluate_accuracy",
     "export_and_build",
@@ -79,6 +86,7 @@ __all__ = [
     "pareto_front",
     "plot_sweep",
     "put_back_originals",
+    "quantized_robustness",
     "read_json",
     "render_markdown",
     "write_json",

@@ -8,7 +8,13 @@ For each model (e.g. "original" and "gdws"):
    inputs replayed through it (a transfer check: the engine should keep what PyTorch
    measured; `transfer_gap_points` says by how much it does not);
 4. with `square`: the query-only Square Attack (L-inf) run through the engine itself (on the
-   PyTorch model when there is no engine).
+   PyTorch model when there is no engine);
+5. the headline, `worst_case_accuracy`: per image, right clean and under every attack on
+   every target above, so an image counts as robust only if every attack fails.
+
+For an INT8 engine, pass its fake-quantized twin (`runtimes.fake_quant.twin_of_engine`) as the
+PyTorch model: the white-box attacks then run on what the engine computes, and their replay
+measures the engine, not transfer from the float model (`quantized.quantized_robustness`).
 
 As in RobustBench, a sample counts as robust when it is classified correctly both clean and
 under attack, so robust accuracy never exceeds clean accuracy; an attack with eps = 0 gives
@@ -162,6 +168,7 @@ def _evaluate_model(
     clean = clean_pred.argmax(1) == y
     result = ModelAccuracy(name=name, samples=len(y), clean_accuracy=_mean(clean))
     engine_clean = None
+    robust = []  # per image and attack target: right clean and under attack
     if engine is not None:
         engine_logits = torch.from_numpy(predict_batched(engine, x.numpy(), batch_size))
         _check_classes(engine_logits, y, f"engine {name!r}")
@@ -171,6 +178,7 @@ def _evaluate_model(
     for config in attacks:
         x_adv = attack_batched(model, x, y, config, batch_size)
         adv_pred = predict_torch(model, x_adv, batch_size).argmax(1)
+        robust.append(clean & (adv_pred == y))
         attack = AttackResult(
             attack=config.name,
             description=config.describe(),
@@ -179,19 +187,24 @@ def _evaluate_model(
             steps=config.steps if config.name == "pgd" else (1 if config.name == "fgsm" else 0),
             samples=len(y),
             target="pytorch",
-            robust_accuracy=_mean(clean & (adv_pred == y)),
+            robust_accuracy=_mean(robust[-1]),
             max_perturbation=_max_distance(x_adv, x, config.norm),
             config=config.to_dict(),
         )
         if engine is not None:
             engine_pred = torch.from_numpy(predict_batched(engine, x_adv.numpy(), batch_size))
             engine_pred = engine_pred.argmax(1)
-            attack.engine_accuracy = _mean(engine_clean & (engine_pred == y))
+            robust.append(engine_clean & (engine_pred == y))
+            attack.engine_accuracy = _mean(robust[-1])
             attack.transfer_gap_points = 100 * (attack.engine_accuracy - attack.robust_accuracy)
             attack.agreement = _mean(engine_pred == adv_pred)
         result.attacks.append(attack)
     if square is not None:
-        result.attacks.append(_square(model, engine, x, y, clean, engine_clean, square, batch_size))
+        attack, held = _square(model, engine, x, y, clean, engine_clean, square, batch_size)
+        result.attacks.append(attack)
+        robust.append(held)
+    if robust:
+        result.worst_case_accuracy = _mean(torch.stack(robust).all(dim=0))
     return result
 
 
@@ -204,17 +217,17 @@ def _square(
     engine_clean: torch.Tensor | None,
     config: SquareConfig,
     batch_size: int,
-) -> AttackResult:
+) -> tuple[AttackResult, torch.Tensor]:
+    """The Square result and, per image, whether the image held (right clean and attacked)."""
     generator = torch.Generator().manual_seed(config.seed)
+    settings = dict(eps=config.eps, queries=config.queries, p_init=config.p_init,
+                    generator=generator, rescale_schedule=config.rescale_schedule)  # fmt: skip
     if engine is not None:
 
         def predict(batch: np.ndarray) -> np.ndarray:
             return predict_batched(engine, batch, batch_size)
 
-        x_adv, used = square_attack(
-            predict, x.numpy(), y.numpy(), eps=config.eps, queries=config.queries,
-            p_init=config.p_init, generator=generator,
-        )  # fmt: skip
+        x_adv, used = square_attack(predict, x.numpy(), y.numpy(), **settings)
         x_adv, used = torch.from_numpy(x_adv), torch.from_numpy(used)
         adv_pred = torch.from_numpy(predict(x_adv.numpy())).argmax(1)
         correct_clean, target = engine_clean, "engine"
@@ -223,13 +236,11 @@ def _square(
         def predict(batch: torch.Tensor) -> torch.Tensor:
             return predict_torch(model, batch, batch_size)
 
-        x_adv, used = square_attack(
-            predict, x, y, eps=config.eps, queries=config.queries, p_init=config.p_init,
-            generator=generator,
-        )  # fmt: skip
+        x_adv, used = square_attack(predict, x, y, **settings)
         adv_pred = predict(x_adv).argmax(1)
         correct_clean, target = clean, "pytorch"
-    return AttackResult(
+    robust = correct_clean & (adv_pred == y)
+    result = AttackResult(
         attack="square",
         description=config.describe(),
         norm="linf",
@@ -237,11 +248,12 @@ def _square(
         steps=config.queries,
         samples=len(y),
         target=target,
-        robust_accuracy=_mean(correct_clean & (adv_pred == y)),
+        robust_accuracy=_mean(robust),
         max_perturbation=_max_distance(x_adv, x, "linf"),
         config=config.to_dict(),
         mean_queries=float(used.double().mean()),
     )
+    return result, robust
 
 
 def predict_torch(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -19,15 +19,27 @@ TRANSFER_TOLERANCE_POINTS = 0.5
 class SquareConfig:
     """The query-only Square Attack (L-inf). Defaults: eps 8/255, 1000 queries, p 0.05, seed 0.
 
+    `rescale_schedule` stretches the paper's schedule for p (set for 10,000 queries) to
+    `queries`; `SquareConfig.autoattack` gives AutoAttack's settings instead.
+
     Example:
         >>> SquareConfig(eps=8 / 255, queries=1000).describe()
         'Square-1000 (L-inf, eps=8/255, p_init=0.05, seed 0)'
+        >>> SquareConfig.autoattack(8 / 255).describe()
+        'Square-5000 (L-inf, eps=8/255, p_init=0.8, seed 0, schedule not rescaled)'
     """
 
     eps: float = 8 / 255
     queries: int = 1000
     p_init: float = 0.05
     seed: int = 0
+    rescale_schedule: bool = True
+
+    @classmethod
+    def autoattack(cls, eps: float, queries: int = 5000, seed: int = 0) -> SquareConfig:
+        """AutoAttack's Square ("standard" version): p_init 0.8, 5000 queries, its schedule
+        for p not rescaled; fewer `queries` for a faster, weaker run."""
+        return cls(eps=eps, queries=queries, p_init=0.8, seed=seed, rescale_schedule=False)
 
     def __post_init__(self) -> None:
         where = "SquareConfig"
@@ -41,12 +53,17 @@ class SquareConfig:
                 )
         if not _finite_number(self.p_init) or not 0 < self.p_init <= 1:
             raise InvalidInputError(f"{where}: p_init must be in (0, 1], got {self.p_init!r}")
+        if not isinstance(self.rescale_schedule, bool):
+            raise InvalidInputError(
+                f"{where}: rescale_schedule must be True or False, got {self.rescale_schedule!r}"
+            )
 
     def describe(self) -> str:
         """RobustBench-style one line: attack, norm, eps, budget, seed."""
+        schedule = "" if self.rescale_schedule else ", schedule not rescaled"
         return (
             f"Square-{self.queries} (L-inf, eps={format_radius(self.eps, 'linf')}, "
-            f"p_init={self.p_init:g}, seed {self.seed})"
+            f"p_init={self.p_init:g}, seed {self.seed}{schedule})"
         )
 
     def to_dict(self) -> dict:
@@ -83,7 +100,15 @@ class AttackResult:
 
 @dataclass
 class ModelAccuracy:
-    """Clean accuracy and attack results of one model (and of its engine, when given)."""
+    """Clean accuracy and attack results of one model (and of its engine, when given).
+
+    `worst_case_accuracy` is the headline robust accuracy: per image, correct clean and under
+    every attack on every target measured (each white-box attack on PyTorch, its replay on the
+    engine, Square), so an image counts only if every attack fails on it. It is at most the
+    smallest robust accuracy of the rows, and lower when the attacks fool different images.
+    For an INT8 engine evaluated with its fake-quantized twin as the PyTorch model, that is the
+    minimum over PGD on the twin, its replay on the engine and Square on the engine.
+    """
 
     name: str
     samples: int
@@ -91,6 +116,7 @@ class ModelAccuracy:
     engine_clean_accuracy: float | None = None
     engine: dict | None = None
     attacks: list[AttackResult] = field(default_factory=list)
+    worst_case_accuracy: float | None = None
 
     def attack(self, description_or_name: str) -> AttackResult:
         """The first result whose description or attack name matches."""
@@ -158,6 +184,15 @@ class AccuracyReport:
                     f"| {m.name} | clean (no attack) | pytorch | {m.samples} "
                     f"| {_pct(m.clean_accuracy)} | | {_pct(m.engine_clean_accuracy)} | | |"
                 )
+        worst = [m for m in self.models if m.worst_case_accuracy is not None]
+        if worst:
+            lines += [
+                "",
+                "Worst case per image (robust only if every attack above fails, on PyTorch and "
+                "on the engine): "
+                + ", ".join(f"{m.name} {_pct(m.worst_case_accuracy)} %" for m in worst)
+                + ".",
+            ]
         lines += [
             "",
             f"A gap beyond {TRANSFER_TOLERANCE_POINTS} points (marked !) means the engine does "

@@ -160,9 +160,11 @@ def measure_held_out(cfg, report: ExportReport, state: ExportState, out: Path, c
     """Clean and robust accuracy of the original and of what ships, on the held-out images:
     the attack that judged the candidates, white-box on each PyTorch model, and its images
     replayed on each engine (original.onnx on ONNX Runtime; the shipped engine), so the
-    report says what the engine keeps, not only what PyTorch measured."""
+    report says what the engine keeps, not only what PyTorch measured. An INT8 engine is
+    attacked through its fake-quantized twin (runtimes/fake_quant.py), not the float model."""
     from gdws_export.harness.accuracy import evaluate_accuracy
     from gdws_export.runtimes.build import open_runner
+    from gdws_export.runtimes.fake_quant import twin_of_engine
     from gdws_export.runtimes.onnxruntime import OrtRunner
 
     x, y = state.held_out
@@ -173,6 +175,9 @@ def measure_held_out(cfg, report: ExportReport, state: ExportState, out: Path, c
                                out / report.files["engine_settings"]),
     }  # fmt: skip
     models = {"original": state.model, "shipped": state.shipped_model}
+    if cfg.precision == "int8":  # the float model's attacks would only measure transfer
+        models["shipped"] = twin_of_engine(cfg.target, out / report.files["engine"],
+                                           out / report.files["engine_settings"])  # fmt: skip
     with clock("held_out", f" ({len(x)} images, {attack.describe()}, replayed on the engines)"):
         accuracy = evaluate_accuracy(models, x, y, attacks=[attack], engines=engines,
                                      batch_size=attack_batch(state),
