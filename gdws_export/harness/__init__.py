@@ -8,8 +8,6 @@ Speed and robustness are measured on the runtime that will serve the model:
   accuracy on PyTorch, replayed on the engines, and the Square Attack through the engines
   (accuracy.py); `attack_copy(model)`: the same function, faster to attack in PyTorch
   (GDWS convs as dense ones, BatchNorms folded; attack_copy.py);
-- `export_and_build(model, stem, ...)` -> Shipped: export (checked against PyTorch) and build
-  for one runtime, naming the layers that ship their original conv (shipping.py);
 - `choose_measure(models, x, y, attack)` -> MeasureChoice: the candidate GDWS model most
   robust on held-out images (`--sensitivity auto`, measure_choice.py);
 - SweepConfig / SweepReport: a sweep's settings and results (sweep_report.py; the procedure,
@@ -40,7 +38,6 @@ from gdws_export.harness.report import (
     write_sweep,
 )
 from gdws_export.harness.runners import load_runner
-from gdws_export.harness.shipping import Shipped, export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.speed_report import BatchResult, LatencyStats, SpeedReport
 from gdws_export.harness.sweep_report import (
@@ -61,7 +58,6 @@ __all__ = [
     "MachineInfo",
     "ModelAccuracy",
     "SpeedReport",
-    "Shipped",
     "SquareConfig",
     "SweepConfig",
     "SweepReport",
@@ -70,14 +66,12 @@ __all__ = [
     "attack_copy",
     "benchmark",
     "evaluate_accuracy",
-    "export_and_build",
     "load_dataset",
     "load_runner",
     "machine_info",
     "parse_settings",
     "pareto_front",
     "plot_sweep",
-    "put_back_originals",
     "read_json",
     "render_markdown",
     "write_json",
