@@ -26,7 +26,9 @@ Writes benchmarks/results/paper-table-<runtime>-<date>.{md,json} (`--out` to cha
 
 Run (full; an hour or more on a 2-core machine):
     PYTHONPATH=. python benchmarks/paper_table.py
-CI-sized (the first checkpoint only, few images, short timings):
+Small (the first checkpoint only, 64 + 64 calibration images, 32 test images, PGD-5, short
+timings; 8.8 minutes for the width-16 VGG-16 on a loaded 2-core machine, most of it the
+search; tests/test_paper_table.py runs it on a LeNet in about 20 s):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
 """
 
@@ -78,6 +80,7 @@ TARGET_DROP = DEFAULT_MAX_ROBUST_DROP  # points of robust accuracy, paired
 NOISE_MARGIN = 0.10  # one export's speed-up moved this much between fresh sessions
 SCHEMA = "gdws-export/paper-table/2"
 ORIGINAL = "original"
+QUICK_CALIB = 64  # --quick: calibration and held-out images of the export
 
 
 @dataclass
@@ -176,16 +179,16 @@ def judge_target(
         f"{speedup_b32:.2f}x at batch 32, {drop.points:+.2f} points on {drop.images} images "
         f"(95 % interval {low:+.2f} .. {high:+.2f})"
     )
-    if speedup_b32 < min_speedup:
-        return "not met", f"not met: {numbers}: under {min_speedup:g}x"
-    if low > max_drop:
-        return "not met", f"not met: {numbers}: the whole interval past {max_drop:g} points"
     noise = ""
-    if speedup_b32 < min_speedup * (1 + NOISE_MARGIN):
+    if abs(speedup_b32 / min_speedup - 1) < NOISE_MARGIN:
         noise = (
-            f"; within {NOISE_MARGIN:.0%} of {min_speedup:g}x, where fresh sessions of one "
+            f"; within {NOISE_MARGIN:.0%} of {min_speedup:g}x, as far as fresh sessions of one "
             "export moved (check with session_noise.py)"
         )
+    if speedup_b32 < min_speedup:
+        return "not met", f"not met: {numbers}: under {min_speedup:g}x{noise}"
+    if low > max_drop:
+        return "not met", f"not met: {numbers}: the whole interval past {max_drop:g} points"
     if high <= max_drop:
         return "met", f"met: {numbers}{noise}"
     return "unresolved", (
@@ -337,6 +340,8 @@ def _row(row, swept, outcomes: dict, shipped_label: str) -> Row:
     verdict, text = "", ""
     if drop is not None and judged(settings):
         verdict, text = judge_target(speed.speedup(row.setting, 32), drop)
+    elif drop is not None:
+        text = "not judged: the target is defined on ONNX Runtime CPU, FP32, one thread"
     return Row(
         setting=row.setting, shipped=row.setting == shipped_label, mac_ratio=row.mac_ratio,
         macs=row.macs, macs_ratio=round(row.macs / swept.row(ORIGINAL).macs, 4),
@@ -467,12 +472,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep every export here (default: a temporary folder, removed)")  # fmt: skip
     add("--out", type=Path, help="output stem; default results/paper-table-<runtime>-<date>")
     add("--quick", action="store_true",
-        help="CI-sized: the first checkpoint, 32 images, PGD-5, short timings")  # fmt: skip
+        help="CI-sized: the first checkpoint, 64 + 64 calibration images, 32 test images, "
+             "PGD-5, short timings")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.checkpoints = args.checkpoints[:1]
         args.samples, args.steps = min(args.samples, 32), min(args.steps, 5)
         args.duration, args.warmup, args.eval_batch = 0.05, 0.0, 64
+        # the search judges on fewer held-out images (64, its least), the refit fits fewer
+        args.calib_samples = args.calib_samples or QUICK_CALIB
+        args.held_out_samples = args.held_out_samples or QUICK_CALIB
     missing = [n for n in args.checkpoints if not (args.models_dir / f"{n}.pt").is_file()]
     if missing:
         parser.error(f"no checkpoint {missing[0]}.pt in {args.models_dir}")

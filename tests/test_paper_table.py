@@ -47,7 +47,9 @@ def test_verdicts(speedup, drop, verdict, words):
 def test_a_verdict_near_the_speed_target_says_so():
     drop = PairedDrop(2000, lost=5, gained=5)
     assert "session_noise.py" in judge_target(2.1, drop)[1]
+    assert "session_noise.py" in judge_target(1.95, drop)[1]  # a near miss is said too
     assert "session_noise.py" not in judge_target(2.5, drop)[1]
+    assert "session_noise.py" not in judge_target(1.5, drop)[1]
 
 
 def test_the_unresolved_verdict_says_how_many_images_would_resolve_it():
@@ -80,7 +82,8 @@ def test_quick_shrinks_the_run_and_options_pass_through():
     args = paper_table.parse_args(["--quick", "--exporter", "legacy", "--calib-samples", "32"])
     assert args.checkpoints == [paper_table.CHECKPOINTS[0]]
     assert args.samples <= 32 and args.steps <= 5 and args.duration < 1
-    assert args.export_options == {"exporter": "legacy", "calib_samples": 32}
+    assert args.export_options == {"exporter": "legacy", "calib_samples": 32,
+                                   "held_out_samples": paper_table.QUICK_CALIB}  # fmt: skip
 
 
 @pytest.mark.parametrize(
