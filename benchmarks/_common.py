@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts."""
+"""Helpers shared by the benchmark scripts (the scripts import this, never each other)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ import torch
 from torch import nn
 
 from gdws_export._files import atomic_write_text
+from gdws_export.attacks import AttackConfig
 from gdws_export.errors import GDWSExportError
 from gdws_export.gdws.selection import find_convs
 from gdws_export.models import load_model
+from gdws_export.pipeline.operating_point import PairedDrop
+from gdws_export.runtimes.base import Runner
 
 
 @torch.no_grad()
@@ -86,3 +89,68 @@ def check_kept_convs(parser: argparse.ArgumentParser, option: str, checkpoint: P
         find_convs(load_model(checkpoint), exclude=list(layers))
     except GDWSExportError as exc:
         parser.error(f"{option} {checkpoint.stem}: {exc}")
+
+
+def pgd_attack(eps: float, steps: int, seed: int = 0) -> AttackConfig:
+    """The confirmation attack: L-inf PGD at `eps`, `steps` steps of 2.5 * eps / steps (so the
+    steps can cross the ball), one random start, seeded."""
+    return AttackConfig("pgd", eps=eps, step_size=2.5 * eps / steps, steps=steps, seed=seed)
+
+
+def attack_and_replay(
+    model: nn.Module,
+    engine: Runner,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: AttackConfig,
+    batch_size: int,
+) -> dict[str, torch.Tensor]:
+    """Per image of `x`: right clean and right under `attack` (white-box on `model`, its
+    `attack_copy`, as the export judges candidates), and the same on `engine` with the
+    adversarial images replayed. Models attacked with the same images, attack and seed give
+    paired outcomes (`PairedDrop.from_outcomes`).
+
+    Returns:
+        {"clean", "robust", "engine_clean", "engine_robust"}: bool tensors, robust meaning
+        right both clean and under attack.
+    """
+    from gdws_export.harness.accuracy import predict_batched
+    from gdws_export.harness.measure_choice import judge_with_images
+
+    clean, robust, x_adv = judge_with_images(model, x, y, attack, batch_size)
+    with engine as active:
+        engine_clean = predict_batched(active, x.numpy(), batch_size).argmax(1)
+        engine_adv = predict_batched(active, x_adv.numpy(), batch_size).argmax(1)
+    engine_clean = torch.from_numpy(engine_clean) == y
+    engine_robust = engine_clean & (torch.from_numpy(engine_adv) == y)
+    return {"clean": clean, "robust": robust, "engine_clean": engine_clean,
+            "engine_robust": engine_robust}  # fmt: skip
+
+
+def drop_figures(drop: PairedDrop) -> dict:
+    """A paired drop as the results files record it: images, lost, gained, points, interval."""
+    low, high = drop.interval()
+    return {"images": drop.images, "lost": drop.lost, "gained": drop.gained,
+            "points": round(drop.points, 3), "interval": [round(low, 3), round(high, 3)]}  # fmt: skip
+
+
+def read_export(folder: str | Path) -> dict:
+    """The report an export (`gdws-export -o FOLDER`, or one setting of a sweep) wrote."""
+    return json.loads((Path(folder) / "report.json").read_text())["report"]
+
+
+def shipped_twin(folder: str | Path, report: dict) -> nn.Module:
+    """The PyTorch twin of what an export folder ships (`shipped.pt2`): the model exactly as
+    its engine computes it."""
+    from gdws_export.runtimes.torch_program import load_program
+
+    return load_program(Path(folder) / report["files"]["shipped_program"]).module()
+
+
+def shipped_engine(folder: str | Path, report: dict) -> Runner:
+    """A runner (not yet active) of the engine an export folder ships, with its settings."""
+    from gdws_export.runtimes.build import open_runner
+
+    files = report["files"]
+    return open_runner(report["settings"]["target"], Path(folder) / files["engine"],
+                       Path(folder) / files["engine_settings"])  # fmt: skip

@@ -19,53 +19,47 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 from pathlib import Path
 
-import torch
-
-from benchmarks._common import command_line, write_json_and_markdown
-from gdws_export.attacks import AttackConfig
-from gdws_export.harness.accuracy import predict_batched
+from benchmarks._common import (
+    attack_and_replay,
+    command_line,
+    drop_figures,
+    pgd_attack,
+    read_export,
+    shipped_engine,
+    shipped_twin,
+    write_json_and_markdown,
+)
 from gdws_export.harness.data import load_dataset
 from gdws_export.harness.machine import machine_info
-from gdws_export.harness.measure_choice import judge_with_images
 from gdws_export.pipeline import ExportConfig
 from gdws_export.pipeline.model import load_configured_model, prepare_model
 from gdws_export.pipeline.operating_point import PairedDrop
-from gdws_export.runtimes.build import open_runner
 from gdws_export.runtimes.onnxruntime import OrtRunner
-from gdws_export.runtimes.torch_program import load_program
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def confirm(folder: Path, args: argparse.Namespace) -> dict:
     """Attack the original and the shipped twin on the test images; replay on the engines."""
-    report = json.loads((folder / "report.json").read_text())["report"]
+    report = read_export(folder)
     settings = ExportConfig.from_dict(report["settings"])
     original, shape, _ = prepare_model(load_configured_model(settings), settings)
     original.eval()
-    twin = load_program(folder / report["files"]["shipped_program"]).module()
     x, y = load_dataset(args.data, split="test", limit=args.samples, input_shape=shape)
     eps = args.eps if args.eps is not None else settings.alpha_eps
-    attack = AttackConfig("pgd", eps=eps, step_size=2.5 * eps / args.steps, steps=args.steps,
-                          seed=args.seed)  # fmt: skip
-    engines = {
-        "original": OrtRunner(str(folder / "original.onnx"), threads=settings.threads),
-        "shipped": open_runner(settings.target, folder / report["files"]["engine"],
-                               folder / report["files"]["engine_settings"]),
+    attack = pgd_attack(eps, args.steps, args.seed)
+    rows = {
+        "original": attack_and_replay(
+            original, OrtRunner(str(folder / "original.onnx"), threads=settings.threads),
+            x, y, attack, args.batch_size,
+        ),
+        "shipped": attack_and_replay(
+            shipped_twin(folder, report), shipped_engine(folder, report), x, y, attack,
+            args.batch_size,
+        ),
     }  # fmt: skip
-    rows = {}
-    for name, model in (("original", original), ("shipped", twin)):
-        clean, robust, x_adv = judge_with_images(model, x, y, attack, args.batch_size)
-        with engines[name] as engine:
-            engine_clean = predict_batched(engine, x.numpy(), args.batch_size).argmax(1)
-            engine_adv = predict_batched(engine, x_adv.numpy(), args.batch_size).argmax(1)
-        engine_clean = torch.from_numpy(engine_clean) == y
-        engine_robust = engine_clean & (torch.from_numpy(engine_adv) == y)
-        rows[name] = {"clean": clean, "robust": robust, "engine_clean": engine_clean,
-                      "engine_robust": engine_robust}  # fmt: skip
     drop = PairedDrop.from_outcomes(rows["original"]["robust"], rows["shipped"]["robust"])
     engine_drop = PairedDrop.from_outcomes(rows["original"]["engine_robust"],
                                            rows["shipped"]["engine_robust"])  # fmt: skip
@@ -84,15 +78,9 @@ def confirm(folder: Path, args: argparse.Namespace) -> dict:
             name: {key: round(float(values.float().mean()), 5) for key, values in row.items()}
             for name, row in rows.items()
         },
-        "drop": _drop(drop),
-        "engine_drop": _drop(engine_drop),
+        "drop": drop_figures(drop),
+        "engine_drop": drop_figures(engine_drop),
     }
-
-
-def _drop(drop: PairedDrop) -> dict:
-    low, high = drop.interval()
-    return {"images": drop.images, "lost": drop.lost, "gained": drop.gained,
-            "points": round(drop.points, 3), "interval": [round(low, 3), round(high, 3)]}  # fmt: skip
 
 
 def to_markdown(result: dict, command: str, machine: str) -> str:

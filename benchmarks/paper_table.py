@@ -1,62 +1,35 @@
-"""The GDWS paper table, measured here: for every robust checkpoint, the original, GDWS under
-several sensitivity measures at several MAC ratios, and three baselines (plain
-depthwise-separable convs, L1 filter pruning, input-channel pruning), all through the same
-export -> build -> benchmark -> evaluate path on one runtime (`--target`: ONNX Runtime CPU by
-default, TensorRT or PyTorch where present); plus a speed-only table of the full-size CIFAR
-architectures (ONNX Runtime CPU).
+"""The paper table: every bundled robust checkpoint through gdws-export's own algorithm,
+judged against the target of issue #29 on test images the export never saw.
 
-Per checkpoint:
+Per checkpoint in models/ (the five fmnist_*.pt by default), nothing chosen by hand:
 
-1. sensitivities (`paper_table_variants.compute_sensitivities`) on training images;
-2. the models (`build_variants`): GDWS with each measure at each `--ratios` (for the measures
-   in `--refit` also with the 1x1 convs refit on the same training images), GDWS on a time
-   budget at each `--time-ratios` (layer costs measured at `--auto-batch`); the comparison
-   rows (each measure without the refit, the baselines) at the smallest ratio only, the refit
-   rows at every ratio (`--all-comparison-ratios`: everything at each); `--light` checkpoints
-   at their own ratio with the export default's measures and fewer images (`checkpoint_plan`);
-   the convs `--keep-exact` names for a checkpoint stay exact in its GDWS and dws rows;
-3. each model exported with `export_onnx(lowering="auto", original=model)` and built for ONNX
-   Runtime; layers where the original conv ran faster ship it, and are put back in the PyTorch
-   model too, so the model attacked is the model shipped. `--target trt` builds TensorRT
-   engines from the reference lowering ("gather": auto times on ONNX Runtime CPU, which says
-   nothing about TensorRT); `--target torch` runs each PyTorch model as a torch.export program;
-4. all graphs timed in one interleaved `benchmark` at batch 1 and 32 (the original is the
-   reference);
-5. `evaluate_accuracy`: clean and PGD-100 accuracy on PyTorch (each model's `attack_copy`:
-   GDWS layers as the dense convs they compute, BatchNorms folded into the convs before them;
-   the same function, faster to attack; images it gets wrong clean are not attacked, they
-   cannot count as robust), replayed on the ONNX Runtime graphs.
-   A model that ships no GDWS layer is the original and is not attacked again.
+1. **the default export**: `run_export(ExportConfig(ckpt, calib=--calib, batch=32,
+   threads=1))`, exactly `gdws-export CKPT --calib DATA --batch 32 --threads 1`: the
+   operating-point search picks the MAC ratio, the sensitivity measure and the layers kept
+   exact by itself, on held-out calibration images;
+2. **the sweep** (`gdws_export.studies.sweep`) with that export's own settings (its measure,
+   kept-exact layers, calibration split, exporter, lowering and options) at the shipped MAC
+   ratio and at `--ratios` (0.25 and 0.5, the same for every checkpoint): every model exported
+   by the pipeline's own stages, then all timed in one interleaved benchmark at batch 1 and 32
+   on `--threads`, the original as reference;
+3. **paired robust accuracy**: PGD (`--steps`, 100) on each export's PyTorch twin
+   (`shipped.pt2`) and on the original, the same `--samples` test images and seed, replayed on
+   the engines; each row's drop against the original with its 95 % interval
+   (`PairedDrop`).
 
-Writes benchmarks/results/<runtime>-<date>.{md,json,png} (`--out` to change), <runtime> being
-ort-cpu, trt-<precision> or torch-<device>-<precision>.
+The verdict per checkpoint reads the shipped row: "met" (>= 2x images/s at batch 32 and the
+whole interval within 0.5 points), "not met" (slower, or the whole interval past 0.5) or
+"unresolved" (fast enough, the interval straddles 0.5). It is defined on ONNX Runtime CPU at
+one thread; other runtimes or thread counts are measured but not judged.
 
-Threads: every ONNX Runtime session (timing, auto lowering, layer costs, replay) runs
-`--threads` intra-op threads, 1 by default: on the 2-vCPU machines here two-thread sessions of
-the same GDWS graph ran 0.8x to 1.8x the original's speed from one fresh session to the next
-(results/session-noise-2026-12-03.md), one-thread sessions within a few %, and one session per
-core is how a small CPU serves batch-32 throughput. PyTorch (sensitivities, refit, attacks)
-uses `--torch-threads`, all cores by default.
+Writes benchmarks/results/paper-table-<runtime>-<date>.{md,json} (`--out` to change).
 
-Per MAC ratio the table also names the refit row `gdws-export --calib`'s default
-(`--sensitivity auto`) would ship, chosen as the export chooses it on the `--held-out-samples`
-training images after the calibration ones (`export_default_choices`).
-
-A row with committed `confirm_rows.py` results (benchmarks/results/*confirm*.json: the same
-attack on 1000 or more images, paired, the same convs kept exact) is judged by those on the
-most images, the worst of them, rather than by this table's 100 or 200 images; a verdict met
-without one is provisional. `paper_table_report.py <table>.json` re-reads them into a table
-written before they existed.
-
-Run (full: 21.0 and 22.1 minutes in two runs on the 2-core Intel machine of
-results/ort-cpu-2026-12-06-intel-attack-copy and its -rerun: five checkpoints, ratios 0.25
-and 0.2 on the width-16 VGG-16 and PreActResNet-18, one ratio on the three light ones, the
-comparison rows at the smallest ratio; this machine's slow phases add up to 15 %):
+Run (full; an hour or more on a 2-core machine):
     PYTHONPATH=. python benchmarks/paper_table.py
-CI-sized (one checkpoint, tiny samples, short timings; about a minute):
+Small (the first checkpoint only, 64 + 64 calibration images, 32 test images, PGD-5, short
+timings; 8.8 minutes for the width-16 VGG-16 on a loaded 2-core machine, most of it the
+search; tests/test_paper_table.py runs it on a LeNet in about 20 s):
     PYTHONPATH=. python benchmarks/paper_table.py --quick --out /tmp/paper-table
-On a GPU machine (TensorRT FP16; or PyTorch CUDA with --target torch):
-    PYTHONPATH=. python benchmarks/paper_table.py --target trt --precision fp16
 """
 
 from __future__ import annotations
@@ -66,49 +39,33 @@ import datetime
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from benchmarks._common import check_kept_convs, command_line, forms_summary
-from benchmarks.paper_table_report import (
-    RESULTS,
-    CheckpointResult,
-    PaperTable,
-    Row,
-    confirmations_for,
-    write_results,
-)
-from benchmarks.paper_table_speed import speed_only_table
-from benchmarks.paper_table_variants import (
-    BASELINES,
-    ORIGINAL,
-    SENSITIVITIES,
-    Variant,
-    build_variants,
-    compute_sensitivities,
-    export_default_choices,
-    spectrum_energy,
+from benchmarks._common import (
+    attack_and_replay,
+    command_line,
+    drop_figures,
+    forms_summary,
+    pgd_attack,
+    read_export,
+    shipped_engine,
+    shipped_twin,
+    write_json_and_markdown,
 )
 from gdws_export.attacks import AttackConfig
-from gdws_export.errors import GDWSExportError
-from gdws_export.gdws.conv import GDWSConv2d
-from gdws_export.gdws.selection import count_macs
-from gdws_export.harness.accuracy import evaluate_accuracy
-from gdws_export.harness.attack_copy import attack_copy
-from gdws_export.harness.data import load_dataset, load_train_and_test
+from gdws_export.harness.data import load_dataset
 from gdws_export.harness.machine import machine_info
-from gdws_export.harness.shipping import export_and_build, put_back_originals
-from gdws_export.harness.speed import benchmark
-from gdws_export.harness.sweep_report import pareto_front
-from gdws_export.lowering import measure_layer_costs
-from gdws_export.lowering.auto import DEFAULT_CANDIDATES
-from gdws_export.lowering.forms import FORMS, is_form
-from gdws_export.models import load_model
-from gdws_export.runtimes.build import TARGETS, BuildResult
-from gdws_export.runtimes.tensorrt import import_tensorrt
+from gdws_export.harness.sweep_report import SweepConfig, SweepSetting
+from gdws_export.pipeline import ExportConfig, run_export
+from gdws_export.pipeline.config import TARGETS
+from gdws_export.pipeline.operating_point import DEFAULT_MAX_ROBUST_DROP, PairedDrop
+from gdws_export.studies import sweep
 
+ROOT = Path(__file__).parent.parent
+RESULTS = Path(__file__).parent / "results"
 CHECKPOINTS = (
     "fmnist_vgg16_bn_w16",
     "fmnist_preact_resnet18_w16",
@@ -116,421 +73,459 @@ CHECKPOINTS = (
     "fmnist_preact_resnet18_w24",
     "fmnist_wrn28_4_w16",
 )
-# Measured at one ratio, the export default's measures and fewer images, to fit the time
-# budget (NAME@R: at ratio R, else --light-ratios): the wider nets at the ratio where they
-# pass 2x on ONNX Runtime CPU.
-LIGHT = ("fmnist_vgg16_bn_w32", "fmnist_preact_resnet18_w24@0.2", "fmnist_wrn28_4_w16")
-# Convs kept exact (`approximate(exclude=...)`), NAME:LAYER[,LAYER]. The MAC budget prices a
-# kernel of the width-32 VGG-16's features.3 (32 channels at 28x28) 30 times one of its last
-# convs, so at 0.25 it kept 16 kernels for 32 channels; keeping it exact kept 0.8 points of
-# PGD-20 accuracy on 3000 test images (results/keep-exact-2026-12-06-intel-vgg32*.md). Not a
-# default for every net: on the width-16 VGG-16 it cost 1.0 point (benchmarks/README.md).
-KEEP_EXACT = ("fmnist_vgg16_bn_w32:features.3",)
+COMPARISON_RATIOS = (0.25, 0.5)
 BATCHES = (1, 32)
-SAME_GRAPH = "original (A/A)"
-RUNTIME_NAMES = {"ort": "ONNX Runtime CPU", "trt": "TensorRT", "torch": "PyTorch"}
+TARGET_SPEEDUP = 2.0  # issue #29: images/s at batch 32 on ONNX Runtime CPU, one thread
+TARGET_DROP = DEFAULT_MAX_ROBUST_DROP  # points of robust accuracy, paired
+NOISE_MARGIN = 0.10  # one export's speed-up moved this much between fresh sessions
+SCHEMA = "gdws-export/paper-table/2"
+ORIGINAL = "original"
+QUICK_CALIB = 64  # --quick: calibration and held-out images of the export
 
 
-def load_data(spec: str):
-    """(x_train, y_train, x_test, y_test): a named dataset's two splits, or one .npz file split
-    in halves, the first calibrating and the second evaluating (for quick runs)."""
-    if spec.endswith(".npz"):
-        x, y = load_dataset(spec)
-        half = len(x) // 2
-        return x[:half], y[:half], x[half:], y[half:]
-    return load_train_and_test(spec)
+@dataclass
+class Row:
+    """One export of a checkpoint, measured with the others (accuracies as fractions)."""
+
+    setting: str  # "original" or the sweep's label, "mac_ratio=0.25"
+    shipped: bool  # the operating point the default export chose
+    mac_ratio: float | None
+    macs: int
+    macs_ratio: float
+    measure: str
+    kept_exact: list[str]
+    exporter: str
+    lowering: str
+    options: str
+    fps_b1: float
+    fps_b32: float
+    speedup_b1: float
+    speedup_b32: float
+    p90_ms_b1: float
+    clean: float
+    robust: float
+    engine_clean: float
+    engine_robust: float
+    drop: dict | None = None  # `drop_figures` against the original (None for the original)
+    engine_drop: dict | None = None
+    verdict: str = ""
+    verdict_text: str = ""
 
 
-def run_checkpoint(path: Path, data, args, workdir: Path) -> CheckpointResult:
-    """Every row of one checkpoint (module docstring, steps 1 to 5)."""
-    start = time.perf_counter()
-    x_train, y_train, x_test, y_test = data
-    model = load_model(path).eval()
-    shape = tuple(model.input_shape)
-    name = path.stem
-    plan = checkpoint_plan(name, args)
-    print(f"{name}: sensitivities {plan.measures}", flush=True)
-    sensitivities = compute_sensitivities(model, (x_train, y_train), plan.measures, eps=args.eps,
-                                          samples=args.calib_samples)  # fmt: skip
-    ratios = plan.ratios
-    costs, costs_s = None, 0.0
-    if args.time_ratios:
-        clock = time.perf_counter()
-        costs = measure_layer_costs(model, shape, batch=args.auto_batch, threads=args.threads)
-        costs_s = time.perf_counter() - clock
-    calibration = (x_train[: args.calib_samples], y_train[: args.calib_samples])
-    variants = build_variants(model, ratios, sensitivities, baselines=tuple(args.baselines),
-                              comparison_ratios=plan.comparison_ratios,
-                              time_ratios=tuple(args.time_ratios), layer_costs=costs,
-                              refit=tuple(args.refit), refit_data=calibration,
-                              eps=args.eps, exclude=plan.exclude)  # fmt: skip
-    for variant in variants:
-        if variant.budget == "time":  # the timing is part of making it
-            variant.seconds += costs_s
-    held_out = slice(args.calib_samples, args.calib_samples + args.held_out_samples)
-    defaults = export_default_choices(variants, ratios, (x_train[held_out], y_train[held_out]),
-                                      args.eps)  # fmt: skip
-    notes = [
-        "comparison rows (GDWS without the refit, baselines) at MAC ratio "
-        + ", ".join(f"{r:g}" for r in plan.comparison_ratios)
-    ]
-    if plan.exclude:
-        notes.insert(0, f"kept exact in every GDWS and dws row: {', '.join(plan.exclude)} "
-                        "(--keep-exact; the pruning baselines prune them)")  # fmt: skip
-    if plan.light:
-        notes.insert(0, f"light checkpoint: ratios {list(ratios)}, measures {list(plan.measures)}")
-    builds, exports = {}, {}
-    for variant in variants:
-        clock = time.perf_counter()
-        builds[variant.name] = export_variant(
-            variant, model, workdir / f"{name}-{_stem(variant.name)}", x_test[:16], args
-        )
-        exports[variant.name] = time.perf_counter() - clock
-        print(f"  {variant.name}: approximate {variant.seconds:.1f} s, export+build "
-              f"{exports[variant.name]:.1f} s, {lowering_summary(variant)}", flush=True)  # fmt: skip
-    runners = {v.name: builds[v.name].runner() for v in variants}
-    # The original graph again, in its own session: how far identical graphs differ here.
-    runners[SAME_GRAPH] = builds[ORIGINAL].runner()
-    speed = benchmark(
-        runners,
-        batch_sizes=BATCHES, duration_s=args.duration, warmup_s=args.warmup, reference=ORIGINAL,
-        input_shape=shape,
-    )  # fmt: skip
-    print(f"  timed {len(variants)} graphs", flush=True)
-    same = {v.name for v in variants if v.name != ORIGINAL and _is_original(v)}
-    attacked = [v for v in variants if v.name not in same]
-    attack = AttackConfig("pgd", eps=args.eps, step_size=args.step_size, steps=args.steps)
-    samples = plan.samples
-    torch.manual_seed(0)
-    accuracy = evaluate_accuracy(
-        {v.name: attack_copy(v.model) for v in attacked},
-        x_test[:samples], y_test[:samples], attacks=[attack],
-        engines={v.name: builds[v.name].runner() for v in attacked},
-        batch_size=args.eval_batch, data=f"{args.data} test[:{samples}]",
-    )  # fmt: skip
-    print(f"  attacked {len(attacked)} models on {samples} images", flush=True)
-    rows = [_row(v, model, shape, speed, accuracy, exports[v.name], v.name in same)
-            for v in variants]  # fmt: skip
-    for row, flag in zip(rows, pareto_front([(r.fps_b32, r.robust) for r in rows]), strict=True):
-        row.pareto = flag
-    floor = {f"b{b}": round(speed.speedup(SAME_GRAPH, b), 3) for b in BATCHES}
-    notes.append(
-        f"noise floor: the original graph in a second session ran at {floor['b1']:.2f}x (batch "
-        f"1) and {floor['b32']:.2f}x (batch 32) of the first"
+@dataclass
+class CheckpointResult:
+    """One checkpoint: what the default export chose, and every row measured together."""
+
+    name: str
+    path: str
+    export: dict  # the default export's choice: MAC ratio, measure, kept exact, held-out drop
+    settings: dict  # the ExportConfig settings every row was built with (SweepReport.export)
+    rows: list[Row]
+    verdict: str
+    verdict_text: str
+    data: str
+    attack: str
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def row(self, setting: str) -> Row:
+        return next(row for row in self.rows if row.setting == setting)
+
+
+@dataclass
+class PaperTable:
+    """The whole run: how it was made and one result per checkpoint."""
+
+    command: str
+    created: str
+    machine: dict
+    load: dict
+    settings: dict
+    checkpoints: list[CheckpointResult]
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PaperTable:
+        data = {k: v for k, v in data.items() if k != "schema"}
+        checkpoints = []
+        for result in data.pop("checkpoints"):
+            rows = [Row(**row) for row in result.pop("rows")]
+            checkpoints.append(CheckpointResult(rows=rows, **result))
+        return cls(checkpoints=checkpoints, **data)
+
+
+def judge_target(
+    speedup_b32: float,
+    drop: PairedDrop,
+    *,
+    min_speedup: float = TARGET_SPEEDUP,
+    max_drop: float = TARGET_DROP,
+) -> tuple[str, str]:
+    """The verdict of one row against the target, and its numbers in words.
+
+    "met": at least `min_speedup` times the original's images/s at batch 32 and the whole
+    95 % interval of the paired drop within `max_drop`; "not met": slower, or the whole
+    interval past `max_drop`; "unresolved": fast enough, the interval straddles `max_drop`.
+
+    Example:
+        >>> judge_target(2.3, PairedDrop(1000, lost=3, gained=4))[0]
+        'met'
+    """
+    low, high = drop.interval()
+    numbers = (
+        f"{speedup_b32:.2f}x at batch 32, {drop.points:+.2f} points on {drop.images} images "
+        f"(95 % interval {low:+.2f} .. {high:+.2f})"
     )
-    return CheckpointResult(
-        name=name, arch=model.arch_name, path=str(path), input_shape=list(shape),
-        attack=attack.describe(),
-        sensitivity_seconds={k: round(v.seconds, 2) for k, v in sensitivities.items()},
-        spectra=spectrum_energy(model), rows=rows, speed=speed.to_dict(),
-        accuracy=accuracy.to_dict(), notes=notes, noise_floor=floor,
-        seconds=time.perf_counter() - start, export_defaults=defaults,
-        kept_exact=list(plan.exclude),
-    )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class CheckpointPlan:
-    """What one checkpoint is measured with."""
-
-    light: bool
-    ratios: tuple[float, ...]
-    measures: tuple[str, ...]
-    comparison_ratios: tuple[float, ...]
-    samples: int
-    exclude: tuple[str, ...] = ()  # convs kept exact (--keep-exact)
-
-
-def checkpoint_plan(name: str, args: argparse.Namespace) -> CheckpointPlan:
-    """Full checkpoints: --ratios, --sensitivities, --samples; --light ones: their own ratios
-    (`NAME@R,R`) or --light-ratios, --light-sensitivities, --samples-light. The comparison rows
-    (GDWS without the refit, baselines: `build_variants`) run at the smallest ratio only (the
-    fastest, where the 2x target lies), unless --all-comparison-ratios."""
-    light = name in args.light
-    if light:
-        ratios = tuple(args.light[name] or args.light_ratios)
-        measures, samples = tuple(args.light_sensitivities), args.samples_light
-    else:
-        ratios, measures, samples = tuple(args.ratios), tuple(args.sensitivities), args.samples
-    comparison_ratios = ratios if args.all_comparison_ratios else (min(ratios),)
-    exclude = args.keep_exact.get(name, ())
-    return CheckpointPlan(light, ratios, measures, comparison_ratios, samples, exclude)
-
-
-def keep_exact_entry(text: str) -> tuple[str, tuple[str, ...]]:
-    """`NAME:LAYER[,LAYER]`: the convs checkpoint NAME keeps exact (`NAME:` none)."""
-    name, colon, layers = text.partition(":")
-    if not name or not colon:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME:LAYER[,LAYER] (NAME: for none)")
-    return name, tuple(layer for layer in layers.split(",") if layer)
-
-
-def _light_entry(text: str) -> tuple[str, tuple[float, ...]]:
-    """`NAME` or `NAME@R,R` (the ratios this light checkpoint is measured at)."""
-    name, _, ratios = text.partition("@")
-    try:
-        values = tuple(float(r) for r in ratios.split(",")) if ratios else ()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME or NAME@RATIO[,RATIO]") from None
-    if not name or any(not 0 < r <= 1 for r in values):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not NAME or NAME@RATIO[,RATIO] (0 < RATIO <= 1)"
+    noise = ""
+    if abs(speedup_b32 / min_speedup - 1) < NOISE_MARGIN:
+        noise = (
+            f"; within {NOISE_MARGIN:.0%} of {min_speedup:g}x, as far as fresh sessions of one "
+            "export moved (check with session_noise.py)"
         )
-    return name, values
+    if speedup_b32 < min_speedup:
+        return "not met", f"not met: {numbers}: under {min_speedup:g}x{noise}"
+    if low > max_drop:
+        return "not met", f"not met: {numbers}: the whole interval past {max_drop:g} points"
+    if high <= max_drop:
+        return "met", f"met: {numbers}{noise}"
+    return "unresolved", (
+        f"unresolved: {numbers}: the interval straddles {max_drop:g} points "
+        f"(about {drop.images_to_resolve(max_drop) or '?'} images would resolve it){noise}"
+    )
 
 
-def export_variant(variant: Variant, original, stem: Path, parity_inputs, args) -> BuildResult:
-    """Export one model for `args.target` and build it (`harness.shipping.export_and_build`).
+def export_choice(report) -> dict:
+    """What the default export chose by itself (from its ExportReport)."""
+    search = report.search or {}
+    chosen = search.get("chosen")
+    probe = search["probes"][chosen] if chosen is not None else {}
+    gdws = report.exports.get("gdws", {})
+    return {
+        "mac_ratio": report.settings.get("mac_ratio"),
+        "measure": probe.get("measure"),
+        "exclude": list(report.settings.get("exclude") or ()),
+        "searched_exact": list(probe.get("exact") or ()),
+        "held_out": search.get("held_out"),
+        "held_out_drop": probe.get("drop_points"),
+        "held_out_interval": probe.get("interval"),
+        "reason": search.get("reason", ""),
+        "speed_check": gdws.get("speed_check"),
+        "original_ships": report.original_ships,
+        "macs": dict(report.macs),
+        "warnings": list(report.warnings),
+        "seconds": round(sum(report.timings.values()), 1) if report.timings else None,
+    }
 
-    With the auto lowering (`--target ort`), layers where the original conv ran faster ship
-    it, and go back into `variant.model` too: attack what ships. `--target trt` uses the
-    reference lowering ("gather"): auto times on ONNX Runtime CPU, which says nothing about
-    TensorRT."""
-    lowering = args.lowering or ("auto" if args.target == "ort" else "gather")
-    # The TensorRT profile covers the timed batches and the accuracy replay's batch.
-    shipped = export_and_build(
-        variant.model, stem, input_shape=tuple(original.input_shape), target=args.target,
-        precision=args.precision, lowering=lowering, parity_inputs=parity_inputs,
-        original=original if lowering == "auto" and variant.method in ("gdws", "dws") else None,
-        threads=args.threads, auto_batch=args.auto_batch, candidates=tuple(args.candidates),
-        repeats=args.auto_repeats, trt_batch=(1, max(BATCHES), max(*BATCHES, args.eval_batch)),
+
+def sweep_export_config(default: ExportConfig, choice: dict, output: Path) -> ExportConfig:
+    """The export the sweep repeats per MAC ratio: the default export's settings with the
+    measure and kept-exact layers it chose (its calibration split kept: the search holds out
+    images), the budget left to each setting."""
+    return replace(
+        default, sensitivity=choice["measure"] or default.sensitivity,
+        exclude=tuple(choice["exclude"]), calib_samples=default.resolved().calib_samples,
+        max_robust_drop=None, min_speedup=None, mac_ratio=None, output=os.fspath(output),
     )  # fmt: skip
-    if args.target == "torch":
-        variant.details["lowering"] = f"torch.export ({len(_gdws_layers(variant.model))} GDWS)"
+
+
+def options_text(settings: dict) -> str:
+    """The export options every row shares, in words."""
+    refit = "1x1 refit" if settings.get("refit") else "no refit"
+    return (
+        f"{settings.get('target')} {settings.get('precision')}, batch {settings.get('batch')}, "
+        f"threads {settings.get('threads')}, opset {settings.get('opset')}, {refit}, "
+        f"calib {settings.get('calib_samples')} + {settings.get('held_out_samples')} held out, "
+        f"alpha eps {settings.get('alpha_eps', 0):.4g}"
+    )
+
+
+def run_checkpoint(path: Path, args: argparse.Namespace, workdir: Path) -> CheckpointResult:
+    """The default export, the sweep at its ratio and the fixed ones, the paired attack."""
+    start = time.perf_counter()
+    name = path.stem
+    default = ExportConfig(
+        os.fspath(path), calib=args.calib, batch=args.batch, threads=args.threads,
+        target=args.target, output=os.fspath(workdir / name / "export"), force=True,
+        **args.export_options,
+    )  # fmt: skip
+    print(f"{name}: the default export (operating-point search)", flush=True)
+    report = run_export(default)
+    choice = export_choice(report)
+    ratios = [r for r in args.ratios if r != choice["mac_ratio"]]
+    if choice["mac_ratio"] is not None:
+        ratios.insert(0, choice["mac_ratio"])
+    shipped_label = SweepSetting(mac_ratio=choice["mac_ratio"]).label if choice["mac_ratio"] else ""
+    print(f"  chose MAC ratio {choice['mac_ratio']} ({choice['measure']} alphas, kept exact "
+          f"{choice['exclude'] or 'none'}); sweeping {ratios}", flush=True)  # fmt: skip
+    shape = tuple(report.model["input_shape"])
+    x, y = load_dataset(args.data, split="test", limit=args.samples, input_shape=shape)
+    split = "" if Path(args.data).suffix == ".npz" else " test split,"
+    data = f"{args.data}{split} first {len(y)} images"
+    config = SweepConfig(
+        settings=tuple(SweepSetting(mac_ratio=r) for r in ratios),
+        attacks=(AttackConfig("none"),),  # robust accuracy is measured paired, below
+        batch_sizes=BATCHES, duration_s=args.duration, warmup_s=args.warmup,
+        eval_batch_size=args.eval_batch,
+    )  # fmt: skip
+    swept = sweep(sweep_export_config(default, choice, workdir / name), config, (x, y),
+                  work_dir=workdir / name / "sweep", data_name=data)  # fmt: skip
+    print(f"  exported and timed {len(swept.rows)} graphs", flush=True)
+    eps = args.eps if args.eps is not None else report.settings["alpha_eps"]
+    attack = pgd_attack(eps, args.steps, args.seed)
+    outcomes = {}
+    for row in swept.rows:
+        folder = Path(row.engine_path).parent
+        exported = read_export(folder)
+        outcomes[row.setting] = attack_and_replay(
+            shipped_twin(folder, exported), shipped_engine(folder, exported), x, y, attack,
+            args.eval_batch,
+        )  # fmt: skip
+    print(f"  attacked {len(swept.rows)} models on {len(y)} images ({attack.describe()})",
+          flush=True)  # fmt: skip
+    rows = [_row(r, swept, outcomes, shipped_label) for r in swept.rows]
+    notes = list(swept.notes)
+    if choice["mac_ratio"] is not None:
+        shipped = next(r for r in rows if r.shipped)
+        verdict, text = shipped.verdict, shipped.verdict_text
+        exported = choice["macs"].get("shipped", choice["macs"].get("gdws"))
+        if shipped.macs != exported:
+            differs = (
+                f"the sweep's rebuild at the chosen ratio ships {shipped.macs:,} MACs, the default "
+                f"export {exported:,}"
+                + (
+                    f" (it shipped the original graph: {choice['original_ships']})"
+                    if choice["original_ships"]
+                    else ""
+                )  # fmt: skip
+                + "; the auto lowering's timings decided differently"
+            )
+            notes.append(differs)
+            text += f" (measured on the sweep's rebuild; {differs})"
     else:
-        variant.details["forms"] = shipped.forms
-    put_back_originals(variant.model, original, shipped.original_layers)
-    return shipped.build
+        why = choice["reason"] or choice["original_ships"]
+        verdict, text = "not met", f"not met: the default export shipped the original ({why})"
+    others = [r.setting for r in rows if r.verdict == "met" and not r.shipped]
+    if others:
+        notes.append(f"met by a row the export did not choose: {', '.join(others)}")
+    return CheckpointResult(
+        name=name, path=os.fspath(path), export=choice, settings=swept.export, rows=rows,
+        verdict=verdict, verdict_text=text, data=data, attack=attack.describe(), notes=notes,
+        seconds=round(time.perf_counter() - start, 1),
+    )  # fmt: skip
 
 
-def runtime_problem(target: str, precision: str) -> str | None:
-    """Why this machine cannot run `target` at `precision`, checked before any work; None if
-    it can."""
-    if target == "trt":
-        try:
-            import_tensorrt()
-        except GDWSExportError as exc:
-            return f"--target trt: {exc}"
-    if target == "torch" and precision == "fp16" and not torch.cuda.is_available():
-        return "--target torch --precision fp16 needs a CUDA GPU (none is visible)"
-    return None
+def _row(row, swept, outcomes: dict, shipped_label: str) -> Row:
+    """A table row from the sweep's row, its export's report and the paired outcomes."""
+    settings = swept.export
+    folder = Path(row.engine_path).parent
+    exported = read_export(folder)
+    mine, reference = outcomes[row.setting], outcomes[ORIGINAL]
+    if row.setting == ORIGINAL:
+        lowering, measure, exact, drop, engine_drop = "the original graph", "-", [], None, None
+    else:
+        forms = {layer["name"]: layer["form"]
+                 for layer in exported.get("exports", {}).get("gdws", {}).get("layers", [])}  # fmt: skip
+        lowering = f"{settings.get('lowering')}: {forms_summary(forms)}"
+        if exported.get("original_ships"):
+            lowering += " (the original graph ships)"
+        measure = str(swept.approximations.get(row.setting, {}).get("alphas"))
+        exact = list(settings.get("exclude") or ())
+        drop = PairedDrop.from_outcomes(reference["robust"], mine["robust"])
+        engine_drop = PairedDrop.from_outcomes(reference["engine_robust"], mine["engine_robust"])
+    speed = swept.speed
+    b1 = speed.result(row.setting, 1)
+    verdict, text = "", ""
+    if drop is not None and judged(settings):
+        verdict, text = judge_target(speed.speedup(row.setting, 32), drop)
+    elif drop is not None:
+        text = "not judged: the target is defined on ONNX Runtime CPU, FP32, one thread"
+    return Row(
+        setting=row.setting, shipped=row.setting == shipped_label, mac_ratio=row.mac_ratio,
+        macs=row.macs, macs_ratio=round(row.macs / swept.row(ORIGINAL).macs, 4),
+        measure=measure, kept_exact=exact, exporter=str(settings.get("exporter")),
+        lowering=lowering, options=options_text(settings),
+        fps_b1=round(1e3 / b1.latency.median_ms, 1),
+        fps_b32=round(speed.offline(row.setting).images_per_s, 1),
+        speedup_b1=round(speed.speedup(row.setting, 1), 3),
+        speedup_b32=round(speed.speedup(row.setting, 32), 3),
+        p90_ms_b1=round(b1.latency.p90_ms, 3),
+        **{key: round(float(value.float().mean()), 5) for key, value in mine.items()},
+        drop=drop_figures(drop) if drop else None,
+        engine_drop=drop_figures(engine_drop) if engine_drop else None,
+        verdict=verdict, verdict_text=text,
+    )  # fmt: skip
+
+
+def judged(settings: dict) -> bool:
+    """Whether the target applies: ONNX Runtime CPU, FP32, one thread."""
+    return (settings.get("target"), settings.get("precision"), settings.get("threads")) == (
+        "ort", "fp32", 1,
+    )  # fmt: skip
+
+
+def to_markdown(table: PaperTable) -> str:
+    """The table as results/*.md: verdicts first, then every row of every checkpoint."""
+    s = table.settings
+    lines = [
+        "# The paper table: the bundled robust checkpoints through gdws-export's own algorithm",
+        "",
+        f"Command: `{table.command}`",
+        "",
+        f"Machine: {table.machine.get('summary', '')}; load average {table.load['before']} "
+        f"before, {table.load['after']} after; {table.seconds / 60:.1f} minutes.",
+        "",
+        f"Each checkpoint: `gdws-export CKPT --calib {s['calib']} --batch {s['batch']} --threads "
+        f"{s['threads']}` (the operating point it finds by itself), then `sweep` with that "
+        f"export's settings at its MAC ratio and at {', '.join(f'{r:g}' for r in s['ratios'])}; "
+        f"all timed in one interleaved benchmark (batch 1 and 32, medians); PGD on each "
+        "export's PyTorch twin and on the original, the same test images and seed, replayed on "
+        "the engines.",
+        "",
+        f"Target: at least {TARGET_SPEEDUP:g}x the original's images/s at batch 32 on ONNX "
+        f"Runtime CPU, one thread, losing at most {TARGET_DROP:g} points of robust accuracy "
+        "(paired, 95 % interval): met, not met, or unresolved when the interval straddles it.",
+        "",
+        "| checkpoint | operating point the export chose | held-out drop (search) | verdict |",
+        "|---|---|---|---|",
+    ]
+    for c in table.checkpoints:
+        e = c.export
+        point = (
+            "the original"
+            if e["mac_ratio"] is None
+            else f"MAC ratio {e['mac_ratio']:g}, {e['measure']} alphas, kept exact: "
+            f"{', '.join(e['exclude']) or 'none'}"
+        )
+        held = "-" if e["held_out_drop"] is None else (
+            f"{e['held_out_drop']:+.2f} on {e['held_out']} ({e['held_out_interval'][0]:+.2f} .. "
+            f"{e['held_out_interval'][1]:+.2f})"
+        )  # fmt: skip
+        lines.append(f"| {c.name} | {point} | {held} | {c.verdict_text} |")
+    for c in table.checkpoints:
+        lines += ["", f"## {c.name}", "", f"Data: {c.data}; attack {c.attack}. Default export: "
+                  f"{c.export['reason']}; its speed check: {c.export['speed_check']}.", ""]  # fmt: skip
+        lines += [
+            "| row | shipped | MACs | measure | kept exact | exporter | lowering | options "
+            "| img/s b1 | img/s b32 | speed-up b1 | speed-up b32 | p90 ms b1 | clean % "
+            "| robust % | engine robust % | drop, points (95 %) | target |",
+            "|---|---|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        ]
+        for r in c.rows:
+            drop = "-" if r.drop is None else (
+                f"{r.drop['points']:+.2f} ({r.drop['interval'][0]:+.2f} .. "
+                f"{r.drop['interval'][1]:+.2f})"
+            )  # fmt: skip
+            lines.append(
+                f"| {r.setting} | {'yes' if r.shipped else ''} | {r.macs:,} ({r.macs_ratio:.2f}) "
+                f"| {r.measure} | {', '.join(r.kept_exact) or '-'} | {r.exporter} | {r.lowering} "
+                f"| {r.options} | {r.fps_b1:.0f} | {r.fps_b32:.0f} | {r.speedup_b1:.2f}x "
+                f"| {r.speedup_b32:.2f}x | {r.p90_ms_b1:.2f} | {100 * r.clean:.1f} "
+                f"| {100 * r.robust:.1f} | {100 * r.engine_robust:.1f} | {drop} "
+                f"| {r.verdict or '-'} |"
+            )
+        lines += [""] + [f"- {note}" for note in c.notes]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def runtime_label(target: str, precision: str) -> str:
-    """The runtime part of the results' file name: ort-cpu, trt-fp16, torch-cuda-fp32, ..."""
+    """The runtime part of the results' file name: ort-cpu, trt-fp16, torch-fp32, ..."""
     if target == "ort":
         return "ort-cpu" if precision == "fp32" else f"ort-cpu-{precision}"
-    if target == "torch":
-        return f"torch-{'cuda' if torch.cuda.is_available() else 'cpu'}-{precision}"
-    return f"trt-{precision}"
-
-
-def _stem(name: str) -> str:
-    return name.replace("@", "_r")
-
-
-def _gdws_layers(model: torch.nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, GDWSConv2d)]
-
-
-def _is_original(variant: Variant) -> bool:
-    """A GDWS or DWS model all of whose layers went back to the original convs."""
-    return variant.method in ("gdws", "dws") and not _gdws_layers(variant.model)
-
-
-def lowering_summary(variant: Variant) -> str:
-    if variant.method == ORIGINAL:
-        return "original"
-    if "lowering" in variant.details:
-        return variant.details["lowering"]
-    return forms_summary(variant.details.get("forms", {}))
-
-
-def _row(variant, original, shape, speed, accuracy, export_s, same) -> Row:
-    source = accuracy.model(ORIGINAL if same else variant.name)
-    attack = source.attacks[0]
-    b1, b32 = speed.result(variant.name, 1), speed.result(variant.name, 32)
-    macs = count_macs(variant.model, shape)
-    return Row(
-        variant=variant.name, method=variant.method, sensitivity=variant.sensitivity,
-        target_ratio=variant.target_ratio, budget=variant.budget,
-        conv_mac_ratio=variant.conv_mac_ratio, macs=macs,
-        macs_ratio=macs / count_macs(original, shape),
-        params=sum(p.numel() for p in variant.model.parameters()),
-        lowering=lowering_summary(variant),
-        fps_b1=1e3 / b1.latency.median_ms, fps_b32=32e3 / b32.latency.median_ms,
-        speedup_b1=speed.speedup(variant.name, 1), speedup_b32=speed.speedup(variant.name, 32),
-        p90_ms_b1=b1.latency.p90_ms, p90_ms_b32=b32.latency.p90_ms,
-        clean=source.clean_accuracy, robust=attack.robust_accuracy,
-        engine_clean=source.engine_clean_accuracy, engine_robust=attack.engine_accuracy,
-        samples=source.samples, same_as_original=same, approximate_s=variant.seconds,
-        export_s=export_s,
-    )  # fmt: skip
+    return f"{target}-{precision}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add = parser.add_argument
-    add("--models-dir", type=Path, default=Path(__file__).parent.parent / "models",
+    add("--models-dir", type=Path, default=ROOT / "models",
         help="folder of the <checkpoint>.pt files")  # fmt: skip
     add("--checkpoints", nargs="+", default=list(CHECKPOINTS))
+    add("--calib", default=os.fspath(ROOT / "models" / "fashion_mnist_calib_512.npz"),
+        help="the export's --calib: an .npz file or a dataset name (its train split); default "
+             "the bundled 512 images, as the README's command")  # fmt: skip
     add("--data", default="fashion-mnist",
-        help="named dataset with train/test splits, or an .npz file (see load_data)")  # fmt: skip
-    add("--ratios", nargs="+", type=float, default=[0.25, 0.2],
-        help="MAC ratios of the GDWS and baseline rows: 0.25 and 0.2, where the 2x target "
-             "lies on the bundled checkpoints (0.5 too, as in results/ort-cpu-2026-12-05-intel, "
-             "takes the run past 30 minutes on a 2-core Intel machine)")  # fmt: skip
-    add("--time-ratios", nargs="*", type=float, default=[],
-        help="time budgets of gdws-time rows (primary measure, layer costs measured on ONNX "
-             "Runtime CPU at --auto-batch), e.g. 0.5; none by default: they led no comparison "
-             "in the 2026-12-03 tables and cost about 2 minutes")  # fmt: skip
-    add("--sensitivities", nargs="+", choices=SENSITIVITIES,
-        default=["none", "paper", "calibrated"],
-        help="measures of the gdws-<measure> rows (relative and activation also exist; left "
-             "out by default to keep the run within 30 minutes: they led no comparison)")  # fmt: skip
-    add("--refit", nargs="*", choices=SENSITIVITIES, default=["none", "calibrated"],
-        help="measures whose GDWS rows also appear with their 1x1 convs refit on the "
-             "calibration images (gdws-<measure>+refit rows; none given: no such rows); "
-             "default: none (the export's default with the refit, best on VGG-16) and "
-             "calibrated (best on PreActResNet-18)")  # fmt: skip
-    add("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES))
-    add("--all-comparison-ratios", action="store_true",
-        help="the comparison rows (GDWS without the refit, baselines) at every ratio of a "
-             "checkpoint, not only at its smallest (the refit rows run at every ratio)")  # fmt: skip
-    add("--light", nargs="*", type=_light_entry, default=None,
-        help="checkpoints measured with --light-sensitivities / --samples-light at their own "
-             "ratios (NAME@R,R) or --light-ratios, to fit the time budget (the width-32 "
-             f"VGG-16 costs 4x the MACs of the width-16 one per attacked image); default "
-             f"{' '.join(LIGHT)}")  # fmt: skip
-    add("--keep-exact", nargs="*", type=keep_exact_entry, default=None,
-        help="NAME:LAYER[,LAYER]: convs of checkpoint NAME that every GDWS and dws row keeps "
-             f"exact (NAME: for none); default {' '.join(KEEP_EXACT)} (see KEEP_EXACT)")  # fmt: skip
-    add("--light-ratios", nargs="+", type=float, default=[0.25],
-        help="ratios of the --light checkpoints named without their own")  # fmt: skip
-    add("--light-sensitivities", nargs="+", choices=SENSITIVITIES, default=["none", "calibrated"],
-        help="measures of the --light checkpoints: by default the candidates of the export's "
-             "--sensitivity auto, so the table names what the export ships there too")  # fmt: skip
-    add("--samples", type=int, default=200, help="test images attacked per model")
-    add("--samples-light", type=int, default=100)
-    add("--calib-samples", type=int, default=256,
-        help="training images for the sensitivities and the refit")  # fmt: skip
-    add("--held-out-samples", type=int, default=256,
-        help="the training images after those that judge the export's default choice of "
-             "measure (--sensitivity auto) among the refit rows")  # fmt: skip
-    add("--eps", type=float, default=0.1)
-    add("--step-size", type=float, default=0.01)
-    add("--steps", type=int, default=100)
-    add("--eval-batch", type=int, default=100)
-    add("--target", choices=TARGETS, default="ort",
-        help="runtime timed and replayed on: ort (ONNX Runtime CPU), trt (TensorRT, needs a "
-             "GPU), torch (PyTorch, CUDA when visible)")  # fmt: skip
-    add("--precision", choices=("fp32", "fp16"), default="fp32")
-    add("--lowering", default=None,
-        help="GDWS lowering; default auto for --target ort, gather for trt")  # fmt: skip
-    add("--threads", type=int, default=1,
-        help="ONNX Runtime intra-op threads of every session: timing, auto lowering, layer "
-             "costs, replay (default 1, one session per core: at 2 threads the same graphs' "
-             "speed-up moved 0.8x-1.8x between fresh sessions, see session-noise-2026-12-03)")  # fmt: skip
+        help="test images: a dataset name (its test split) or an .npz file")  # fmt: skip
+    add("--samples", type=int, default=1000, help="test images attacked per row")
+    add("--ratios", nargs="*", type=float, default=list(COMPARISON_RATIOS),
+        help="MAC ratios measured beside the shipped one, the same for every checkpoint")  # fmt: skip
+    add("--steps", type=int, default=100, help="PGD steps")
+    add("--eps", type=float, help="attack radius; default: the export's --alpha-eps")
+    add("--seed", type=int, default=0)
+    add("--batch", type=int, default=32, help="the export's --batch")
+    add("--threads", type=int, default=1, help="ONNX Runtime threads of every session")
+    add("--target", choices=TARGETS, default="ort")
+    add("--exporter", help="the export's --exporter (default: the tool's)")
+    add("--lowering", help="the export's --lowering (default: the tool's)")
+    add("--sensitivity", help="the export's --sensitivity (default: the tool's)")
+    add("--calib-samples", type=int, help="the export's --calib-samples (default: the tool's)")
+    add("--held-out-samples", type=int,
+        help="the export's --held-out-samples (default: the tool's)")  # fmt: skip
     add("--torch-threads", type=int, default=os.cpu_count() or 1,
-        help="PyTorch threads: sensitivities, approximation, refit, attacks (default: all "
-             "cores)")  # fmt: skip
-    add("--duration", type=float, default=1.0, help="timed seconds per graph and batch")
-    add("--warmup", type=float, default=0.2)
-    add("--auto-batch", type=int, default=32, help="batch auto lowering times at")
-    add("--candidates", nargs="+", default=list(DEFAULT_CANDIDATES),
-        help="forms the auto lowering times; default: the export's own (gdws-export ships "
-             "what they choose), %(default)s")  # fmt: skip
-    add("--auto-repeats", type=int, default=3)
-    add("--speed-only", nargs="*", default=["vgg16_bn", "preact_resnet18", "resnet18", "wrn28_4"],
-        help="full-size CIFAR architectures of the speed-only table (none: skip it)")  # fmt: skip
-    add("--speed-ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75])
-    add("--speed-iterations", type=int, default=3)
-    add("--speed-auto-repeats", type=int, default=1,
-        help="the auto lowering's timing rounds in the speed-only table (its exports took 7 "
-             "of the 31 minutes of results/ort-cpu-2026-12-06-intel-vgg32-default at 3)")  # fmt: skip
-    add("--out", type=Path, default=None,
-        help="output stem; default results/<runtime>-<date> (see runtime_label)")  # fmt: skip
-    add("--quick", action="store_true", help="CI-sized run (see the module docstring)")
+        help="PyTorch threads: search, refit, attacks (default: all cores)")  # fmt: skip
+    add("--duration", type=float, default=2.0, help="timed seconds per graph and batch")
+    add("--warmup", type=float, default=0.5)
+    add("--eval-batch", type=int, default=200, help="images per attack and replay batch")
+    add("--work-dir", type=Path,
+        help="keep every export here (default: a temporary folder, removed)")  # fmt: skip
+    add("--out", type=Path, help="output stem; default results/paper-table-<runtime>-<date>")
+    add("--quick", action="store_true",
+        help="CI-sized: the first checkpoint, 64 + 64 calibration images, 32 test images, "
+             "PGD-5, short timings")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.quick:
+        args.checkpoints = args.checkpoints[:1]
+        args.samples, args.steps = min(args.samples, 32), min(args.steps, 5)
+        args.duration, args.warmup, args.eval_batch = 0.05, 0.0, 64
+        # the search judges on fewer held-out images (64, its least), the refit fits fewer
+        args.calib_samples = args.calib_samples or QUICK_CALIB
+        args.held_out_samples = args.held_out_samples or QUICK_CALIB
     missing = [n for n in args.checkpoints if not (args.models_dir / f"{n}.pt").is_file()]
     if missing:
         parser.error(f"no checkpoint {missing[0]}.pt in {args.models_dir}")
-    for option, given, default, entry in (("light", args.light, LIGHT, _light_entry),
-                                          ("keep_exact", args.keep_exact, KEEP_EXACT,
-                                           keep_exact_entry)):  # fmt: skip
-        # the defaults name checkpoints a run may leave out; a name given here must be in it
-        unknown = [n for n, _ in given or () if n not in args.checkpoints]
-        if unknown:
-            parser.error(f"--{option.replace('_', '-')} {unknown[0]}: not one of --checkpoints")
-        setattr(args, option, dict(given if given is not None else map(entry, default)))
-    for name, layers in args.keep_exact.items():
-        if name in args.checkpoints and layers:
-            check_kept_convs(parser, "--keep-exact", args.models_dir / f"{name}.pt", layers)
-    if args.lowering is not None and args.lowering != "auto" and not is_form(args.lowering):
-        parser.error(f"--lowering {args.lowering!r} is not auto or a lowering form {FORMS}")
-    if args.threads < 1 or args.torch_threads < 1:
-        parser.error("--threads and --torch-threads must be at least 1")
-    if args.auto_repeats < 1 or args.speed_auto_repeats < 1:
-        parser.error("--auto-repeats and --speed-auto-repeats must be at least 1")
-    if args.calib_samples < 1 or args.held_out_samples < 1:
-        parser.error("--calib-samples and --held-out-samples must be at least 1")
-    if args.quick:
-        args.checkpoints = args.checkpoints[:1]
-        args.ratios = [0.75, 0.5]
-        args.sensitivities = ["none", "relative", "activation", "calibrated"]
-        args.refit = ["none", "calibrated"]  # the export default's candidates
-        args.time_ratios = [1.0]
-        args.baselines, args.light, args.keep_exact = ["l1-prune", "in-prune"], {}, {}
-        args.samples, args.calib_samples, args.held_out_samples, args.steps = 8, 16, 32, 2
-        args.duration, args.warmup, args.auto_repeats = 0.05, 0.0, 1
-        args.candidates, args.speed_only = ["dense", "gather"], []
+    if any(not 0 < r <= 1 for r in args.ratios):
+        parser.error(f"--ratios must lie in (0, 1], got {args.ratios}")
+    for option in ("samples", "steps", "batch", "threads", "torch_threads", "eval_batch"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    args.export_options = {
+        key: getattr(args, key)
+        for key in ("exporter", "lowering", "sensitivity", "calib_samples", "held_out_samples")
+        if getattr(args, key) is not None
+    }
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
-    problem = runtime_problem(args.target, args.precision)
-    if problem is not None:
-        raise SystemExit(f"paper_table.py: {problem}")
     torch.set_num_threads(args.torch_threads)
     start = time.perf_counter()
     load_before = [round(x, 2) for x in os.getloadavg()]
-    date = datetime.date.today().isoformat()
-    label = runtime_label(args.target, args.precision)
-    out = args.out if args.out is not None else RESULTS / f"{label}-{date}"
-    data = load_data(args.data)
-    checkpoints = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.checkpoints:
-            checkpoints.append(
-                run_checkpoint(args.models_dir / f"{name}.pt", data, args, Path(tmp))
-            )
-        speed_rows, speed_settings = [], {}
-        if args.speed_only:
-            speed_rows, speed_settings = speed_only_table(
-                args.speed_only, args.speed_ratios, threads=args.threads,
-                iterations=args.speed_iterations, candidates=tuple(args.candidates),
-                repeats=args.speed_auto_repeats, auto_batch=args.auto_batch, workdir=Path(tmp),
-            )  # fmt: skip
-    machine = machine_info(gpu=False)
-    attack = checkpoints[0].attack if checkpoints else ""
-    confirmations = confirmations_for(args.target, attack)  # settle provisional verdicts
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    settings["attack"] = attack
-    settings["runtime"] = RUNTIME_NAMES[args.target] + (
-        f" {args.precision.upper()}" if args.precision != "fp32" else ""
+    out = args.out or RESULTS / (
+        f"paper-table-{runtime_label(args.target, 'fp32')}-{datetime.date.today().isoformat()}"
     )
+    with tempfile.TemporaryDirectory(prefix="paper-table-") as tmp:
+        workdir = args.work_dir or Path(tmp)
+        checkpoints = [run_checkpoint(args.models_dir / f"{name}.pt", args, workdir)
+                       for name in args.checkpoints]  # fmt: skip
+    machine = machine_info(gpu=False)
+    settings = {k: (os.fspath(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     table = PaperTable(
         command=command_line("paper_table.py", argv),
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        machine={"summary": machine.summary(), **machine.to_dict()}, load_before=load_before,
-        load_after=[round(x, 2) for x in os.getloadavg()], settings=settings,
-        checkpoints=checkpoints, speed_only=speed_rows, speed_only_settings=speed_settings,
-        seconds=time.perf_counter() - start, confirmations=confirmations,
+        machine={"summary": machine.summary(), **machine.to_dict()},
+        load={"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+        settings=settings, checkpoints=checkpoints,
+        seconds=round(time.perf_counter() - start, 1),
     )  # fmt: skip
-    paths = write_results(table, out)
-    print(f"wrote {', '.join(str(p) for p in paths.values())} in {table.seconds / 60:.1f} min")
-    return paths
+    markdown = to_markdown(table)
+    json_path, md_path = write_json_and_markdown(out, table.to_dict(), markdown)
+    for c in checkpoints:
+        print(f"{c.name}: {c.verdict_text}")
+    print(f"wrote {json_path} and {md_path} in {table.seconds / 60:.1f} min")
+    return {"json": json_path, "markdown": md_path}
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Run from the repository root, e.g. (one thread, niced, in the background):
     PYTHONPATH=. nohup nice -n 10 python benchmarks/train_robust.py --arch vgg16_bn --width 16 \\
         --epochs 5 --state-dir /tmp/training > train.log 2>&1 &
 
-The method (`robust_training.py`): FGSM with a random start (Wong et al. 2020) at the dataset's
+The method (`_robust_training.py`): FGSM with a random start (Wong et al. 2020) at the dataset's
 standard eps (Fashion-MNIST 0.1, MNIST 0.3), step 1.25 * eps, cyclic learning rate; or PGD
 (`--attack pgd`). The resumable state goes to `--state-dir/<name>/state.pt` after every epoch;
 the same command started again continues from the last finished epoch. MNIST is read from a
@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.evaluate_checkpoint import evaluate_checkpoint, refresh_card
-from benchmarks.model_card import write_index
-from benchmarks.robust_training import (
+from benchmarks._checkpoint_eval import evaluate_checkpoint, refresh_card
+from benchmarks._model_card import write_index
+from benchmarks._robust_training import (
     DATASETS,
     OVERFIT_DROP,
     VAL_ATTACK_SAMPLES,

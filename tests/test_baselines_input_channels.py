@@ -89,14 +89,17 @@ def test_the_weakest_channels_go_first_against_brute_force():
 
 
 def test_onnx_export_matches_pytorch(tmp_path):
-    from gdws_export.harness.shipping import export_and_build
+    from gdws_export.lowering import export_onnx
+    from gdws_export.runtimes.build import build
 
     model = _model()
     pruned, _ = prune_input_channels(model, mac_ratio=0.4)
     x = torch.rand(8, 1, 28, 28)
-    shipped = export_and_build(pruned, tmp_path / "in_r0.4", input_shape=(1, 28, 28),
-                               lowering="gather", parity_inputs=x, threads=1)  # fmt: skip
-    with shipped.build.runner() as runner:
+    exported = export_onnx(pruned, input_shape=(1, 28, 28), path=tmp_path / "in_r0.4.onnx",
+                           lowering="gather", exporter="legacy", parity_inputs=x,
+                           threads=1)  # fmt: skip
+    built = build(exported.onnx_path, target="ort", threads=1, output_dir=tmp_path)
+    with built.runner() as runner:
         out = runner.predict(x.numpy())
     with torch.no_grad():
         np.testing.assert_allclose(out, pruned(x).numpy(), atol=1e-4)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from benchmarks import train_robust
-from benchmarks.evaluate_checkpoint import evaluate_checkpoint
-from benchmarks.model_card import ModelCard
-from benchmarks.robust_training import (
+from benchmarks._checkpoint_eval import evaluate_checkpoint
+from benchmarks._model_card import ModelCard
+from benchmarks._robust_training import (
     TrainConfig,
     build_model,
     learning_rate,

@@ -12,8 +12,6 @@ Speed and robustness are measured on the runtime that will serve the model:
   ways (PGD on its fake-quantized twin, replayed on it, Square on it), the per-image worst case
   the headline (quantized.py); `autoattack_accuracy(model, x, y, eps)`: AutoAttack, an optional
   package (autoattack.py);
-- `export_and_build(model, stem, ...)` -> Shipped: export (checked against PyTorch) and build
-  for one runtime, naming the layers that ship their original conv (shipping.py);
 - `choose_measure(models, x, y, attack)` -> MeasureChoice: the candidate GDWS model most
   robust on held-out images (`--sensitivity auto`, measure_choice.py);
 - SweepConfig / SweepReport: a sweep's settings and results (sweep_report.py; the procedure,
@@ -46,7 +44,6 @@ from gdws_export.harness.report import (
     write_sweep,
 )
 from gdws_export.harness.runners import load_runner
-from gdws_export.harness.shipping import Shipped, export_and_build, put_back_originals
 from gdws_export.harness.speed import benchmark
 from gdws_export.harness.speed_report import BatchResult, BenchOptions, LatencyStats, SpeedReport
 from gdws_export.harness.sweep_report import (
@@ -68,7 +65,6 @@ __all__ = [
     "MachineInfo",
     "ModelAccuracy",
     "SpeedReport",
-    "Shipped",
     "SquareConfig",
     "SweepConfig",
     "SweepReport",
@@ -78,14 +74,12 @@ __all__ = [
     "autoattack_accuracy",
     "benchmark",
     "evaluate_accuracy",
-    "export_and_build",
     "load_dataset",
     "load_runner",
     "machine_info",
     "parse_settings",
     "pareto_front",
     "plot_sweep",
-    "put_back_originals",
     "quantized_robustness",
     "read_json",
     "render_markdown",

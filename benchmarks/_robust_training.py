@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from benchmarks.evaluate_checkpoint import count_correct
+from benchmarks._checkpoint_eval import count_correct
 from gdws_export.attacks import AttackConfig, pgd
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.data import load_train_and_test
