@@ -303,7 +303,14 @@ def test_small_search_end_to_end(tmp_path):
         shipped = search["probes"][search["chosen"]]
         assert shipped["macs"] == min(p["macs"] for p in eligible)
         assert report.settings["mac_ratio"] == shipped["mac_ratio"]
-        assert report.settings["exclude"] == shipped["exact"]  # what the CLI would rebuild
+        assert report.settings["exclude"] == shipped["exact"]
+        assert report.settings["sensitivity"] == shipped["measure"]
+        # The settings rebuild what shipped: a fixed budget, the same measure and images.
+        settings = {**report.settings, "max_robust_drop": None, "notes": [],
+                    "output": str(tmp_path / "again")}  # fmt: skip
+        again = run_export(ExportConfig.from_dict(settings))
+        assert again.approximation["layers"] == report.approximation["layers"]
+        _same_graph(tmp_path / "out" / "gdws.onnx", tmp_path / "again" / "gdws.onnx", x[:16])
         assert report.approximation is not None
     else:
         assert search["chosen"] is None and report.approximation is None
@@ -326,6 +333,16 @@ def test_small_search_end_to_end(tmp_path):
 
 
 # --- the other way round: --min-speedup -------------------------------------------------------
+
+
+def _same_graph(first, second, x) -> None:
+    from gdws_export.runtimes import OrtRunner
+
+    outputs = []
+    for path in (first, second):
+        with OrtRunner(str(path), threads=1) as runner:
+            outputs.append(runner.predict(x.numpy()))
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
 
 
 def test_min_speedup_ships_the_most_robust_fast_enough_candidate():

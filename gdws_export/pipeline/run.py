@@ -227,6 +227,8 @@ def _take_candidate(cfg: ExportConfig, state: ExportState, report: ExportReport,
     shape = state.shape
     state.gdws_model, state.alphas = candidate.model, candidate.alphas
     report.model["alphas"] = candidate.alphas.source
+    if cfg.sensitivity == "auto":  # the settings say what was built, so they rebuild it
+        report.settings["sensitivity"] = candidate.alphas.measure
     if candidate.refit is not None:
         report.refit = candidate.refit.to_dict()
     report.approximation = candidate.approximation.to_dict()
