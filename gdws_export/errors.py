@@ -52,6 +52,16 @@ class InvalidInputError(GDWSExportError, ValueError):
     exit_code = 2
 
 
+class BudgetOutOfReachError(InvalidInputError):
+    """A budget no choice of a compression method can meet (a MAC ratio below what its
+    cheapest form of every layer keeps); `reachable` is the smallest ratio it can meet, when
+    known, so a search can probe there instead."""
+
+    def __init__(self, message: str, reachable: float | None = None) -> None:
+        super().__init__(message)
+        self.reachable = reachable
+
+
 class UnsupportedModelError(GDWSExportError):
     """The model loads but cannot be approximated or exported (no conv, failing forward)."""
 

@@ -23,6 +23,7 @@ the model's convs to at most `mac_ratio` of the original's.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,22 +98,35 @@ class PruningReport(MacRatioJson):
 
 
 def find_prune_sites(
-    model: nn.Module, *, skip_first: bool = True
+    model: nn.Module, *, skip_first: bool = True, exclude: Sequence[str] | None = None
 ) -> tuple[list[PruneSite], dict[str, str]]:
     """Every prunable conv of `model` (see the module docstring), in module order.
 
     Args:
         model: any `nn.Module` torch.fx can trace.
         skip_first: leave the model's first conv whole (as GDWS does).
+        exclude: conv names or shell-style patterns kept exact: their filters and their input
+            channels stay (a pattern that matches no conv is an error).
 
     Returns:
         (sites, reasons): the prunable convs, and for every other conv one line saying why.
     """
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    exclude = list(exclude or ())
+    for pattern in exclude:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in convs):
+            raise InvalidInputError(f"exclude pattern {pattern!r} matches no conv layer")
     sites, reasons = traced_sites(model, convs, _site_from)
     if skip_first and convs and convs[0] in sites:
         del sites[convs[0]]
         reasons[convs[0]] = "first conv (skip_first=True)"
+    # A conv kept exact keeps its filters and every input channel: its producer is not pruned.
+    for name, site in list(sites.items()):
+        for conv in (site.producer, site.consumer):
+            if any(fnmatch.fnmatchcase(conv, p) for p in exclude):
+                del sites[name]
+                reasons[name] = "matched by exclude" if conv == name else f"{conv} excluded"
+                break
     return [sites[n] for n in convs if n in sites], {n: reasons[n] for n in convs if n in reasons}
 
 
@@ -174,6 +188,7 @@ def prune_filters(
     input_shape: Sequence[int] | None = None,
     skip_first: bool = True,
     multiple_of: int = 1,
+    exclude: Sequence[str] | None = None,
 ) -> tuple[nn.Module, PruningReport]:
     """Remove the lowest-L1 output filters of every prunable conv; the input model is kept.
 
@@ -190,6 +205,7 @@ def prune_filters(
             one multiple; a conv with fewer filters keeps them all). ONNX Runtime CPU runs
             channel counts that are multiples of 8 in a blocked layout and the rest up to
             2.5x slower per MAC, so a deployed pruned model rounds its widths.
+        exclude: conv names or patterns whose filters are kept (`find_prune_sites`).
 
     Returns:
         (pruned model, report). The pruned model is in the same train/eval mode as the input.
@@ -211,7 +227,7 @@ def prune_filters(
     if isinstance(multiple_of, bool) or not isinstance(multiple_of, int) or multiple_of < 1:
         raise InvalidInputError(f"multiple_of must be a positive int, got {multiple_of!r}")
     shape = resolve_input_shape(model, input_shape, needed_by="pruning")
-    sites, reasons = find_prune_sites(model, skip_first=skip_first)
+    sites, reasons = find_prune_sites(model, skip_first=skip_first, exclude=exclude)
     if not sites:
         raise UnsupportedModelError(
             "no conv can be pruned: none feeds exactly one other conv through per-channel ops"

@@ -22,6 +22,11 @@ from gdws_export.pipeline.config import (
 )
 
 LOWERINGS = "auto, gather, uniform, slots, fold, fold-S (S = 2, 3, ...), dense"
+METHOD_HELP = (
+    "compression method: gdws (default), dws, l1-prune, tucker2, lowrank or kronecker (Linear "
+    "layers; --mac-ratio is then their parameters' fraction), or methods replacing different "
+    "layer types joined by commas (gdws,kronecker); see docs/methods.md"
+)
 
 DESCRIPTION = f"""\
 Replace the KxK convs of a trained CNN by GDWS convs (no retraining), export the original and
@@ -84,7 +89,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _budget_options(gdws: argparse._ArgumentGroup) -> None:
-    """GDWS approximation, how much: a budget, a search or none (--no-gdws), and which convs."""
+    """GDWS approximation, how much: the method, a budget, a search or none (--no-gdws), and
+    which convs."""
+    gdws.add_argument("--method", default="gdws", metavar="NAME", help=METHOD_HELP)
     how = gdws.add_mutually_exclusive_group()
     how.add_argument(
         "--beta",
@@ -365,7 +372,8 @@ def config_from_args(args: argparse.Namespace) -> ExportConfig:
     """The ExportConfig for parsed arguments (validated later by `resolved()`)."""
     return ExportConfig(
         **model_settings(args), output=args.output, target=args.target,
-        precision=args.precision, gdws=args.gdws, beta=args.beta, mac_ratio=args.mac_ratio,
+        precision=args.precision, gdws=args.gdws, method=args.method, beta=args.beta,
+        mac_ratio=args.mac_ratio,
         time_ratio=args.time_ratio, max_layer_error=args.max_layer_error,
         max_robust_drop=args.max_robust_drop, min_speedup=args.min_speedup,
         exclude=tuple(args.exclude),

@@ -103,8 +103,10 @@ def summary(report: ExportReport) -> str:
             verb = "keeps its" if kept == 1 else "keep their"
             note = f" ({kept} layer{'s' * (kept != 1)} {verb} conv: faster on the target)"
         inputs = " ".join(str(w) for w in (approx["n_inputs"], approx.get("inputs")) if w)
+        method = "" if report.method == "gdws" else f"{report.method} "
         lines.append(
-            f"  {'GDWS':<8}against the original model on {inputs} inputs: max |logit diff| "
+            f"  {'GDWS' if not method else 'approx':<8}{method}against the original model on "
+            f"{inputs} inputs: max |logit diff| "
             f"{approx['max_abs_diff']:.3g} ({100 * approx['relative_diff']:.2g} % of the logit "
             f"scale), top-1 agreement {top1_text(approx)}{note}"
         )
@@ -117,14 +119,16 @@ def _plan(report: ExportReport) -> str:
              "nothing written)", ""]  # fmt: skip
     if report.approximation:
         alphas = report.model["alphas"]
-        lines += [f"GDWS with {report.budget_text()}; alphas: {alphas}", ""]
+        title = "GDWS" if report.method == "gdws" else f"--method {report.method}"
+        lines += [f"{title} with {report.budget_text()}; alphas: {alphas}", ""]
         lines += [report.plan_table(), ""]
     if report.original_ships:
         lines += [f"{report.original_ships} (speed-up 1.00x)", ""]
     if report.search:
         lines += [f"Operating point: {search_line(report.search)}", ""]
     lines.append(f"MACs: {_macs(report)}")
-    if report.settings.get("lowering") == "auto" and report.approximation:
+    gdws_layers = [r for r in report.layer_rows() if r["status"] == "gdws"]
+    if report.settings.get("lowering") == "auto" and gdws_layers:
         lines.append("lowering 'auto' picks each layer's form by timing it at export")
     return "\n".join(lines)
 

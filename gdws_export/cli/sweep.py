@@ -55,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Pareto-optimal settings and a plot of robust accuracy against images/s."
         ),
     )
-    from gdws_export.cli.export import add_model_options
+    from gdws_export.cli.export import METHOD_HELP, add_model_options
 
     add_model_options(parser)  # loaded as `gdws-export export` loads it
     which = parser.add_mutually_exclusive_group(required=True)
@@ -77,6 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     gdws = parser.add_argument_group(
         "how each model is exported: as `gdws-export export` with the same flags (see there)"
     )
+    gdws.add_argument("--method", default="gdws", metavar="NAME", help=METHOD_HELP)
     gdws.add_argument("--calib", metavar="DATA",
                       help="calibration data (not the evaluation data): alphas, the 1x1 "
                       "refit and --sensitivity auto, as gdws-export --calib")  # fmt: skip
@@ -184,7 +185,8 @@ def export_config_from_args(args: argparse.Namespace) -> ExportConfig:
 
     return ExportConfig(
         **model_settings(args), **calib_settings(args), output=os.fspath(args.output_dir),
-        alphas=args.alphas, sensitivity=args.sensitivity, alpha_eps=args.alpha_eps,
+        method=args.method, alphas=args.alphas, sensitivity=args.sensitivity,
+        alpha_eps=args.alpha_eps,
         refit=args.refit,
         exclude=tuple(args.exclude or ()), max_layer_error=args.max_layer_error,
         target=args.target, precision=args.precision, threads=args.threads,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.errors import BudgetOutOfReachError, InvalidInputError, UnsupportedModelError
 from gdws_export.gdws.approximate import NOT_RUN
 from gdws_export.gdws.budget import check_budget_ratio
 from gdws_export.gdws.decomposition import check_alpha
@@ -127,6 +127,7 @@ def approximate_lowrank(
     choice, used = {}, None
     if candidates:
         budget = mac_ratio * sum(float(opt.cost[0]) for opt in options.values())
+        _check_reachable(options, mac_ratio, method)
         found = allocate([o.cost for o in options.values()],
                          [o.error for o in options.values()], budget, solver=solver)  # fmt: skip
         choice, used = dict(zip(options, found.choice, strict=True)), found.solver
@@ -146,6 +147,19 @@ def approximate_lowrank(
         layers=layers,
         solver=used,
     )
+
+
+def _check_reachable(options: Mapping[str, _Options], mac_ratio: float, method: str) -> None:
+    """Refuse a MAC ratio below what the cheapest option of every conv keeps, saying how low
+    it can go (the search probes there instead)."""
+    total = sum(float(opt.cost[0]) for opt in options.values())
+    cheapest = sum(float(opt.cost.min()) for opt in options.values())
+    if cheapest > mac_ratio * total * (1 + 1e-12):
+        raise BudgetOutOfReachError(
+            f"mac_ratio {mac_ratio:g} is out of reach for {method}: the cheapest option of every "
+            f"approximable conv keeps {cheapest / total:.4f} of their MACs; pass a larger ratio",
+            reachable=cheapest / total,
+        )
 
 
 def _layer_options(

@@ -1,6 +1,6 @@
-"""Candidates: the GDWS model built as the export ships it (alphas of one sensitivity
-measure, approximation, 1x1 refit), the choice between measures on held-out images, and the
-calibration data they are built from."""
+"""Candidates: the model built as the export ships it (alphas of one sensitivity measure,
+the method's replacement of modules (`gdws_export.methods`), the 1x1 refit), the choice
+between measures on held-out images, and the calibration data they are built from."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch import nn
 
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.activations import activation_gains, input_moments, relative_gains
-from gdws_export.gdws.approximate import ApproximationReport, approximate
 from gdws_export.gdws.calibration import calibrated_gains
+from gdws_export.gdws.conv import GDWSConv2d
 from gdws_export.gdws.refit import RefitReport, refit_pointwise
 from gdws_export.gdws.sensitivity import (
     load_alphas,
@@ -27,6 +27,7 @@ from gdws_export.harness.measure_choice import (
     choose_measure,
     selection_attack,
 )
+from gdws_export.methods import Budget, MethodReport, get_method
 from gdws_export.pipeline.config import ExportConfig
 from gdws_export.pipeline.model import (
     match_alpha_names,
@@ -37,11 +38,11 @@ from gdws_export.pipeline.stages import Alphas, ExportState, attack_batch, parit
 
 @dataclass
 class Candidate:
-    """The GDWS model built with one measure's alphas (refit when asked)."""
+    """The model the method built with one measure's alphas (refit when asked)."""
 
     alphas: Alphas
     model: nn.Module
-    approximation: ApproximationReport
+    approximation: MethodReport
     refit: RefitReport | None
     seconds: float
 
@@ -49,7 +50,7 @@ class Candidate:
 def build_candidate(
     cfg: ExportConfig, measure: str, state: ExportState, costs, clock, show_bars
 ) -> Candidate:
-    """The GDWS model with `measure`'s alphas, refit when the config says so."""
+    """The model `cfg.method` builds with `measure`'s alphas, refit when the config says so."""
     start = time.perf_counter()
     if measure not in state.alphas_by_measure:
         state.alphas_by_measure[measure] = compute_alphas(cfg, measure, state, clock, show_bars)
@@ -57,15 +58,17 @@ def build_candidate(
     which = f" ({measure} alphas)" if cfg.sensitivity == "auto" else ""
     if cfg.searches():
         which = f" (MAC ratio {cfg.mac_ratio:g}{', ' + measure + ' alphas' if which else ''})"
+    method = get_method(cfg.method)
+    budget = Budget(mac_ratio=cfg.mac_ratio, beta=cfg.beta, time_ratio=cfg.time_ratio,
+                    max_layer_error=cfg.max_layer_error)  # fmt: skip
     with clock("approximate", which):
-        model, approx = approximate(
-            state.model, beta=cfg.beta, mac_ratio=cfg.mac_ratio, time_ratio=cfg.time_ratio,
-            layer_costs=costs, alphas=alphas.alphas, input_moments=alphas.moments,
-            input_shape=state.shape, max_layer_error=cfg.max_layer_error,
-            exclude=match_layer_patterns(cfg.exclude, state.model) or None,
+        model, approx = method.apply(
+            state.model, budget, alphas=alphas.alphas, input_moments=alphas.moments,
+            layer_costs=costs, input_shape=state.shape,
+            exclude=match_layer_patterns(cfg.exclude, state.model),
         )  # fmt: skip
     refit = None
-    if cfg.refit and approx.replaced:
+    if cfg.refit and any(isinstance(m, GDWSConv2d) for m in model.modules()):
         x, y = state.data
         with clock("refit", f"{which} ({len(x)} samples, clean and PGD)"):
             model, refit = refit_pointwise(

@@ -68,6 +68,11 @@ class ExportConfig:
         precision: "fp32", "fp16" or "int8" (needs `calib`; not for "torch", whose "fp16"
             needs a GPU).
         gdws: False exports the original model only (for comparison).
+        method: the compression method (`gdws_export.methods`): "gdws" (default), "dws",
+            "l1-prune", "tucker2", "lowrank", "kronecker", or a combination over different
+            layer types ("gdws,kronecker"). Options made for GDWS layers (`beta`,
+            `time_ratio`, `max_layer_error`, `refit`) are refused for methods that make none,
+            and so are sensitivities for methods that use no alphas (docs/methods.md).
         beta: per-layer error bound (the paper's LEGO); exclusive with `mac_ratio`.
         mac_ratio: MAC budget in (0, 1] of the replaceable convs. Defaults to 0.75.
         time_ratio: time budget in (0, 1] of the replaceable convs, priced by layer costs
@@ -131,6 +136,7 @@ class ExportConfig:
     target: str = "ort"
     precision: str = "fp32"
     gdws: bool = True
+    method: str = "gdws"
     beta: float | None = None
     mac_ratio: float | None = None
     time_ratio: float | None = None
@@ -175,6 +181,7 @@ class ExportConfig:
         check.choice("target", c.target, TARGETS)
         check.choice("precision", c.precision, PRECISIONS)
         check.choice("exporter", c.exporter, EXPORTERS)
+        check.method(c)
         check.gdws_settings(c)
         check.refit(c)
         check.sensitivity(c)

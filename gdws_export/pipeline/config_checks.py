@@ -48,6 +48,57 @@ def _positive_int(name: str, value, *, allow_none: bool = True) -> None:
         raise InvalidInputError(f"{_option(name)} must be a positive integer, got {value!r}")
 
 
+def method(c: ExportConfig) -> None:
+    """--method: a registered method or a combination (unknown: one line listing the known
+    ones). What a method does not use is refused, not ignored (docs/methods.md): `--beta`,
+    `--time-ratio` and `--max-layer-error` unless it takes them, `--refit` unless it makes
+    GDWS layers (off by default then), `--alphas` and `--sensitivity` unless it weighs
+    errors by alphas ("none" then), "activation" unless it takes input moments."""
+    from gdws_export.methods import get_method
+
+    if not isinstance(c.method, str):
+        raise InvalidInputError(f"--method takes a method name, got {c.method!r}")
+    c.method = ",".join(part.strip() for part in c.method.split(","))
+    chosen = get_method(c.method)
+    if not c.gdws:
+        if c.method != "gdws":
+            raise InvalidInputError(
+                f"--no-gdws exports the original model; --method {c.method} would be ignored: "
+                "leave it out"
+            )
+        return
+    takes = {*chosen.budgets, *(("max_layer_error",) if "time_ratio" in chosen.budgets else ())}
+    for name in ("beta", "time_ratio", "max_layer_error"):
+        budgets = ", ".join(_option(b) for b in chosen.budgets)
+        if getattr(c, name) is not None and name not in takes:
+            raise InvalidInputError(
+                f"{_option(name)} is GDWS's; --method {c.method} takes {budgets} (or searches "
+                "it with --calib)"
+            )
+    if not chosen.makes_gdws:
+        if c.refit:
+            raise InvalidInputError(
+                f"--refit refits the 1x1 convs of GDWS layers; --method {c.method} makes none"
+            )
+        c.refit = False
+        if c.lowering != "auto":
+            c.notes.append(f"--lowering {c.lowering} lowers GDWS layers; --method {c.method} "
+                           "makes none: its layers export as plain ONNX ops")  # fmt: skip
+    if not chosen.uses_alphas:
+        given = [f"--{n}" for n in ("alphas", "sensitivity") if getattr(c, n) not in (None, "none")]
+        if given:
+            raise InvalidInputError(
+                f"{given[0]} weighs the errors of GDWS and the conv factorizations; --method "
+                f"{c.method} uses no alphas: leave it out"
+            )
+        c.sensitivity = "none"
+    elif not chosen.uses_input_moments and c.sensitivity == "activation":
+        raise InvalidInputError(
+            f"--sensitivity activation makes GDWS's SVD activation-aware; --method {c.method} "
+            "takes none, relative, calibrated, noise-gains or auto"
+        )
+
+
 def gdws_settings(c: ExportConfig) -> None:
     """--exclude, --no-gdws, and the budget or the search: one of them, in range; fills the
     default (the search with --calib, else `DEFAULT_MAC_RATIO`)."""
@@ -195,6 +246,7 @@ def sensitivity(c: ExportConfig) -> None:
 
 
 def refit(c: ExportConfig) -> None:
+    """--refit: on by default with --calib (and a method making GDWS layers, `method`)."""
     if c.refit is None:
         c.refit = c.gdws and c.calib is not None
         if c.refit:

@@ -5,15 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gdws_export.errors import InvalidInputError, UnsupportedModelError, shown
-from gdws_export.gdws.conv import is_depthwise
-from gdws_export.gdws.selection import count_macs, count_params, find_convs
+from gdws_export.errors import InvalidInputError, UnsupportedModelError
+from gdws_export.gdws.selection import count_macs, count_params
 from gdws_export.loading import LoadedModel, load_model_file
 from gdws_export.loading.detect import first_line
+from gdws_export.methods import get_method
 from gdws_export.models.layers import Normalize
 from gdws_export.pipeline.config import ExportConfig
-
-_SHOWN = 4  # layer names a message lists
 
 
 def load_configured_model(cfg: ExportConfig) -> LoadedModel:
@@ -125,36 +123,18 @@ def match_layer_patterns(patterns: tuple[str, ...], model: nn.Module) -> tuple[s
 
 
 def no_replacement_reason(
-    model: nn.Module, model_file: str, exclude: tuple[str, ...] = ()
+    model: nn.Module, model_file: str, exclude: tuple[str, ...] = (), method: str = "gdws"
 ) -> str | None:
-    """Why GDWS can replace no conv of `model`, as the report says it ("no replaceable conv:
-    ..., so the original ships"), or None when it can replace some.
-
-    A model whose KxK convs are all depthwise (or that has only 1x1 convs) is already as
-    separable as GDWS would make it: the export ships the original, it does not fail.
+    """Why `method` can replace no layer of `model`, as the report says it ("no replaceable
+    conv: ..., so the original ships"), or None when it can replace some
+    (`Method.no_replacement_reason`).
 
     Raises:
-        UnsupportedModelError: the model has no `nn.Conv2d` at all (not a CNN).
-        InvalidInputError: an `exclude` pattern names no conv.
+        UnsupportedModelError: the model has no layer of the types the method replaces (for
+            GDWS: no `nn.Conv2d` at all, not a CNN).
+        InvalidInputError: an `exclude` pattern names no such layer.
     """
-    sites = find_convs(model, exclude=exclude or None)
-    if not sites:
-        raise UnsupportedModelError(
-            f"{model_file} has no KxK conv that GDWS can replace (no nn.Conv2d at all); use "
-            "--no-gdws to export it as it is"
-        )
-    if any(site.skip_reason is None for site in sites):
-        return None
-    excluded = [site.name for site in sites if site.skip_reason == "matched by exclude"]
-    if excluded:
-        why = f"--exclude leaves none ({shown(excluded, _SHOWN)} excluded)"
-    else:
-        why = "every KxK conv is depthwise (or 1x1)"
-    reason = f"no replaceable conv: {why}, so the original ships"
-    first = sites[0].conv
-    if first.kernel_size != (1, 1) and not is_depthwise(first):
-        reason += f" (the first conv, {sites[0].name}, is always kept exact)"
-    return reason
+    return get_method(method).no_replacement_reason(model, model_file, exclude)
 
 
 def count_macs_params(model: nn.Module, shape) -> tuple[int, int]:

@@ -12,8 +12,9 @@ bumps `schema_version`. The fields of "report":
 - `dry_run`: true when nothing was built (`--dry-run`).
 - `settings`: the resolved `ExportConfig`.
 - `model`: file, kind, architecture, input shape, normalization, alphas, classes, loader notes.
-- `approximation`: `ApproximationReport.to_dict()`, per-layer status, kernels, MACs, params,
-  weighted error; null with `--no-gdws`.
+- `approximation`: the method's report (`MethodReport.to_dict()`; for GDWS
+  `ApproximationReport.to_dict()`) with its "method" name: per-layer status, kernels (ranks,
+  filters), MACs, params, weighted error; null with `--no-gdws`.
 - `original_ships`: why the export ships the original model although GDWS was asked for (no
   conv GDWS can replace, or the assembled GDWS graph was not faster when timed against the
   original's), "... so the original ships"; its speed-up is then 1.00x. Null otherwise.
@@ -161,17 +162,26 @@ class ExportReport:
             text += f" (predicted conv time {predicted:.2f} of the original's on ONNX Runtime)"
         return text
 
+    @property
+    def method(self) -> str:
+        """The compression method the export ran ("gdws" for reports from before methods)."""
+        return (self.approximation or {}).get("method") or self.settings.get("method", "gdws")
+
     def plan_table(self) -> str:
-        """The per-layer Markdown table: shape, status, kernels, lowering, MACs, params."""
+        """The per-layer Markdown table: shape, status, kernels (GDWS; ranks or filters kept
+        for other methods), lowering, MACs, params."""
+        kept = "kernels" if self.method == "gdws" else "kept"
         rows = [
-            "| layer | shape | status | kernels | lowering | MACs before | MACs after "
+            f"| layer | shape | status | {kept} | lowering | MACs before | MACs after "
             "| params before | params after |",
             "|---|---|---|---|---|---:|---:|---:|---:|",
         ]
         for r in self.layer_rows():
             kh, kw = r["kernel_size"]
             shape = f"{r['out_channels']}x{r['in_channels'] // r['groups']}x{kh}x{kw}"
-            kernels = f"{r['kernels']}/{r['full_rank_kernels']}" if r["kernels"] else ""
+            if "factor_shape" in r:  # a Linear layer
+                shape = f"{r['out_channels']}x{r['in_channels']}"
+            kernels = _kept_text(r)
             status = r["status"] + (f" ({r['reason']})" if r["reason"] else "")
             rows.append(
                 f"| {r['name']} | {shape} | {status} | {kernels} | {r['lowering']} "
@@ -193,7 +203,8 @@ class ExportReport:
             lines += [f"- input: N x {shape}, {norm}"]
         if s.get("gdws") and self.approximation:
             alphas = self.model.get("alphas", "none (unweighted)")
-            lines += [f"- GDWS: {self.budget_text()}, alphas: {alphas}"]
+            label = "GDWS" if self.method == "gdws" else f"method {self.method}"
+            lines += [f"- {label}: {self.budget_text()}, alphas: {alphas}"]
         elif not s.get("gdws"):
             lines += ["- GDWS: off (--no-gdws), the original model exported"]
         if s.get("gdws") and self.original_ships:
@@ -251,6 +262,20 @@ class ExportReport:
         lines += [f"| {k} | {v:.2f} |" for k, v in self.timings.items()]
         lines += ["", f"Written by gdws-export {self.tool_version} on {self.created}."]
         return "\n".join(lines) + "\n"
+
+
+def _kept_text(row: dict[str, Any]) -> str:
+    """What a layer kept of the most it could: kernels (GDWS), ranks (Tucker-2, two-factor,
+    Kronecker) or filters (pruning); empty for a layer left alone."""
+    if row.get("kernels"):
+        return f"{row['kernels']}/{row['full_rank_kernels']}"
+    if row.get("ranks"):
+        return f"{tuple(row['ranks'])}/{tuple(row['max_ranks'])}".replace(",)", ")")
+    if row.get("rank"):
+        return f"{row['rank']}/{row['max_rank']}"
+    if row.get("filters_after") and row["filters_after"] != row["out_channels"]:
+        return f"{row['filters_after']}/{row['out_channels']} filters"
+    return ""
 
 
 def top1_text(parity: dict[str, Any]) -> str:

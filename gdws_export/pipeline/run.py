@@ -24,6 +24,7 @@ from gdws_export.limits import (
     estimate_model_memory,
     input_bytes,
 )
+from gdws_export.methods import get_method
 from gdws_export.pipeline.candidates import (
     approximation_figures,
     build_candidate,
@@ -175,15 +176,15 @@ def load_for_export(cfg: ExportConfig, clock: Clock) -> tuple[ExportReport, Expo
 def plan_export(
     cfg: ExportConfig, state: ExportState, report: ExportReport, clock: Clock, show_bars: bool
 ) -> None:
-    """Decide what ships: the GDWS model at the config's budget, the operating point the
+    """Decide what ships: the method's model at the config's budget, the operating point the
     search finds, or the original (`--no-gdws`, nothing to replace, nothing within budget).
     Sets `state.gdws_model` (None: the original ships) and the report's approximation."""
     exclude = match_layer_patterns(cfg.exclude, state.model)
     report.original_ships = (
-        no_replacement_reason(state.model, cfg.model, exclude) if cfg.gdws else None
+        no_replacement_reason(state.model, cfg.model, exclude, cfg.method) if cfg.gdws else None
     )
     if report.original_ships is not None:
-        report.model["alphas"] = "not used (no replaceable conv)"
+        report.model["alphas"] = f"not used (no replaceable {get_method(cfg.method).layer_noun})"
     elif cfg.gdws:
         if cfg.searches():
             candidate = search_operating_point(cfg, state, report, clock, show_bars)
@@ -234,8 +235,9 @@ def _take_candidate(cfg: ExportConfig, state: ExportState, report: ExportReport,
     report.approximation = candidate.approximation.to_dict()
     not_run = [lay.name for lay in candidate.approximation.layers if lay.reason == NOT_RUN]
     if not_run:
+        kind = "conv" if cfg.method == "gdws" else "layer"
         report.warnings.append(
-            f"conv {', '.join(not_run)} did not run on an input of shape "
+            f"{kind} {', '.join(not_run)} did not run on an input of shape "
             f"{'x'.join(map(str, shape))}: kept exact; a forward that branches on the "
             "data exports only the branch such inputs take"
         )

@@ -5,6 +5,7 @@ timing of each probe on ONNX Runtime."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tempfile
 from dataclasses import replace
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gdws_export.errors import InvalidInputError
+from gdws_export.errors import BudgetOutOfReachError, InvalidInputError
 from gdws_export.harness.accuracy import predict_torch
 from gdws_export.harness.measure_choice import (
     MIN_HELD_OUT,
@@ -22,6 +23,7 @@ from gdws_export.harness.measure_choice import (
     selection_attack,
 )
 from gdws_export.lowering.lower import put_back_originals
+from gdws_export.methods import get_method
 from gdws_export.pipeline.candidates import Candidate, build_candidate, candidate_measures
 from gdws_export.pipeline.config import ExportConfig
 from gdws_export.pipeline.model import (
@@ -66,7 +68,13 @@ def search_operating_point(
     if cfg.min_speedup is None:
         budget = cfg.max_robust_drop
         bisect_ratio(prober.evaluate, lambda probe: probe.eligible(budget))
-        ranking, exact_note = _keep_layers_exact(prober, budget)
+        if get_method(cfg.method).layers_independent:
+            ranking, exact_note = _keep_layers_exact(prober, budget)
+        else:
+            exact_note = (
+                f"--method {cfg.method} changes layers together (a conv's filters and the "
+                "inputs of the conv reading them): no layer can be kept exact alone"
+            )
         chosen, reason, warnings = choose_operating_point(prober.probes, budget)
         goal = (
             f"the fewest MACs (MAC ratio and layers kept exact) whose robust accuracy stays "
@@ -121,13 +129,21 @@ class _Prober:
     def evaluate(self, ratio: float, exact: tuple[str, ...] = ()) -> Probe:
         """Build the candidates at `ratio` (with `exact` layers kept), judge them; the most
         robust one is this ratio's probe, and its measure the only one built from then on."""
+        known = [p for p in self.probes if (p.mac_ratio, p.exact) == (ratio, exact)]
+        if known:  # a ratio out of the method's reach was moved to one already judged
+            return max(known, key=lambda p: p.robust)
         trial = replace(self.cfg, mac_ratio=ratio, exclude=(*self.cfg.exclude, *exact))
         x, y = self.state.held_out
         at_ratio = []
         kept = f", {', '.join(exact)} exact" if exact else ""
         for measure in self.measures:
-            candidate = build_candidate(trial, measure, self.state, None, self.clock,
-                                        self.show_bars)  # fmt: skip
+            try:
+                candidate = build_candidate(trial, measure, self.state, None, self.clock,
+                                            self.show_bars)  # fmt: skip
+            except BudgetOutOfReachError as exc:  # probe the smallest ratio it can meet
+                if exc.reachable is None or exc.reachable >= 1:
+                    raise
+                return self.evaluate(math.ceil(exc.reachable * 1e4) / 1e4, exact)
             with self.clock("search", f" (MAC ratio {ratio:g}, {measure} alphas{kept})"):
                 clean, robust = judge(candidate.model, x, y, self.attack, self.batch)
             macs, _ = count_macs_params(candidate.model, self.state.shape)
@@ -189,7 +205,7 @@ def _layers(count: int) -> str:
 
 
 def _rank_layers(prober: _Prober, base: Candidate, room: int) -> list[ExactLayer]:
-    """`base`'s GDWS layers by the error under attack their original conv buys back per MAC,
+    """`base`'s replaced layers by the error under attack their original buys back per MAC,
     each put back alone; layers costing `room` MACs or more are not tried (they could not
     beat the probe already shipping).
 

@@ -62,7 +62,8 @@ def _export_graphs(
         input_shape=state.shape, exporter=cfg.exporter, opset=cfg.opset, dynamic_batch=dynamic,
         parity_inputs=inputs, threads=cfg.threads, batch=batch,
         metadata={**{k: report.settings[k]
-                     for k in ("beta", "mac_ratio", "time_ratio", "lowering", "seed")},
+                     for k in ("method", "beta", "mac_ratio", "time_ratio", "lowering",
+                               "seed")},
                   "alphas": report.model["alphas"]},
     )  # fmt: skip
     with clock("export_original"):
@@ -79,7 +80,13 @@ def _export_graphs(
     _take_export(report, "gdws", gdws, out)
     if gdws.network_plan == "dense":  # `auto` timed the GDWS graph no faster than the original
         report.original_ships = gdws.speed_check
-    report.macs["shipped"] = report.macs["original"] - gdws.macs["original"] + gdws.macs["shipped"]
+    # The lowering knows the GDWS layers; the other methods' layers ship as they were built.
+    others = sum(layer["macs_after"] - layer["macs_before"]
+                 for layer in (report.approximation or {}).get("layers", ())
+                 if layer["status"] not in ("skipped", "original", "gdws"))  # fmt: skip
+    report.macs["shipped"] = (
+        report.macs["original"] - gdws.macs["original"] + gdws.macs["shipped"] + others
+    )
     kept = gdws.dense_layers
     state.shipped_model = state.gdws_model
     if kept:  # the original conv was faster there: what ships is the model with those convs

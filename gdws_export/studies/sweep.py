@@ -1,4 +1,5 @@
-"""Sweeps: one `gdws-export` export per GDWS budget, benchmarked and attacked together.
+"""Sweeps: one `gdws-export` export per budget of one method (`--method`, GDWS by default),
+benchmarked and attacked together.
 
 `sweep` loads the model once and, for the original and then each budget of the SweepConfig,
 runs the pipeline's own export stages (`pipeline.run.plan_export` and `pipeline.ship.ship`:
@@ -159,7 +160,8 @@ def _setting_config(
     folder = os.fspath(work_dir / (ORIGINAL if setting is None else setting.file_stem))
     eps = export.alpha_eps if alpha_eps is None else alpha_eps
     if setting is None:
-        return replace(export, gdws=False, beta=None, mac_ratio=None, time_ratio=None,
+        return replace(export, gdws=False, method="gdws", beta=None, mac_ratio=None,
+                       time_ratio=None,
                        exclude=(), alphas=None, max_layer_error=None, refit=None,
                        sensitivity=None, output=folder, alpha_eps=eps).resolved()  # fmt: skip
     return replace(export, gdws=True, beta=setting.beta, mac_ratio=setting.mac_ratio,
