@@ -72,16 +72,28 @@ def _row(outcome: conformance.Outcome, problems: list[str], macs: str) -> str:
     )
 
 
+def _commit() -> str:
+    """The checked-out commit (with "+changes" when the tree differs), or "unknown"."""
+    import subprocess
+
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    return (head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+            or "unknown")  # fmt: skip
+
+
 def _write(path: Path, args, rows: list[str], failures: int) -> None:
     lines = [
         "# Conformance: third-party-style CNNs through gdws-export",
         "",
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
         f"{platform.machine()}, one thread; `{' '.join(['benchmarks/conformance.py', *sys.argv[1:]])}`.",
-        "Architectures, formats and settings: tests/_conformance.py. Checks: exit 0, ONNX and "
-        "engine parity, `gdws.pt2` = `gdws.onnx` for `--target torch`; MACs: the report's "
-        "original MACs against FlopCounterMode on the eager model (programs: Linear layers are "
-        "not counted yet, a known bug fixed on another branch).",
+        f"Commit {_commit()}. Architectures, formats and settings: tests/_conformance.py. "
+        "Checks: exit 0 (or a refusal docs/cli.md documents), ONNX and engine parity, the "
+        "shipped program (`shipped.pt2`; `gdws.pt2` for `--target torch`) against `gdws.onnx`; "
+        "MACs: the report's original MACs against FlopCounterMode on the eager model.",
         "",
         f"{len(rows)} runs, {failures} failed.",
         "",
