@@ -41,23 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--reference", type=Path, help="a second model timed alongside (e.g. the original)"
     )
-    parser.add_argument(
-        "--batch-sizes", type=int, nargs="+",
-        help=f"batch sizes to time (default: {' '.join(map(str, DEFAULT_BATCH_SIZES))}, or the "
-        "one batch a model exported with a fixed batch takes)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--duration", type=float, default=None,
-        help=f"minimum timed seconds per model and batch (default: {DEFAULT_DURATION_S:g} "
-        "unless --iterations is given)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--iterations", type=int, help="minimum timed runs (exactly this many without --duration)"
+    add_timing_options(
+        parser,
+        batch_sizes_help=f"batch sizes to time (default: "
+        f"{' '.join(map(str, DEFAULT_BATCH_SIZES))}, or the one batch a model exported with a "
+        "fixed batch takes)",
     )
-    parser.add_argument(
-        "--warmup", type=float, default=DEFAULT_WARMUP_S,
-        help=f"warm-up seconds per model and batch (default: {DEFAULT_WARMUP_S:g})",
-    )  # fmt: skip
     parser.add_argument(
         "--rounds", type=int, default=DEFAULT_ROUNDS,
         help=f"interleaved rounds (default: {DEFAULT_ROUNDS})",
@@ -75,6 +64,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--output", type=Path, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown report here")
     return parser
+
+
+def add_timing_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    batch_sizes_help: str,
+    batch_sizes_default: list[int] | None = None,
+) -> None:
+    """The timing flags `bench` and `sweep` share: --batch-sizes, --duration, --iterations,
+    --warmup."""
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=batch_sizes_default,
+                        help=batch_sizes_help)  # fmt: skip
+    parser.add_argument(
+        "--duration", type=float, default=None,
+        help=f"minimum timed seconds per model and batch (default: {DEFAULT_DURATION_S:g} "
+        "unless --iterations is given)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--iterations", type=int, help="minimum timed runs (exactly this many without --duration)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=DEFAULT_WARMUP_S,
+        help=f"warm-up seconds per model and batch (default: {DEFAULT_WARMUP_S:g})",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

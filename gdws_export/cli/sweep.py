@@ -19,14 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from gdws_export.attacks import AttackConfig
+from gdws_export.cli.bench import add_timing_options
 from gdws_export.errors import InvalidInputError
 from gdws_export.harness.accuracy import DEFAULT_BATCH_SIZE, SquareConfig
 from gdws_export.harness.report import write_sweep
-from gdws_export.harness.speed_report import (
-    DEFAULT_BATCH_SIZES,
-    DEFAULT_DURATION_S,
-    DEFAULT_WARMUP_S,
-)
+from gdws_export.harness.speed_report import DEFAULT_BATCH_SIZES, DEFAULT_DURATION_S
 from gdws_export.harness.sweep_report import SweepConfig, parse_settings
 from gdws_export.pipeline.config import (
     AUTO_CALIB_SAMPLES,
@@ -55,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Pareto-optimal settings and a plot of robust accuracy against images/s."
         ),
     )
-    from gdws_export.cli.export import METHOD_HELP, add_model_options
+    from gdws_export.cli.export import add_model_options
 
     add_model_options(parser)  # loaded as `gdws-export export` loads it
     which = parser.add_mutually_exclusive_group(required=True)
@@ -74,6 +71,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )  # fmt: skip
     parser.add_argument("--split", default="test", help="dataset split (default: test)")
     parser.add_argument("--limit", type=int, help="use the first N samples")
+    _add_export_options(parser)
+    parser.add_argument("--output-dir", type=Path, required=True, help="where to write")
+    parser.add_argument("--target", choices=TARGETS, default="ort")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--lowering", default="auto", help="ONNX lowering form (default: auto)")
+    parser.add_argument(
+        "--exporter", choices=EXPORTERS, default="dynamo",
+        help="torch.onnx exporter (default: dynamo)",
+    )  # fmt: skip
+    parser.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
+    _add_attack_options(parser)
+    add_timing_options(
+        parser.add_argument_group("benchmark"),
+        batch_sizes_help="batch sizes to time; the largest is the export batch (default: "
+        f"{' '.join(map(str, DEFAULT_BATCH_SIZES))})",
+        batch_sizes_default=list(DEFAULT_BATCH_SIZES),
+    )
+    parser.add_argument(
+        "--eval-batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+        help=f"batch size of attacks and engine inference (default: {DEFAULT_BATCH_SIZE})",
+    )  # fmt: skip
+    return parser
+
+
+def _add_export_options(parser: argparse.ArgumentParser) -> None:
+    """How each model is exported: `gdws-export export`'s flags of the same names."""
+    from gdws_export.cli.export import METHOD_HELP
+
     gdws = parser.add_argument_group(
         "how each model is exported: as `gdws-export export` with the same flags (see there)"
     )
@@ -103,16 +129,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     gdws.add_argument("--max-layer-error", type=float, metavar="E",
                       help="cap each layer's share of the error under a budget, "
                       "in (0, 1]")  # fmt: skip
-    parser.add_argument("--output-dir", type=Path, required=True, help="where to write")
-    parser.add_argument("--target", choices=TARGETS, default="ort")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--lowering", default="auto", help="ONNX lowering form (default: auto)")
-    parser.add_argument(
-        "--exporter", choices=EXPORTERS, default="dynamo",
-        help="torch.onnx exporter (default: dynamo)",
-    )  # fmt: skip
-    parser.add_argument("--timing-cache", help="TensorRT timing cache file (read and updated)")
+
+
+def _add_attack_options(parser: argparse.ArgumentParser) -> None:
+    """The white-box attack on each PyTorch model, replayed on its engine, and Square."""
     attack = parser.add_argument_group("attack (white-box on PyTorch, replayed on the engine)")
     attack.add_argument("--attack", choices=("pgd", "fgsm"), default="pgd")
     attack.add_argument("--norm", choices=("linf", "l2"), default="linf")
@@ -132,20 +152,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--square-queries", type=int, default=0,
         help="also run the Square Attack (L-inf, same eps) on each engine with this budget",
     )  # fmt: skip
-    bench = parser.add_argument_group("benchmark")
-    bench.add_argument("--batch-sizes", type=int, nargs="+", default=list(DEFAULT_BATCH_SIZES))
-    bench.add_argument(
-        "--duration", type=float, default=None,
-        help=f"minimum timed seconds per model and batch (default: {DEFAULT_DURATION_S:g} "
-        "unless --iterations is given)",
-    )  # fmt: skip
-    bench.add_argument("--iterations", type=int, help="minimum timed runs per model and batch")
-    bench.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S)
-    parser.add_argument(
-        "--eval-batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-        help=f"batch size of attacks and engine inference (default: {DEFAULT_BATCH_SIZE})",
-    )  # fmt: skip
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

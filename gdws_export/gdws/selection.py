@@ -6,6 +6,7 @@ import copy
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -77,20 +78,37 @@ def output_sizes(
     model: nn.Module, names: Sequence[str], input_shape: Sequence[int]
 ) -> dict[str, tuple[int, int]]:
     """Output height and width of the named convs for one input of shape (C, H, W)."""
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [
-        model.get_submodule(name).register_forward_hook(
-            lambda _m, _i, out, name=name: sizes.__setitem__(name, tuple(out.shape[-2:]))
+    return record_forward(model, names, input_shape, lambda _m, _i, out: tuple(out.shape[-2:]))
+
+
+def record_forward(
+    model: nn.Module,
+    names: Sequence[str],
+    input_shape: Sequence[int],
+    measure: Callable[[nn.Module, tuple, torch.Tensor], Any],
+) -> dict[str, Any]:
+    """`measure(module, inputs, output)` of each named module that one zero input of shape
+    (C, H, W) reaches (eval mode, no gradients); modules the forward skips are left out.
+
+    Raises:
+        UnsupportedModelError: the forward fails (a user model can fail in any way; the
+            message says on which shape).
+    """
+    found: dict[str, Any] = {}
+
+    def hook(name: str):
+        return lambda module, inputs, output: found.__setitem__(
+            name, measure(module, inputs, output)
         )
-        for name in names
-    ]
+
+    hooks = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
     try:
         _run_once(model, input_shape, hooks)
-    except Exception as exc:  # a user model can fail in any way; say where
+    except Exception as exc:
         raise UnsupportedModelError(
             f"model forward failed on input shape {tuple(input_shape)}: {type(exc).__name__}: {exc}"
         ) from exc
-    return sizes
+    return found
 
 
 def resolve_input_shape(

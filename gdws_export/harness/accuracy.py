@@ -42,7 +42,7 @@ from gdws_export.harness.accuracy_report import (
     SquareConfig,
 )
 from gdws_export.harness.speed import describe_runner
-from gdws_export.runtimes.base import Runner
+from gdws_export.runtimes.base import Runner, image_input
 
 DEFAULT_BATCH_SIZE = 64  # fits TensorRT's default optimization profile (max batch 64)
 
@@ -137,13 +137,7 @@ def attack_batched(
 
 def check_engine_input(runner: Runner, image_shape: tuple[int, ...], name: str) -> None:
     """Raise InvalidInputError unless an active runner takes images of `image_shape`."""
-    specs = runner.inputs()
-    if len(specs) != 1:
-        raise InvalidInputError(
-            f"engine {name!r} takes {len(specs)} inputs; the harness evaluates classifiers "
-            "with one image input"
-        )
-    dims = specs[0].shape
+    dims = image_input(runner, f"engine {name!r}").shape
     if len(dims) != len(image_shape) + 1 or any(
         isinstance(d, int) and d > 0 and d != s for d, s in zip(dims[1:], image_shape, strict=True)
     ):

@@ -40,7 +40,7 @@ from gdws_export.harness.speed_report import (
     check_bench_settings,  # noqa: F401 (imported from here by sweeps)
 )
 from gdws_export.limits import check_input_dims, check_memory, input_bytes
-from gdws_export.runtimes.base import Runner
+from gdws_export.runtimes.base import Runner, image_input
 
 
 def benchmark(
@@ -151,13 +151,7 @@ def resolve_input_shape(
     """
     shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
     for name, runner in runners.items():
-        specs = runner.inputs()
-        if len(specs) != 1:
-            raise InvalidInputError(
-                f"runner {name!r} takes {len(specs)} inputs; the harness benchmarks image "
-                "classifiers with one input"
-            )
-        dims = specs[0].shape
+        dims = image_input(runner, f"runner {name!r}").shape
         fixed_batch = _fixed_batch(dims)
         if fixed_batch is not None and any(b != fixed_batch for b in batch_sizes):
             raise InvalidInputError(

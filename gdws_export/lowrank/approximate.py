@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from gdws_export.errors import BudgetOutOfReachError, InvalidInputError, UnsupportedModelError
+from gdws_export.errors import BudgetOutOfReachError, InvalidInputError
 from gdws_export.gdws.approximate import NOT_RUN
 from gdws_export.gdws.budget import check_budget_ratio
 from gdws_export.gdws.decomposition import check_alpha
-from gdws_export.gdws.selection import ConvSite, find_convs, replace_module
+from gdws_export.gdws.selection import ConvSite, find_convs, record_forward, replace_module
 from gdws_export.lowrank.allocation import SOLVERS, allocate
 from gdws_export.lowrank.conv import (
     ConvGeometry,
@@ -262,30 +262,10 @@ def _io_sizes(
     model: nn.Module, names: Sequence[str], input_shape: tuple[int, ...]
 ) -> dict[str, tuple[int, int]]:
     """(input pixels, output pixels) of each named conv that runs on one (C, H, W) input."""
-    sizes: dict[str, tuple[int, int]] = {}
-
-    def record(name):
-        def hook(_module, inputs, output):
-            sizes[name] = (math.prod(inputs[0].shape[-2:]), math.prod(output.shape[-2:]))
-
-        return hook
-
-    hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in names]
-    param = next(model.parameters(), None)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=None if param is None else param.device))
-    except Exception as exc:  # a user model can fail in any way; say where
-        raise UnsupportedModelError(
-            f"model forward failed on input shape {input_shape}: {type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return sizes
+    return record_forward(
+        model, names, input_shape,
+        lambda _m, inputs, out: (math.prod(inputs[0].shape[-2:]), math.prod(out.shape[-2:])),
+    )  # fmt: skip
 
 
 def _check_alphas(alphas, sites, candidates) -> dict[str, tuple[float, torch.Tensor | None]]:

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gdws_export.errors import BudgetOutOfReachError, InvalidInputError, UnsupportedModelError
+from gdws_export.errors import BudgetOutOfReachError, InvalidInputError
 from gdws_export.gdws.approximate import NOT_RUN
 from gdws_export.gdws.approximation_report import ConvLayerReport, PerLayerReport
 from gdws_export.gdws.budget import check_budget_ratio
-from gdws_export.gdws.selection import replace_module, resolve_input_shape
+from gdws_export.gdws.selection import record_forward, replace_module, resolve_input_shape
 from gdws_export.lowrank.allocation import SOLVERS, allocate
 from gdws_export.lowrank.kronecker import (
     KroneckerLinear,
@@ -243,27 +243,7 @@ def _layer_report(site: Site, rows: int) -> KroneckerLayerReport:
 def _rows_per_image(model: nn.Module, names: Sequence[str], shape) -> dict[str, int]:
     """Matrix rows each named Linear multiplies for one image (1 after a flatten); layers the
     forward does not reach are left out."""
-    rows: dict[str, int] = {}
-
-    def record(name):
-        def hook(module, args, _output):
-            rows[name] = math.prod(args[0].shape) // module.in_features
-
-        return hook
-
-    hooks = [model.get_submodule(n).register_forward_hook(record(n)) for n in names]
-    param = next(model.parameters(), None)
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *shape, device=None if param is None else param.device))
-    except Exception as exc:  # a user model can fail in any way; say where
-        raise UnsupportedModelError(
-            f"model forward failed on input shape {tuple(shape)}: {type(exc).__name__}: {exc}"
-        ) from exc
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return rows
+    return record_forward(
+        model, names, tuple(shape),
+        lambda module, inputs, _out: math.prod(inputs[0].shape) // module.in_features,
+    )  # fmt: skip

@@ -112,6 +112,22 @@ class Runner(ABC):
         return times
 
 
+def image_input(runner: Runner, what: str) -> TensorSpec:
+    """The one input of an active `runner` that serves image classifiers; `what` names it in
+    the error ("engine 'gdws.onnx'").
+
+    Raises:
+        InvalidInputError: the graph takes several inputs or none.
+    """
+    specs = runner.inputs()
+    if len(specs) != 1:
+        raise InvalidInputError(
+            f"{what} takes {len(specs)} inputs; the harness serves image classifiers with one "
+            "image input"
+        )
+    return specs[0]
+
+
 def check_timing_counts(iterations: int, warmup: int) -> None:
     """Raise InvalidInputError unless iterations >= 1 and warmup >= 0."""
     if iterations < 1 or warmup < 0:

@@ -116,19 +116,7 @@ def sweep(
         cfg = _setting_config(export, setting, work_dir, alpha_eps=base.alpha_eps)
         state = state.for_another_export()  # shares alphas and layer costs with the last
         shipped[label] = _export_one(cfg, state, loaded_report, clock)
-    speed = benchmark(
-        {name: s.runner(base.target) for name, s in shipped.items()},
-        batch_sizes=config.batch_sizes, duration_s=config.duration_s,
-        iterations=config.iterations, warmup_s=config.warmup_s, reference=ORIGINAL,
-        input_shape=state.shape,
-    )  # fmt: skip
-    x, y = data
-    accuracy = evaluate_accuracy(
-        {name: s.model for name, s in shipped.items()}, x, y, attacks=config.attacks,
-        engines={name: s.runner(base.target) for name, s in shipped.items()},
-        square=config.square, batch_size=config.eval_batch_size, data=data_name,
-    )  # fmt: skip
-    first = config.attacks[0].describe() if config.attacks else config.square.describe()
+    speed, accuracy = _measure(shipped, config, data, base.target, state.shape, data_name)
     settings = base.to_dict()
     for key in ("beta", "mac_ratio", "time_ratio", "output", "notes"):
         settings.pop(key, None)
@@ -136,7 +124,7 @@ def sweep(
         model={"name": Path(base.model).name, "input_shape": list(state.shape)},
         data=data_name,
         config=config,
-        robust_attack=first,
+        robust_attack=(config.attacks[0] if config.attacks else config.square).describe(),
         rows=_rows(shipped, config, speed, accuracy),
         speed=speed,
         accuracy=accuracy,
@@ -147,6 +135,25 @@ def sweep(
         seconds=round(time.perf_counter() - start, 3),
         export=settings,
     )
+
+
+def _measure(shipped: dict[str, _Shipped], config: SweepConfig, data, target: str, shape,
+             data_name: str):  # fmt: skip
+    """Every engine timed in one interleaved benchmark (the original the reference), and
+    each export's PyTorch twin attacked, the attack replayed on its engine."""
+    speed = benchmark(
+        {name: s.runner(target) for name, s in shipped.items()},
+        batch_sizes=config.batch_sizes, duration_s=config.duration_s,
+        iterations=config.iterations, warmup_s=config.warmup_s, reference=ORIGINAL,
+        input_shape=shape,
+    )  # fmt: skip
+    x, y = data
+    accuracy = evaluate_accuracy(
+        {name: s.model for name, s in shipped.items()}, x, y, attacks=config.attacks,
+        engines={name: s.runner(target) for name, s in shipped.items()},
+        square=config.square, batch_size=config.eval_batch_size, data=data_name,
+    )  # fmt: skip
+    return speed, accuracy
 
 
 def _setting_config(
