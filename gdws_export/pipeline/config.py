@@ -37,17 +37,22 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from gdws_export.errors import InvalidInputError
-from gdws_export.pipeline.operating_point import DEFAULT_MAX_ROBUST_DROP  # noqa: F401 (the CLI's)
 
-TARGETS = ("ort", "trt", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
-EXPORTERS = ("dynamo", "legacy")
-DEFAULT_MAC_RATIO = 0.75
-DEFAULT_CALIB_SAMPLES = 512
-AUTO_CALIB_SAMPLES = 256  # with --sensitivity auto, which holds out the next images
-DEFAULT_HELD_OUT = 256  # images `auto` judges the measures on: a 2-point gap is 5 of them
-DEFAULT_ALPHA_EPS = 8 / 255
-SENSITIVITIES = ("auto", "none", "relative", "activation", "calibrated", "noise-gains")
+# The settings' names and defaults live with their checks (config_checks); the CLI and the
+# sweep import them from here.
+from gdws_export.pipeline import config_checks as check
+from gdws_export.pipeline.config_checks import (  # noqa: F401
+    AUTO_CALIB_SAMPLES,
+    DEFAULT_ALPHA_EPS,
+    DEFAULT_CALIB_SAMPLES,
+    DEFAULT_HELD_OUT,
+    DEFAULT_MAC_RATIO,
+    EXPORTERS,
+    PRECISIONS,
+    SENSITIVITIES,
+    TARGETS,
+)
+from gdws_export.pipeline.operating_point import DEFAULT_MAX_ROBUST_DROP  # noqa: F401 (the CLI's)
 
 
 @dataclass
@@ -173,8 +178,6 @@ class ExportConfig:
             InvalidInputError: a value out of range or options that do not go together; the
                 message names the option.
         """
-        from gdws_export.pipeline import config_checks as check
-
         c = replace(self, notes=list(self.notes))
         if not c.model or not isinstance(c.model, str):
             raise InvalidInputError("no model file given")

@@ -14,16 +14,20 @@ from typing import TYPE_CHECKING
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.budget import check_budget_ratio
 from gdws_export.limits import check_batch, check_input_dims
-from gdws_export.pipeline.config import (
-    AUTO_CALIB_SAMPLES,
-    DEFAULT_CALIB_SAMPLES,
-    DEFAULT_MAC_RATIO,
-    SENSITIVITIES,
-)
 from gdws_export.pipeline.operating_point import DEFAULT_MAX_ROBUST_DROP
 
 if TYPE_CHECKING:
     from gdws_export.pipeline.config import ExportConfig
+
+TARGETS = ("ort", "trt", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
+EXPORTERS = ("dynamo", "legacy")
+DEFAULT_MAC_RATIO = 0.75
+DEFAULT_CALIB_SAMPLES = 512
+AUTO_CALIB_SAMPLES = 256  # with --sensitivity auto, which holds out the next images
+DEFAULT_HELD_OUT = 256  # images `auto` judges the measures on: a 2-point gap is 5 of them
+DEFAULT_ALPHA_EPS = 8 / 255
+SENSITIVITIES = ("auto", "none", "relative", "activation", "calibrated", "noise-gains")
 
 # What --no-gdws leaves nothing to do for.
 GDWS_ONLY = ("beta", "mac_ratio", "time_ratio", "max_layer_error", "max_robust_drop",
