@@ -39,15 +39,20 @@ class PerLayerReport(MacRatioJson):
     """For report dataclasses with `layers` (each with `status`, `macs_before`, `macs_after`)
     and a `table()`: MACs summed over the layers the method was allowed to replace."""
 
+    def allowed_total(self, field: str) -> int:
+        """`field` (e.g. "macs_before") summed over the layers the method was allowed to
+        replace: every layer but the skipped ones."""
+        return sum(getattr(layer, field) for layer in self.layers if layer.status != "skipped")
+
     @property
     def macs_before(self) -> int:
         """MACs of the convs the method was allowed to replace, before."""
-        return sum(layer.macs_before for layer in self.layers if layer.status != "skipped")
+        return self.allowed_total("macs_before")
 
     @property
     def macs_after(self) -> int:
         """MACs of the same convs after (original convs kept count at full cost)."""
-        return sum(layer.macs_after for layer in self.layers if layer.status != "skipped")
+        return self.allowed_total("macs_after")
 
     def total_row(self, middle: str = "") -> str:
         """The table's last row: the MACs of the approximable convs before and after and the

@@ -119,11 +119,11 @@ class MethodReport(PerLayerReport):
     @property
     def params_before(self) -> int:
         """Parameters of the layers the method was allowed to replace, before."""
-        return sum(layer.params_before for layer in self.layers if layer.status != "skipped")
+        return self.allowed_total("params_before")
 
     @property
     def params_after(self) -> int:
-        return sum(layer.params_after for layer in self.layers if layer.status != "skipped")
+        return self.allowed_total("params_after")
 
     def to_dict(self) -> dict:
         if self.details is not None:
