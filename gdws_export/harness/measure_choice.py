@@ -1,7 +1,7 @@
 """`--sensitivity auto`: choose the sensitivity measure per model, on held-out images.
 
 No one measure kept the most robust accuracy on every bundled model under the 1x1 refit
-(benchmarks/README.md): unweighted alphas ("none") are best on the robust VGG-16 (calibrated
+(benchmarks/LOG.md): unweighted alphas ("none") are best on the robust VGG-16 (calibrated
 ones lost 15 points there at MAC ratio 0.25), calibrated ones on the robust PreActResNet-18
 (none lost 1.7 points at 0.2, calibrated 0.1; PGD-100 on 1000 test images, paired). Where the
 choice matters the gaps are wide, so a short attack on a few hundred images tells them apart:
@@ -9,7 +9,7 @@ each candidate's GDWS model, built as the export builds it (same budget, refit i
 attacked with PGD-10 at the threat model's eps on calibration images kept out of its fit, and
 the one that keeps the most images right both clean and under attack ships (a tie keeps the
 earlier candidate). On the bundled models this picked the measure that was best on the test
-set in all three settings tried (benchmarks/README.md).
+set in all three settings tried (benchmarks/LOG.md).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from gdws_export.harness.attack_copy import attack_copy
 # Candidates, in order of preference on a tie: unweighted first (the default with the refit
 # before `auto`, best on VGG-16), then calibrated (best on PreActResNet-18). Relative alphas
 # are not tried: under the refit they never beat unweighted ones on the bundled models
-# (refit_measures.py: 0.0 to 1.4 points behind) and lost 19 points on PreActResNet-18 at 0.2.
+# (the retired refit_measures.py, benchmarks/LOG.md: 0.0 to 1.4 points behind) and lost
+# 19 points on PreActResNet-18 at 0.2.
 AUTO_MEASURES = ("none", "calibrated")
 MIN_HELD_OUT = 64  # fewer cannot tell the measures apart; `auto` then keeps the first
 SELECTION_STEPS = 10
