@@ -46,8 +46,9 @@ How much to approximate: --beta B (the paper's per-layer error bound), --mac-rat
 replaceable convs keep at most R of their MACs) or --time-ratio T (they keep at most T of
 their time, measured layer by layer on ONNX Runtime at --batch and --threads, which puts the
 kernels where they buy speed). With none of them and --calib DATA, the export searches: it
-ships the smallest MAC ratio whose robust accuracy on held-out --calib images stays within
---max-robust-drop points (default {DEFAULT_MAX_ROBUST_DROP}) of the original's, judged paired;
+ships the fewest MACs (a MAC ratio, some layers perhaps kept exact) whose robust accuracy on
+held-out --calib images stays within --max-robust-drop points (default
+{DEFAULT_MAX_ROBUST_DROP}) of the original's, judged paired;
 with neither, --mac-ratio {DEFAULT_MAC_RATIO}.
 With --calib DATA the 1x1 convs are refit on it, and --sensitivity auto (the default then)
 builds the model with each of the none and calibrated alphas and ships the one that keeps

@@ -4,8 +4,9 @@ The CLI maps each option to one field; a sweep builds configs directly. Defaults
 `ExportConfig.resolved`):
 
 - none of `beta`, `mac_ratio`, `time_ratio`: with `calib`, the operating-point search
-  (`max_robust_drop`, 0.5 points: the smallest MAC ratio whose model keeps robust accuracy
-  on held-out calibration images within it); without data, `mac_ratio = DEFAULT_MAC_RATIO`
+  (`max_robust_drop`, 0.5 points: the fewest MACs, a MAC ratio and layers kept exact, whose
+  model keeps robust accuracy on held-out calibration images within it); without data,
+  `mac_ratio = DEFAULT_MAC_RATIO`
   (0.75): the GDWS convs keep at most three quarters of the MACs of the convs they replace,
   since nothing can tell how deep a cut the model bears;
 - `output`: `<model file stem>-<target>-<precision>` in the working directory;
@@ -85,9 +86,10 @@ class ExportConfig:
         max_layer_error: cap in (0, 1] on each layer's share of dropped (weighted) error under
             a budget; None: 0.35 for `time_ratio`, no cap for `mac_ratio` (see `approximate`).
         max_robust_drop: the operating-point search's budget, in points of robust accuracy on
-            held-out `calib` images: the export ships the smallest MAC ratio whose model stays
-            within it (`pipeline.operating_point`). None: `DEFAULT_MAX_ROBUST_DROP` (0.5) when
-            `calib` is given and no budget (`beta`, `mac_ratio`, `time_ratio`) is.
+            held-out `calib` images: the export ships the fewest MACs (a MAC ratio, layers kept
+            exact) whose model stays within it (`pipeline.operating_point`). None:
+            `DEFAULT_MAX_ROBUST_DROP` (0.5) when `calib` is given and no budget (`beta`,
+            `mac_ratio`, `time_ratio`) is.
         min_speedup: search the other way: the largest MAC ratio (the most robust model) whose
             graph, exported with `lowering`, runs at least this many times the original's
             speed on ONNX Runtime at `batch` and `threads`. Needs `calib`; > 1.

@@ -169,7 +169,8 @@ def _default_budget(c: ExportConfig) -> None:
     if c.calib is not None:
         c.max_robust_drop = DEFAULT_MAX_ROBUST_DROP
         c.notes.append(
-            "none of --beta, --mac-ratio, --time-ratio given: the smallest MAC ratio whose "
+            "none of --beta, --mac-ratio, --time-ratio given: the fewest MACs (a MAC ratio, "
+            "layers kept exact) whose "
             f"robust accuracy on held-out --calib images stays within "
             f"{DEFAULT_MAX_ROBUST_DROP} points of the original's (--max-robust-drop)"
         )
