@@ -17,9 +17,9 @@ from benchmarks._model_card import (
     Measurement,
     ModelCard,
     count_params,
-    sha256_of,
     write_index,
 )
+from gdws_export._files import file_sha256
 from gdws_export.attacks import AttackConfig, run_attack
 from gdws_export.errors import InvalidInputError
 from gdws_export.gdws.selection import count_macs
@@ -194,7 +194,7 @@ def refresh_card(path: Path) -> ModelCard:
     model = load_model(path)
     card.arch, card.arch_kwargs, card.checkpoint = contents.arch, contents.arch_kwargs, path.name
     card.file_bytes = path.stat().st_size
-    sha256 = sha256_of(path)
+    sha256 = file_sha256(path)
     if sha256 != card.sha256:
         card.evaluation = {}  # they measured another file
     card.sha256 = sha256

@@ -11,16 +11,15 @@ the number of test images. The training script writes the first two parts, and
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from gdws_export._files import atomic_write_text
 from gdws_export.errors import InvalidInputError
 
 CARD_FORMAT = "gdws-export/model-card"
@@ -234,24 +233,10 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write to a temporary name in the same folder, then rename: no half-written file."""
+    """`gdws_export._files.atomic_write_text`, making the folder first."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return atomic_write_text(path, text)
 
 
 def write_index(folder: str | os.PathLike[str]) -> Path:
