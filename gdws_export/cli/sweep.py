@@ -15,7 +15,6 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from gdws_export.attacks import AttackConfig
@@ -161,9 +160,6 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)  # settings first: bad flags fail before any loading
     export = export_config_from_args(args)
-    for setting in config.settings:  # every export's settings, as `export` would check them
-        replace(export, beta=setting.beta, mac_ratio=setting.mac_ratio,
-                time_ratio=setting.time_ratio).resolved()  # fmt: skip
     check_output_folder(args.output_dir, "--output-dir")
 
     def data(shape: tuple[int, ...], classes: int):

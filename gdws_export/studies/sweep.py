@@ -95,9 +95,14 @@ def sweep(
     """
     start = time.perf_counter()
     work_dir = Path(work_dir)
-    # Each setting's config is resolved as the CLI resolves `gdws-export --mac-ratio R ...`;
-    # the first one loads the model and data that every export shares.
-    base = _setting_config(export, config.settings[0], work_dir)
+    # Every export's config is resolved as the CLI resolves `gdws-export --mac-ratio R ...`,
+    # before any work, so a bad one fails first; the first setting's loads the model and data
+    # every export shares.
+    configs = {
+        ORIGINAL if s is None else s.label: _setting_config(export, s, work_dir)
+        for s in (None, *config.settings)
+    }
+    base = configs[config.settings[0].label]
     torch.manual_seed(base.seed)
     clock = Clock(progress)
     loaded_report, state = load_for_export(base, clock)
@@ -111,9 +116,8 @@ def sweep(
     _check_data(data, state.shape)
     work_dir.mkdir(parents=True, exist_ok=True)  # only now: bad input has failed by here
     shipped: dict[str, _Shipped] = {}
-    for setting in (None, *config.settings):
-        label = ORIGINAL if setting is None else setting.label
-        cfg = _setting_config(export, setting, work_dir, alpha_eps=base.alpha_eps)
+    for label, cfg in configs.items():
+        cfg.alpha_eps = base.alpha_eps  # as loading filled it in (the checkpoint's eps)
         state = state.for_another_export()  # shares alphas and layer costs with the last
         shipped[label] = _export_one(cfg, state, loaded_report, clock)
     speed, accuracy = _measure(shipped, config, data, base.target, state.shape, data_name)
@@ -157,23 +161,18 @@ def _measure(shipped: dict[str, _Shipped], config: SweepConfig, data, target: st
 
 
 def _setting_config(
-    export: ExportConfig,
-    setting: SweepSetting | None,
-    work_dir: Path,
-    alpha_eps: float | None = None,
+    export: ExportConfig, setting: SweepSetting | None, work_dir: Path
 ) -> ExportConfig:
     """The resolved config of one export: `gdws-export --no-gdws` for the original (setting
     None), else `export` at the setting's budget; output into its folder under `work_dir`."""
     folder = os.fspath(work_dir / (ORIGINAL if setting is None else setting.file_stem))
-    eps = export.alpha_eps if alpha_eps is None else alpha_eps
     if setting is None:
         return replace(export, gdws=False, method="gdws", beta=None, mac_ratio=None,
                        time_ratio=None,
                        exclude=(), alphas=None, max_layer_error=None, refit=None,
-                       sensitivity=None, output=folder, alpha_eps=eps).resolved()  # fmt: skip
+                       sensitivity=None, output=folder).resolved()  # fmt: skip
     return replace(export, gdws=True, beta=setting.beta, mac_ratio=setting.mac_ratio,
-                   time_ratio=setting.time_ratio, output=folder,
-                   alpha_eps=eps).resolved()  # fmt: skip
+                   time_ratio=setting.time_ratio, output=folder).resolved()  # fmt: skip
 
 
 def _export_one(
